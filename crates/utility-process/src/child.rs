@@ -1,0 +1,331 @@
+//! The child side: [`parent_port`] and [`ParentPort`].
+//!
+//! A forked child finds its end of the parent port as descriptor 3 (see `docs/PROTOCOL.md`).
+//! The first call to [`parent_port`] takes it, answers the parent's `HELLO`, names the process
+//! after its service name, and installs two safety nets:
+//!
+//! - a **panic hook** that sends the panic's message and location to the parent before the
+//!   panic goes on (the previous hook still runs, so the message is printed as usual), so the
+//!   parent can report *why* the child died;
+//! - an **exit handler** that writes out every message still queued when the process exits
+//!   through `exit` (returning from `main` included), so a child that posts its result and
+//!   returns does not lose it.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use utility_process_wire::{Decoded, Frame, FrameDecoder, Hello, PanicReport, ENVELOPE_ROOM};
+
+use crate::process::{
+    post_on, raw_payload, ENV_PARENT_PID, ENV_PORT_FD, ENV_SERVICE_NAME, PORT_FD,
+};
+use crate::transport::{Endpoint, Incoming, Limits, RecvError};
+use crate::{sys, Error, Message};
+
+/// How long `parent_port` waits for the parent's `HELLO`, which is written before the child
+/// starts and so is normally there at once.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+static PARENT: OnceLock<ParentPort> = OnceLock::new();
+static CONNECTING: Mutex<()> = Mutex::new(());
+
+const NOT_STARTED: u8 = 0;
+const STARTED: u8 = 1;
+const PAUSED: u8 = 2;
+
+/// The child's end of the port to its parent.
+///
+/// Cloning is cheap, and every clone is the same port: post from any thread or task. Messages
+/// from the parent queue until the port is started; [`recv`](Self::recv) starts it.
+#[derive(Debug, Clone)]
+pub struct ParentPort {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    endpoint: Arc<Endpoint>,
+    service_name: String,
+    state: AtomicU8,
+    resumed: Notify,
+}
+
+/// The port to the parent, in a process started by [`fork`](crate::fork).
+///
+/// The first call connects (a few system calls, no waiting in practice); later calls return
+/// the same port. The first call also removes the `UTILITY_PROCESS_*` variables from the
+/// environment, so that programs this child starts do not take themselves for utility
+/// processes; call it before starting threads that read the environment.
+///
+/// # Errors
+///
+/// [`Error::NotAUtilityProcess`] when the program was not started by `fork` (the variables
+/// or descriptor 3 are missing, or descriptor 3 is not a port), or when the parent's `HELLO`
+/// is missing or speaks another protocol version.
+///
+/// # Examples
+///
+/// Outside a utility process, a clear error rather than a panic:
+///
+/// ```
+/// let err = utility_process::parent_port().unwrap_err();
+/// assert!(err.to_string().contains("not started by utility_process::fork"));
+/// ```
+pub fn parent_port() -> Result<ParentPort, Error> {
+    if let Some(port) = PARENT.get() {
+        return Ok(port.clone());
+    }
+    let _connecting = CONNECTING.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(port) = PARENT.get() {
+        return Ok(port.clone());
+    }
+    let port = connect()?;
+    Ok(PARENT.get_or_init(|| port).clone())
+}
+
+fn not_a_child(reason: impl Into<String>) -> Error {
+    Error::NotAUtilityProcess {
+        reason: reason.into(),
+    }
+}
+
+fn connect() -> Result<ParentPort, Error> {
+    match std::env::var(ENV_PORT_FD) {
+        Ok(fd) if fd == PORT_FD.to_string() => {}
+        Ok(other) => {
+            return Err(not_a_child(format!(
+                "{ENV_PORT_FD} is {other:?}, not \"3\""
+            )))
+        }
+        Err(_) => return Err(not_a_child(format!("{ENV_PORT_FD} is not set"))),
+    }
+    let fd = match sys::take_inherited_port(PORT_FD) {
+        Ok(Some(fd)) => fd,
+        Ok(None) => return Err(not_a_child("descriptor 3 was already taken")),
+        Err(_) => return Err(not_a_child("descriptor 3 is not open")),
+    };
+    if !sys::socket::is_stream_socket(std::os::fd::AsFd::as_fd(&fd)) {
+        return Err(not_a_child("descriptor 3 is not a Unix stream socket"));
+    }
+    // Programs this child starts must not inherit the port.
+    sys::set_cloexec(std::os::fd::AsFd::as_fd(&fd), true).map_err(Error::io("parent port"))?;
+    let service_name = std::env::var(ENV_SERVICE_NAME).unwrap_or_default();
+    for key in [ENV_PORT_FD, ENV_SERVICE_NAME, ENV_PARENT_PID] {
+        std::env::remove_var(key);
+    }
+
+    let hello = read_hello(&fd)?;
+    let max_message_size = hello.max_frame_len.saturating_sub(ENVELOPE_ROOM) as usize;
+    let limits = Limits {
+        max_frame_len: hello.max_frame_len,
+        max_message_size,
+        max_queued_bytes: max_message_size.max(crate::options::DEFAULT_MAX_MESSAGE_SIZE),
+    };
+    let endpoint = Endpoint::new(fd, limits).map_err(Error::io("parent port"))?;
+    endpoint
+        .send_frame(|encoder, buf| {
+            encoder.hello(buf, &Hello::new(limits.max_frame_len));
+            Ok(())
+        })
+        .map_err(|_| Error::Closed {
+            peer: "the parent".into(),
+        })?;
+
+    if !service_name.is_empty() {
+        // Cosmetic: a failure only means `top` shows the file name.
+        let _ = sys::process::set_process_name(&service_name);
+    }
+    install_panic_hook(Arc::clone(&endpoint));
+    sys::at_exit(flush_at_exit);
+
+    Ok(ParentPort {
+        shared: Arc::new(Shared {
+            endpoint,
+            service_name,
+            state: AtomicU8::new(NOT_STARTED),
+            resumed: Notify::new(),
+        }),
+    })
+}
+
+/// Reads the parent's `HELLO`, byte by byte through the frame decoder, leaving any message
+/// behind it in the socket.
+fn read_hello(fd: &std::os::fd::OwnedFd) -> Result<Hello, Error> {
+    let fd = std::os::fd::AsFd::as_fd(fd);
+    let decoder = FrameDecoder::new(64);
+    let mut buf = Vec::with_capacity(32);
+    loop {
+        match decoder.decode(&buf) {
+            Ok(Decoded::Frame {
+                frame: Frame::Hello(hello),
+                ..
+            }) => return Ok(hello),
+            Ok(Decoded::Frame { .. }) => {
+                return Err(not_a_child("the parent's first frame is not a HELLO"))
+            }
+            Err(e) => return Err(not_a_child(format!("the parent's HELLO is invalid: {e}"))),
+            Ok(Decoded::Incomplete { needed }) => {
+                match sys::wait_fd(fd, sys::Interest::Readable, Some(HELLO_TIMEOUT)) {
+                    Ok(true) => {}
+                    _ => return Err(not_a_child("no HELLO from the parent on descriptor 3")),
+                }
+                let want = needed - buf.len();
+                match sys::socket::recv_into(fd, &mut buf, want) {
+                    Ok(0) => {
+                        return Err(not_a_child("the parent closed the port before its HELLO"))
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(Error::io("reading the parent's HELLO")(e)),
+                }
+            }
+        }
+    }
+}
+
+fn install_panic_hook(endpoint: Arc<Endpoint>) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "Box<dyn Any>".to_owned());
+        let (file, line, column) = info
+            .location()
+            .map(|l| (l.file().to_owned(), l.line(), l.column()))
+            .unwrap_or_default();
+        let report = PanicReport {
+            message,
+            file,
+            line,
+            column,
+            thread: std::thread::current().name().map(str::to_owned),
+        };
+        endpoint.send_last_words(|encoder, buf| {
+            // A report too large for the frame limit is dropped; the exit is still reported.
+            let _ = encoder.panic(buf, &report);
+        });
+        previous(info);
+    }));
+}
+
+extern "C" fn flush_at_exit() {
+    if let Some(port) = PARENT.get() {
+        port.shared.endpoint.flush_blocking();
+    }
+}
+
+impl ParentPort {
+    /// Posts `value` to the parent, encoded as MessagePack. Never blocks: what the socket
+    /// cannot take now is queued and written as the parent reads.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] when the parent is gone; [`Error::MessageTooLarge`],
+    /// [`Error::QueueFull`] and [`Error::Encode`] as for
+    /// [`UtilityProcess::post_message`](crate::UtilityProcess::post_message).
+    pub fn post_message<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
+        post_on(
+            &self.shared.endpoint,
+            |buf, cap| utility_process_wire::encode_value_capped(buf, value, cap),
+            || "the parent".to_owned(),
+        )
+    }
+
+    /// Posts raw bytes to the parent, without encoding them.
+    ///
+    /// # Errors
+    ///
+    /// As [`post_message`](Self::post_message).
+    pub fn post_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
+        post_on(
+            &self.shared.endpoint,
+            |buf, cap| raw_payload(buf, bytes, cap),
+            || "the parent".to_owned(),
+        )
+    }
+
+    /// Starts (or resumes) delivery of the parent's messages.
+    pub fn start(&self) {
+        self.shared.state.store(STARTED, Ordering::SeqCst);
+        self.shared.resumed.notify_waiters();
+    }
+
+    /// Pauses delivery: [`recv`](Self::recv) waits, and the parent's messages stay queued in
+    /// the socket (so a parent that keeps posting eventually sees `QueueFull`), until
+    /// [`start`](Self::start) is called — from another task or thread.
+    pub fn pause(&self) {
+        self.shared.state.store(PAUSED, Ordering::SeqCst);
+    }
+
+    /// The next message from the parent; `None` once the parent is gone (it exited, died, or
+    /// closed the port). Starts the port if it was never started; waits while it is paused.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message is never lost by dropping the future.
+    pub async fn recv(&self) -> Option<Message> {
+        loop {
+            let resumed = self.shared.resumed.notified();
+            match self.shared.state.load(Ordering::SeqCst) {
+                NOT_STARTED => self.start(),
+                PAUSED => {
+                    resumed.await;
+                    continue;
+                }
+                _ => {}
+            }
+            let received = self.shared.endpoint.recv().await;
+            return self.deliver(received);
+        }
+    }
+
+    /// The next message from the parent, blocking this thread; for programs without an async
+    /// runtime. `None` once the parent is gone. Starts the port; ignores [`pause`](Self::pause).
+    pub fn recv_blocking(&self) -> Option<Message> {
+        self.start();
+        let received = self.shared.endpoint.recv_blocking();
+        self.deliver(received)
+    }
+
+    fn deliver(&self, received: Result<Option<Incoming>, RecvError>) -> Option<Message> {
+        let problem = match received {
+            Ok(Some(Incoming::Message {
+                payload,
+                attachments: 0,
+            })) => return Some(Message::new(payload)),
+            Ok(None) => return None,
+            Ok(Some(Incoming::Message { attachments, .. })) => {
+                format!("a message announcing {attachments} descriptors")
+            }
+            Ok(Some(Incoming::Hello)) => "a second HELLO".to_owned(),
+            Ok(Some(Incoming::Panic(_))) => "a PANIC frame".to_owned(),
+            Err(RecvError::Protocol(e)) => e.to_string(),
+            Err(RecvError::Io(e)) => format!("reading failed: {e}"),
+        };
+        // The parent is this library; this can only be a bug or corruption. Say so and stop.
+        eprintln!(
+            "utility-process: {}: the parent broke the protocol ({problem}); closing the parent port",
+            self.shared.service_name
+        );
+        self.shared.endpoint.close();
+        None
+    }
+
+    /// Writes every queued message to the socket, blocking until the parent has taken them
+    /// (or is gone). Messages are also flushed when the process exits through `exit`; call
+    /// this before ending the process another way.
+    pub fn flush(&self) {
+        self.shared.endpoint.flush_blocking();
+    }
+
+    /// The service name the parent gave this process.
+    pub fn service_name(&self) -> &str {
+        &self.shared.service_name
+    }
+}

@@ -1,0 +1,105 @@
+//! The library's own thread.
+//!
+//! A few jobs must go on whether or not the user is awaiting anything, and some must happen on
+//! a thread that lives as long as the process:
+//!
+//! - **forking.** `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not
+//!   the process. Forking from a user's thread (a short-lived `spawn_blocking` thread, say)
+//!   would kill the child when that thread ends, so every fork runs here;
+//! - **watching children.** One small task per child waits on its pidfd, enforces the kill
+//!   grace period, kills the child's process group when the child ends, and reaps it, so no
+//!   zombie is left even if the handle was leaked or nobody reads its events;
+//! - **flushing.** When a port's socket is full, the bytes that did not fit wait in the port's
+//!   queue; a task here writes them as the peer drains the socket.
+//!
+//! The thread runs a current-thread tokio runtime that is started lazily, by the first
+//! `fork` or the first port that needs it, and never stops. Messages never pass through it on
+//! the way in or out: a send writes to the socket from the caller's thread, and a receive
+//! reads it on the caller's task, so the only thread hand-offs are the ones above, none of
+//! which is on a message's path.
+
+use std::io;
+use std::sync::{Mutex, OnceLock};
+
+use tokio::runtime::Handle;
+
+use crate::sys::guardian::Guardian;
+
+/// The running driver.
+#[derive(Debug)]
+pub(crate) struct Driver {
+    handle: Handle,
+    guardian: Option<Guardian>,
+}
+
+static DRIVER: OnceLock<Driver> = OnceLock::new();
+static STARTING: Mutex<()> = Mutex::new(());
+
+/// The driver, started on first use.
+pub(crate) fn driver() -> io::Result<&'static Driver> {
+    if let Some(driver) = DRIVER.get() {
+        return Ok(driver);
+    }
+    let _starting = STARTING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(driver) = DRIVER.get() {
+        return Ok(driver);
+    }
+    let driver = Driver::start()?;
+    Ok(DRIVER.get_or_init(|| driver))
+}
+
+impl Driver {
+    fn start() -> io::Result<Driver> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("utility-process".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                // Without a guardian, children still die with their parent (parent-death
+                // signal); only their own children could outlive it.
+                let guardian = Guardian::start().ok();
+                let _ = tx.send(Ok(Driver {
+                    handle: runtime.handle().clone(),
+                    guardian,
+                }));
+                runtime.block_on(std::future::pending::<()>());
+            })?;
+        rx.recv()
+            .map_err(|_| io::Error::other("the utility-process thread died while starting"))?
+    }
+
+    /// The driver's runtime, to spawn watcher and flusher tasks on.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// The guardian, if it could be started.
+    pub(crate) fn guardian(&self) -> Option<&Guardian> {
+        self.guardian.as_ref()
+    }
+
+    /// Runs `job` on the driver's thread and waits for its result.
+    pub(crate) fn run<R, F>(&self, job: F) -> io::Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = tx.send(job());
+        });
+        rx.recv()
+            .map_err(|_| io::Error::other("the utility-process thread is gone"))
+    }
+}

@@ -1,0 +1,325 @@
+//! The crate's one error type, and the small types its variants carry.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong, on either side of a port.
+///
+/// Variants that describe a child carry its service name and pid, so that a log line says
+/// which of many workers failed and how.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Occurs when [`fork`](crate::fork) cannot start the program: it does not exist, is not
+    /// executable, the working directory does not exist, or the system is out of processes or
+    /// descriptors. No child is left behind.
+    #[error("cannot start {service_name} ({program}): {step}: {source}")]
+    Spawn {
+        /// The program as given to `fork`.
+        program: PathBuf,
+        /// The service name the child would have had.
+        service_name: String,
+        /// What was being done when it failed.
+        step: SpawnStep,
+        /// The operating system's reason.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Occurs when [`parent_port`](crate::parent_port) is called in a process that was not
+    /// started by [`fork`](crate::fork).
+    #[error("this process was not started by utility_process::fork: {reason}")]
+    NotAUtilityProcess {
+        /// What is missing.
+        reason: String,
+    },
+
+    /// Occurs when posting to a port whose other end is gone: the child has exited, the
+    /// parent has died, or the port was closed.
+    #[error("cannot post to {peer}: the port is closed")]
+    Closed {
+        /// Who the port led to: a service name and pid, or `"the parent"`.
+        peer: String,
+    },
+
+    /// Occurs when posting to a port whose peer is not reading and whose send queue has
+    /// reached its limit. Nothing was queued; the port stays usable.
+    #[error("cannot post to {peer}: {queued} bytes are already waiting, the limit is {limit}")]
+    QueueFull {
+        /// Who the port leads to.
+        peer: String,
+        /// Bytes waiting to be written.
+        queued: usize,
+        /// The limit on waiting bytes.
+        limit: usize,
+    },
+
+    /// Occurs when a message is larger than the port's maximum message size. Nothing was sent.
+    #[error("message of {size} bytes exceeds the maximum of {max} bytes")]
+    MessageTooLarge {
+        /// The size of the encoded message, envelope included.
+        size: u64,
+        /// The largest size the port accepts.
+        max: u64,
+    },
+
+    /// Occurs when a value cannot be encoded (its `Serialize` implementation failed).
+    #[error("cannot encode the message")]
+    Encode(#[source] utility_process_wire::Error),
+
+    /// Occurs when [`Message::data`](crate::Message::data) cannot decode the message as the
+    /// requested type. The port is unaffected.
+    #[error("cannot decode the message")]
+    Decode(#[source] utility_process_wire::Error),
+
+    /// Occurs (as [`Event::Error`](crate::Event::Error)) when a child is killed by a signal
+    /// that its parent did not send.
+    #[error("{service_name} (pid {pid}) was killed by {signal}{}", if *core_dumped { " (core dumped)" } else { "" })]
+    Crashed {
+        /// The child's service name.
+        service_name: String,
+        /// The child's pid.
+        pid: u32,
+        /// The signal that ended it.
+        signal: Signal,
+        /// Whether the kernel wrote a core dump.
+        core_dumped: bool,
+    },
+
+    /// Occurs (as [`Event::Error`](crate::Event::Error)) when a Rust child panicked and then
+    /// ended abnormally (non-zero exit code, or a signal such as SIGABRT with `panic=abort`).
+    #[error("{service_name} (pid {pid}) panicked: {panic}")]
+    Panicked {
+        /// The child's service name.
+        service_name: String,
+        /// The child's pid.
+        pid: u32,
+        /// The panic's message and location.
+        panic: PanicInfo,
+    },
+
+    /// Occurs (as [`Event::Error`](crate::Event::Error)) when a child sends bytes that break
+    /// the protocol. The parent discarded them, closed the port and killed the child.
+    #[error("{service_name} (pid {pid}) broke the protocol and was killed: {violation}")]
+    ProtocolViolation {
+        /// The child's service name.
+        service_name: String,
+        /// The child's pid.
+        pid: u32,
+        /// What it did.
+        #[source]
+        violation: Violation,
+    },
+
+    /// Occurs when a system call the library depends on fails unexpectedly.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the library was doing.
+        context: &'static str,
+        /// The operating system's reason.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: &'static str) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::Io { context, source }
+    }
+}
+
+/// The step at which [`fork`](crate::fork) failed to start a program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpawnStep {
+    /// Looking the program up on `PATH`.
+    Lookup,
+    /// Turning the arguments and environment into C strings (one holds a NUL byte).
+    Arguments,
+    /// Creating the ports, pipes or the process itself.
+    Fork,
+    /// Giving the child its own process group.
+    ProcessGroup,
+    /// Arming the signal that kills the child with its parent.
+    ParentDeathSignal,
+    /// Laying out the child's descriptors.
+    Descriptors,
+    /// Changing to the working directory.
+    Chdir(PathBuf),
+    /// Executing the program.
+    Exec,
+    /// Opening a pidfd on the new child.
+    Pidfd,
+}
+
+impl fmt::Display for SpawnStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpawnStep::Lookup => f.write_str("looking the program up on PATH"),
+            SpawnStep::Arguments => f.write_str("preparing its arguments and environment"),
+            SpawnStep::Fork => f.write_str("creating the process"),
+            SpawnStep::ProcessGroup => f.write_str("creating its process group"),
+            SpawnStep::ParentDeathSignal => f.write_str("arming its parent-death signal"),
+            SpawnStep::Descriptors => f.write_str("setting up its descriptors"),
+            SpawnStep::Chdir(dir) => write!(f, "changing to the directory {}", dir.display()),
+            SpawnStep::Exec => f.write_str("executing the program"),
+            SpawnStep::Pidfd => f.write_str("opening a pidfd on it"),
+        }
+    }
+}
+
+/// What a child did that broke the protocol (`docs/PROTOCOL.md`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Violation {
+    /// The bytes are not a valid frame: a length over the limit, an unknown kind, a malformed
+    /// body.
+    #[error(transparent)]
+    Frame(#[from] utility_process_wire::Error),
+    /// The first frame was not a `HELLO`.
+    #[error("the first frame is not a HELLO")]
+    MissingHello,
+    /// A second `HELLO` arrived.
+    #[error("a second HELLO")]
+    DuplicateHello,
+    /// A frame kind that this direction does not allow (a `PANIC` report from a parent).
+    #[error("a {0} frame, which this side does not accept")]
+    UnexpectedFrame(&'static str),
+    /// A message announced descriptors, which this port does not accept.
+    #[error("a message announcing {0} descriptors, which this port does not accept")]
+    UnexpectedAttachments(usize),
+    /// Reading the socket failed.
+    #[error("reading the port failed: {0}")]
+    Read(#[source] io::Error),
+}
+
+/// A signal number, shown with its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signal(i32);
+
+impl Signal {
+    /// SIGTERM: the polite request to end, sent first by `kill()`.
+    pub const SIGTERM: Signal = Signal(libc::SIGTERM);
+    /// SIGKILL: sent after the grace period, and to every process left in a child's group.
+    pub const SIGKILL: Signal = Signal(libc::SIGKILL);
+    /// SIGSEGV: an invalid memory access.
+    pub const SIGSEGV: Signal = Signal(libc::SIGSEGV);
+    /// SIGABRT: `abort()`, and a Rust panic with `panic = "abort"`.
+    pub const SIGABRT: Signal = Signal(libc::SIGABRT);
+
+    /// The signal with this number.
+    pub fn from_raw(number: i32) -> Signal {
+        Signal(number)
+    }
+
+    /// The signal's number.
+    pub fn as_raw(self) -> i32 {
+        self.0
+    }
+
+    /// The signal's name, such as `"SIGSEGV"`, or `None` for a number without one.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            libc::SIGHUP => "SIGHUP",
+            libc::SIGINT => "SIGINT",
+            libc::SIGQUIT => "SIGQUIT",
+            libc::SIGILL => "SIGILL",
+            libc::SIGTRAP => "SIGTRAP",
+            libc::SIGABRT => "SIGABRT",
+            libc::SIGBUS => "SIGBUS",
+            libc::SIGFPE => "SIGFPE",
+            libc::SIGKILL => "SIGKILL",
+            libc::SIGUSR1 => "SIGUSR1",
+            libc::SIGSEGV => "SIGSEGV",
+            libc::SIGUSR2 => "SIGUSR2",
+            libc::SIGPIPE => "SIGPIPE",
+            libc::SIGALRM => "SIGALRM",
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGSTKFLT => "SIGSTKFLT",
+            libc::SIGCHLD => "SIGCHLD",
+            libc::SIGCONT => "SIGCONT",
+            libc::SIGSTOP => "SIGSTOP",
+            libc::SIGTSTP => "SIGTSTP",
+            libc::SIGTTIN => "SIGTTIN",
+            libc::SIGTTOU => "SIGTTOU",
+            libc::SIGURG => "SIGURG",
+            libc::SIGXCPU => "SIGXCPU",
+            libc::SIGXFSZ => "SIGXFSZ",
+            libc::SIGVTALRM => "SIGVTALRM",
+            libc::SIGPROF => "SIGPROF",
+            libc::SIGWINCH => "SIGWINCH",
+            libc::SIGIO => "SIGIO",
+            libc::SIGPWR => "SIGPWR",
+            libc::SIGSYS => "SIGSYS",
+            _ => return None,
+        })
+    }
+}
+
+impl PartialEq<i32> for Signal {
+    fn eq(&self, other: &i32) -> bool {
+        self.0 == *other
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => write!(f, "{name} ({})", self.0),
+            None => write!(f, "signal {}", self.0),
+        }
+    }
+}
+
+/// A Rust child's panic: its message and where it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PanicInfo {
+    /// The panic message (`"Box<dyn Any>"` when the payload was not a string).
+    pub message: String,
+    /// Where the panic happened.
+    pub location: Location,
+    /// The name of the panicking thread, if it had one.
+    pub thread: Option<String>,
+}
+
+impl fmt::Display for PanicInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "'{}' at {}", self.message, self.location)?;
+        if let Some(thread) = &self.thread {
+            write!(f, " in thread '{thread}'")?;
+        }
+        Ok(())
+    }
+}
+
+/// A place in a source file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file.
+    pub file: String,
+    /// The line, from 1.
+    pub line: u32,
+    /// The column, from 1.
+    pub column: u32,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+impl From<utility_process_wire::PanicReport> for PanicInfo {
+    fn from(report: utility_process_wire::PanicReport) -> PanicInfo {
+        PanicInfo {
+            message: report.message,
+            location: Location {
+                file: report.file,
+                line: report.line,
+                column: report.column,
+            },
+            thread: report.thread,
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! [`Message`]: what a port receives.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::transport::Payload;
+use crate::Error;
+
+/// A message received from a port: its bytes, readable as any `Deserialize` type.
+///
+/// Values posted with `post_message` are MessagePack, and [`data`](Message::data) decodes
+/// them; bytes posted raw come back unchanged from [`bytes`](Message::bytes).
+///
+/// # Examples
+///
+/// ```
+/// # use utility_process::Message;
+/// # let message = Message::from_value(&("resize", 640u32)).unwrap();
+/// let (command, width): (String, u32) = message.data()?;
+/// assert_eq!((command.as_str(), width), ("resize", 640));
+/// # Ok::<(), utility_process::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Message {
+    payload: Payload,
+}
+
+impl Message {
+    pub(crate) fn new(payload: Payload) -> Message {
+        Message { payload }
+    }
+
+    /// A message holding `value`, encoded as a port would send it. Useful in tests.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] when `value` cannot be encoded.
+    pub fn from_value<T: serde::Serialize + ?Sized>(value: &T) -> Result<Message, Error> {
+        let mut buf = Vec::new();
+        utility_process_wire::encode_value(&mut buf, value).map_err(Error::Encode)?;
+        Ok(Message::new(Payload { buf, start: 0 }))
+    }
+
+    /// Decodes the message as a `T`.
+    ///
+    /// `T` may borrow from the message (`&str`, `&[u8]` with `serde_bytes`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] when the bytes are not MessagePack of `T`'s shape. That is the
+    /// receiver's error, not the sender's: the port stays usable.
+    pub fn data<'a, T: Deserialize<'a>>(&'a self) -> Result<T, Error> {
+        utility_process_wire::decode_value(self.bytes()).map_err(Error::Decode)
+    }
+
+    /// The message's bytes, as the sender's codec wrote them.
+    pub fn bytes(&self) -> &[u8] {
+        &self.payload.buf[self.payload.start..]
+    }
+
+    /// The message's bytes, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        let Payload { mut buf, start } = self.payload;
+        buf.drain(..start);
+        buf
+    }
+
+    /// The number of bytes in the message.
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// Whether the message has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message").field("len", &self.len()).finish()
+    }
+}

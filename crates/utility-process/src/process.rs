@@ -1,0 +1,745 @@
+//! The parent side: [`fork`], [`UtilityProcess`] and its [`Event`]s.
+//!
+//! # Events and their order
+//!
+//! [`UtilityProcess::next_event`] yields, as Electron does: [`Event::Spawn`] first and once;
+//! then the child's messages in the order it sent them; [`Event::Error`] for an end the parent
+//! did not ask for; [`Event::Exit`] last and once; then `None`. The order holds without races
+//! because exit is only reported after the port has been drained: when the child's pidfd says
+//! it has ended, every byte it wrote is already in the socket, and those messages come first.
+//!
+//! # Who watches the child
+//!
+//! A task on the library's thread (see `driver.rs`) waits on each child's pidfd. When the
+//! child ends it kills whatever is left of the child's process group (the tree lives and dies
+//! with the child), then reaps the child, by pidfd, so that there is never a zombie — even for
+//! a handle that was leaked, or whose events nobody reads. The same task turns `kill()`'s
+//! SIGTERM into a SIGKILL when the grace period runs out.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fmt;
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use utility_process_wire::{Hello, ENVELOPE_ROOM};
+
+use crate::error::{PanicInfo, Signal, SpawnStep, Violation};
+use crate::options::{ForkOptions, Stdio};
+use crate::stdio::{ChildStderr, ChildStdout};
+use crate::sys::process::{ChildFd, Pidfd, RawExit, SpawnPlan};
+use crate::transport::{Endpoint, Incoming, Limits, RecvError, SendError, TryRecv};
+use crate::{driver, sys, Error, Message};
+
+/// The descriptor a child finds its parent port on.
+pub(crate) const PORT_FD: RawFd = 3;
+/// Environment variables the parent gives a child.
+pub(crate) const ENV_PORT_FD: &str = "UTILITY_PROCESS_PORT_FD";
+pub(crate) const ENV_SERVICE_NAME: &str = "UTILITY_PROCESS_SERVICE_NAME";
+pub(crate) const ENV_PARENT_PID: &str = "UTILITY_PROCESS_PARENT_PID";
+
+/// Something that happened to a utility process.
+#[derive(Debug)]
+pub enum Event {
+    /// The program is running. First, and exactly once.
+    Spawn,
+    /// A message from the child, in the order it was posted.
+    Message(Message),
+    /// The child ended in a way the parent did not ask for: [`Error::Crashed`] (a signal the
+    /// parent did not send), [`Error::Panicked`] (a Rust child's panic, with its message and
+    /// location), or [`Error::ProtocolViolation`] (the child was killed for it). Comes before
+    /// [`Event::Exit`].
+    Error(Error),
+    /// The child has ended and been reaped. Last, and exactly once.
+    Exit(ExitStatus),
+}
+
+/// How a child ended: an exit code or a signal, never both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    code: Option<i32>,
+    signal: Option<Signal>,
+    core_dumped: bool,
+}
+
+impl ExitStatus {
+    fn from_raw(raw: Option<RawExit>) -> ExitStatus {
+        match raw {
+            Some(RawExit::Code(code)) => ExitStatus {
+                code: Some(code),
+                signal: None,
+                core_dumped: false,
+            },
+            Some(RawExit::Signal {
+                signal,
+                core_dumped,
+            }) => ExitStatus {
+                code: None,
+                signal: Some(Signal::from_raw(signal)),
+                core_dumped,
+            },
+            None => ExitStatus {
+                code: None,
+                signal: None,
+                core_dumped: false,
+            },
+        }
+    }
+
+    /// The exit code, if the child exited (returned from `main`, or called `exit`).
+    pub fn code(&self) -> Option<i32> {
+        self.code
+    }
+
+    /// The signal that ended the child, if a signal did.
+    pub fn signal(&self) -> Option<Signal> {
+        self.signal
+    }
+
+    /// Whether the child exited with code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Whether the kernel wrote a core dump.
+    pub fn core_dumped(&self) -> bool {
+        self.core_dumped
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.signal) {
+            (Some(code), _) => write!(f, "exit code {code}"),
+            (None, Some(signal)) => write!(f, "killed by {signal}"),
+            // Only when something else reaped the child (SIGCHLD set to SIG_IGN).
+            (None, None) => f.write_str("unknown (the child was reaped by someone else)"),
+        }
+    }
+}
+
+/// What the parent and the child's watcher task share.
+#[derive(Debug)]
+struct Child {
+    pid: u32,
+    pidfd: Pidfd,
+    kill_grace: Duration,
+    /// The parent sent a signal (kill, or a kill for a protocol violation).
+    killed_by_parent: AtomicBool,
+    /// When SIGKILL follows the SIGTERM that `kill()` sent.
+    kill_deadline: watch::Sender<Option<Instant>>,
+    /// Set once, when the child has been reaped.
+    exit: watch::Sender<Option<ExitStatus>>,
+}
+
+/// A running (or ended) utility process: its port, its events, its life.
+///
+/// Dropping the handle ends the child as [`kill`](Self::kill) does, unless it was
+/// [`detach`](Self::detach)ed.
+#[derive(Debug)]
+pub struct UtilityProcess {
+    service_name: String,
+    port: Arc<Endpoint>,
+    child: Arc<Child>,
+    exit: watch::Receiver<Option<ExitStatus>>,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    events: EventState,
+    detached: bool,
+}
+
+/// Where `next_event` is in the sequence.
+#[derive(Debug, Default)]
+struct EventState {
+    spawn_reported: bool,
+    hello_seen: bool,
+    /// Nothing more will be read from the port.
+    port_done: bool,
+    /// The child has been reaped.
+    exit: Option<ExitStatus>,
+    /// An `Event::Error` to report before `Exit`.
+    abnormal_end: Option<Error>,
+    /// A protocol violation was reported: the kill that followed is not another error.
+    violated: bool,
+    last_panic: Option<PanicInfo>,
+    finished: bool,
+}
+
+/// Starts `program` as a utility process.
+///
+/// `program` is found as `std::process::Command` finds it: a path with a `/` is used as it is
+/// (a relative one against the parent's working directory), a bare name is looked up on the
+/// `PATH` of the child's environment. `args` follow the service name in the child's `argv`.
+///
+/// The function returns once the program is running (or known not to start): it does not
+/// wait for the child to connect. Messages posted at once are queued and delivered when the
+/// child reads its port. Must be called with a tokio runtime available to await the events,
+/// but the call itself needs none.
+///
+/// # Errors
+///
+/// [`Error::Spawn`], naming the program and the failing step, when the program does not
+/// exist, is not executable, the working directory does not exist, an argument holds a NUL
+/// byte, or the system is out of resources. Nothing is left behind: no child, no zombie, no
+/// descriptor.
+///
+/// # Examples
+///
+/// ```
+/// use utility_process::{fork, Event, ForkOptions};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), utility_process::Error> {
+/// let mut child = fork("sh", ["-c", "exit 3"], ForkOptions::default().service_name("three"))?;
+/// assert!(matches!(child.next_event().await, Some(Event::Spawn)));
+/// match child.next_event().await {
+///     Some(Event::Exit(status)) => assert_eq!(status.code(), Some(3)),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// assert!(child.next_event().await.is_none());
+/// # Ok(())
+/// # }
+/// ```
+pub fn fork<P, I, S>(program: P, args: I, options: ForkOptions) -> Result<UtilityProcess, Error>
+where
+    P: AsRef<Path>,
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let program = program.as_ref();
+    let service_name = options.service_name.clone().unwrap_or_else(|| {
+        program
+            .file_name()
+            .unwrap_or(program.as_os_str())
+            .to_string_lossy()
+            .into_owned()
+    });
+    let spawn_error = |step: SpawnStep, source: std::io::Error| Error::Spawn {
+        program: program.to_path_buf(),
+        service_name: service_name.clone(),
+        step,
+        source,
+    };
+
+    let to_c = |bytes: &[u8]| {
+        CString::new(bytes).map_err(|_| {
+            spawn_error(
+                SpawnStep::Arguments,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "an argument or environment entry contains a NUL byte",
+                ),
+            )
+        })
+    };
+
+    let env = environment(&options, &service_name);
+    let resolved = resolve_program(program, env.get(OsStr::new("PATH")).map(|p| p.as_os_str()))
+        .map_err(|e| spawn_error(SpawnStep::Lookup, e))?;
+    let mut argv = vec![to_c(service_name.as_bytes())?];
+    for arg in args {
+        argv.push(to_c(arg.as_ref().as_bytes())?);
+    }
+    let mut envp = Vec::with_capacity(env.len());
+    for (key, value) in &env {
+        let mut entry = key.clone().into_vec();
+        entry.push(b'=');
+        entry.extend_from_slice(value.as_bytes());
+        envp.push(to_c(&entry)?);
+    }
+    let cwd = match &options.cwd {
+        Some(dir) => Some(to_c(dir.as_os_str().as_bytes())?),
+        None => None,
+    };
+
+    let setup = |e| spawn_error(SpawnStep::Fork, e);
+    let max_message_size = options
+        .max_message_size
+        .min((u32::MAX - ENVELOPE_ROOM) as usize);
+    let limits = Limits {
+        max_frame_len: max_message_size as u32 + ENVELOPE_ROOM,
+        max_message_size,
+        max_queued_bytes: options.max_queued_bytes,
+    };
+    let (ours, theirs) = sys::socket::socketpair().map_err(setup)?;
+    let port = Endpoint::new(ours, limits).map_err(setup)?;
+    // The HELLO goes into the socket before the child exists: it finds it there at once.
+    port.send_frame(|encoder, buf| {
+        encoder.hello(buf, &Hello::new(limits.max_frame_len));
+        Ok(())
+    })
+    .map_err(|_| setup(std::io::Error::other("cannot write the HELLO")))?;
+
+    let (stdout_ours, stdout_theirs) = stdio_pair(options.stdout).map_err(setup)?;
+    let (stderr_ours, stderr_theirs) = stdio_pair(options.stderr).map_err(setup)?;
+    let plan = SpawnPlan {
+        program: to_c(resolved.as_os_str().as_bytes())?,
+        argv,
+        envp,
+        cwd,
+        stdout: stdout_theirs,
+        stderr: stderr_theirs,
+        port: theirs,
+        dev_null: sys::open_dev_null().map_err(setup)?,
+    };
+
+    let driver = driver::driver().map_err(setup)?;
+    let spawned = driver
+        .run(move || {
+            let spawned = sys::process::spawn(plan);
+            if let (Ok(child), Some(guardian)) =
+                (&spawned, driver::driver().ok().and_then(|d| d.guardian()))
+            {
+                guardian.watch(child.pid);
+            }
+            spawned
+        })
+        .map_err(setup)?
+        .map_err(|(step, source)| {
+            let step = match step {
+                sys::process::SpawnStep::Fork => SpawnStep::Fork,
+                sys::process::SpawnStep::ProcessGroup => SpawnStep::ProcessGroup,
+                sys::process::SpawnStep::ParentDeathSignal => SpawnStep::ParentDeathSignal,
+                sys::process::SpawnStep::Descriptors => SpawnStep::Descriptors,
+                sys::process::SpawnStep::Chdir => {
+                    SpawnStep::Chdir(options.cwd.clone().unwrap_or_default())
+                }
+                sys::process::SpawnStep::Exec => SpawnStep::Exec,
+                sys::process::SpawnStep::Pidfd => SpawnStep::Pidfd,
+            };
+            spawn_error(step, source)
+        })?;
+
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let child = Arc::new(Child {
+        pid: spawned.pid as u32,
+        pidfd: spawned.pidfd,
+        kill_grace: options.kill_grace,
+        killed_by_parent: AtomicBool::new(false),
+        kill_deadline: watch::Sender::new(None),
+        exit: exit_tx,
+    });
+    driver.handle().spawn(watch_child(Arc::clone(&child)));
+
+    Ok(UtilityProcess {
+        service_name,
+        port,
+        child,
+        exit: exit_rx,
+        stdout: stdout_ours.map(ChildStdout::new),
+        stderr: stderr_ours.map(ChildStderr::new),
+        events: EventState::default(),
+        detached: false,
+    })
+}
+
+/// The child's environment: the parent's (unless cleared), the options' changes, and the
+/// library's own variables.
+fn environment(
+    options: &ForkOptions,
+    service_name: &str,
+) -> std::collections::BTreeMap<OsString, OsString> {
+    let mut env: std::collections::BTreeMap<OsString, OsString> = if options.env_clear {
+        Default::default()
+    } else {
+        std::env::vars_os().collect()
+    };
+    for (key, value) in &options.env {
+        match value {
+            Some(value) => env.insert(key.clone(), value.clone()),
+            None => env.remove(key),
+        };
+    }
+    env.insert(ENV_PORT_FD.into(), PORT_FD.to_string().into());
+    env.insert(ENV_SERVICE_NAME.into(), service_name.into());
+    env.insert(ENV_PARENT_PID.into(), std::process::id().to_string().into());
+    env
+}
+
+/// Finds the program as `execvp` would, but in the parent, so a missing program is an error
+/// that names it rather than a child that exits 127.
+fn resolve_program(program: &Path, path: Option<&OsStr>) -> std::io::Result<PathBuf> {
+    if program.as_os_str().as_bytes().contains(&b'/') {
+        return if program.is_absolute() {
+            Ok(program.to_path_buf())
+        } else {
+            Ok(std::env::current_dir()?.join(program))
+        };
+    }
+    let default_path = OsStr::new("/usr/local/bin:/usr/bin:/bin");
+    let parent_path = std::env::var_os("PATH");
+    let search = path.or(parent_path.as_deref()).unwrap_or(default_path);
+    std::env::split_paths(search)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable_file(candidate))
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no executable file of that name on PATH",
+            )
+        })
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The parent's and the child's ends for one output stream.
+fn stdio_pair(stdio: Stdio) -> std::io::Result<(Option<OwnedFd>, ChildFd)> {
+    match stdio {
+        Stdio::Inherit => Ok((None, ChildFd::Inherit)),
+        Stdio::Ignore => Ok((None, ChildFd::Fd(sys::open_dev_null()?))),
+        Stdio::Pipe => {
+            let (read, write) = sys::pipe()?;
+            Ok((Some(read), ChildFd::Fd(write)))
+        }
+    }
+}
+
+/// The watcher task: waits for the child to end, enforces the kill grace period, kills what is
+/// left of the child's process group, reaps the child and publishes its status.
+async fn watch_child(child: Arc<Child>) {
+    let readiness =
+        sys::reactor::register(child.pidfd.shared_fd(), tokio::io::Interest::READABLE).ok();
+    let mut deadline_rx = child.kill_deadline.subscribe();
+    let mut sigkill_sent = false;
+    let far_future = Instant::now() + Duration::from_secs(86400 * 365);
+    loop {
+        if child.pidfd.has_exited().unwrap_or(true) {
+            break;
+        }
+        let deadline = if sigkill_sent {
+            None
+        } else {
+            *deadline_rx.borrow_and_update()
+        };
+        tokio::select! {
+            ready = async {
+                match &readiness {
+                    Some(afd) => afd.readable().await.map(|mut g| g.clear_ready()).is_ok(),
+                    None => false,
+                }
+            } => {
+                if !ready {
+                    // No registration: fall back to looking every few milliseconds.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
+                let _ = child.pidfd.send_signal(libc::SIGKILL);
+                sys::process::kill_process_group(child.pid as libc::pid_t, libc::SIGKILL);
+                sigkill_sent = true;
+            }
+            _ = deadline_rx.changed() => {}
+        }
+    }
+    drop(readiness);
+    // The tree lives and dies with the child. The child is a zombie now, not yet reaped, so
+    // its pid still names its group and nobody else's.
+    sys::process::kill_process_group(child.pid as libc::pid_t, libc::SIGKILL);
+    let status = loop {
+        match child.pidfd.try_reap() {
+            Ok(Some(raw)) => break ExitStatus::from_raw(Some(raw)),
+            Ok(None) => tokio::time::sleep(Duration::from_millis(1)).await,
+            // ECHILD: someone else reaped it (the application set SIGCHLD to SIG_IGN, or
+            // called waitpid(-1)); its status is lost.
+            Err(_) => break ExitStatus::from_raw(None),
+        }
+    };
+    if let Some(guardian) = driver::driver().ok().and_then(|d| d.guardian()) {
+        guardian.forget(child.pid as libc::pid_t);
+    }
+    child.exit.send_replace(Some(status));
+}
+
+enum Step {
+    Port(Result<Option<Incoming>, RecvError>),
+    Exited(ExitStatus),
+}
+
+impl UtilityProcess {
+    /// The child's pid: `Some` from [`Event::Spawn`] until the child has ended and been
+    /// reaped, `None` after (when the number may already belong to another process).
+    pub fn pid(&self) -> Option<u32> {
+        match *self.exit.borrow() {
+            Some(_) => None,
+            None => Some(self.child.pid),
+        }
+    }
+
+    /// The child's service name.
+    pub fn service_name(&self) -> &str {
+        &self.service_name
+    }
+
+    /// Posts `value` to the child, encoded as MessagePack.
+    ///
+    /// The message is written to the socket at once when it has room, and otherwise queued
+    /// and written as the child reads: posting never blocks. Messages posted before the child
+    /// has connected, or while it is not reading, are delivered in order once it does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the child has exited; [`Error::MessageTooLarge`] over the
+    /// maximum message size (nothing is sent); [`Error::QueueFull`] when the child is not
+    /// reading and the queue is at its limit; [`Error::Encode`] when `value` cannot be encoded.
+    pub fn post_message<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
+        self.post(|buf, cap| utility_process_wire::encode_value_capped(buf, value, cap))
+    }
+
+    /// Posts raw bytes to the child, without encoding them.
+    ///
+    /// # Errors
+    ///
+    /// As [`post_message`](Self::post_message).
+    pub fn post_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
+        self.post(|buf, cap| raw_payload(buf, bytes, cap))
+    }
+
+    fn post<F>(&self, fill: F) -> Result<(), Error>
+    where
+        F: FnOnce(&mut Vec<u8>, usize) -> Result<(), utility_process_wire::Error>,
+    {
+        if self.exit.borrow().is_some() {
+            return Err(Error::Closed { peer: self.peer() });
+        }
+        post_on(&self.port, fill, || self.peer())
+    }
+
+    /// Waits for the next event; `None` after [`Event::Exit`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future (in `tokio::select!`, say) loses no event.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        if self.events.finished {
+            return None;
+        }
+        if !self.events.spawn_reported {
+            self.events.spawn_reported = true;
+            return Some(Event::Spawn);
+        }
+        loop {
+            if let Some(status) = self.events.exit {
+                // Drain what the child wrote before it ended, then report the end.
+                if !self.events.port_done {
+                    let step = match self.port.try_recv() {
+                        Ok(TryRecv::Frame(frame)) => Ok(Some(frame)),
+                        Ok(TryRecv::Closed | TryRecv::WouldBlock) => Ok(None),
+                        Err(e) => Err(e),
+                    };
+                    if let Some(event) = self.on_port(step) {
+                        return Some(event);
+                    }
+                    continue;
+                }
+                if let Some(error) = self.events.abnormal_end.take() {
+                    return Some(Event::Error(error));
+                }
+                self.events.finished = true;
+                return Some(Event::Exit(status));
+            }
+            let step = {
+                let port = &self.port;
+                let exit = &mut self.exit;
+                let read_port = !self.events.port_done;
+                tokio::select! {
+                    biased;
+                    frame = port.recv(), if read_port => Step::Port(frame),
+                    status = exit.wait_for(Option::is_some) => {
+                        // The sender lives in `self.child`: the channel cannot close.
+                        Step::Exited(status.ok().and_then(|s| *s).unwrap_or(ExitStatus::from_raw(None)))
+                    }
+                }
+            };
+            match step {
+                Step::Port(result) => {
+                    if let Some(event) = self.on_port(result) {
+                        return Some(event);
+                    }
+                }
+                Step::Exited(status) => {
+                    self.events.abnormal_end = self.abnormal_end(status);
+                    self.events.exit = Some(status);
+                }
+            }
+        }
+    }
+
+    /// Handles what the port gave; returns an event to report, if any.
+    fn on_port(&mut self, result: Result<Option<Incoming>, RecvError>) -> Option<Event> {
+        let frame = match result {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                self.events.port_done = true;
+                return None;
+            }
+            Err(RecvError::Protocol(e)) => return Some(self.violation(Violation::Frame(e))),
+            Err(RecvError::Io(e)) => return Some(self.violation(Violation::Read(e))),
+        };
+        match frame {
+            Incoming::Hello if self.events.hello_seen => {
+                Some(self.violation(Violation::DuplicateHello))
+            }
+            Incoming::Hello => {
+                self.events.hello_seen = true;
+                None
+            }
+            _ if !self.events.hello_seen => Some(self.violation(Violation::MissingHello)),
+            Incoming::Message { attachments, .. } if attachments > 0 => {
+                Some(self.violation(Violation::UnexpectedAttachments(attachments)))
+            }
+            Incoming::Message { payload, .. } => Some(Event::Message(Message::new(payload))),
+            Incoming::Panic(report) => {
+                self.events.last_panic = Some(report.into());
+                None
+            }
+        }
+    }
+
+    /// The child broke the protocol: stop reading, kill it, and say why.
+    fn violation(&mut self, violation: Violation) -> Event {
+        self.events.violated = true;
+        self.events.port_done = true;
+        self.port.close();
+        self.child.killed_by_parent.store(true, Ordering::SeqCst);
+        let _ = self.child.pidfd.send_signal(libc::SIGKILL);
+        Event::Error(Error::ProtocolViolation {
+            service_name: self.service_name.clone(),
+            pid: self.child.pid,
+            violation,
+        })
+    }
+
+    /// The error to report for an end the parent did not ask for, if it was one.
+    fn abnormal_end(&mut self, status: ExitStatus) -> Option<Error> {
+        if self.events.violated {
+            return None;
+        }
+        let killed_by_parent = self.child.killed_by_parent.load(Ordering::SeqCst);
+        let unasked_signal = status.signal().filter(|_| !killed_by_parent);
+        let failed = unasked_signal.is_some() || status.code().is_some_and(|c| c != 0);
+        match (failed, self.events.last_panic.take(), unasked_signal) {
+            (true, Some(panic), _) => Some(Error::Panicked {
+                service_name: self.service_name.clone(),
+                pid: self.child.pid,
+                panic,
+            }),
+            (_, _, Some(signal)) => Some(Error::Crashed {
+                service_name: self.service_name.clone(),
+                pid: self.child.pid,
+                signal,
+                core_dumped: status.core_dumped(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Asks the child to end: SIGTERM now, SIGKILL if it is still alive after the grace
+    /// period ([`ForkOptions::kill_grace`]). When the child ends, whatever is left of its
+    /// process tree (its process group) is killed too.
+    ///
+    /// Returns `true` if a live child was signalled, `false` if it had already ended. The
+    /// signal goes through a pidfd, so it can never reach a process that reused the pid.
+    /// An end caused by `kill` is not reported as [`Event::Error`].
+    pub fn kill(&self) -> bool {
+        if self.exit.borrow().is_some() || self.child.pidfd.has_exited().unwrap_or(true) {
+            return false;
+        }
+        self.child.killed_by_parent.store(true, Ordering::SeqCst);
+        if self.child.pidfd.send_signal(libc::SIGTERM).is_err() {
+            return false;
+        }
+        let deadline = Instant::now() + self.child.kill_grace;
+        self.child.kill_deadline.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(deadline);
+                true
+            } else {
+                false
+            }
+        });
+        true
+    }
+
+    /// Lets the child outlive this handle: dropping it no longer kills the child. The child
+    /// is still reaped when it ends (no zombie), and still dies with the parent process.
+    pub fn detach(mut self) {
+        self.detached = true;
+    }
+
+    /// The child's stdout, once, when it was started with [`Stdio::Pipe`].
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.stdout.take()
+    }
+
+    /// The child's stderr, once, when it was started with [`Stdio::Pipe`].
+    pub fn take_stderr(&mut self) -> Option<ChildStderr> {
+        self.stderr.take()
+    }
+
+    fn peer(&self) -> String {
+        format!("{} (pid {})", self.service_name, self.child.pid)
+    }
+}
+
+impl Drop for UtilityProcess {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.kill();
+        }
+    }
+}
+
+/// Appends `bytes` as a raw payload, refusing more than `cap`.
+pub(crate) fn raw_payload(
+    buf: &mut Vec<u8>,
+    bytes: &[u8],
+    cap: usize,
+) -> Result<(), utility_process_wire::Error> {
+    if bytes.len() > cap {
+        return Err(utility_process_wire::Error::FrameTooLarge {
+            len: bytes.len() as u64,
+            max: u32::try_from(cap).unwrap_or(u32::MAX),
+        });
+    }
+    buf.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// Sends one message on `port`: the shared body of every `post_*` method.
+pub(crate) fn post_on<F>(
+    port: &Arc<Endpoint>,
+    fill: F,
+    peer: impl FnOnce() -> String,
+) -> Result<(), Error>
+where
+    F: FnOnce(&mut Vec<u8>, usize) -> Result<(), utility_process_wire::Error>,
+{
+    let limits = port.limits();
+    let result = port
+        .send_frame(|encoder, buf| encoder.message(buf, |buf| fill(buf, limits.max_message_size)));
+    match result {
+        Ok(()) => Ok(()),
+        Err(SendError::Closed) => Err(Error::Closed { peer: peer() }),
+        Err(SendError::QueueFull { queued, limit }) => Err(Error::QueueFull {
+            peer: peer(),
+            queued,
+            limit,
+        }),
+        Err(SendError::Frame(utility_process_wire::Error::FrameTooLarge { len, .. })) => {
+            Err(Error::MessageTooLarge {
+                size: len,
+                max: limits.max_message_size as u64,
+            })
+        }
+        Err(SendError::Frame(e)) => Err(Error::Encode(e)),
+    }
+}

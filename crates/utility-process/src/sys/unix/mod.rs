@@ -1,0 +1,140 @@
+//! Linux: small helpers shared by the modules below, and their re-exports.
+
+pub(crate) mod guardian;
+pub(crate) mod process;
+pub(crate) mod reactor;
+pub(crate) mod socket;
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// Turns a `-1` return into the thread's `errno`.
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Runs `f` until it fails with something other than `EINTR`.
+fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// A pipe whose two ends are close-on-exec: `(read, write)`.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded, so both are fresh descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `/dev/null`, opened for reading and writing, close-on-exec.
+pub(crate) fn open_dev_null() -> io::Result<OwnedFd> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    Ok(OwnedFd::from(file))
+}
+
+/// Sets or clears `FD_CLOEXEC` on `fd`.
+pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: F_GETFD/F_SETFD only read and write the flags of a descriptor we borrow.
+    unsafe {
+        let flags = cvt(libc::fcntl(raw, libc::F_GETFD))?;
+        let new = if on {
+            flags | libc::FD_CLOEXEC
+        } else {
+            flags & !libc::FD_CLOEXEC
+        };
+        if new != flags {
+            cvt(libc::fcntl(raw, libc::F_SETFD, new))?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets or clears `O_NONBLOCK` on the open file description behind `fd`.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL only read and write the status flags of a borrowed descriptor.
+    unsafe {
+        let flags = cvt(libc::fcntl(raw, libc::F_GETFL))?;
+        let new = if on {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        if new != flags {
+            cvt(libc::fcntl(raw, libc::F_SETFL, new))?;
+        }
+    }
+    Ok(())
+}
+
+/// What [`wait_fd`] waits for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Interest {
+    Readable,
+    Writable,
+}
+
+/// Blocks until `fd` is ready for `interest`, hung up, or `timeout` passes (`None`: forever).
+///
+/// Returns `false` on timeout. A hang-up or error condition counts as ready: the next read
+/// or write reports it.
+pub(crate) fn wait_fd(
+    fd: BorrowedFd<'_>,
+    interest: Interest,
+    timeout: Option<Duration>,
+) -> io::Result<bool> {
+    let events = match interest {
+        Interest::Readable => libc::POLLIN,
+        Interest::Writable => libc::POLLOUT,
+    };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    let ms = match timeout {
+        None => -1,
+        Some(t) => t.as_millis().min(i32::MAX as u128) as libc::c_int,
+    };
+    // SAFETY: `pfd` is one valid pollfd, and we pass a count of 1.
+    let n = retry(|| cvt(unsafe { libc::poll(&mut pfd, 1, ms) }))?;
+    Ok(n > 0)
+}
+
+/// Takes the parent port a forked child inherits at `fd`, once per process.
+///
+/// Returns `Ok(None)` if it was already taken, and an error if no descriptor is open there.
+pub(crate) fn take_inherited_port(fd: RawFd) -> io::Result<Option<OwnedFd>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    // SAFETY: F_GETFD only asks whether the descriptor is open.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(None);
+    }
+    // SAFETY: the descriptor is open, the protocol hands it to this library, and the flag
+    // above makes sure it is wrapped (owned) only once in this process.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Registers `f` to run when the process exits through `exit` (returning from `main`, or
+/// `std::process::exit`), but not on a signal or `_exit`.
+pub(crate) fn at_exit(f: extern "C" fn()) {
+    // SAFETY: `f` is a plain function with the signature atexit expects; it lives forever.
+    unsafe { libc::atexit(f) };
+}

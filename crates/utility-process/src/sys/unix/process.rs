@@ -1,0 +1,459 @@
+//! Starting a child, and watching, signalling and reaping it through a pidfd.
+//!
+//! # How a child starts
+//!
+//! [`spawn`] forks, and the child — which may only make async-signal-safe calls, since the
+//! parent is multi-threaded — lays out its world before `execve`:
+//!
+//! 1. every signal disposition back to `SIG_DFL` and an empty signal mask (a Rust parent
+//!    ignores SIGPIPE, and std children inherit the mask since rust-lang/rust#101077: a parent
+//!    that blocks SIGTERM would otherwise make `kill()` powerless);
+//! 2. its own process group, so that the whole tree it starts can be signalled at once;
+//! 3. `PR_SET_PDEATHSIG = SIGKILL`, then a check that the parent has not already died in the
+//!    window before it was armed. The signal fires when the *thread* that forked exits, so
+//!    the library forks only from its own thread, which lives as long as the process;
+//! 4. its descriptors: `/dev/null` as stdin, the chosen stdout and stderr, the port as fd 3,
+//!    and every other descriptor — even those the parent opened without `O_CLOEXEC` — marked
+//!    close-on-exec with `close_range`, so none survives `execve`;
+//! 5. `chdir`, then `execve` of a path resolved before the fork.
+//!
+//! A failing step writes `(step, errno)` into a close-on-exec pipe and exits 127; the parent
+//! reads that pipe until end-of-file (which a successful `execve` causes), so [`spawn`]
+//! returns only once the program is running or known not to start — and it says which step
+//! failed. Nothing is allocated between fork and exec: every string is prepared before.
+//!
+//! # Why a pidfd
+//!
+//! A pid can be recycled the moment its process is reaped. A pidfd names one process forever:
+//! signals sent through it after the process is gone fail with `ESRCH` instead of reaching a
+//! stranger. The library never calls `waitpid(-1)`: it reaps exactly its own children, by
+//! pidfd, so a host application's own `wait()` calls are never robbed.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::reactor::SharedFd;
+use super::{cvt, retry};
+
+/// Where a child's stdout or stderr goes.
+#[derive(Debug)]
+pub(crate) enum ChildFd {
+    /// The parent's own descriptor, unchanged.
+    Inherit,
+    /// This descriptor (a pipe's write end, or `/dev/null`).
+    Fd(OwnedFd),
+}
+
+/// Everything a child needs, prepared before the fork.
+#[derive(Debug)]
+pub(crate) struct SpawnPlan {
+    /// The resolved path of the program.
+    pub program: CString,
+    /// `argv`, starting with the service name.
+    pub argv: Vec<CString>,
+    /// The whole environment, as `KEY=VALUE`.
+    pub envp: Vec<CString>,
+    /// The working directory, if not the parent's.
+    pub cwd: Option<CString>,
+    pub stdout: ChildFd,
+    pub stderr: ChildFd,
+    /// The child's end of the parent port: fd 3 in the child.
+    pub port: OwnedFd,
+    /// `/dev/null`, for stdin.
+    pub dev_null: OwnedFd,
+}
+
+/// The step at which a child failed to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpawnStep {
+    Fork,
+    ProcessGroup,
+    ParentDeathSignal,
+    Descriptors,
+    Chdir,
+    Exec,
+    Pidfd,
+}
+
+impl SpawnStep {
+    fn from_code(code: u32) -> SpawnStep {
+        match code {
+            1 => SpawnStep::ProcessGroup,
+            2 => SpawnStep::ParentDeathSignal,
+            3 => SpawnStep::Descriptors,
+            4 => SpawnStep::Chdir,
+            _ => SpawnStep::Exec,
+        }
+    }
+
+    fn code(self) -> u32 {
+        match self {
+            SpawnStep::ProcessGroup => 1,
+            SpawnStep::ParentDeathSignal => 2,
+            SpawnStep::Descriptors => 3,
+            SpawnStep::Chdir => 4,
+            _ => 5,
+        }
+    }
+}
+
+/// A child that is running.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub pid: libc::pid_t,
+    pub pidfd: Pidfd,
+}
+
+/// Forks and executes `plan`; returns once the program runs, or why it could not.
+pub(crate) fn spawn(plan: SpawnPlan) -> Result<Spawned, (SpawnStep, io::Error)> {
+    let (err_read, err_write) = super::pipe().map_err(|e| (SpawnStep::Fork, e))?;
+
+    let argv = null_terminated(&plan.argv);
+    let envp = null_terminated(&plan.envp);
+    let stdout = match &plan.stdout {
+        ChildFd::Inherit => None,
+        ChildFd::Fd(fd) => Some(fd.as_raw_fd()),
+    };
+    let stderr = match &plan.stderr {
+        ChildFd::Inherit => None,
+        ChildFd::Fd(fd) => Some(fd.as_raw_fd()),
+    };
+    let layout = Layout {
+        program: plan.program.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        cwd: plan.cwd.as_ref().map(|c| c.as_ptr()),
+        stdin: plan.dev_null.as_raw_fd(),
+        stdout,
+        stderr,
+        port: plan.port.as_raw_fd(),
+        report: err_write.as_raw_fd(),
+        // SAFETY: getpid has no preconditions.
+        parent_pid: unsafe { libc::getpid() },
+    };
+
+    // Block every signal across the fork, so that no handler of the parent runs in the child
+    // before the child has reset the dispositions.
+    let old_mask = block_all_signals();
+    // SAFETY: the child branch below calls only async-signal-safe functions (raw syscalls) on
+    // memory prepared before the fork, and never returns: it execs or `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: we are the freshly forked child; `layout` points into memory that the fork
+        // duplicated and that stays valid until execve replaces the image.
+        unsafe { exec_child(&layout) }
+    }
+    restore_signal_mask(&old_mask);
+    if pid < 0 {
+        return Err((SpawnStep::Fork, io::Error::last_os_error()));
+    }
+    drop(err_write);
+    drop(plan);
+    // The child also does this; doing it here too closes the race in which the parent
+    // signals the group before the child has created it.
+    // SAFETY: setpgid on our own unreaped child; EACCES after its exec is harmless.
+    unsafe { libc::setpgid(pid, pid) };
+
+    let mut report = [0u8; 8];
+    let mut got = 0;
+    while got < report.len() {
+        // SAFETY: writes at most `report.len() - got` bytes into `report[got..]`.
+        let n = unsafe {
+            libc::read(
+                err_read.as_raw_fd(),
+                report[got..].as_mut_ptr().cast(),
+                report.len() - got,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => got += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    break;
+                }
+            }
+        }
+    }
+    if got == report.len() {
+        let step = SpawnStep::from_code(u32::from_ne_bytes([
+            report[0], report[1], report[2], report[3],
+        ]));
+        let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+        reap_blocking(pid);
+        return Err((step, io::Error::from_raw_os_error(errno)));
+    }
+    match Pidfd::open(pid) {
+        Ok(pidfd) => Ok(Spawned { pid, pidfd }),
+        Err(e) => {
+            // SAFETY: `pid` is our own unreaped child, so the number cannot have been reused.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            reap_blocking(pid);
+            Err((SpawnStep::Pidfd, e))
+        }
+    }
+}
+
+/// Raw pointers into the plan, for the child to use without allocating.
+struct Layout {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    cwd: Option<*const libc::c_char>,
+    stdin: RawFd,
+    stdout: Option<RawFd>,
+    stderr: Option<RawFd>,
+    port: RawFd,
+    report: RawFd,
+    parent_pid: libc::pid_t,
+}
+
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// The child between fork and exec.
+///
+/// # Safety
+///
+/// Must be called only in a freshly forked child, with `layout` pointing to valid memory.
+unsafe fn exec_child(layout: &Layout) -> ! {
+    // SAFETY (whole body): only async-signal-safe syscalls, on pointers the caller vouches for.
+    unsafe {
+        // 1. Signals: default dispositions, then an empty mask.
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_DFL;
+        for signal in 1..65 {
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+
+        // 2. Its own process group.
+        if libc::setpgid(0, 0) != 0 {
+            fail(layout.report, SpawnStep::ProcessGroup);
+        }
+
+        // 3. Die with the parent, and make sure the parent did not die before this was armed.
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            fail(layout.report, SpawnStep::ParentDeathSignal);
+        }
+        if libc::getppid() != layout.parent_pid {
+            libc::_exit(127);
+        }
+
+        // 4. Descriptors. First copy every source above 3, so that placing one cannot
+        //    overwrite another that happens to sit at 0..=3.
+        let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 4);
+        let stdin = high(layout.stdin);
+        let port = high(layout.port);
+        let stdout = layout.stdout.map(high);
+        let stderr = layout.stderr.map(high);
+        if stdin < 0 || port < 0 || stdout == Some(-1) || stderr == Some(-1) {
+            fail(layout.report, SpawnStep::Descriptors);
+        }
+        // dup2 clears FD_CLOEXEC on the target: these four survive exec.
+        let placed = libc::dup2(stdin, 0) == 0
+            && stdout.is_none_or(|fd| libc::dup2(fd, 1) == 1)
+            && stderr.is_none_or(|fd| libc::dup2(fd, 2) == 2)
+            && libc::dup2(port, 3) == 3;
+        if !placed {
+            fail(layout.report, SpawnStep::Descriptors);
+        }
+        // Everything from 4 up closes at exec — including descriptors the parent opened
+        // without O_CLOEXEC, and our report pipe, whose closing tells the parent exec worked.
+        if libc::close_range(
+            4,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+        ) != 0
+        {
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            let top = limit.rlim_cur.min(1 << 20) as RawFd;
+            for fd in 4..top {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+
+        // 5. Working directory, then the program.
+        if let Some(cwd) = layout.cwd {
+            if libc::chdir(cwd) != 0 {
+                fail(layout.report, SpawnStep::Chdir);
+            }
+        }
+        libc::execve(layout.program, layout.argv, layout.envp);
+        fail(layout.report, SpawnStep::Exec)
+    }
+}
+
+/// Reports `step` and the current errno to the parent, and exits.
+///
+/// # Safety
+///
+/// Only in the forked child.
+unsafe fn fail(report: RawFd, step: SpawnStep) -> ! {
+    let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&step.code().to_ne_bytes());
+    bytes[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: write and _exit are async-signal-safe; `bytes` lives on this stack. A pipe write
+    // of 8 bytes is atomic (below PIPE_BUF).
+    unsafe {
+        libc::write(report, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(127)
+    }
+}
+
+fn block_all_signals() -> libc::sigset_t {
+    // SAFETY: sigfillset initialises `all`; pthread_sigmask writes the old mask into `old`.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    }
+}
+
+fn restore_signal_mask(old: &libc::sigset_t) {
+    // SAFETY: `old` is a mask pthread_sigmask returned.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+}
+
+/// Reaps our own child `pid`, waiting for it. Used only for a child that failed to start.
+fn reap_blocking(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waits for one specific child of ours, writing its status into a local.
+    let _ = retry(|| cvt(unsafe { libc::waitpid(pid, &mut status, 0) }));
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RawExit {
+    Code(i32),
+    Signal { signal: i32, core_dumped: bool },
+}
+
+/// A descriptor naming one child process for as long as we hold it.
+#[derive(Debug)]
+pub(crate) struct Pidfd {
+    fd: SharedFd,
+}
+
+impl Pidfd {
+    fn open(pid: libc::pid_t) -> io::Result<Pidfd> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just created this close-on-exec descriptor for us alone.
+        Ok(Pidfd {
+            fd: SharedFd::new(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
+        })
+    }
+
+    /// Sends `signal` to the process; `ESRCH` once it has been reaped.
+    pub(crate) fn send_signal(&self, signal: i32) -> io::Result<()> {
+        // SAFETY: pidfd_send_signal with a null siginfo and no flags, on a descriptor we own.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether the process has ended (it may be a zombie still): does not reap.
+    pub(crate) fn has_exited(&self) -> io::Result<bool> {
+        Ok(self
+            .wait(libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)?
+            .is_some())
+    }
+
+    /// Reaps the process if it has ended.
+    pub(crate) fn try_reap(&self) -> io::Result<Option<RawExit>> {
+        self.wait(libc::WEXITED | libc::WNOHANG)
+    }
+
+    fn wait(&self, flags: libc::c_int) -> io::Result<Option<RawExit>> {
+        retry(|| {
+            // SAFETY: waitid fills `info`, a zeroed siginfo_t we own, for the process behind
+            // our pidfd only (P_PIDFD): it can never reap anyone else.
+            unsafe {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                cvt(libc::waitid(
+                    libc::P_PIDFD,
+                    self.fd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    flags,
+                ))?;
+                if info.si_pid() == 0 {
+                    return Ok(None);
+                }
+                let status = info.si_status();
+                Ok(Some(match info.si_code {
+                    libc::CLD_EXITED => RawExit::Code(status),
+                    libc::CLD_DUMPED => RawExit::Signal {
+                        signal: status,
+                        core_dumped: true,
+                    },
+                    _ => RawExit::Signal {
+                        signal: status,
+                        core_dumped: false,
+                    },
+                }))
+            }
+        })
+    }
+}
+
+impl Pidfd {
+    /// The descriptor, to register with a runtime: it becomes readable when the process ends.
+    pub(crate) fn shared_fd(&self) -> &SharedFd {
+        &self.fd
+    }
+}
+
+/// Sends `signal` to every process in the group `pgid`.
+///
+/// Sound against recycling only while the group's leader — our child, whose pid is `pgid` —
+/// is not yet reaped: until then no other process can own that number as a pid or a group.
+pub(crate) fn kill_process_group(pgid: libc::pid_t, signal: i32) {
+    // SAFETY: kill with a negative pid signals a process group; an error (ESRCH: the group
+    // is empty) means there is nobody left to signal.
+    unsafe { libc::kill(-pgid, signal) };
+}
+
+/// Names this process (its main thread's `comm`, shown by `top` and `ps -o comm`).
+pub(crate) fn set_process_name(name: &str) -> io::Result<()> {
+    // The kernel keeps 15 bytes; cut at a character boundary.
+    let mut end = name.len().min(15);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::fs::write("/proc/self/comm", &name.as_bytes()[..end])
+}

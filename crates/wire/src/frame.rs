@@ -1,0 +1,270 @@
+//! Frames: a little-endian `u32` length, a kind byte, a body.
+//!
+//! [`FrameDecoder`] looks at the front of a receive buffer and says whether a whole frame is
+//! there, how many bytes it still needs, or why the bytes are not a frame. It checks the
+//! announced length against its limit before the caller could allocate anything for it, so a
+//! peer that announces 4 GiB costs nothing. [`FrameEncoder`] appends frames to a send buffer in
+//! place — no intermediate allocation — and refuses, leaving the buffer as it was, any frame
+//! over its limit.
+
+use crate::envelope::{Attachment, Frame, FrameKind, Hello, PanicReport, MAX_ATTACHMENTS};
+use crate::Error;
+
+/// Bytes before a frame's body: the `u32` length and the kind byte.
+pub const HEADER_LEN: usize = 5;
+
+/// Room a frame limit keeps above the payload limit, for the kind byte and the envelope.
+pub const ENVELOPE_ROOM: u32 = 4096;
+
+/// The default limit on a frame's length field: room for a 64 MiB payload and its envelope.
+pub const DEFAULT_MAX_FRAME_LEN: u32 = 64 * 1024 * 1024 + ENVELOPE_ROOM;
+
+/// What [`FrameDecoder::decode`] found at the front of a buffer.
+#[derive(Debug)]
+pub enum Decoded<'a> {
+    /// A whole frame, and the number of bytes it took from the front of the buffer.
+    Frame {
+        /// The frame, borrowing from the buffer.
+        frame: Frame<'a>,
+        /// How many bytes of the buffer the frame covered.
+        consumed: usize,
+    },
+    /// Not yet a whole frame: the buffer must hold at least `needed` bytes before a frame can
+    /// be decoded. Once the length field is in, `needed` is the exact size of the frame.
+    Incomplete {
+        /// The number of bytes, from the front of the buffer, needed to go on.
+        needed: usize,
+    },
+}
+
+/// Decodes frames from the front of a buffer, enforcing a maximum frame length.
+///
+/// The decoder holds no buffer of its own: the transport owns the bytes and asks, after each
+/// read, what the front of its buffer holds. That keeps it free of I/O and easy to fuzz.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameDecoder {
+    max_frame_len: u32,
+}
+
+impl FrameDecoder {
+    /// A decoder that refuses frames whose length field exceeds `max_frame_len`.
+    pub fn new(max_frame_len: u32) -> Self {
+        FrameDecoder { max_frame_len }
+    }
+
+    /// The largest length field this decoder accepts.
+    pub fn max_frame_len(&self) -> u32 {
+        self.max_frame_len
+    }
+
+    /// Decodes the frame at the front of `buf`, if it is all there.
+    ///
+    /// # Errors
+    ///
+    /// Returns an error, as soon as the length field is in, when the length is zero or over the
+    /// limit; and once the frame is whole, when its kind or body is malformed. Every error is a
+    /// protocol violation by the peer: the channel cannot go on.
+    pub fn decode<'a>(&self, buf: &'a [u8]) -> Result<Decoded<'a>, Error> {
+        let Some(len_bytes) = buf.get(..4) else {
+            return Ok(Decoded::Incomplete { needed: HEADER_LEN });
+        };
+        let len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
+        if len == 0 {
+            return Err(Error::EmptyFrame);
+        }
+        if len > self.max_frame_len {
+            return Err(Error::FrameTooLarge {
+                len: u64::from(len),
+                max: self.max_frame_len,
+            });
+        }
+        // Saturating: on a 32-bit target a limit near u32::MAX could otherwise wrap.
+        let total = 4usize.saturating_add(len as usize);
+        if buf.len() < total {
+            return Ok(Decoded::Incomplete { needed: total });
+        }
+        let frame = Frame::parse(buf[4], &buf[HEADER_LEN..total])?;
+        Ok(Decoded::Frame {
+            frame,
+            consumed: total,
+        })
+    }
+}
+
+/// Appends frames to a send buffer, enforcing a maximum frame length.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameEncoder {
+    max_frame_len: u32,
+}
+
+impl FrameEncoder {
+    /// An encoder that refuses to build frames whose length field would exceed `max_frame_len`.
+    pub fn new(max_frame_len: u32) -> Self {
+        FrameEncoder { max_frame_len }
+    }
+
+    /// The largest length field this encoder builds.
+    pub fn max_frame_len(&self) -> u32 {
+        self.max_frame_len
+    }
+
+    /// Appends a `HELLO` frame to `out`.
+    pub fn hello(&self, out: &mut Vec<u8>, hello: &Hello) {
+        let start = begin(out, FrameKind::Hello);
+        hello.write_body(out);
+        // A HELLO is 13 bytes: far below any limit a decoder can be given that lets a
+        // MESSAGE through, so this cannot fail.
+        patch_len(out, start, u32::MAX).expect("a HELLO frame always fits");
+    }
+
+    /// Appends a `MESSAGE` frame without attachments; `fill` appends the payload.
+    ///
+    /// # Errors
+    ///
+    /// Returns the error of `fill`, or [`Error::FrameTooLarge`] when the frame would exceed
+    /// the limit. Either way `out` is left exactly as it was.
+    pub fn message<F>(&self, out: &mut Vec<u8>, fill: F) -> Result<(), Error>
+    where
+        F: FnOnce(&mut Vec<u8>) -> Result<(), Error>,
+    {
+        self.message_with_attachments(out, &[], fill)
+    }
+
+    /// Appends a `MESSAGE` frame announcing `attachments`; `fill` appends the payload.
+    ///
+    /// The descriptors themselves travel beside the bytes (`SCM_RIGHTS`); this only writes
+    /// their kinds into the envelope.
+    ///
+    /// # Errors
+    ///
+    /// As [`message`](Self::message), and [`Error::TooManyAttachments`] for more than
+    /// [`MAX_ATTACHMENTS`].
+    pub fn message_with_attachments<F>(
+        &self,
+        out: &mut Vec<u8>,
+        attachments: &[Attachment],
+        fill: F,
+    ) -> Result<(), Error>
+    where
+        F: FnOnce(&mut Vec<u8>) -> Result<(), Error>,
+    {
+        if attachments.len() > MAX_ATTACHMENTS {
+            return Err(Error::TooManyAttachments {
+                count: attachments.len(),
+            });
+        }
+        let start = begin(out, FrameKind::Message);
+        // Fits: checked against MAX_ATTACHMENTS (253) above.
+        out.push(attachments.len() as u8);
+        out.extend(attachments.iter().map(|a| a.to_byte()));
+        let filled = fill(out).and_then(|()| patch_len(out, start, self.max_frame_len));
+        if filled.is_err() {
+            out.truncate(start);
+        }
+        filled
+    }
+
+    /// Appends a `PANIC` frame carrying `report` to `out`.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::FrameTooLarge`] when the report (a very long panic message) does not
+    /// fit the limit, leaving `out` as it was.
+    pub fn panic(&self, out: &mut Vec<u8>, report: &PanicReport) -> Result<(), Error> {
+        let start = begin(out, FrameKind::Panic);
+        let filled = crate::encode_value(out, report)
+            .and_then(|()| patch_len(out, start, self.max_frame_len));
+        if filled.is_err() {
+            out.truncate(start);
+        }
+        filled
+    }
+}
+
+/// Appends a header with a placeholder length; returns where the frame starts.
+fn begin(out: &mut Vec<u8>, kind: FrameKind) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, kind as u8]);
+    start
+}
+
+/// Writes the length field of the frame that starts at `start` and runs to the end of `out`.
+fn patch_len(out: &mut [u8], start: usize, max_frame_len: u32) -> Result<(), Error> {
+    let len = (out.len() - start - 4) as u64;
+    if len > u64::from(max_frame_len) {
+        return Err(Error::FrameTooLarge {
+            len,
+            max: max_frame_len,
+        });
+    }
+    // Fits: len <= max_frame_len, a u32.
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_length_is_refused_before_the_body_arrives() {
+        let decoder = FrameDecoder::new(100);
+        let err = decoder.decode(&[0xff, 0xff, 0xff, 0xff]).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::FrameTooLarge {
+                len: 0xffff_ffff,
+                max: 100
+            }
+        ));
+        let err = decoder.decode(&101u32.to_le_bytes()).unwrap_err();
+        assert!(matches!(err, Error::FrameTooLarge { len: 101, .. }));
+    }
+
+    #[test]
+    fn zero_length_is_refused() {
+        let err = FrameDecoder::new(100).decode(&[0, 0, 0, 0]).unwrap_err();
+        assert!(matches!(err, Error::EmptyFrame));
+    }
+
+    #[test]
+    fn partial_frame_reports_the_bytes_it_needs() {
+        let mut out = Vec::new();
+        FrameEncoder::new(100)
+            .message(&mut out, |p| {
+                p.extend_from_slice(b"abc");
+                Ok(())
+            })
+            .unwrap();
+        let decoder = FrameDecoder::new(100);
+        assert!(matches!(
+            decoder.decode(&out[..2]),
+            Ok(Decoded::Incomplete { needed: 5 })
+        ));
+        assert!(matches!(
+            decoder.decode(&out[..6]),
+            Ok(Decoded::Incomplete { needed }) if needed == out.len()
+        ));
+    }
+
+    #[test]
+    fn encoder_refuses_an_oversized_message_and_leaves_the_buffer_intact() {
+        let mut out = b"keep".to_vec();
+        let err = FrameEncoder::new(10)
+            .message(&mut out, |p| {
+                p.extend_from_slice(&[0; 64]);
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(matches!(err, Error::FrameTooLarge { len: 66, max: 10 }));
+        assert_eq!(out, b"keep");
+    }
+
+    #[test]
+    fn unknown_kind_is_refused() {
+        let err = FrameDecoder::new(100)
+            .decode(&[1, 0, 0, 0, 0x7f])
+            .unwrap_err();
+        assert!(matches!(err, Error::UnknownKind(0x7f)));
+    }
+}
