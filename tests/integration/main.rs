@@ -1,3 +1,9 @@
-//! The integration tests: one binary, one module per layer.
+//! The integration tests: one binary (it links faster on two cores than one per file), one
+//! module per area.
 
-mod smoke;
+/// Spawn, exit and error events, kill, no orphans, no zombies, no stray descriptors.
+mod lifecycle;
+/// Ordering, sizes, queueing before the child connects, raw bytes, the blocking API.
+mod messages;
+/// stdout and stderr; cwd, env, args, the service name.
+mod stdio;
