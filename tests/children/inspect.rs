@@ -1,2 +1,144 @@
-//! Placeholder: being written.
-fn main() {}
+//! Describes itself to its parent: the test child for stdio, environment, names and queueing.
+//!
+//! - `inspect [ARG...]` (any first argument but the ones below): connects with `parent_port()`,
+//!   posts one [`Report`] (argv, cwd, environment, process name, stdin, descriptors 0–2),
+//!   then reads until the parent closes the port and exits 0.
+//! - `inspect --output OUT ERR`: writes the bytes of OUT to stdout and ERR to stderr, exactly
+//!   (no newline added), posts one [`Written`] saying whether the writes succeeded, and exits.
+//! - `inspect --spew N`: writes N bytes of the pattern `i % 251` to stdout and exits.
+//! - `inspect --never-read`: connects, then sleeps forever without ever reading its port.
+//!
+//! The integration tests mirror `Report` and `Written` (`tests/integration/stdio.rs`).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+
+use serde::Serialize;
+use utility_process::parent_port;
+
+/// What the child sees of itself.
+#[derive(Debug, Serialize)]
+struct Report {
+    /// `argv[0]`.
+    argv0: String,
+    /// `argv[1..]`.
+    args: Vec<String>,
+    /// The working directory.
+    cwd: String,
+    /// The whole environment, after `parent_port()` removed the library's variables.
+    env: BTreeMap<String, String>,
+    /// `/proc/self/comm`, without its newline.
+    comm: String,
+    /// `ParentPort::service_name()`.
+    service_name: String,
+    /// `std::process::id()`.
+    pid: u32,
+    /// Whether a read of stdin returns end-of-file at once.
+    stdin_eof: bool,
+    /// Where descriptors 0, 1 and 2 lead (`readlink /proc/self/fd/N`).
+    fds: Vec<String>,
+}
+
+/// What `--output` did.
+#[derive(Debug, Serialize)]
+struct Written {
+    /// The error writing stdout, if any.
+    stdout_error: Option<String>,
+    /// The error writing stderr, if any.
+    stderr_error: Option<String>,
+    /// Where descriptors 0, 1 and 2 lead.
+    fds: Vec<String>,
+}
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("--output") => output(&args[2], &args[3]),
+        Some("--spew") => spew(args[2].to_str().and_then(|n| n.parse().ok()).expect("N")),
+        Some("--never-read") => never_read(),
+        _ => report(&args),
+    }
+}
+
+fn report(args: &[OsString]) {
+    let port = parent_port().expect("started by fork");
+    let lossy = |s: &OsString| s.to_string_lossy().into_owned();
+    let report = Report {
+        argv0: args.first().map(lossy).unwrap_or_default(),
+        args: args.iter().skip(1).map(lossy).collect(),
+        cwd: std::env::current_dir()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_else(|e| format!("error: {e}")),
+        env: std::env::vars_os()
+            .map(|(k, v)| (lossy(&k), lossy(&v)))
+            .collect(),
+        comm: std::fs::read_to_string("/proc/self/comm")
+            .map(|c| c.trim_end_matches('\n').to_owned())
+            .unwrap_or_else(|e| format!("error: {e}")),
+        service_name: port.service_name().to_owned(),
+        pid: std::process::id(),
+        stdin_eof: stdin_is_at_eof(),
+        fds: std_fds(),
+    };
+    port.post_message(&report).expect("parent is listening");
+    while port.recv_blocking().is_some() {}
+}
+
+fn output(out: &OsString, err: &OsString) {
+    let port = parent_port().expect("started by fork");
+    let write = |stream: &mut dyn Write, bytes: &[u8]| {
+        stream
+            .write_all(bytes)
+            .and_then(|()| stream.flush())
+            .err()
+            .map(|e| e.to_string())
+    };
+    let written = Written {
+        stdout_error: write(&mut std::io::stdout().lock(), out.as_bytes()),
+        stderr_error: write(&mut std::io::stderr().lock(), err.as_bytes()),
+        fds: std_fds(),
+    };
+    port.post_message(&written).expect("parent is listening");
+}
+
+fn spew(len: usize) {
+    let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&bytes).expect("stdout is writable");
+    stdout.flush().expect("stdout is writable");
+}
+
+fn never_read() {
+    let _port = parent_port().expect("started by fork");
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+/// Whether stdin is readable within a second and then reads end-of-file (so a stdin that is
+/// not `/dev/null` makes the report say `false` instead of hanging the child).
+fn stdin_is_at_eof() -> bool {
+    let mut poll = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `poll` is one valid pollfd, and the count says one.
+    let ready = unsafe { libc::poll(&mut poll, 1, 1000) };
+    if ready != 1 {
+        return false;
+    }
+    matches!(std::io::stdin().lock().read(&mut [0u8; 16]), Ok(0))
+}
+
+fn std_fds() -> Vec<String> {
+    (0..3)
+        .map(|fd| {
+            std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|e| format!("error: {e}"))
+        })
+        .collect()
+}

@@ -369,7 +369,20 @@ impl Endpoint {
                 TryRecv::WouldBlock => {}
             }
             let afd = self.readiness().map_err(RecvError::Io)?;
-            let mut ready = afd.readable().await.map_err(RecvError::Io)?;
+            let mut ready = match afd.readable().await {
+                Ok(ready) => ready,
+                Err(e) => {
+                    // The runtime it was registered with is gone (a port used by one
+                    // `#[tokio::main]` after another's): register anew, once.
+                    lock(&self.readiness).take();
+                    let afd = self.readiness().map_err(RecvError::Io)?;
+                    drop(e);
+                    match afd.readable().await {
+                        Ok(_) => continue,
+                        Err(e) => return Err(RecvError::Io(e)),
+                    }
+                }
+            };
             match self.try_recv()? {
                 TryRecv::Frame(frame) => return Ok(Some(frame)),
                 TryRecv::Closed => return Ok(None),

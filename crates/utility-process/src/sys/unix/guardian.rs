@@ -91,7 +91,8 @@ impl Guardian {
 ///
 /// Only in a freshly forked child.
 unsafe fn guard(channel: RawFd, table: &mut [libc::pid_t]) -> ! {
-    // SAFETY (whole body): raw, async-signal-safe syscalls on our own stack and table.
+    // SAFETY: the whole body makes raw, async-signal-safe syscalls on our own stack and
+    // table, as a forked child of a multi-threaded parent must.
     unsafe {
         // Only the channel stays open: not the parent's stdio, not its other sockets.
         if channel > 0 {

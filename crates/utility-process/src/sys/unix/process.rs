@@ -224,7 +224,8 @@ fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
 ///
 /// Must be called only in a freshly forked child, with `layout` pointing to valid memory.
 unsafe fn exec_child(layout: &Layout) -> ! {
-    // SAFETY (whole body): only async-signal-safe syscalls, on pointers the caller vouches for.
+    // SAFETY: the whole body makes only async-signal-safe syscalls, on pointers into memory
+    // the caller vouches for, as a forked child of a multi-threaded parent must.
     unsafe {
         // 1. Signals: default dispositions, then an empty mask.
         let mut action: libc::sigaction = std::mem::zeroed();
@@ -363,8 +364,9 @@ impl Pidfd {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: the kernel just created this close-on-exec descriptor for us alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
         Ok(Pidfd {
-            fd: SharedFd::new(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
+            fd: SharedFd::new(fd),
         })
     }
 

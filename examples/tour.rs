@@ -1,0 +1,240 @@
+//! A narrated tour of utility-process: everything that works, end to end.
+//!
+//! ```text
+//! cargo run --release --example tour
+//! ```
+//!
+//! The tour is its own worker: the parent forks this same executable with `--worker <role>`,
+//! and `main` sends it to the worker's code. (Named entry points that do this for you come
+//! with the message-ports issue; this is the by-hand version.)
+
+use std::error::Error as StdError;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use utility_process::{fork, parent_port, Error, Event, ForkOptions, Stdio, UtilityProcess};
+
+/// What the parent asks a worker to do.
+#[derive(Debug, Serialize, Deserialize)]
+enum Task {
+    /// Count the primes below a bound: a stand-in for CPU-heavy work.
+    CountPrimes { below: u64 },
+    /// Print a line on stdout.
+    Print { line: String },
+}
+
+/// What a worker answers.
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Primes { below: u64, count: u64, micros: u128 },
+    Printed,
+}
+
+fn main() -> Result<(), Box<dyn StdError>> {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("--worker") {
+        return worker(args.next().as_deref().unwrap_or("compute"));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(tour())
+}
+
+// ---- the parent ------------------------------------------------------------------------
+
+async fn tour() -> Result<(), Box<dyn StdError>> {
+    let exe = std::env::current_exe()?;
+    println!("utility-process tour — parent pid {}\n", std::process::id());
+
+    chapter("1. Fork a worker");
+    let started = Instant::now();
+    let mut worker = fork(
+        &exe,
+        ["--worker", "compute"],
+        ForkOptions::default()
+            .service_name("tour-compute")
+            .stdout(Stdio::Pipe),
+    )?;
+    expect_spawn(&mut worker).await?;
+    println!(
+        "   spawned {:?} as pid {} in {:?} (fork returns as soon as the program runs)",
+        worker.service_name(),
+        worker.pid().unwrap_or_default(),
+        started.elapsed()
+    );
+    let stdout = worker.take_stdout().ok_or("stdout was piped")?;
+    let mut stdout = BufReader::new(stdout).lines();
+
+    chapter("2. Exchange structured messages");
+    // Posted before the worker has even connected: queued, never lost, delivered in order.
+    for below in [10_000, 100_000, 1_000_000] {
+        worker.post_message(&Task::CountPrimes { below })?;
+    }
+    for _ in 0..3 {
+        match reply(&mut worker).await? {
+            Reply::Primes {
+                below,
+                count,
+                micros,
+            } => println!("   {count} primes below {below} (the worker took {micros} µs)"),
+            other => return Err(format!("unexpected reply {other:?}").into()),
+        }
+    }
+    let rounds = 2_000;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        worker.post_bytes(b"ping")?;
+        // The worker answers raw bytes with the same bytes: no serde on either side.
+        match worker.next_event().await {
+            Some(Event::Message(m)) if m.bytes() == b"ping" => {}
+            other => return Err(format!("unexpected event {other:?}").into()),
+        }
+    }
+    println!(
+        "   {rounds} raw round trips: {:.1} µs each",
+        started.elapsed().as_secs_f64() * 1e6 / rounds as f64
+    );
+
+    chapter("3. The worker's stdout, piped to the parent");
+    worker.post_message(&Task::Print {
+        line: "hello from the worker's stdout".into(),
+    })?;
+    reply(&mut worker).await?;
+    let line = stdout.next_line().await?.unwrap_or_default();
+    println!("   read from the pipe: {line:?}");
+
+    chapter("4. A worker panics: the parent hears why, and carries on");
+    let mut doomed = fork(
+        &exe,
+        ["--worker", "panic"],
+        ForkOptions::default()
+            .service_name("tour-doomed")
+            .stderr(Stdio::Ignore),
+    )?;
+    while let Some(event) = doomed.next_event().await {
+        match event {
+            Event::Spawn => println!("   spawned tour-doomed"),
+            Event::Error(Error::Panicked { panic, .. }) => {
+                println!("   error event: panicked with {:?}", panic.message);
+                println!("               at {}", panic.location);
+            }
+            Event::Error(other) => println!("   error event: {other}"),
+            Event::Exit(status) => println!("   exit event: {status}"),
+            Event::Message(_) => {}
+        }
+    }
+    worker.post_message(&Task::CountPrimes { below: 1000 })?;
+    if let Reply::Primes { count, .. } = reply(&mut worker).await? {
+        println!("   the first worker still answers: {count} primes below 1000");
+    }
+
+    chapter("5. A worker crashes with a signal");
+    let mut crasher = fork(
+        &exe,
+        ["--worker", "abort"],
+        ForkOptions::default().service_name("tour-crasher"),
+    )?;
+    while let Some(event) = crasher.next_event().await {
+        match event {
+            Event::Error(error) => println!("   error event: {error}"),
+            Event::Exit(status) => println!(
+                "   exit event: {status} (code {:?}, signal {:?})",
+                status.code(),
+                status.signal().and_then(|s| s.name())
+            ),
+            _ => {}
+        }
+    }
+
+    chapter("6. Kill");
+    println!("   kill() → {}", worker.kill());
+    while let Some(event) = worker.next_event().await {
+        if let Event::Exit(status) = event {
+            println!("   exit event: {status} — asked for, so no error event");
+        }
+    }
+    println!(
+        "   pid() is now {:?}; kill() again → {}",
+        worker.pid(),
+        worker.kill()
+    );
+    match worker.post_message(&Task::CountPrimes { below: 10 }) {
+        Err(e) => println!("   posting now is an error, not a panic: {e}"),
+        Ok(()) => return Err("posting to an exited worker succeeded".into()),
+    }
+
+    println!("\nThe tour is over: every worker has exited and been reaped.");
+    Ok(())
+}
+
+fn chapter(title: &str) {
+    println!("\n{title}");
+}
+
+async fn expect_spawn(worker: &mut UtilityProcess) -> Result<(), Box<dyn StdError>> {
+    match worker.next_event().await {
+        Some(Event::Spawn) => Ok(()),
+        other => Err(format!("expected Spawn, got {other:?}").into()),
+    }
+}
+
+async fn reply(worker: &mut UtilityProcess) -> Result<Reply, Box<dyn StdError>> {
+    let event = tokio::time::timeout(Duration::from_secs(30), worker.next_event()).await?;
+    match event {
+        Some(Event::Message(message)) => Ok(message.data()?),
+        other => Err(format!("expected a reply, got {other:?}").into()),
+    }
+}
+
+// ---- the workers -----------------------------------------------------------------------
+
+fn worker(role: &str) -> Result<(), Box<dyn StdError>> {
+    let port = parent_port()?;
+    match role {
+        "panic" => panic!("the input file is corrupt"),
+        "abort" => std::process::abort(),
+        _ => {}
+    }
+    // A compute worker needs no async runtime: the blocking receive is enough.
+    while let Some(message) = port.recv_blocking() {
+        if message.bytes() == b"ping" {
+            port.post_bytes(b"ping")?;
+            continue;
+        }
+        match message.data::<Task>()? {
+            Task::CountPrimes { below } => {
+                let started = Instant::now();
+                let count = count_primes(below);
+                port.post_message(&Reply::Primes {
+                    below,
+                    count,
+                    micros: started.elapsed().as_micros(),
+                })?;
+            }
+            Task::Print { line } => {
+                println!("{line}");
+                port.post_message(&Reply::Printed)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn count_primes(below: u64) -> u64 {
+    let n = below as usize;
+    let mut composite = vec![false; n.max(2)];
+    let mut count = 0;
+    for i in 2..n {
+        if !composite[i] {
+            count += 1;
+            let mut j = i * i;
+            while j < n {
+                composite[j] = true;
+                j += i;
+            }
+        }
+    }
+    count
+}
