@@ -18,7 +18,8 @@ fn main() {
                 .arg("grandchild")
                 .spawn()
                 .expect("start the grandchild");
-            port.post_message(&grandchild.id()).expect("parent is listening");
+            port.post_message(&grandchild.id())
+                .expect("parent is listening");
             // Wait until the parent is gone (or kills us). The grandchild is left running:
             // taking it down is the library's job.
             while port.recv_blocking().is_some() {}

@@ -11,19 +11,16 @@
 //!   through `exit` (returning from `main` included), so a child that posts its result and
 //!   returns does not lose it.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::Notify;
 use utility_process_wire::{Decoded, Frame, FrameDecoder, Hello, PanicReport, ENVELOPE_ROOM};
 
-use crate::process::{
-    post_on, raw_payload, ENV_PARENT_PID, ENV_PORT_FD, ENV_SERVICE_NAME, PORT_FD,
-};
-use crate::transport::{Endpoint, Incoming, Limits, RecvError};
-use crate::{sys, Error, Message};
+use crate::port::PortCore;
+use crate::process::{ENV_PARENT_PID, ENV_PORT_FD, ENV_SERVICE_NAME, PORT_FD};
+use crate::transport::{Endpoint, Limits};
+use crate::{sys, Error, Message, MessagePort};
 
 /// How long `parent_port` waits for the parent's `HELLO`, which is written before the child
 /// starts and so is normally there at once.
@@ -32,9 +29,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 static PARENT: OnceLock<ParentPort> = OnceLock::new();
 static CONNECTING: Mutex<()> = Mutex::new(());
 
-const NOT_STARTED: u8 = 0;
-const STARTED: u8 = 1;
-const PAUSED: u8 = 2;
 
 /// The child's end of the port to its parent.
 ///
@@ -47,10 +41,8 @@ pub struct ParentPort {
 
 #[derive(Debug)]
 struct Shared {
-    endpoint: Arc<Endpoint>,
+    core: PortCore,
     service_name: String,
-    state: AtomicU8,
-    resumed: Notify,
 }
 
 /// The port to the parent, in a process started by [`fork`](crate::fork).
@@ -124,12 +116,15 @@ fn connect() -> Result<ParentPort, Error> {
         max_message_size,
         max_queued_bytes: max_message_size.max(crate::options::DEFAULT_MAX_MESSAGE_SIZE),
     };
-    let endpoint = Endpoint::new(fd, limits).map_err(Error::io("parent port"))?;
+    let endpoint = Endpoint::new(fd, limits, 0).map_err(Error::io("parent port"))?;
     endpoint
-        .send_frame(|encoder, buf| {
-            encoder.hello(buf, &Hello::new(limits.max_frame_len));
-            Ok(())
-        })
+        .send_frame(
+            |encoder, buf| {
+                encoder.hello(buf, &Hello::new(limits.max_frame_len));
+                Ok(())
+            },
+            Vec::new(),
+        )
         .map_err(|_| Error::Closed {
             peer: "the parent".into(),
         })?;
@@ -143,10 +138,8 @@ fn connect() -> Result<ParentPort, Error> {
 
     Ok(ParentPort {
         shared: Arc::new(Shared {
-            endpoint,
+            core: PortCore::new(endpoint, "the parent"),
             service_name,
-            state: AtomicU8::new(NOT_STARTED),
-            resumed: Notify::new(),
         }),
     })
 }
@@ -216,7 +209,7 @@ fn install_panic_hook(endpoint: Arc<Endpoint>) {
 
 extern "C" fn flush_at_exit() {
     if let Some(port) = PARENT.get() {
-        port.shared.endpoint.flush_blocking();
+        port.shared.core.endpoint.flush_blocking();
     }
 }
 
@@ -230,11 +223,21 @@ impl ParentPort {
     /// [`Error::QueueFull`] and [`Error::Encode`] as for
     /// [`UtilityProcess::post_message`](crate::UtilityProcess::post_message).
     pub fn post_message<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
-        post_on(
-            &self.shared.endpoint,
-            |buf, cap| utility_process_wire::encode_value_capped(buf, value, cap),
-            || "the parent".to_owned(),
-        )
+        self.shared.core.post_value(value, Vec::new())
+    }
+
+    /// Posts `value` to the parent with `ports`, which move to the parent's process (unlike
+    /// Electron's `parentPort`, ours can transfer ports).
+    ///
+    /// # Errors
+    ///
+    /// As [`MessagePort::post_message_with_ports`](crate::MessagePort::post_message_with_ports).
+    pub fn post_message_with_ports<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        ports: Vec<MessagePort>,
+    ) -> Result<(), Error> {
+        self.shared.core.post_value(value, ports)
     }
 
     /// Posts raw bytes to the parent, without encoding them.
@@ -243,24 +246,19 @@ impl ParentPort {
     ///
     /// As [`post_message`](Self::post_message).
     pub fn post_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
-        post_on(
-            &self.shared.endpoint,
-            |buf, cap| raw_payload(buf, bytes, cap),
-            || "the parent".to_owned(),
-        )
+        self.shared.core.post_raw(bytes, Vec::new())
     }
 
     /// Starts (or resumes) delivery of the parent's messages.
     pub fn start(&self) {
-        self.shared.state.store(STARTED, Ordering::SeqCst);
-        self.shared.resumed.notify_waiters();
+        self.shared.core.start();
     }
 
     /// Pauses delivery: [`recv`](Self::recv) waits, and the parent's messages stay queued in
     /// the socket (so a parent that keeps posting eventually sees `QueueFull`), until
     /// [`start`](Self::start) is called — from another task or thread.
     pub fn pause(&self) {
-        self.shared.state.store(PAUSED, Ordering::SeqCst);
+        self.shared.core.pause();
     }
 
     /// The next message from the parent; `None` once the parent is gone (it exited, died, or
@@ -270,58 +268,20 @@ impl ParentPort {
     ///
     /// Cancel safe: a message is never lost by dropping the future.
     pub async fn recv(&self) -> Option<Message> {
-        loop {
-            let resumed = self.shared.resumed.notified();
-            match self.shared.state.load(Ordering::SeqCst) {
-                NOT_STARTED => self.start(),
-                PAUSED => {
-                    resumed.await;
-                    continue;
-                }
-                _ => {}
-            }
-            let received = self.shared.endpoint.recv().await;
-            return self.deliver(received);
-        }
+        self.shared.core.recv().await
     }
 
     /// The next message from the parent, blocking this thread; for programs without an async
     /// runtime. `None` once the parent is gone. Starts the port; ignores [`pause`](Self::pause).
     pub fn recv_blocking(&self) -> Option<Message> {
-        self.start();
-        let received = self.shared.endpoint.recv_blocking();
-        self.deliver(received)
-    }
-
-    fn deliver(&self, received: Result<Option<Incoming>, RecvError>) -> Option<Message> {
-        let problem = match received {
-            Ok(Some(Incoming::Message {
-                payload,
-                attachments: 0,
-            })) => return Some(Message::new(payload)),
-            Ok(None) => return None,
-            Ok(Some(Incoming::Message { attachments, .. })) => {
-                format!("a message announcing {attachments} descriptors")
-            }
-            Ok(Some(Incoming::Hello)) => "a second HELLO".to_owned(),
-            Ok(Some(Incoming::Panic(_))) => "a PANIC frame".to_owned(),
-            Err(RecvError::Protocol(e)) => e.to_string(),
-            Err(RecvError::Io(e)) => format!("reading failed: {e}"),
-        };
-        // The parent is this library; this can only be a bug or corruption. Say so and stop.
-        eprintln!(
-            "utility-process: {}: the parent broke the protocol ({problem}); closing the parent port",
-            self.shared.service_name
-        );
-        self.shared.endpoint.close();
-        None
+        self.shared.core.recv_blocking()
     }
 
     /// Writes every queued message to the socket, blocking until the parent has taken them
     /// (or is gone). Messages are also flushed when the process exits through `exit`; call
     /// this before ending the process another way.
     pub fn flush(&self) {
-        self.shared.endpoint.flush_blocking();
+        self.shared.core.endpoint.flush_blocking();
     }
 
     /// The service name the parent gave this process.

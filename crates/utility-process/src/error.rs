@@ -56,12 +56,29 @@ pub enum Error {
     },
 
     /// Occurs when a message is larger than the port's maximum message size. Nothing was sent.
-    #[error("message of {size} bytes exceeds the maximum of {max} bytes")]
+    #[error("message of at least {size} bytes exceeds the maximum of {max} bytes")]
     MessageTooLarge {
-        /// The size of the encoded message, envelope included.
+        /// How large the message is, at least: encoding stops as soon as it passes the
+        /// maximum, so for a value this is the maximum plus one.
         size: u64,
         /// The largest size the port accepts.
         max: u64,
+    },
+
+    /// Occurs when a port is sent over its own other end, which could never deliver it.
+    /// The port is closed.
+    #[error("a port cannot be sent over its own other end")]
+    PortOverItsPeer,
+
+    /// Occurs when a message carries more ports than one message can (each takes one
+    /// descriptor, two if it has unread messages; the kernel passes at most 253). The ports
+    /// are closed.
+    #[error("a message can carry at most {max} descriptors, this one needs {count}")]
+    TooManyPorts {
+        /// The descriptors needed.
+        count: usize,
+        /// The most one message carries.
+        max: usize,
     },
 
     /// Occurs when a value cannot be encoded (its `Serialize` implementation failed).
@@ -186,9 +203,10 @@ pub enum Violation {
     /// A frame kind that this direction does not allow (a `PANIC` report from a parent).
     #[error("a {0} frame, which this side does not accept")]
     UnexpectedFrame(&'static str),
-    /// A message announced descriptors, which this port does not accept.
-    #[error("a message announcing {0} descriptors, which this port does not accept")]
-    UnexpectedAttachments(usize),
+    /// Descriptors that do not match the messages: missing, unclaimed, truncated
+    /// (`MSG_CTRUNC`), too many, or not the kind the message says.
+    #[error("{0}")]
+    Descriptors(&'static str),
     /// Reading the socket failed.
     #[error("reading the port failed: {0}")]
     Read(#[source] io::Error),

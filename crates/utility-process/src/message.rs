@@ -5,12 +5,15 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::transport::Payload;
-use crate::Error;
+use crate::{Error, MessagePort};
 
-/// A message received from a port: its bytes, readable as any `Deserialize` type.
+/// A message received from a port: its bytes, readable as any `Deserialize` type, and the
+/// ports that travelled with it.
 ///
 /// Values posted with `post_message` are MessagePack, and [`data`](Message::data) decodes
-/// them; bytes posted raw come back unchanged from [`bytes`](Message::bytes).
+/// them; bytes posted raw come back unchanged from [`bytes`](Message::bytes). Ports are
+/// taken with [`take_ports`](Message::take_ports); ports nobody takes are closed when the
+/// message is dropped, and their other ends see the close.
 ///
 /// # Examples
 ///
@@ -21,14 +24,14 @@ use crate::Error;
 /// assert_eq!((command.as_str(), width), ("resize", 640));
 /// # Ok::<(), utility_process::Error>(())
 /// ```
-#[derive(Clone)]
 pub struct Message {
     payload: Payload,
+    ports: Vec<MessagePort>,
 }
 
 impl Message {
-    pub(crate) fn new(payload: Payload) -> Message {
-        Message { payload }
+    pub(crate) fn new(payload: Payload, ports: Vec<MessagePort>) -> Message {
+        Message { payload, ports }
     }
 
     /// A message holding `value`, encoded as a port would send it. Useful in tests.
@@ -39,7 +42,7 @@ impl Message {
     pub fn from_value<T: serde::Serialize + ?Sized>(value: &T) -> Result<Message, Error> {
         let mut buf = Vec::new();
         utility_process_wire::encode_value(&mut buf, value).map_err(Error::Encode)?;
-        Ok(Message::new(Payload { buf, start: 0 }))
+        Ok(Message::new(Payload { buf, start: 0 }, Vec::new()))
     }
 
     /// Decodes the message as a `T`.
@@ -59,7 +62,18 @@ impl Message {
         &self.payload.buf[self.payload.start..]
     }
 
-    /// The message's bytes, owned.
+    /// The ports that travelled with the message, in the order they were posted, handed to
+    /// the caller (a second call returns none).
+    pub fn take_ports(&mut self) -> Vec<MessagePort> {
+        std::mem::take(&mut self.ports)
+    }
+
+    /// How many ports the message still holds.
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// The message's bytes, owned. Ports not taken are closed.
     pub fn into_bytes(self) -> Vec<u8> {
         let Payload { mut buf, start } = self.payload;
         buf.drain(..start);
@@ -79,6 +93,9 @@ impl Message {
 
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Message").field("len", &self.len()).finish()
+        f.debug_struct("Message")
+            .field("len", &self.len())
+            .field("ports", &self.ports.len())
+            .finish()
     }
 }

@@ -34,8 +34,9 @@ use crate::error::{PanicInfo, Signal, SpawnStep, Violation};
 use crate::options::{ForkOptions, Stdio};
 use crate::stdio::{ChildStderr, ChildStdout};
 use crate::sys::process::{ChildFd, Pidfd, RawExit, SpawnPlan};
-use crate::transport::{Endpoint, Incoming, Limits, RecvError, SendError, TryRecv};
-use crate::{driver, sys, Error, Message};
+use crate::port::{ports_from, post_on, raw_payload};
+use crate::transport::{Endpoint, Incoming, Limits, RecvError, TryRecv};
+use crate::{driver, sys, Error, Message, MessagePort};
 
 /// The descriptor a child finds its parent port on.
 pub(crate) const PORT_FD: RawFd = 3;
@@ -268,12 +269,15 @@ where
         max_queued_bytes: options.max_queued_bytes,
     };
     let (ours, theirs) = sys::socket::socketpair().map_err(setup)?;
-    let port = Endpoint::new(ours, limits).map_err(setup)?;
+    let port = Endpoint::new(ours, limits, 0).map_err(setup)?;
     // The HELLO goes into the socket before the child exists: it finds it there at once.
-    port.send_frame(|encoder, buf| {
-        encoder.hello(buf, &Hello::new(limits.max_frame_len));
-        Ok(())
-    })
+    port.send_frame(
+        |encoder, buf| {
+            encoder.hello(buf, &Hello::new(limits.max_frame_len));
+            Ok(())
+        },
+        Vec::new(),
+    )
     .map_err(|_| setup(std::io::Error::other("cannot write the HELLO")))?;
 
     let (stdout_ours, stdout_theirs) = stdio_pair(options.stdout).map_err(setup)?;
@@ -491,7 +495,28 @@ impl UtilityProcess {
     /// maximum message size (nothing is sent); [`Error::QueueFull`] when the child is not
     /// reading and the queue is at its limit; [`Error::Encode`] when `value` cannot be encoded.
     pub fn post_message<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
-        self.post(|buf, cap| utility_process_wire::encode_value_capped(buf, value, cap))
+        self.post(
+            |buf, cap| utility_process_wire::encode_value_capped(buf, value, cap),
+            Vec::new(),
+        )
+    }
+
+    /// Posts `value` to the child with `ports`, which move to the child's process: from then
+    /// on whoever holds the other ends talks to the child directly.
+    ///
+    /// # Errors
+    ///
+    /// As [`post_message`](Self::post_message), and as
+    /// [`MessagePort::post_message_with_ports`](crate::MessagePort::post_message_with_ports).
+    pub fn post_message_with_ports<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        ports: Vec<MessagePort>,
+    ) -> Result<(), Error> {
+        self.post(
+            |buf, cap| utility_process_wire::encode_value_capped(buf, value, cap),
+            ports,
+        )
     }
 
     /// Posts raw bytes to the child, without encoding them.
@@ -500,17 +525,17 @@ impl UtilityProcess {
     ///
     /// As [`post_message`](Self::post_message).
     pub fn post_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
-        self.post(|buf, cap| raw_payload(buf, bytes, cap))
+        self.post(|buf, cap| raw_payload(buf, bytes, cap), Vec::new())
     }
 
-    fn post<F>(&self, fill: F) -> Result<(), Error>
+    fn post<F>(&self, fill: F, ports: Vec<MessagePort>) -> Result<(), Error>
     where
         F: FnOnce(&mut Vec<u8>, usize) -> Result<(), utility_process_wire::Error>,
     {
         if self.exit.borrow().is_some() {
             return Err(Error::Closed { peer: self.peer() });
         }
-        post_on(&self.port, fill, || self.peer())
+        post_on(&self.port, fill, ports, || self.peer())
     }
 
     /// Waits for the next event; `None` after [`Event::Exit`].
@@ -582,6 +607,9 @@ impl UtilityProcess {
                 return None;
             }
             Err(RecvError::Protocol(e)) => return Some(self.violation(Violation::Frame(e))),
+            Err(RecvError::Descriptors(problem)) => {
+                return Some(self.violation(Violation::Descriptors(problem)))
+            }
             Err(RecvError::Io(e)) => return Some(self.violation(Violation::Read(e))),
         };
         match frame {
@@ -593,10 +621,14 @@ impl UtilityProcess {
                 None
             }
             _ if !self.events.hello_seen => Some(self.violation(Violation::MissingHello)),
-            Incoming::Message { attachments, .. } if attachments > 0 => {
-                Some(self.violation(Violation::UnexpectedAttachments(attachments)))
-            }
-            Incoming::Message { payload, .. } => Some(Event::Message(Message::new(payload))),
+            Incoming::Message {
+                payload,
+                attachments,
+                fds,
+            } => match ports_from(attachments, fds) {
+                Ok(ports) => Some(Event::Message(Message::new(payload, ports))),
+                Err(problem) => Some(self.violation(Violation::Descriptors(problem))),
+            },
             Incoming::Panic(report) => {
                 self.events.last_panic = Some(report.into());
                 None
@@ -695,51 +727,5 @@ impl Drop for UtilityProcess {
         if !self.detached {
             self.kill();
         }
-    }
-}
-
-/// Appends `bytes` as a raw payload, refusing more than `cap`.
-pub(crate) fn raw_payload(
-    buf: &mut Vec<u8>,
-    bytes: &[u8],
-    cap: usize,
-) -> Result<(), utility_process_wire::Error> {
-    if bytes.len() > cap {
-        return Err(utility_process_wire::Error::FrameTooLarge {
-            len: bytes.len() as u64,
-            max: u32::try_from(cap).unwrap_or(u32::MAX),
-        });
-    }
-    buf.extend_from_slice(bytes);
-    Ok(())
-}
-
-/// Sends one message on `port`: the shared body of every `post_*` method.
-pub(crate) fn post_on<F>(
-    port: &Arc<Endpoint>,
-    fill: F,
-    peer: impl FnOnce() -> String,
-) -> Result<(), Error>
-where
-    F: FnOnce(&mut Vec<u8>, usize) -> Result<(), utility_process_wire::Error>,
-{
-    let limits = port.limits();
-    let result = port
-        .send_frame(|encoder, buf| encoder.message(buf, |buf| fill(buf, limits.max_message_size)));
-    match result {
-        Ok(()) => Ok(()),
-        Err(SendError::Closed) => Err(Error::Closed { peer: peer() }),
-        Err(SendError::QueueFull { queued, limit }) => Err(Error::QueueFull {
-            peer: peer(),
-            queued,
-            limit,
-        }),
-        Err(SendError::Frame(utility_process_wire::Error::FrameTooLarge { len, .. })) => {
-            Err(Error::MessageTooLarge {
-                size: len,
-                max: limits.max_message_size as u64,
-            })
-        }
-        Err(SendError::Frame(e)) => Err(Error::Encode(e)),
     }
 }

@@ -22,18 +22,42 @@
 //! Both buffers sit behind their own mutex, so a sender never waits for a receiver; each lock
 //! is held only for the copy or system call, never across an `.await`.
 //!
+//! # Descriptors
+//!
+//! Ports travel as descriptors (`SCM_RIGHTS`). A frame's descriptors are sent with the
+//! `sendmsg` that carries the frame's first byte, and that call never reaches into the next
+//! frame that carries descriptors. The kernel hands them to the `recvmsg` that receives that
+//! first byte, so a receiver notes, for each batch of descriptors, the range of the stream the
+//! `recvmsg` covered; the frame that starts inside that range claims the batch. A batch no
+//! frame claims, a frame whose descriptors are missing, or a truncated control message is a
+//! protocol violation.
+//!
+//! # Handing a port over
+//!
+//! A port that is sent away takes its queues with it. Bytes it had already read but nobody
+//! received are written into a fresh *prefix* socket that travels with it, and the new holder
+//! reads the prefix to its end before the port. Bytes it still had to write hold the carrying
+//! frame back: the port's descriptor leaves only once its own queue has been written, so
+//! nothing the old holder posted can be overtaken by what the new holder posts.
+//!
 //! # Cancel safety
 //!
 //! [`Endpoint::recv`] keeps all of its progress in the endpoint: dropping its future loses
 //! nothing, and the next call continues where it stopped.
 
+use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use utility_process_wire::{Decoded, Frame, FrameDecoder, FrameEncoder, PanicReport};
+use tokio::sync::Notify;
+use utility_process_wire::{
+    Attachment, Decoded, Frame, FrameDecoder, FrameEncoder, PanicReport, MAX_ATTACHMENTS,
+};
 
 use crate::sys;
 use crate::sys::reactor::SharedFd;
@@ -43,6 +67,13 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// Buffers larger than this are given back to the allocator once they are empty again.
 const KEEP_CAPACITY: usize = 1024 * 1024;
+
+/// The most received descriptors a port holds before frames claim them. Frames are decoded
+/// between reads, so an honest peer never gets near it; a flood of descriptors is a violation.
+const MAX_QUEUED_FDS: usize = 2 * MAX_ATTACHMENTS;
+
+/// How long handing over a port waits for the rest of a prefix it is itself still reading.
+const PREFIX_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The size limits of an endpoint.
 #[derive(Debug, Clone, Copy)]
@@ -55,13 +86,26 @@ pub(crate) struct Limits {
     pub max_queued_bytes: usize,
 }
 
+impl Limits {
+    /// The limits of a channel made by `MessageChannel::new`, and of received ports.
+    pub(crate) fn default_channel() -> Limits {
+        let max_message_size = crate::options::DEFAULT_MAX_MESSAGE_SIZE;
+        Limits {
+            max_frame_len: max_message_size as u32 + utility_process_wire::ENVELOPE_ROOM,
+            max_message_size,
+            max_queued_bytes: max_message_size,
+        }
+    }
+}
+
 /// A frame as received, owned.
 #[derive(Debug)]
 pub(crate) enum Incoming {
     Hello,
     Message {
         payload: Payload,
-        attachments: usize,
+        attachments: Vec<Attachment>,
+        fds: Vec<OwnedFd>,
     },
     Panic(PanicReport),
 }
@@ -69,7 +113,7 @@ pub(crate) enum Incoming {
 /// The bytes of a received message: a buffer and where the payload starts in it.
 ///
 /// Large payloads take over the receive buffer itself instead of being copied out of it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Payload {
     pub buf: Vec<u8>,
     pub start: usize,
@@ -79,6 +123,7 @@ pub(crate) struct Payload {
 #[derive(Debug)]
 pub(crate) enum RecvError {
     Protocol(utility_process_wire::Error),
+    Descriptors(&'static str),
     Io(io::Error),
 }
 
@@ -102,11 +147,50 @@ pub(crate) enum SendError {
     Frame(utility_process_wire::Error),
 }
 
+/// What travels beside a frame's bytes.
+#[derive(Debug)]
+pub(crate) enum Carried {
+    /// A descriptor, sent as it is (a prefix socket).
+    Fd(OwnedFd),
+    /// A port: its descriptor leaves once everything it had queued has been written.
+    Port(Arc<Endpoint>),
+}
+
+impl Carried {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Carried::Fd(fd) => fd.as_fd(),
+            Carried::Port(port) => port.fd.as_fd(),
+        }
+    }
+}
+
+/// Descriptors to send with the frame that starts at `offset` in the send buffer.
+#[derive(Debug)]
+struct OutBatch {
+    offset: usize,
+    items: Vec<Carried>,
+}
+
+/// Descriptors received by one `recvmsg`, which covered `start..end` of the stream.
+#[derive(Debug)]
+struct InBatch {
+    start: u64,
+    end: u64,
+    fds: Vec<OwnedFd>,
+}
+
 #[derive(Debug, Default)]
 struct Inbound {
     buf: Vec<u8>,
     /// Where the first undecoded byte is.
     head: usize,
+    /// The stream offset of `buf[head]`: every byte ever decoded before it.
+    decoded: u64,
+    batches: VecDeque<InBatch>,
+    queued_fds: usize,
+    /// A socket to read to its end before the port's own: what a previous holder had read.
+    prefix: Option<SharedFd>,
     /// The peer closed its end.
     eof: bool,
 }
@@ -116,10 +200,30 @@ struct Outbound {
     buf: Vec<u8>,
     /// How much of `buf` the socket has already taken.
     sent: usize,
+    batches: VecDeque<OutBatch>,
     /// A flusher task owns the job of writing what is left.
     flushing: bool,
     /// The peer is gone or the port was closed: nothing more can be sent.
     closed: bool,
+}
+
+impl Outbound {
+    fn discard(&mut self) {
+        self.closed = true;
+        self.buf.clear();
+        self.sent = 0;
+        self.batches.clear();
+    }
+}
+
+/// How far a write got.
+enum Progress {
+    /// Everything is written.
+    Done,
+    /// The socket is full.
+    WouldBlock,
+    /// The next frame carries this port, which has not written its own queue yet.
+    WaitingFor(Arc<Endpoint>),
 }
 
 /// One end of a port.
@@ -129,23 +233,45 @@ pub(crate) struct Endpoint {
     readiness: Mutex<Option<Arc<AsyncFd<SharedFd>>>>,
     inbound: Mutex<Inbound>,
     outbound: Mutex<Outbound>,
+    /// Woken when a flusher has written the whole send queue.
+    drained: Notify,
     encoder: FrameEncoder,
     decoder: FrameDecoder,
     limits: Limits,
+    /// The id both ends of a channel share (0 for a parent port, which never travels).
+    channel: u64,
     fd: SharedFd,
 }
 
 impl Endpoint {
     /// Wraps a connected stream socket, making it non-blocking.
-    pub(crate) fn new(fd: OwnedFd, limits: Limits) -> io::Result<Arc<Endpoint>> {
+    pub(crate) fn new(fd: OwnedFd, limits: Limits, channel: u64) -> io::Result<Arc<Endpoint>> {
+        Endpoint::with_prefix(fd, None, limits, channel)
+    }
+
+    /// Wraps a received port whose previous holder left unread messages in `prefix`.
+    pub(crate) fn with_prefix(
+        fd: OwnedFd,
+        prefix: Option<OwnedFd>,
+        limits: Limits,
+        channel: u64,
+    ) -> io::Result<Arc<Endpoint>> {
         sys::set_nonblocking(fd.as_fd(), true)?;
+        if let Some(prefix) = &prefix {
+            sys::set_nonblocking(prefix.as_fd(), true)?;
+        }
         Ok(Arc::new(Endpoint {
             readiness: Mutex::new(None),
-            inbound: Mutex::new(Inbound::default()),
+            inbound: Mutex::new(Inbound {
+                prefix: prefix.map(SharedFd::new),
+                ..Inbound::default()
+            }),
             outbound: Mutex::new(Outbound::default()),
+            drained: Notify::new(),
             encoder: FrameEncoder::new(limits.max_frame_len),
             decoder: FrameDecoder::new(limits.max_frame_len),
             limits,
+            channel,
             fd: SharedFd::new(fd),
         }))
     }
@@ -154,12 +280,22 @@ impl Endpoint {
         self.limits
     }
 
+    pub(crate) fn channel(&self) -> u64 {
+        self.channel
+    }
+
     // ---- sending -------------------------------------------------------------------------
 
-    /// Appends a frame built by `build` and writes it now if nothing is waiting before it.
+    /// Appends a frame built by `build`, with `carried` to go with its first byte, and writes
+    /// it now if nothing is waiting before it.
     ///
-    /// `build` appends one whole frame to the buffer, or leaves it as it was and fails.
-    pub(crate) fn send_frame<F>(self: &Arc<Self>, build: F) -> Result<(), SendError>
+    /// `build` appends one whole frame to the buffer, or leaves it as it was and fails. On any
+    /// error the carried descriptors are dropped (closed).
+    pub(crate) fn send_frame<F>(
+        self: &Arc<Self>,
+        build: F,
+        carried: Vec<Carried>,
+    ) -> Result<(), SendError>
     where
         F: FnOnce(&FrameEncoder, &mut Vec<u8>) -> Result<(), utility_process_wire::Error>,
     {
@@ -188,12 +324,18 @@ impl Endpoint {
                 std::panic::resume_unwind(panic);
             }
         }
+        if !carried.is_empty() {
+            out.batches.push_back(OutBatch {
+                offset: mark,
+                items: carried,
+            });
+        }
         if out.flushing {
             return Ok(());
         }
         match self.write_out(&mut out) {
-            Ok(true) => Ok(()),
-            Ok(false) => {
+            Ok(Progress::Done) => Ok(()),
+            Ok(Progress::WouldBlock | Progress::WaitingFor(_)) => {
                 out.flushing = true;
                 drop(out);
                 self.spawn_flusher();
@@ -201,20 +343,46 @@ impl Endpoint {
             }
             Err(_) => {
                 // The peer is gone: this frame and anything behind it can never arrive.
-                out.closed = true;
-                out.buf.clear();
-                out.sent = 0;
+                out.discard();
                 Err(SendError::Closed)
             }
         }
     }
 
-    /// Writes as much of the send buffer as the socket takes. `Ok(true)`: all of it.
-    fn write_out(&self, out: &mut Outbound) -> io::Result<bool> {
+    /// Writes as much of the send buffer as the socket takes.
+    fn write_out(&self, out: &mut Outbound) -> io::Result<Progress> {
         while out.sent < out.buf.len() {
-            match sys::socket::send(self.fd.as_fd(), &out.buf[out.sent..]) {
-                Ok(n) => out.sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            let sent = out.sent;
+            let written = match out.batches.front() {
+                Some(batch) if batch.offset == sent => {
+                    for item in &batch.items {
+                        if let Carried::Port(port) = item {
+                            if !port.is_drained() {
+                                return Ok(Progress::WaitingFor(Arc::clone(port)));
+                            }
+                        }
+                    }
+                    // Never reach into the next frame that carries descriptors.
+                    let end = out.batches.get(1).map_or(out.buf.len(), |next| next.offset);
+                    let fds: Vec<BorrowedFd<'_>> =
+                        batch.items.iter().map(Carried::as_fd).collect();
+                    sys::socket::send_with_fds(self.fd.as_fd(), &out.buf[sent..end], &fds)
+                }
+                next => {
+                    let end = next.map_or(out.buf.len(), |batch| batch.offset);
+                    sys::socket::send(self.fd.as_fd(), &out.buf[sent..end])
+                }
+            };
+            match written {
+                Ok(n) => {
+                    if out.batches.front().is_some_and(|b| b.offset == sent) {
+                        // The descriptors are in the kernel's hands now: close ours. A port
+                        // sent away is gone from this process.
+                        out.batches.pop_front();
+                    }
+                    out.sent += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Progress::WouldBlock),
                 Err(e) => return Err(e),
             }
         }
@@ -223,7 +391,13 @@ impl Endpoint {
         if out.buf.capacity() > KEEP_CAPACITY {
             out.buf = Vec::new();
         }
-        Ok(true)
+        Ok(Progress::Done)
+    }
+
+    /// Whether nothing waits to be written (or nothing ever will be: the port is closed).
+    fn is_drained(&self) -> bool {
+        let out = lock(&self.outbound);
+        out.closed || out.sent == out.buf.len()
     }
 
     /// Starts a task on the library's thread that writes the waiting bytes as room appears.
@@ -246,61 +420,121 @@ impl Endpoint {
                 }
             };
             loop {
-                let mut ready = match afd.writable().await {
-                    Ok(ready) => ready,
-                    Err(_) => break,
-                };
-                let mut out = lock(&endpoint.outbound);
-                match endpoint.write_out(&mut out) {
-                    Ok(true) => {
-                        out.flushing = false;
-                        return;
+                let progress = {
+                    let mut out = lock(&endpoint.outbound);
+                    match endpoint.write_out(&mut out) {
+                        Ok(Progress::Done) => {
+                            out.flushing = false;
+                            drop(out);
+                            endpoint.drained.notify_waiters();
+                            return;
+                        }
+                        Ok(progress) => progress,
+                        Err(_) => {
+                            out.discard();
+                            out.flushing = false;
+                            drop(out);
+                            endpoint.drained.notify_waiters();
+                            return;
+                        }
                     }
-                    Ok(false) => ready.clear_ready(),
-                    Err(_) => break,
+                };
+                match progress {
+                    Progress::WaitingFor(port) => {
+                        let drained = port.drained.notified();
+                        tokio::pin!(drained);
+                        drained.as_mut().enable();
+                        if !port.is_drained() {
+                            drained.await;
+                        }
+                    }
+                    _ => match afd.writable().await {
+                        Ok(mut ready) => ready.clear_ready(),
+                        Err(_) => {
+                            lock(&endpoint.outbound).flushing = false;
+                            endpoint.flush_blocking();
+                            return;
+                        }
+                    },
                 }
             }
-            let mut out = lock(&endpoint.outbound);
-            out.closed = true;
-            out.flushing = false;
-            out.buf.clear();
-            out.sent = 0;
         });
     }
 
     /// Writes every waiting byte, blocking this thread until the socket has taken them all or
-    /// the peer is gone. Used when a process is about to exit or panic.
+    /// the peer is gone. Used when a process is about to exit.
     pub(crate) fn flush_blocking(&self) {
-        let mut out = lock(&self.outbound);
         loop {
+            let mut out = lock(&self.outbound);
             match self.write_out(&mut out) {
-                Ok(true) => {
-                    out.flushing = false;
-                    return;
-                }
-                Ok(false) => {
+                Ok(Progress::Done) => return,
+                Ok(Progress::WouldBlock) => {
+                    drop(out);
                     if sys::wait_fd(self.fd.as_fd(), sys::Interest::Writable, None).is_err() {
                         return;
                     }
                 }
+                Ok(Progress::WaitingFor(port)) => {
+                    drop(out);
+                    port.flush_blocking();
+                }
                 Err(_) => {
-                    out.closed = true;
-                    out.buf.clear();
-                    out.sent = 0;
+                    out.discard();
                     return;
                 }
             }
         }
     }
 
+    /// Appends a last frame behind everything waiting and writes it all, blocking for up to
+    /// five seconds per stall. For a panic hook: it never waits for a lock this thread may
+    /// hold already, and gives up rather than hang a dying process.
+    pub(crate) fn send_last_words<F>(&self, append: F)
+    where
+        F: FnOnce(&FrameEncoder, &mut Vec<u8>),
+    {
+        let mut out = match self.outbound.try_lock() {
+            Ok(out) => out,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                // Another thread is mid-send; give it a moment, then go ahead only if it is done.
+                std::thread::sleep(Duration::from_millis(10));
+                match self.outbound.try_lock() {
+                    Ok(out) => out,
+                    Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => return,
+                }
+            }
+        };
+        if out.closed {
+            return;
+        }
+        append(&self.encoder, &mut out.buf);
+        loop {
+            match self.write_out(&mut out) {
+                Ok(Progress::WouldBlock) => {
+                    let ready = sys::wait_fd(
+                        self.fd.as_fd(),
+                        sys::Interest::Writable,
+                        Some(Duration::from_secs(5)),
+                    );
+                    if !matches!(ready, Ok(true)) {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
     /// Closes the port: the peer reads end-of-file, and sends and receives here end.
     pub(crate) fn close(&self) {
-        let mut out = lock(&self.outbound);
-        out.closed = true;
-        out.buf.clear();
-        out.sent = 0;
-        drop(out);
-        lock(&self.inbound).eof = true;
+        lock(&self.outbound).discard();
+        let mut inbound = lock(&self.inbound);
+        inbound.eof = true;
+        inbound.batches.clear();
+        inbound.prefix = None;
+        drop(inbound);
         sys::socket::shutdown(self.fd.as_fd());
     }
 
@@ -317,20 +551,47 @@ impl Endpoint {
                 .map_err(RecvError::Protocol)?
             {
                 Decoded::Frame { frame, consumed } => {
+                    let at = inbound.decoded;
+                    if inbound.batches.front().is_some_and(|b| b.end <= at) {
+                        return Err(RecvError::Descriptors(
+                            "descriptors arrived that no message claims",
+                        ));
+                    }
                     let frame = match frame {
                         Frame::Hello(_) => Incoming::Hello,
                         Frame::Panic(report) => Incoming::Panic(report),
                         Frame::Message {
                             attachments,
                             payload,
-                        } => Incoming::Message {
-                            // Filled in below, once the buffer is no longer borrowed.
-                            payload: Payload {
-                                buf: Vec::new(),
-                                start: payload.len(),
-                            },
-                            attachments: attachments.len(),
-                        },
+                        } => {
+                            let count = attachments.fd_count();
+                            let fds = if count == 0 {
+                                Vec::new()
+                            } else {
+                                match inbound.batches.front() {
+                                    Some(b)
+                                        if b.start <= at && at < b.end && b.fds.len() == count =>
+                                    {
+                                        inbound.queued_fds -= count;
+                                        inbound.batches.pop_front().map(|b| b.fds).unwrap_or_default()
+                                    }
+                                    _ => {
+                                        return Err(RecvError::Descriptors(
+                                            "a message's descriptors are missing or miscounted",
+                                        ))
+                                    }
+                                }
+                            };
+                            Incoming::Message {
+                                // Filled in below, once the buffer is no longer borrowed.
+                                payload: Payload {
+                                    buf: Vec::new(),
+                                    start: payload.len(),
+                                },
+                                attachments: attachments.iter().collect(),
+                                fds,
+                            }
+                        }
                     };
                     return Ok(TryRecv::Frame(take_frame(inbound, frame, consumed)));
                 }
@@ -347,12 +608,10 @@ impl Endpoint {
             }
             let want = needed.max(inbound.buf.len() + READ_CHUNK);
             inbound.buf.reserve(want - inbound.buf.len());
-            match sys::socket::recv_into(self.fd.as_fd(), &mut inbound.buf, usize::MAX) {
-                Ok(0) => inbound.eof = true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(TryRecv::WouldBlock),
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => inbound.eof = true,
-                Err(e) => return Err(RecvError::Io(e)),
+            match fill(inbound, &self.fd)? {
+                Fill::Read | Fill::PrefixEnded => {}
+                Fill::Eof => inbound.eof = true,
+                Fill::WouldBlock => return Ok(TryRecv::WouldBlock),
             }
         }
     }
@@ -362,6 +621,7 @@ impl Endpoint {
     /// Must be called within a tokio runtime; the socket is registered with the runtime of the
     /// first call.
     pub(crate) async fn recv(&self) -> Result<Option<Incoming>, RecvError> {
+        let mut retried = false;
         loop {
             match self.try_recv()? {
                 TryRecv::Frame(frame) => return Ok(Some(frame)),
@@ -371,16 +631,13 @@ impl Endpoint {
             let afd = self.readiness().map_err(RecvError::Io)?;
             let mut ready = match afd.readable().await {
                 Ok(ready) => ready,
-                Err(e) => {
+                Err(e) if retried => return Err(RecvError::Io(e)),
+                Err(_) => {
                     // The runtime it was registered with is gone (a port used by one
                     // `#[tokio::main]` after another's): register anew, once.
+                    retried = true;
                     lock(&self.readiness).take();
-                    let afd = self.readiness().map_err(RecvError::Io)?;
-                    drop(e);
-                    match afd.readable().await {
-                        Ok(_) => continue,
-                        Err(e) => return Err(RecvError::Io(e)),
-                    }
+                    continue;
                 }
             };
             match self.try_recv()? {
@@ -398,23 +655,185 @@ impl Endpoint {
                 TryRecv::Frame(frame) => return Ok(Some(frame)),
                 TryRecv::Closed => return Ok(None),
                 TryRecv::WouldBlock => {
-                    sys::wait_fd(self.fd.as_fd(), sys::Interest::Readable, None)
+                    let source = self.source();
+                    sys::wait_fd(source.as_fd(), sys::Interest::Readable, None)
                         .map_err(RecvError::Io)?;
                 }
             }
         }
     }
 
-    /// The socket's registration with the current runtime, made on first use.
+    /// The socket reads come from now: the prefix while there is one, then the port.
+    fn source(&self) -> SharedFd {
+        lock(&self.inbound)
+            .prefix
+            .clone()
+            .unwrap_or_else(|| self.fd.clone())
+    }
+
+    /// The current source's registration with the current runtime, made on first use.
     fn readiness(&self) -> io::Result<Arc<AsyncFd<SharedFd>>> {
+        let source = self.source();
         let mut slot = lock(&self.readiness);
         if let Some(afd) = &*slot {
-            return Ok(Arc::clone(afd));
+            if afd.get_ref().as_raw_fd() == source.as_raw_fd() {
+                return Ok(Arc::clone(afd));
+            }
         }
-        let afd = Arc::new(sys::reactor::register(&self.fd, Interest::READABLE)?);
+        // Release the old registration before making the new one.
+        slot.take();
+        let afd = Arc::new(sys::reactor::register(&source, Interest::READABLE)?);
         *slot = Some(Arc::clone(&afd));
         Ok(afd)
     }
+
+    // ---- handing over --------------------------------------------------------------------
+
+    /// Prepares this port to travel: what to announce and which descriptors to send.
+    ///
+    /// Bytes it had read but not delivered go into a new prefix socket, written by a flusher
+    /// (the new holder reads them first); bytes it still has to write are written before its
+    /// descriptor leaves (see `write_out`).
+    pub(crate) fn hand_over(self: Arc<Self>) -> io::Result<(Attachment, Vec<Carried>)> {
+        let channel = self.channel;
+        let mut inbound = lock(&self.inbound);
+        // A prefix we are still reading ourselves: take the rest of it now.
+        while inbound.prefix.is_some() {
+            inbound.buf.reserve(READ_CHUNK);
+            match fill(&mut inbound, &self.fd) {
+                Ok(Fill::Read | Fill::PrefixEnded) => {}
+                Ok(Fill::WouldBlock) => {
+                    let prefix = inbound.prefix.clone();
+                    let ready = prefix.map(|p| {
+                        sys::wait_fd(p.as_fd(), sys::Interest::Readable, Some(PREFIX_TIMEOUT))
+                    });
+                    if !matches!(ready, Some(Ok(true))) {
+                        // The previous holder stalls: what it did not pass on is lost.
+                        inbound.prefix = None;
+                    }
+                }
+                // Only the main socket can end; a broken prefix ends here.
+                Ok(Fill::Eof) | Err(_) => inbound.prefix = None,
+            }
+        }
+        let pending = &inbound.buf[inbound.head..];
+        if pending.is_empty() && inbound.batches.is_empty() {
+            drop(inbound);
+            return Ok((Attachment::Port { channel }, vec![Carried::Port(self)]));
+        }
+
+        // Frame starts in the pending bytes, to attach each batch to the frame that claims it.
+        let mut starts = Vec::new();
+        let mut at = 0usize;
+        while at + 4 <= pending.len() {
+            starts.push(at);
+            let len = u32::from_le_bytes([
+                pending[at],
+                pending[at + 1],
+                pending[at + 2],
+                pending[at + 3],
+            ]);
+            at = at.saturating_add(4).saturating_add(len as usize);
+        }
+        let (ours, theirs) = sys::socket::socketpair()?;
+        let prefix = Endpoint::new(ours, self.limits, 0)?;
+        {
+            let mut out = lock(&prefix.outbound);
+            out.buf.extend_from_slice(pending);
+            let decoded = inbound.decoded;
+            for batch in inbound.batches.drain(..) {
+                let claimed = starts.iter().find(|&&s| {
+                    let s = decoded + s as u64;
+                    batch.start <= s && s < batch.end
+                });
+                // A batch no frame claims is the peer's error; its descriptors close here.
+                if let Some(&offset) = claimed {
+                    out.batches.push_back(OutBatch {
+                        offset,
+                        items: batch.fds.into_iter().map(Carried::Fd).collect(),
+                    });
+                }
+            }
+        }
+        inbound.buf.clear();
+        inbound.head = 0;
+        inbound.queued_fds = 0;
+        drop(inbound);
+        // Write what fits now; a flusher writes the rest and then drops the prefix's last
+        // reference, which closes it: the new holder reads end-of-file and moves on.
+        let mut out = lock(&prefix.outbound);
+        match prefix.write_out(&mut out) {
+            Ok(Progress::Done) | Err(_) => {}
+            Ok(_) => {
+                out.flushing = true;
+                drop(out);
+                prefix.spawn_flusher();
+            }
+        }
+        Ok((
+            Attachment::PortWithPrefix { channel },
+            vec![Carried::Fd(OwnedFd::from(theirs)), Carried::Port(self)],
+        ))
+    }
+}
+
+/// What one read into the receive buffer did.
+enum Fill {
+    Read,
+    /// The prefix ended: reads go to the port from now on.
+    PrefixEnded,
+    Eof,
+    WouldBlock,
+}
+
+/// Reads once from the current source into the spare capacity of the receive buffer, noting
+/// any descriptors that came with the bytes.
+fn fill(inbound: &mut Inbound, main: &SharedFd) -> Result<Fill, RecvError> {
+    let source = inbound.prefix.clone();
+    let fd = source.as_ref().unwrap_or(main);
+    let before = inbound.buf.len();
+    let mut fds = Vec::new();
+    let received = match sys::socket::recv_with_fds(fd.as_fd(), &mut inbound.buf, &mut fds) {
+        Ok(received) => received,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::WouldBlock),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+            return Ok(if source.is_some() {
+                inbound.prefix = None;
+                Fill::PrefixEnded
+            } else {
+                Fill::Eof
+            })
+        }
+        Err(e) => return Err(RecvError::Io(e)),
+    };
+    if received.truncated {
+        return Err(RecvError::Descriptors(
+            "a control message was truncated (MSG_CTRUNC): descriptors were lost",
+        ));
+    }
+    if received.bytes == 0 {
+        return Ok(if source.is_some() {
+            inbound.prefix = None;
+            Fill::PrefixEnded
+        } else {
+            Fill::Eof
+        });
+    }
+    if !fds.is_empty() {
+        inbound.queued_fds += fds.len();
+        if inbound.queued_fds > MAX_QUEUED_FDS {
+            return Err(RecvError::Descriptors(
+                "more descriptors arrived than messages claim",
+            ));
+        }
+        let start = inbound.decoded + (before - inbound.head) as u64;
+        inbound.batches.push_back(InBatch {
+            start,
+            end: start + received.bytes as u64,
+            fds,
+        });
+    }
+    Ok(Fill::Read)
 }
 
 /// Consumes the frame of `consumed` bytes at the front of the buffer; for a message, moves
@@ -437,6 +856,7 @@ fn take_frame(inbound: &mut Inbound, mut frame: Incoming, consumed: usize) -> In
             }
         };
     }
+    inbound.decoded += consumed as u64;
     inbound.head += consumed;
     if inbound.head >= inbound.buf.len() {
         inbound.head = 0;
@@ -451,52 +871,5 @@ fn take_frame(inbound: &mut Inbound, mut frame: Incoming, consumed: usize) -> In
 /// Locks a mutex, going on if a panicking thread poisoned it: the buffers stay consistent
 /// at every point where a panic could unwind (no code between their updates can panic).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl Endpoint {
-    /// Appends a last frame behind everything waiting and writes it all, blocking for up to
-    /// five seconds per stall. For a panic hook: it never waits for a lock this thread may
-    /// hold already, and gives up rather than hang a dying process.
-    pub(crate) fn send_last_words<F>(&self, append: F)
-    where
-        F: FnOnce(&FrameEncoder, &mut Vec<u8>),
-    {
-        let endpoint = self;
-        let mut out = match endpoint.outbound.try_lock() {
-            Ok(out) => out,
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                // Another thread is mid-send; give it a moment, then go ahead only if it is done.
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                match endpoint.outbound.try_lock() {
-                    Ok(out) => out,
-                    Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-                    Err(std::sync::TryLockError::WouldBlock) => return,
-                }
-            }
-        };
-        if out.closed {
-            return;
-        }
-        append(&endpoint.encoder, &mut out.buf);
-        loop {
-            match endpoint.write_out(&mut out) {
-                Ok(true) => return,
-                Ok(false) => {
-                    let ready = sys::wait_fd(
-                        endpoint.fd.as_fd(),
-                        sys::Interest::Writable,
-                        Some(std::time::Duration::from_secs(5)),
-                    );
-                    if !matches!(ready, Ok(true)) {
-                        return;
-                    }
-                }
-                Err(_) => return,
-            }
-        }
-    }
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

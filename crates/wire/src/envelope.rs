@@ -79,24 +79,56 @@ impl Hello {
     }
 }
 
-/// What a descriptor travelling with a message is.
+/// What travels with a message beside its bytes: one or two descriptors each.
+///
+/// Every descriptor is 9 bytes in the envelope: a kind byte and the `u64` id of the channel
+/// the port belongs to (both ends of a channel share it, so a sender can refuse to send a
+/// port over its own peer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Attachment {
-    /// One end of a message channel: a `SOCK_STREAM` Unix socket.
-    Port,
+    /// One end of a message channel: one descriptor, a `SOCK_STREAM` Unix socket.
+    Port {
+        /// The channel's id.
+        channel: u64,
+    },
+    /// A port whose previous holder had already read messages from it that nobody received:
+    /// two descriptors, first a *prefix* socket that yields those bytes and then ends, then
+    /// the port itself. The receiver reads the prefix to its end before reading the port.
+    PortWithPrefix {
+        /// The channel's id.
+        channel: u64,
+    },
 }
 
+/// Bytes one attachment descriptor takes in the envelope.
+pub const ATTACHMENT_LEN: usize = 9;
+
 impl Attachment {
-    pub(crate) fn to_byte(self) -> u8 {
+    /// How many descriptors travel for this attachment.
+    pub fn fd_count(self) -> usize {
         match self {
-            Attachment::Port => 0x01,
+            Attachment::Port { .. } => 1,
+            Attachment::PortWithPrefix { .. } => 2,
         }
     }
 
-    fn from_byte(byte: u8) -> Result<Attachment, Error> {
-        match byte {
-            0x01 => Ok(Attachment::Port),
+    pub(crate) fn write(self, out: &mut Vec<u8>) {
+        let (kind, channel) = match self {
+            Attachment::Port { channel } => (0x01, channel),
+            Attachment::PortWithPrefix { channel } => (0x02, channel),
+        };
+        out.push(kind);
+        out.extend_from_slice(&channel.to_le_bytes());
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Attachment, Error> {
+        let mut channel = [0u8; 8];
+        channel.copy_from_slice(&bytes[1..ATTACHMENT_LEN]);
+        let channel = u64::from_le_bytes(channel);
+        match bytes[0] {
+            0x01 => Ok(Attachment::Port { channel }),
+            0x02 => Ok(Attachment::PortWithPrefix { channel }),
             other => Err(Error::UnknownAttachment(other)),
         }
     }
@@ -107,22 +139,27 @@ impl Attachment {
 pub struct Attachments<'a>(&'a [u8]);
 
 impl<'a> Attachments<'a> {
-    /// How many descriptors the message carries.
+    /// How many attachments the message carries.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.len() / ATTACHMENT_LEN
     }
 
-    /// Whether the message carries no descriptor.
+    /// Whether the message carries no attachment.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    /// The kinds of the descriptors, in the order the descriptors arrive.
+    /// How many descriptors travel with the message.
+    pub fn fd_count(&self) -> usize {
+        self.iter().map(Attachment::fd_count).sum()
+    }
+
+    /// The attachments, in the order their descriptors arrive.
     pub fn iter(&self) -> impl Iterator<Item = Attachment> + 'a {
-        // Every byte was checked by `Frame::parse`.
+        // Every descriptor was checked by `Frame::parse`.
         self.0
-            .iter()
-            .map(|&b| Attachment::from_byte(b).unwrap_or(Attachment::Port))
+            .chunks_exact(ATTACHMENT_LEN)
+            .filter_map(|bytes| Attachment::parse(bytes).ok())
     }
 }
 
@@ -166,17 +203,17 @@ impl<'a> Frame<'a> {
                 let (&count, rest) = body
                     .split_first()
                     .ok_or(Error::TruncatedAttachments { count: 0 })?;
-                if usize::from(count) > MAX_ATTACHMENTS {
-                    return Err(Error::TooManyAttachments {
-                        count: usize::from(count),
-                    });
-                }
-                if rest.len() < usize::from(count) {
+                let listed = usize::from(count) * ATTACHMENT_LEN;
+                if rest.len() < listed {
                     return Err(Error::TruncatedAttachments { count });
                 }
-                let (kinds, payload) = rest.split_at(usize::from(count));
-                for &byte in kinds {
-                    Attachment::from_byte(byte)?;
+                let (kinds, payload) = rest.split_at(listed);
+                let mut fds = 0;
+                for bytes in kinds.chunks_exact(ATTACHMENT_LEN) {
+                    fds += Attachment::parse(bytes)?.fd_count();
+                }
+                if fds > MAX_ATTACHMENTS {
+                    return Err(Error::TooManyAttachments { count: fds });
                 }
                 Ok(Frame::Message {
                     attachments: Attachments(kinds),
@@ -233,16 +270,20 @@ mod tests {
     #[test]
     fn message_announcing_more_attachments_than_it_lists_is_refused() {
         assert!(matches!(
-            Frame::parse(2, &[3, 1]),
+            Frame::parse(2, &[3, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
             Err(Error::TruncatedAttachments { count: 3 })
         ));
         assert!(matches!(
-            Frame::parse(2, &[1, 9]),
+            Frame::parse(2, &[1, 9, 0, 0, 0, 0, 0, 0, 0, 0]),
             Err(Error::UnknownAttachment(9))
         ));
+        let mut many = vec![200u8];
+        for _ in 0..200 {
+            many.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0, 0]);
+        }
         assert!(matches!(
-            Frame::parse(2, &[254]),
-            Err(Error::TooManyAttachments { count: 254 })
+            Frame::parse(2, &many),
+            Err(Error::TooManyAttachments { count: 400 })
         ));
     }
 

@@ -39,8 +39,8 @@ pub enum Error {
         /// The attachment count the frame announced.
         count: u8,
     },
-    /// Occurs when a `MESSAGE` announces more attachments than the kernel can pass at once.
-    #[error("MESSAGE frame announces {count} attachments, at most {MAX_ATTACHMENTS} are allowed", MAX_ATTACHMENTS = crate::MAX_ATTACHMENTS)]
+    /// Occurs when a `MESSAGE` announces more descriptors than the kernel can pass at once.
+    #[error("MESSAGE frame announces {count} descriptors, at most {MAX_ATTACHMENTS} are allowed", MAX_ATTACHMENTS = crate::MAX_ATTACHMENTS)]
     TooManyAttachments {
         /// The attachment count the frame announced (or a sender asked for).
         count: usize,

@@ -148,15 +148,16 @@ impl FrameEncoder {
     where
         F: FnOnce(&mut Vec<u8>) -> Result<(), Error>,
     {
-        if attachments.len() > MAX_ATTACHMENTS {
-            return Err(Error::TooManyAttachments {
-                count: attachments.len(),
-            });
+        let fds: usize = attachments.iter().map(|a| a.fd_count()).sum();
+        if fds > MAX_ATTACHMENTS {
+            return Err(Error::TooManyAttachments { count: fds });
         }
         let start = begin(out, FrameKind::Message);
-        // Fits: checked against MAX_ATTACHMENTS (253) above.
+        // Fits: at most MAX_ATTACHMENTS (253) attachments, as each takes a descriptor.
         out.push(attachments.len() as u8);
-        out.extend(attachments.iter().map(|a| a.to_byte()));
+        for attachment in attachments {
+            attachment.write(out);
+        }
         let filled = fill(out).and_then(|()| patch_len(out, start, self.max_frame_len));
         if filled.is_err() {
             out.truncate(start);

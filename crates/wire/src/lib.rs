@@ -40,7 +40,8 @@ mod frame;
 
 pub use codec::{decode_value, encode_value, encode_value_capped, MAX_DEPTH};
 pub use envelope::{
-    Attachment, Attachments, Frame, FrameKind, Hello, PanicReport, MAGIC, MAX_ATTACHMENTS, VERSION,
+    Attachment, Attachments, Frame, FrameKind, Hello, PanicReport, ATTACHMENT_LEN, MAGIC,
+    MAX_ATTACHMENTS, VERSION,
 };
 pub use error::Error;
 pub use frame::{

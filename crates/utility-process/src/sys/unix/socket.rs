@@ -105,3 +105,143 @@ pub(crate) fn is_stream_socket(fd: BorrowedFd<'_>) -> bool {
             && domain == libc::AF_UNIX
     }
 }
+
+/// The most descriptors one `sendmsg` may carry: the kernel's `SCM_MAX_FD`.
+pub(crate) const MAX_FDS: usize = 253;
+
+/// Bytes of control buffer for [`MAX_FDS`] descriptors.
+// SAFETY: CMSG_SPACE only computes a size from its argument.
+const CMSG_ROOM: usize =
+    unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<libc::c_int>()) as u32) } as usize;
+
+/// A control-message buffer aligned as `cmsghdr` requires.
+#[repr(C, align(8))]
+struct CmsgBuffer([u8; CMSG_ROOM]);
+
+/// Sends as much of `buf` as the socket takes now, with `fds` attached to its first byte
+/// (`SCM_RIGHTS`); without blocking and without SIGPIPE. At most [`MAX_FDS`] descriptors.
+pub(crate) fn send_with_fds(
+    fd: BorrowedFd<'_>,
+    buf: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    if fds.is_empty() {
+        return send(fd, buf);
+    }
+    if fds.len() > MAX_FDS || buf.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "descriptors must travel with 1 to 253 of them and at least one byte",
+        ));
+    }
+    let mut control = CmsgBuffer([0; CMSG_ROOM]);
+    let data_len = std::mem::size_of_val(fds) as u32;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    retry(|| {
+        // SAFETY: `msg` points at one iovec over `buf` (read-only for sendmsg) and at a control
+        // buffer of CMSG_SPACE(data_len) <= CMSG_ROOM bytes, aligned for cmsghdr; the header
+        // and the descriptor array are written inside that buffer through CMSG_FIRSTHDR and
+        // CMSG_DATA, which stay within `msg_controllen`. The descriptors are borrowed, so
+        // they are open for the whole call.
+        let n = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.0.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(data_len) as _;
+            let header = libc::CMSG_FIRSTHDR(&msg);
+            (*header).cmsg_level = libc::SOL_SOCKET;
+            (*header).cmsg_type = libc::SCM_RIGHTS;
+            (*header).cmsg_len = libc::CMSG_LEN(data_len) as _;
+            let data = libc::CMSG_DATA(header).cast::<libc::c_int>();
+            for (i, fd) in fds.iter().enumerate() {
+                data.add(i).write_unaligned(fd.as_raw_fd());
+            }
+            libc::sendmsg(
+                fd.as_raw_fd(),
+                &msg,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    })
+}
+
+/// What [`recv_with_fds`] received.
+#[derive(Debug)]
+pub(crate) struct Received {
+    /// Bytes appended to the buffer; 0 is end-of-file.
+    pub bytes: usize,
+    /// The control message was cut short (`MSG_CTRUNC`): descriptors were lost.
+    pub truncated: bool,
+}
+
+/// Receives into the spare capacity of `buf`, without blocking, appending any descriptors
+/// that came with the bytes to `fds` (close-on-exec, as `MSG_CMSG_CLOEXEC` delivers them).
+pub(crate) fn recv_with_fds(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<Received> {
+    let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
+    let mut iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    };
+    let mut control = CmsgBuffer([0; CMSG_ROOM]);
+    let (n, flags, controllen) = retry(|| {
+        // SAFETY: `msg` points at one iovec over the spare capacity of `buf` (valid for writes
+        // of its length) and at our aligned control buffer of CMSG_ROOM bytes; recvmsg
+        // writes within both and reports the lengths it used.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.0.as_mut_ptr().cast();
+            msg.msg_controllen = CMSG_ROOM as _;
+            let n = libc::recvmsg(
+                fd.as_raw_fd(),
+                &mut msg,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            );
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok((n as usize, msg.msg_flags, msg.msg_controllen))
+            }
+        }
+    })?;
+    // SAFETY: recvmsg initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    // SAFETY: we walk the control messages the kernel wrote, within the `controllen` bytes it
+    // reported, with the CMSG macros; each SCM_RIGHTS payload is an array of descriptors that
+    // the kernel has just installed in this process for us alone, so wrapping each in an
+    // OwnedFd is sound (and closes them if we drop them).
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        msg.msg_controllen = controllen;
+        let mut header = libc::CMSG_FIRSTHDR(&msg);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
+                let payload = (*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(header).cast::<libc::c_int>();
+                for i in 0..payload / std::mem::size_of::<libc::c_int>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            header = libc::CMSG_NXTHDR(&msg, header);
+        }
+    }
+    Ok(Received {
+        bytes: n,
+        truncated: flags & libc::MSG_CTRUNC != 0,
+    })
+}

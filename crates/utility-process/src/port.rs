@@ -1,0 +1,402 @@
+//! [`MessageChannel`] and [`MessagePort`]: ports that any process can hand to any other.
+//!
+//! A channel is a Unix stream socket pair. Sending a port moves its descriptor to the
+//! receiving process (`SCM_RIGHTS`), after which the two ends talk directly, process to
+//! process: whoever relayed the introduction is out of the path and may exit. The transport
+//! (`transport.rs`) makes a port take its queues with it when it travels.
+//!
+//! Every port, the parent port included, shares the same receive and post logic: [`PortCore`].
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use utility_process_wire::{Attachment, MAX_ATTACHMENTS};
+
+use crate::transport::{Endpoint, Incoming, Limits, RecvError, SendError};
+use crate::{sys, Error, Message};
+
+const NOT_STARTED: u8 = 0;
+const STARTED: u8 = 1;
+const PAUSED: u8 = 2;
+
+/// A pair of entangled ports: what one posts, the other receives.
+///
+/// # Examples
+///
+/// ```
+/// use utility_process::MessageChannel;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), utility_process::Error> {
+/// let MessageChannel { port1, port2 } = MessageChannel::new()?;
+/// port1.post_message(&"over here")?;
+/// let message = port2.recv().await.expect("port1 is open");
+/// assert_eq!(message.data::<String>()?, "over here");
+/// port1.close();
+/// assert!(port2.recv().await.is_none());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct MessageChannel {
+    /// One end.
+    pub port1: MessagePort,
+    /// The other end.
+    pub port2: MessagePort,
+}
+
+impl MessageChannel {
+    /// Creates a channel: two connected ports.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the system is out of descriptors.
+    pub fn new() -> Result<MessageChannel, Error> {
+        let (a, b) = sys::socket::socketpair().map_err(Error::io("creating a message channel"))?;
+        let channel = new_channel_id();
+        let limits = Limits::default_channel();
+        let port = |fd| {
+            Endpoint::new(fd, limits, channel)
+                .map(MessagePort::from_endpoint)
+                .map_err(Error::io("creating a message channel"))
+        };
+        Ok(MessageChannel {
+            port1: port(a)?,
+            port2: port(b)?,
+        })
+    }
+}
+
+/// An id both ends of a new channel share, distinct from every other channel's in practice:
+/// a per-process random salt (std's hasher keys come from the OS) plus a counter.
+fn new_channel_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static SALT: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let salt = *SALT.get_or_init(|| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.finish()
+    });
+    let id = salt.wrapping_add(u64::from(COUNTER.fetch_add(1, Ordering::Relaxed)) << 1);
+    // 0 means "a parent port", which has no peer that could travel.
+    id.max(1)
+}
+
+/// One end of a [`MessageChannel`], in whichever process holds it.
+///
+/// Messages arrive in the order they were posted; they queue until the port is started
+/// ([`recv`](Self::recv) starts it). Dropping the port closes it once everything it had
+/// queued to send is written; [`close`](Self::close) closes it at once. Either way the other
+/// end's `recv` returns `None`.
+///
+/// A port is sent by moving it into [`post_message_with_ports`](Self::post_message_with_ports)
+/// (or the same method of [`UtilityProcess`](crate::UtilityProcess) and
+/// [`ParentPort`](crate::ParentPort)): the type system makes the sender unable to use it
+/// afterwards. Messages it had received but not delivered, and messages it still had to
+/// write, travel with it in order.
+#[derive(Debug)]
+pub struct MessagePort {
+    core: PortCore,
+}
+
+impl MessagePort {
+    pub(crate) fn from_endpoint(endpoint: Arc<Endpoint>) -> MessagePort {
+        MessagePort {
+            core: PortCore::new(endpoint, "the port's peer"),
+        }
+    }
+
+    /// Posts `value` to the other end, encoded as MessagePack. Never blocks.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] once the other end is closed or its process is gone (unlike
+    /// Electron, which drops such messages silently); [`Error::MessageTooLarge`],
+    /// [`Error::QueueFull`] and [`Error::Encode`] as for
+    /// [`UtilityProcess::post_message`](crate::UtilityProcess::post_message).
+    pub fn post_message<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
+        self.core.post_value(value, Vec::new())
+    }
+
+    /// Posts `value` with `ports`, which move to whichever process receives the message.
+    ///
+    /// # Errors
+    ///
+    /// As [`post_message`](Self::post_message), and [`Error::PortOverItsPeer`] when one of
+    /// `ports` is this port's own other end, [`Error::TooManyPorts`] past 253 descriptors. On
+    /// error the ports are closed (their peers see the close).
+    pub fn post_message_with_ports<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        ports: Vec<MessagePort>,
+    ) -> Result<(), Error> {
+        self.core.post_value(value, ports)
+    }
+
+    /// Posts raw bytes, without encoding them.
+    ///
+    /// # Errors
+    ///
+    /// As [`post_message`](Self::post_message).
+    pub fn post_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
+        self.core.post_raw(bytes, Vec::new())
+    }
+
+    /// Starts (or resumes) delivery of messages.
+    pub fn start(&self) {
+        self.core.start();
+    }
+
+    /// Pauses delivery: [`recv`](Self::recv) waits until [`start`](Self::start) is called
+    /// from another task; messages stay queued in the socket meanwhile.
+    pub fn pause(&self) {
+        self.core.pause();
+    }
+
+    /// Closes the port now: queued messages are dropped, the other end's `recv` returns
+    /// `None`, and posting on either end is an error.
+    pub fn close(&self) {
+        self.core.endpoint.close();
+    }
+
+    /// The next message; `None` once the other end is closed or its process is gone.
+    /// Starts the port if it was never started; waits while it is paused.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message is never lost by dropping the future.
+    pub async fn recv(&self) -> Option<Message> {
+        self.core.recv().await
+    }
+
+    /// The next message, blocking this thread; `None` once the other end is gone.
+    pub fn recv_blocking(&self) -> Option<Message> {
+        self.core.recv_blocking()
+    }
+
+    /// Writes every queued message to the socket, blocking until the other end has taken
+    /// them (or is gone).
+    pub fn flush(&self) {
+        self.core.endpoint.flush_blocking();
+    }
+}
+
+/// What every port shares: posting, starting, pausing and receiving.
+#[derive(Debug)]
+pub(crate) struct PortCore {
+    pub(crate) endpoint: Arc<Endpoint>,
+    /// Who is at the other end, for error messages.
+    peer: &'static str,
+    state: AtomicU8,
+    resumed: Notify,
+}
+
+impl PortCore {
+    pub(crate) fn new(endpoint: Arc<Endpoint>, peer: &'static str) -> PortCore {
+        PortCore {
+            endpoint,
+            peer,
+            state: AtomicU8::new(NOT_STARTED),
+            resumed: Notify::new(),
+        }
+    }
+
+    pub(crate) fn post_value<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        ports: Vec<MessagePort>,
+    ) -> Result<(), Error> {
+        post_on(
+            &self.endpoint,
+            |buf, cap| utility_process_wire::encode_value_capped(buf, value, cap),
+            ports,
+            || self.peer.to_owned(),
+        )
+    }
+
+    pub(crate) fn post_raw(&self, bytes: &[u8], ports: Vec<MessagePort>) -> Result<(), Error> {
+        post_on(
+            &self.endpoint,
+            |buf, cap| raw_payload(buf, bytes, cap),
+            ports,
+            || self.peer.to_owned(),
+        )
+    }
+
+    pub(crate) fn start(&self) {
+        self.state.store(STARTED, Ordering::SeqCst);
+        self.resumed.notify_waiters();
+    }
+
+    pub(crate) fn pause(&self) {
+        self.state.store(PAUSED, Ordering::SeqCst);
+    }
+
+    pub(crate) async fn recv(&self) -> Option<Message> {
+        loop {
+            let resumed = self.resumed.notified();
+            match self.state.load(Ordering::SeqCst) {
+                NOT_STARTED => self.start(),
+                PAUSED => {
+                    resumed.await;
+                    continue;
+                }
+                _ => {}
+            }
+            let received = self.endpoint.recv().await;
+            return self.deliver(received);
+        }
+    }
+
+    pub(crate) fn recv_blocking(&self) -> Option<Message> {
+        self.start();
+        let received = self.endpoint.recv_blocking();
+        self.deliver(received)
+    }
+
+    /// Turns what the transport received into a message, or closes the port if the peer
+    /// broke the protocol.
+    fn deliver(&self, received: Result<Option<Incoming>, RecvError>) -> Option<Message> {
+        let problem = match received {
+            Ok(Some(Incoming::Message {
+                payload,
+                attachments,
+                fds,
+            })) => match ports_from(attachments, fds) {
+                Ok(ports) => return Some(Message::new(payload, ports)),
+                Err(problem) => problem.to_owned(),
+            },
+            Ok(None) => return None,
+            Ok(Some(Incoming::Hello)) => "a HELLO after the first frame".to_owned(),
+            Ok(Some(Incoming::Panic(_))) => "a PANIC frame".to_owned(),
+            Err(RecvError::Protocol(e)) => e.to_string(),
+            Err(RecvError::Descriptors(problem)) => problem.to_owned(),
+            Err(RecvError::Io(e)) => format!("reading failed: {e}"),
+        };
+        // A peer that breaks the protocol gets nothing more from this port. There is no one
+        // to return an error to from `recv`, so say it on stderr, as Chromium logs a bad message.
+        eprintln!(
+            "utility-process: {} broke the protocol ({problem}); closing the port",
+            self.peer
+        );
+        self.endpoint.close();
+        None
+    }
+}
+
+/// Turns received descriptors into ports, checking that each is what its attachment says.
+pub(crate) fn ports_from(
+    attachments: Vec<Attachment>,
+    fds: Vec<OwnedFd>,
+) -> Result<Vec<MessagePort>, &'static str> {
+    let mut fds = fds.into_iter();
+    let mut ports = Vec::with_capacity(attachments.len());
+    let mut next_socket = || {
+        let fd = fds.next().ok_or("fewer descriptors than attachments")?;
+        if sys::socket::is_stream_socket(fd.as_fd()) {
+            Ok(fd)
+        } else {
+            Err("a port that is not a Unix stream socket")
+        }
+    };
+    for attachment in attachments {
+        let (prefix, fd, channel) = match attachment {
+            Attachment::Port { channel } => (None, next_socket()?, channel),
+            Attachment::PortWithPrefix { channel } => {
+                let prefix = next_socket()?;
+                (Some(prefix), next_socket()?, channel)
+            }
+            _ => return Err("an attachment of an unknown kind"),
+        };
+        let endpoint = Endpoint::with_prefix(fd, prefix, Limits::default_channel(), channel)
+            .map_err(|_| "a port that cannot be made non-blocking")?;
+        ports.push(MessagePort::from_endpoint(endpoint));
+    }
+    Ok(ports)
+}
+
+/// Appends `bytes` as a raw payload, refusing more than `cap`.
+pub(crate) fn raw_payload(
+    buf: &mut Vec<u8>,
+    bytes: &[u8],
+    cap: usize,
+) -> Result<(), utility_process_wire::Error> {
+    if bytes.len() > cap {
+        return Err(utility_process_wire::Error::FrameTooLarge {
+            len: bytes.len() as u64,
+            max: u32::try_from(cap).unwrap_or(u32::MAX),
+        });
+    }
+    buf.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// Sends one message, with ports, on `port`: the shared body of every `post_*` method.
+pub(crate) fn post_on<F>(
+    port: &Arc<Endpoint>,
+    fill: F,
+    ports: Vec<MessagePort>,
+    peer: impl FnOnce() -> String,
+) -> Result<(), Error>
+where
+    F: FnOnce(&mut Vec<u8>, usize) -> Result<(), utility_process_wire::Error>,
+{
+    let limits = port.limits();
+    let mut attachments = Vec::with_capacity(ports.len());
+    let mut carried = Vec::with_capacity(ports.len());
+    if !ports.is_empty() {
+        if ports.len() > MAX_ATTACHMENTS {
+            return Err(Error::TooManyPorts {
+                count: ports.len(),
+                max: MAX_ATTACHMENTS,
+            });
+        }
+        if port.channel() != 0 && ports.iter().any(|p| p.core.endpoint.channel() == port.channel())
+        {
+            return Err(Error::PortOverItsPeer);
+        }
+        for sent in ports {
+            let (attachment, items) = sent
+                .core
+                .endpoint
+                .hand_over()
+                .map_err(Error::io("handing a port over"))?;
+            attachments.push(attachment);
+            carried.extend(items);
+        }
+        if carried.len() > MAX_ATTACHMENTS {
+            return Err(Error::TooManyPorts {
+                count: carried.len(),
+                max: MAX_ATTACHMENTS,
+            });
+        }
+    }
+    let result = port.send_frame(
+        |encoder, buf| {
+            encoder.message_with_attachments(buf, &attachments, |buf| {
+                fill(buf, limits.max_message_size)
+            })
+        },
+        carried,
+    );
+    match result {
+        Ok(()) => Ok(()),
+        Err(SendError::Closed) => Err(Error::Closed { peer: peer() }),
+        Err(SendError::QueueFull { queued, limit }) => Err(Error::QueueFull {
+            peer: peer(),
+            queued,
+            limit,
+        }),
+        Err(SendError::Frame(utility_process_wire::Error::FrameTooLarge { len, .. })) => {
+            Err(Error::MessageTooLarge {
+                size: len,
+                max: limits.max_message_size as u64,
+            })
+        }
+        Err(SendError::Frame(e)) => Err(Error::Encode(e)),
+    }
+}
