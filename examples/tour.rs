@@ -27,7 +27,11 @@ enum Task {
 /// What a worker answers.
 #[derive(Debug, Serialize, Deserialize)]
 enum Reply {
-    Primes { below: u64, count: u64, micros: u128 },
+    Primes {
+        below: u64,
+        count: u64,
+        micros: u128,
+    },
     Printed,
 }
 

@@ -8,7 +8,8 @@ fn main() {
     let port = parent_port().expect("started by fork");
     if std::env::args().any(|a| a == "--blocking") {
         while let Some(message) = port.recv_blocking() {
-            port.post_bytes(message.bytes()).expect("parent is listening");
+            port.post_bytes(message.bytes())
+                .expect("parent is listening");
         }
         return;
     }
@@ -18,7 +19,8 @@ fn main() {
         .expect("a runtime");
     runtime.block_on(async {
         while let Some(message) = port.recv().await {
-            port.post_bytes(message.bytes()).expect("parent is listening");
+            port.post_bytes(message.bytes())
+                .expect("parent is listening");
         }
     });
 }

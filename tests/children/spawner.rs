@@ -7,7 +7,9 @@ use utility_process::{fork, Event, ForkOptions, Stdio};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let program = std::env::args().nth(1).expect("the grandparent child's path");
+    let program = std::env::args()
+        .nth(1)
+        .expect("the grandparent child's path");
     let mut child = fork(
         &program,
         [] as [&str; 0],
