@@ -1,4 +1,4 @@
-//! Ends in the way argv[1] names: a panic, an abort, a segfault, an exit code, or not at all.
+//! Ends in the way `argv[1]` names: a panic, an abort, a segfault, an exit code, or not at all.
 //!
 //! Every mode but the last connects to the parent first, so that a panic report can reach it.
 //!

@@ -1,6 +1,6 @@
 //! A child with a child of its own, or a child that reports its descriptors.
 //!
-//! | argv[1] | what it does |
+//! | `argv[1]` | what it does |
 //! | --- | --- |
 //! | (none) | starts itself in `grandchild` mode, posts the grandchild's pid (a `u32`), and reads its port until the parent is gone |
 //! | `grandchild` | sleeps forever (it is not a utility process) |

@@ -56,9 +56,10 @@ pub enum Error {
     },
 
     /// Occurs when a message is larger than the port's maximum message size. Nothing was sent.
-    #[error("message of {size} bytes exceeds the maximum of {max} bytes")]
+    #[error("message of at least {size} bytes exceeds the maximum of {max} bytes")]
     MessageTooLarge {
-        /// The size of the encoded message, envelope included.
+        /// How large the message is, at least: encoding stops as soon as it passes the
+        /// maximum, so for a value this is the maximum plus one.
         size: u64,
         /// The largest size the port accepts.
         max: u64,
