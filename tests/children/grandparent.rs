@@ -1,6 +1,6 @@
 //! A child with a child of its own, or a child that reports its descriptors.
 //!
-//! | argv[1] | what it does |
+//! | `argv[1]` | what it does |
 //! | --- | --- |
 //! | (none) | starts itself in `grandchild` mode, posts the grandchild's pid (a `u32`), and reads its port until the parent is gone |
 //! | `grandchild` | sleeps forever (it is not a utility process) |
@@ -14,14 +14,14 @@ fn main() {
     match std::env::args().nth(1).as_deref() {
         None => {
             let port = parent_port().expect("started by fork");
+            // Never waited for: it is left running, and taking it down is the library's job.
             let grandchild = std::process::Command::new(std::env::current_exe().unwrap())
                 .arg("grandchild")
                 .spawn()
-                .expect("start the grandchild");
-            port.post_message(&grandchild.id())
-                .expect("parent is listening");
-            // Wait until the parent is gone (or kills us). The grandchild is left running:
-            // taking it down is the library's job.
+                .expect("start the grandchild")
+                .id();
+            port.post_message(&grandchild).expect("parent is listening");
+            // Wait until the parent is gone (or kills us).
             while port.recv_blocking().is_some() {}
         }
         Some("grandchild") => sleep_forever(),

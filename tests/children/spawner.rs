@@ -1,4 +1,4 @@
-//! A parent in its own right: forks the `grandparent` child (whose path is argv[1]), prints
+//! A parent in its own right: forks the `grandparent` child (whose path is `argv[1]`), prints
 //! `child=<pid> grandchild=<pid>` on stdout once both run, then waits to be killed.
 
 use std::io::Write;

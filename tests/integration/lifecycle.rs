@@ -1,1 +1,781 @@
+//! Spawn, exit and error events, kill, no orphans, no zombies, no stray descriptors.
+//!
+//! Tests that count this process's descriptors or children, or that open a descriptor
+//! without `O_CLOEXEC`, cannot share the process with the other tests, whose children and
+//! descriptors come and go at the same time. They run through [`in_own_process`]: the test
+//! binary runs itself again with only that test selected.
 
+use std::ffi::OsStr;
+use std::future::Future;
+use std::io::BufRead;
+use std::time::{Duration, Instant};
+
+use utility_process::UtilityProcess;
+use utility_process::{fork, Error, Event, ExitStatus, ForkOptions, Signal, SpawnStep, Stdio};
+use utility_process_tests::{is_alive, next_event, open_fds, EVENT_TIMEOUT};
+
+const CRASH: &str = env!("CARGO_BIN_EXE_crash");
+const GRANDPARENT: &str = env!("CARGO_BIN_EXE_grandparent");
+const SPAWNER: &str = env!("CARGO_BIN_EXE_spawner");
+
+/// How long a test waits for something that should happen promptly (a process to vanish, a
+/// descriptor to be closed) before it fails.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Starts the `crash` child in `mode` (with its arguments). Its stderr is dropped: several
+/// modes panic on purpose, and the panic reaches the test through the events anyway.
+fn crash(mode: &[&str]) -> UtilityProcess {
+    fork(CRASH, mode, ForkOptions::default().stderr(Stdio::Ignore)).expect("fork crash")
+}
+
+/// Every event up to the end (`None`), each within the timeout.
+async fn all_events(child: &mut UtilityProcess) -> Vec<Event> {
+    let mut events = Vec::new();
+    while let Some(event) = next_event(child).await {
+        events.push(event);
+        assert!(events.len() < 1000, "endless events: {events:?}");
+    }
+    events
+}
+
+/// Waits for the Spawn event, which must be the first.
+async fn expect_spawn(child: &mut UtilityProcess) {
+    match next_event(child).await {
+        Some(Event::Spawn) => {}
+        other => panic!("expected Spawn first, got {other:?}"),
+    }
+}
+
+/// Waits for a message and decodes it as `T`.
+async fn expect_message<T: serde::de::DeserializeOwned>(child: &mut UtilityProcess) -> T {
+    match next_event(child).await {
+        Some(Event::Message(message)) => message.data().expect("a message of the expected type"),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+/// Asserts that `status` is "killed by `signal`", with no exit code.
+fn assert_signalled(status: &ExitStatus, signal: Signal) {
+    assert_eq!(status.signal(), Some(signal), "{status}");
+    assert_eq!(status.code(), None, "{status}");
+    assert!(!status.success(), "{status}");
+}
+
+/// Polls `condition` until it holds, failing after `timeout`.
+async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A child process of this process, as `/proc/<pid>/stat` describes it.
+#[derive(Debug)]
+#[expect(
+    dead_code,
+    reason = "the fields are read through Debug, in failure messages"
+)]
+struct ProcEntry {
+    pid: u32,
+    state: String,
+    comm: String,
+}
+
+/// Every process whose parent is this process, zombies included.
+fn children_of_this_process() -> Vec<ProcEntry> {
+    let me = std::process::id();
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // It may have vanished since the listing.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let mut rest = stat[close + 1..].split_whitespace();
+        let (Some(state), Some(ppid)) = (rest.next(), rest.next()) else {
+            continue;
+        };
+        if ppid.parse::<u32>().ok() == Some(me) {
+            children.push(ProcEntry {
+                pid,
+                state: state.to_owned(),
+                comm: stat[open + 1..close].to_owned(),
+            });
+        }
+    }
+    children
+}
+
+/// This process's children that are zombies (ended, not reaped).
+fn zombie_children() -> Vec<ProcEntry> {
+    children_of_this_process()
+        .into_iter()
+        .filter(|child| child.state == "Z")
+        .collect()
+}
+
+/// This process's children other than the library's guardian (see `sys/unix/guardian.rs`),
+/// which lives as long as this process.
+fn children_besides_the_guardian() -> Vec<ProcEntry> {
+    children_of_this_process()
+        .into_iter()
+        .filter(|child| !(child.comm == "up-guardian" && child.state != "Z"))
+        .collect()
+}
+
+/// How many descriptors this process has open.
+fn fd_count() -> usize {
+    open_fds(std::process::id()).len()
+}
+
+/// This process's descriptors and what each one is, one a line.
+fn describe_fds() -> String {
+    open_fds(std::process::id())
+        .into_iter()
+        .map(|fd| {
+            let target = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                .map_or_else(|e| format!("({e})"), |t| t.display().to_string());
+            format!("{fd} -> {target}\n")
+        })
+        .collect()
+}
+
+/// Forks one child and waits for its end, so that the library's permanent resources (its
+/// thread, its runtime, its guardian and the descriptor to it) exist; then returns this
+/// process's descriptor count, the baseline for later checks.
+///
+/// The library's thread lets go of its share of a child (its pidfd) just after the exit is
+/// published, so the count is taken once no pidfd is left: no child is running now.
+async fn warm_up_and_count_fds() -> usize {
+    let mut child = crash(&["return"]);
+    let events = all_events(&mut child).await;
+    assert!(
+        matches!(events.last(), Some(Event::Exit(status)) if status.success()),
+        "{events:?}"
+    );
+    drop(child);
+    wait_until(
+        "the warm-up child's pidfd is closed",
+        SETTLE_TIMEOUT,
+        || !describe_fds().contains("pidfd"),
+    )
+    .await;
+    fd_count()
+}
+
+/// The environment variable naming the one test a re-executed test binary should run.
+const ISOLATED_TEST: &str = "UTILITY_PROCESS_LIFECYCLE_ISOLATED_TEST";
+
+/// Runs `body` in a process of its own: this test binary, run again with only the test
+/// `name` (a function of this module) selected, which then runs `body` on a current-thread
+/// runtime. Fails if that run fails or does not run exactly one test.
+fn in_own_process<F, Fut>(name: &str, body: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let module = module_path!()
+        .split_once("::")
+        .map_or(module_path!(), |(_, module)| module);
+    let test = format!("{module}::{name}");
+    if std::env::var_os(ISOLATED_TEST).as_deref() == Some(OsStr::new(&test)) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(body());
+        return;
+    }
+    let output = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args([test.as_str(), "--exact", "--test-threads=1"])
+        .env(ISOLATED_TEST, &test)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the test binary again");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{test} failed in its own process ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events and exit statuses
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn spawn_is_the_first_event_and_comes_exactly_once() {
+    // The child posts at once, so its message could overtake Spawn if the order were loose.
+    let mut child = crash(&["post-and-return"]);
+    let events = all_events(&mut child).await;
+    match events.as_slice() {
+        [Event::Spawn, Event::Message(message), Event::Exit(status)] => {
+            assert_eq!(message.data::<String>().unwrap(), "hello");
+            assert!(status.success(), "{status}");
+        }
+        other => panic!("expected Spawn, the message, Exit; got {other:?}"),
+    }
+    assert!(child.next_event().await.is_none(), "an event after the end");
+}
+
+#[tokio::test]
+async fn pid_is_some_after_spawn_and_none_after_exit() {
+    let mut child = crash(&["sleep"]);
+    expect_spawn(&mut child).await;
+    let pid = child.pid().expect("a pid after Spawn");
+    assert!(is_alive(pid), "pid {pid} is not a live process");
+    assert!(child.kill());
+    match all_events(&mut child).await.as_slice() {
+        [Event::Exit(_)] => {}
+        other => panic!("expected only Exit; got {other:?}"),
+    }
+    assert_eq!(child.pid(), None);
+}
+
+#[tokio::test]
+async fn clean_return_exits_with_code_zero_and_no_error() {
+    let mut child = crash(&["return"]);
+    match all_events(&mut child).await.as_slice() {
+        [Event::Spawn, Event::Exit(status)] => {
+            assert_eq!(status.code(), Some(0), "{status}");
+            assert_eq!(status.signal(), None, "{status}");
+            assert!(status.success(), "{status}");
+        }
+        other => panic!("expected Spawn, Exit; got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn exit_code_two_is_reported_as_code_not_signal() {
+    let mut child = crash(&["exit", "2"]);
+    match all_events(&mut child).await.as_slice() {
+        [Event::Spawn, Event::Exit(status)] => {
+            assert_eq!(status.code(), Some(2), "{status}");
+            assert_eq!(status.signal(), None, "{status}");
+            assert!(!status.success(), "{status}");
+        }
+        other => panic!("expected Spawn, Exit (no Error); got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn crash_by_segfault_reports_error_then_exit_with_the_signal() {
+    let mut child = crash(&["segv"]);
+    match all_events(&mut child).await.as_slice() {
+        [Event::Spawn, Event::Error(Error::Crashed {
+            service_name,
+            pid,
+            signal,
+            ..
+        }), Event::Exit(status)] => {
+            assert_eq!(*signal, Signal::SIGSEGV);
+            assert_ne!(*pid, 0);
+            assert_eq!(service_name, "crash");
+            assert_signalled(status, Signal::SIGSEGV);
+        }
+        other => panic!("expected Spawn, Error(Crashed), Exit; got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn panic_reports_message_and_location_before_exit() {
+    let mut child = crash(&["panic"]);
+    match all_events(&mut child).await.as_slice() {
+        [Event::Spawn, Event::Error(error), Event::Exit(status)] => {
+            let Error::Panicked { pid, panic, .. } = error else {
+                panic!("expected Error::Panicked, got {error:?}")
+            };
+            assert_ne!(*pid, 0);
+            assert_eq!(panic.message, "deliberate panic");
+            assert!(
+                panic.location.file.ends_with("crash.rs"),
+                "{}",
+                panic.location
+            );
+            assert!(panic.location.line > 0, "{}", panic.location);
+            assert_eq!(panic.thread.as_deref(), Some("main"));
+            assert!(error.to_string().contains("deliberate panic"), "{error}");
+            assert_eq!(status.code(), Some(101), "{status}");
+            assert_eq!(status.signal(), None, "{status}");
+        }
+        other => panic!("expected Spawn, Error(Panicked), Exit; got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn caught_panic_is_not_an_error() {
+    let mut child = crash(&["caught-panic"]);
+    match all_events(&mut child).await.as_slice() {
+        [Event::Spawn, Event::Exit(status)] => assert!(status.success(), "{status}"),
+        other => panic!("expected Spawn, Exit (no Error); got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn abort_after_panic_reports_the_panic() {
+    let mut child = crash(&["panic-then-abort"]);
+    match all_events(&mut child).await.as_slice() {
+        [Event::Spawn, Event::Error(Error::Panicked { panic, .. }), Event::Exit(status)] => {
+            assert_eq!(panic.message, "deliberate panic");
+            assert!(
+                panic.location.file.ends_with("crash.rs"),
+                "{}",
+                panic.location
+            );
+            assert_signalled(status, Signal::SIGABRT);
+        }
+        other => panic!("expected Spawn, Error(Panicked), Exit; got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn abort_without_a_panic_is_a_crash() {
+    let mut child = crash(&["abort"]);
+    match all_events(&mut child).await.as_slice() {
+        [Event::Spawn, Event::Error(Error::Crashed { signal, .. }), Event::Exit(status)] => {
+            assert_eq!(*signal, Signal::SIGABRT);
+            assert_signalled(status, Signal::SIGABRT);
+        }
+        other => panic!("expected Spawn, Error(Crashed), Exit; got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failing to start
+// ---------------------------------------------------------------------------------------------
+
+/// The error of a fork that must fail, and a check that it left no child and no descriptor.
+fn fork_error(program: &str, options: ForkOptions, fds_before: usize) -> Error {
+    let result = fork(program, [] as [&str; 0], options);
+    let error = match result {
+        Err(error) => error,
+        Ok(child) => panic!("fork of {program} succeeded: {child:?}"),
+    };
+    assert_eq!(
+        children_besides_the_guardian().len(),
+        0,
+        "a child is left after the failed fork of {program}: {:?}",
+        children_of_this_process()
+    );
+    assert_eq!(
+        fd_count(),
+        fds_before,
+        "descriptors leaked by the failed fork of {program}: {:?}",
+        open_fds(std::process::id())
+    );
+    error
+}
+
+#[test]
+fn missing_program_is_an_error_at_once_naming_the_path() {
+    in_own_process(
+        "missing_program_is_an_error_at_once_naming_the_path",
+        failed_forks_are_errors_that_leave_nothing_behind,
+    );
+}
+
+async fn failed_forks_are_errors_that_leave_nothing_behind() {
+    let fds = warm_up_and_count_fds().await;
+    assert_eq!(children_besides_the_guardian().len(), 0);
+    let scratch = std::env::temp_dir().join(format!("up-lifecycle-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+
+    // A path that does not exist.
+    let missing = scratch.join("no-such-program");
+    let missing = missing.to_str().unwrap();
+    let error = fork_error(missing, ForkOptions::default(), fds);
+    let Error::Spawn {
+        program,
+        step,
+        source,
+        ..
+    } = &error
+    else {
+        panic!("expected Error::Spawn, got {error:?}")
+    };
+    assert_eq!(program.to_str(), Some(missing));
+    assert_eq!(*step, SpawnStep::Exec, "{error}");
+    assert_eq!(source.kind(), std::io::ErrorKind::NotFound, "{error}");
+    assert!(error.to_string().contains(missing), "{error}");
+
+    // A bare name that is nowhere on PATH.
+    let bare = "utility-process-no-such-program";
+    let error = fork_error(bare, ForkOptions::default(), fds);
+    let Error::Spawn { step, .. } = &error else {
+        panic!("expected Error::Spawn, got {error:?}")
+    };
+    assert_eq!(*step, SpawnStep::Lookup, "{error}");
+    assert!(error.to_string().contains(bare), "{error}");
+
+    // A file that is not executable.
+    let plain = scratch.join("not-executable");
+    std::fs::write(&plain, "#!/bin/sh\nexit 0\n").unwrap();
+    let plain = plain.to_str().unwrap();
+    let error = fork_error(plain, ForkOptions::default(), fds);
+    let Error::Spawn { step, source, .. } = &error else {
+        panic!("expected Error::Spawn, got {error:?}")
+    };
+    assert_eq!(*step, SpawnStep::Exec, "{error}");
+    assert_eq!(
+        source.kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "{error}"
+    );
+    assert!(error.to_string().contains(plain), "{error}");
+
+    // A working directory that does not exist.
+    let nowhere = scratch.join("no-such-directory");
+    let error = fork_error(CRASH, ForkOptions::default().cwd(&nowhere), fds);
+    let Error::Spawn { step, .. } = &error else {
+        panic!("expected Error::Spawn, got {error:?}")
+    };
+    assert_eq!(*step, SpawnStep::Chdir(nowhere.clone()), "{error}");
+    assert!(error.to_string().contains(CRASH), "{error}");
+    let display = error.to_string();
+    assert!(display.contains(nowhere.to_str().unwrap()), "{display}");
+
+    std::fs::remove_dir_all(&scratch).unwrap();
+    assert_eq!(zombie_children().len(), 0, "{:?}", zombie_children());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kill
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn kill_ends_the_child_and_exit_reports_sigterm() {
+    let mut child = crash(&["sleep"]);
+    expect_spawn(&mut child).await;
+    assert!(child.kill());
+    match all_events(&mut child).await.as_slice() {
+        [Event::Exit(status)] => assert_signalled(status, Signal::SIGTERM),
+        other => panic!("expected only Exit (no Error: the parent asked); got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn kill_after_exit_returns_false() {
+    let mut child = crash(&["return"]);
+    let events = all_events(&mut child).await;
+    assert!(matches!(events.last(), Some(Event::Exit(_))), "{events:?}");
+    assert!(!child.kill());
+}
+
+#[tokio::test]
+async fn sigkill_follows_sigterm_after_the_grace_period() {
+    let mut child = fork(
+        CRASH,
+        ["ignore-term"],
+        ForkOptions::default().kill_grace(Duration::from_millis(300)),
+    )
+    .unwrap();
+    expect_spawn(&mut child).await;
+    // Only now is SIGTERM ignored.
+    assert_eq!(expect_message::<String>(&mut child).await, "ready");
+    assert!(child.kill());
+    match all_events(&mut child).await.as_slice() {
+        [Event::Exit(status)] => assert_signalled(status, Signal::SIGKILL),
+        other => panic!("expected only Exit (no Error: the parent asked); got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn external_sigkill_is_reported_as_crash() {
+    let mut child = crash(&["sleep"]);
+    expect_spawn(&mut child).await;
+    let pid = child.pid().unwrap();
+    // SAFETY: kill has no memory effects; `pid` is our child, not yet reaped (it is asleep),
+    // so the number cannot name another process.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+    match all_events(&mut child).await.as_slice() {
+        [Event::Error(Error::Crashed {
+            signal,
+            pid: crashed,
+            ..
+        }), Event::Exit(status)] => {
+            assert_eq!(*signal, Signal::SIGKILL);
+            assert_eq!(*crashed, pid);
+            assert_signalled(status, Signal::SIGKILL);
+        }
+        other => panic!("expected Error(Crashed), Exit; got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn post_after_exit_is_an_error_not_a_panic() {
+    let mut child = crash(&["return"]);
+    let events = all_events(&mut child).await;
+    assert!(matches!(events.last(), Some(Event::Exit(_))), "{events:?}");
+    match child.post_message(&42u32) {
+        Err(error @ Error::Closed { .. }) => {
+            assert!(error.to_string().contains("crash"), "{error}")
+        }
+        other => panic!("expected Error::Closed, got {other:?}"),
+    }
+    match child.post_bytes(b"raw") {
+        Err(Error::Closed { .. }) => {}
+        other => panic!("expected Error::Closed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_handle_kills_the_child() {
+    let mut child = crash(&["sleep"]);
+    expect_spawn(&mut child).await;
+    let pid = child.pid().unwrap();
+    drop(child);
+    wait_until(
+        &format!("the dropped child {pid} ends"),
+        SETTLE_TIMEOUT,
+        || !is_alive(pid),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn detached_child_outlives_its_handle() {
+    let mut child = crash(&["ready-then-sleep"]);
+    expect_spawn(&mut child).await;
+    // Connected: whatever happens to the child now is the handle's doing, not the connection's.
+    assert_eq!(expect_message::<String>(&mut child).await, "ready");
+    let pid = child.pid().unwrap();
+    child.detach();
+    // Long enough for a kill on drop to have taken effect, had there been one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let alive = is_alive(pid);
+    // Clean up first. The library reaps the child only once it has ended, so the pid is ours.
+    // SAFETY: kill has no memory effects, and `pid` names our child, unreaped while alive.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    wait_until(
+        &format!("the detached child {pid} ends"),
+        SETTLE_TIMEOUT,
+        || !is_alive(pid),
+    )
+    .await;
+    assert!(alive, "the detached child {pid} did not outlive its handle");
+}
+
+#[tokio::test]
+async fn detached_child_can_still_connect_after_its_handle_is_gone() {
+    // The child waits until the parent's end of the port is closed, then calls
+    // `parent_port()`: it should get a port that reads as closed, not an error.
+    let mut child = fork(
+        CRASH,
+        ["connect-after-parent-closes"],
+        ForkOptions::default().service_name("late-connector"),
+    )
+    .unwrap();
+    expect_spawn(&mut child).await;
+    let pid = child.pid().unwrap();
+    child.detach();
+    // It renames itself once every check has passed; it dies if one fails.
+    let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    wait_until(
+        &format!("the late connector {pid} connects or dies"),
+        SETTLE_TIMEOUT,
+        || !is_alive(pid) || comm().trim_end() == "connected-ok",
+    )
+    .await;
+    let connected = is_alive(pid) && comm().trim_end() == "connected-ok";
+    if connected {
+        // SAFETY: kill has no memory effects, and `pid` names our live, unreaped child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        wait_until(
+            &format!("the late connector {pid} ends"),
+            SETTLE_TIMEOUT,
+            || !is_alive(pid),
+        )
+        .await;
+    }
+    assert!(
+        connected,
+        "the child could not connect once its detached handle was gone \
+         (parent_port() failed; see its panic message above)"
+    );
+}
+
+#[tokio::test]
+async fn kill_takes_the_grandchild_too() {
+    let mut child = fork(GRANDPARENT, [] as [&str; 0], ForkOptions::default()).unwrap();
+    expect_spawn(&mut child).await;
+    let grandchild: u32 = expect_message(&mut child).await;
+    assert!(
+        is_alive(grandchild),
+        "the grandchild {grandchild} is not running"
+    );
+    assert!(child.kill());
+    match all_events(&mut child).await.as_slice() {
+        [Event::Exit(status)] => assert_signalled(status, Signal::SIGTERM),
+        other => panic!("expected only Exit; got {other:?}"),
+    }
+    wait_until(
+        &format!("the grandchild {grandchild} ends"),
+        SETTLE_TIMEOUT,
+        || !is_alive(grandchild),
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parent's death
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parent_killed_with_sigkill_takes_child_and_grandchild_within_one_second() {
+    let mut spawner = std::process::Command::new(SPAWNER)
+        .arg(GRANDPARENT)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the spawner");
+    let stdout = spawner.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(EVENT_TIMEOUT) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = spawner.kill();
+            let _ = spawner.wait();
+            panic!("the spawner printed nothing within {EVENT_TIMEOUT:?}");
+        }
+    };
+    let pid_of = |key: &str| -> u32 {
+        line.split_whitespace()
+            .find_map(|field| field.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no {key}=<pid> in the spawner's line {line:?}"))
+    };
+    let (child, grandchild) = (pid_of("child"), pid_of("grandchild"));
+    assert!(is_alive(child), "the child {child} is not running");
+    assert!(
+        is_alive(grandchild),
+        "the grandchild {grandchild} is not running"
+    );
+
+    spawner.kill().expect("SIGKILL the spawner");
+    let killed = Instant::now();
+    let bound = Duration::from_secs(1);
+    while (is_alive(child) || is_alive(grandchild)) && killed.elapsed() < bound {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (child_alive, grandchild_alive) = (is_alive(child), is_alive(grandchild));
+    spawner.wait().expect("reap the spawner");
+    assert!(
+        !child_alive && !grandchild_alive,
+        "{bound:?} after the spawner's SIGKILL: child {child} alive: {child_alive}, \
+         grandchild {grandchild} alive: {grandchild_alive}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many children, and what they inherit
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn two_hundred_children_leave_no_zombie_and_no_descriptor() {
+    in_own_process(
+        "two_hundred_children_leave_no_zombie_and_no_descriptor",
+        two_hundred_children_leave_nothing_behind,
+    );
+}
+
+async fn two_hundred_children_leave_nothing_behind() {
+    let fds = warm_up_and_count_fds().await;
+    assert_eq!(zombie_children().len(), 0, "{:?}", zombie_children());
+
+    for _batch in 0..10 {
+        let batch: Vec<UtilityProcess> = (0..20).map(|_| crash(&["exit", "0"])).collect();
+        for mut child in batch {
+            match all_events(&mut child).await.as_slice() {
+                [Event::Spawn, Event::Exit(status)] => assert!(status.success(), "{status}"),
+                other => panic!("expected Spawn, Exit; got {other:?}"),
+            }
+        }
+    }
+
+    // Every Exit is published after its child was reaped: no waiting here.
+    let zombies = zombie_children();
+    assert!(zombies.is_empty(), "zombies: {zombies:?}");
+    let children = children_besides_the_guardian();
+    assert!(children.is_empty(), "children left: {children:?}");
+    // The library's thread drops its share of each child (the pidfd) just after publishing
+    // the exit: allow it a moment.
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while fd_count() != fds && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        fd_count(),
+        fds,
+        "descriptors not back to the baseline after 200 children:\n{}",
+        describe_fds()
+    );
+}
+
+#[test]
+fn child_holds_only_stdio_and_its_port() {
+    in_own_process("child_holds_only_stdio_and_its_port", || async {
+        // A descriptor this process opens without O_CLOEXEC: a plain fork and exec would pass
+        // it on to the child.
+        // SAFETY: open with a valid NUL-terminated path; the result is checked below.
+        let stray = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+        assert!(stray >= 0, "open /dev/null");
+
+        let mut child = fork(GRANDPARENT, ["fds"], ForkOptions::default()).unwrap();
+        expect_spawn(&mut child).await;
+        let inherited: Vec<i32> = expect_message(&mut child).await;
+        assert_eq!(inherited, [0, 1, 2, 3], "the stray descriptor was {stray}");
+        match all_events(&mut child).await.as_slice() {
+            [Event::Exit(status)] => assert!(status.success(), "{status}"),
+            other => panic!("expected Exit; got {other:?}"),
+        }
+
+        // SAFETY: `stray` is the descriptor opened above, owned by nothing else.
+        unsafe { libc::close(stray) };
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_children_exiting_together_give_fifty_exits() {
+    let children: Vec<UtilityProcess> = (0..50).map(|_| crash(&["exit-when-told"])).collect();
+    // Each waits for its message; posting them all in a row makes them end together.
+    for child in &children {
+        child.post_message("go").unwrap();
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut child in children {
+        tasks.spawn(async move { all_events(&mut child).await });
+    }
+    let mut exits = 0;
+    while let Some(events) = tasks.join_next().await {
+        match events.expect("a task").as_slice() {
+            [Event::Spawn, Event::Exit(status)] => {
+                assert!(status.success(), "{status}");
+                exits += 1;
+            }
+            other => panic!("expected Spawn, Exit; got {other:?}"),
+        }
+    }
+    assert_eq!(exits, 50);
+}

@@ -1,1 +1,416 @@
+//! What a child is started with: stdout and stderr, stdin, cwd, environment, arguments, and
+//! its names. The `inspect` child reports what it sees.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use utility_process::{fork, Event, ForkOptions, Stdio, UtilityProcess};
+use utility_process_tests::{next_event, EVENT_TIMEOUT};
+
+const INSPECT: &str = env!("CARGO_BIN_EXE_inspect");
+
+/// Mirrors `Report` in `children/inspect.rs`.
+#[derive(Debug, Deserialize)]
+struct Report {
+    argv0: String,
+    args: Vec<String>,
+    cwd: String,
+    env: BTreeMap<String, String>,
+    comm: String,
+    service_name: String,
+    pid: u32,
+    stdin_eof: bool,
+    fds: Vec<String>,
+}
+
+/// Mirrors `Written` in `children/inspect.rs`.
+#[derive(Debug, Deserialize)]
+struct Written {
+    stdout_error: Option<String>,
+    stderr_error: Option<String>,
+    fds: Vec<String>,
+}
+
+// ---- helpers ---------------------------------------------------------------------------------
+
+/// Waits for Spawn, then for the child's one report.
+async fn report(child: &mut UtilityProcess) -> Report {
+    match next_event(child).await {
+        Some(Event::Spawn) => {}
+        other => panic!("expected Spawn, got {other:?}"),
+    }
+    match next_event(child).await {
+        Some(Event::Message(message)) => message.data().expect("a Report"),
+        other => panic!("expected the report, got {other:?}"),
+    }
+}
+
+/// Kills a reporting child (which waits for its port to close) and checks the end.
+async fn finish(child: &mut UtilityProcess) {
+    assert!(child.kill());
+    match next_event(child).await {
+        Some(Event::Exit(status)) => assert!(status.signal().is_some(), "{status}"),
+        other => panic!("expected Exit, got {other:?}"),
+    }
+    assert!(next_event(child).await.is_none());
+}
+
+/// Every event until the end: the messages, then the exit code (no Error allowed).
+async fn messages_until_exit(child: &mut UtilityProcess) -> (Vec<utility_process::Message>, i32) {
+    match next_event(child).await {
+        Some(Event::Spawn) => {}
+        other => panic!("expected Spawn, got {other:?}"),
+    }
+    let mut messages = Vec::new();
+    loop {
+        match next_event(child).await {
+            Some(Event::Message(message)) => messages.push(message),
+            Some(Event::Exit(status)) => {
+                assert!(next_event(child).await.is_none());
+                return (messages, status.code().expect("an exit code"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Everything a stream gives until end-of-file, or a panic after the event timeout.
+async fn read_all(mut stream: impl AsyncRead + Unpin) -> Vec<u8> {
+    let mut out = Vec::new();
+    tokio::time::timeout(EVENT_TIMEOUT, stream.read_to_end(&mut out))
+        .await
+        .expect("the stream ends")
+        .expect("the stream reads");
+    out
+}
+
+fn proc_cmdline(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    raw.split(|&b| b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect::<Vec<_>>()
+        .split_last()
+        .map(|(_, args)| args.to_vec()) // the last NUL leaves an empty piece
+        .unwrap_or_default()
+}
+
+fn proc_comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap()
+        .trim_end_matches('\n')
+        .to_owned()
+}
+
+fn own_fd(fd: i32) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn no_library_variables(env: &BTreeMap<String, String>) {
+    let leaked: Vec<_> = env
+        .keys()
+        .filter(|k| k.starts_with("UTILITY_PROCESS_"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "parent_port() should remove {leaked:?} from the environment"
+    );
+}
+
+// ---- stdout and stderr -----------------------------------------------------------------------
+
+#[tokio::test]
+async fn stdout_and_stderr_pipes_carry_the_exact_bytes() {
+    let mut out =
+        b"first line\n\nthird line, then a partial one: \xff\xfe\x01 no newline ".to_vec();
+    out.extend_from_slice("ünïcode ✓".as_bytes());
+    let err = b"an error line\nand a partial".to_vec();
+    let mut child = fork(
+        INSPECT,
+        [
+            OsString::from("--output"),
+            OsString::from_vec(out.clone()),
+            OsString::from_vec(err.clone()),
+        ],
+        ForkOptions::default().stdio(Stdio::Pipe),
+    )
+    .unwrap();
+    let stdout = child.take_stdout().expect("stdout is a pipe");
+    let stderr = child.take_stderr().expect("stderr is a pipe");
+    assert!(child.take_stdout().is_none(), "taken once");
+    assert!(child.take_stderr().is_none(), "taken once");
+
+    let ((messages, code), got_out, got_err) = tokio::join!(
+        messages_until_exit(&mut child),
+        read_all(stdout),
+        read_all(stderr)
+    );
+    assert_eq!(code, 0);
+    assert_eq!(messages.len(), 1);
+    let written: Written = messages[0].data().unwrap();
+    assert_eq!(written.stdout_error, None);
+    assert_eq!(written.stderr_error, None);
+    assert!(written.fds[1].starts_with("pipe:"), "{:?}", written.fds);
+    assert!(written.fds[2].starts_with("pipe:"), "{:?}", written.fds);
+    assert_ne!(
+        written.fds[1], written.fds[2],
+        "stdout and stderr share a pipe"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got_out),
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(got_out, out);
+    assert_eq!(got_err, err);
+}
+
+#[tokio::test]
+async fn a_stdout_pipe_carries_more_than_the_pipe_buffer() {
+    const LEN: usize = 1024 * 1024 + 17;
+    let mut child = fork(
+        INSPECT,
+        ["--spew".to_owned(), LEN.to_string()],
+        ForkOptions::default().stdout(Stdio::Pipe),
+    )
+    .unwrap();
+    let stdout = child.take_stdout().expect("stdout is a pipe");
+    assert!(child.take_stderr().is_none(), "stderr was left inherited");
+    let ((messages, code), got) = tokio::join!(messages_until_exit(&mut child), read_all(stdout));
+    assert_eq!(code, 0);
+    assert!(messages.is_empty());
+    assert_eq!(got.len(), LEN);
+    assert!(
+        got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
+        "the bytes differ"
+    );
+}
+
+#[tokio::test]
+async fn ignore_sends_output_to_dev_null() {
+    let mut child = fork(
+        INSPECT,
+        ["--output", "to nowhere\npartial", "also nowhere"],
+        ForkOptions::default().stdio(Stdio::Ignore),
+    )
+    .unwrap();
+    assert!(child.take_stdout().is_none());
+    assert!(child.take_stderr().is_none());
+    let (messages, code) = messages_until_exit(&mut child).await;
+    assert_eq!(code, 0);
+    let written: Written = messages[0].data().unwrap();
+    assert_eq!(written.stdout_error, None, "writing to stdout failed");
+    assert_eq!(written.stderr_error, None, "writing to stderr failed");
+    assert_eq!(written.fds[1], "/dev/null");
+    assert_eq!(written.fds[2], "/dev/null");
+}
+
+#[tokio::test]
+async fn take_stdout_is_none_for_inherit() {
+    let mut child = fork(INSPECT, ["inherit"], ForkOptions::default()).unwrap();
+    assert!(child.take_stdout().is_none());
+    assert!(child.take_stderr().is_none());
+    let report = report(&mut child).await;
+    // The child writes where this process writes.
+    assert_eq!(report.fds[1], own_fd(1), "stdout is not inherited");
+    assert_eq!(report.fds[2], own_fd(2), "stderr is not inherited");
+    finish(&mut child).await;
+}
+
+#[tokio::test]
+async fn stdin_is_dev_null() {
+    for stdio in [Stdio::Inherit, Stdio::Pipe, Stdio::Ignore] {
+        let mut child = fork(INSPECT, ["stdin"], ForkOptions::default().stdio(stdio)).unwrap();
+        let report = report(&mut child).await;
+        assert_eq!(report.fds[0], "/dev/null", "with {stdio:?}");
+        assert!(
+            report.stdin_eof,
+            "stdin does not read end-of-file at once, with {stdio:?}"
+        );
+        finish(&mut child).await;
+    }
+}
+
+// ---- cwd, env, args --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn cwd_env_and_args_reach_the_child() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("a cwd with spaces ✓");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.canonicalize().unwrap();
+    assert!(
+        std::env::var_os("PATH").is_some(),
+        "the test needs PATH in its own environment"
+    );
+    let args = [
+        "plain",
+        "with spaces  and  more",
+        "",
+        "ünïcødé ✓ 🦀",
+        "--looks=like-a-flag",
+        "quotes \" ' and $HOME and *",
+        "new\nline",
+    ];
+    let before: BTreeMap<String, String> = std::env::vars().collect();
+    let mut child = fork(
+        INSPECT,
+        args,
+        ForkOptions::default()
+            .cwd(&dir)
+            .env("UP_TEST_VALUE", "spaces and ünïcode = ✓")
+            .env("UP_TEST_EMPTY", "")
+            .env("UP_TEST_GONE", "set, then removed")
+            .env_remove("UP_TEST_GONE")
+            .env_remove("PATH"),
+    )
+    .unwrap();
+    let report = report(&mut child).await;
+    let after: BTreeMap<String, String> = std::env::vars().collect();
+
+    assert_eq!(report.args, args);
+    assert_eq!(PathBuf::from(&report.cwd), dir);
+    assert_eq!(
+        report.env.get("UP_TEST_VALUE").map(String::as_str),
+        Some("spaces and ünïcode = ✓")
+    );
+    assert_eq!(
+        report.env.get("UP_TEST_EMPTY").map(String::as_str),
+        Some("")
+    );
+    assert!(!report.env.contains_key("UP_TEST_GONE"));
+    assert!(
+        !report.env.contains_key("PATH"),
+        "env_remove(\"PATH\") did not remove it"
+    );
+    no_library_variables(&report.env);
+    // Everything else is inherited (skipping what another test changed meanwhile).
+    for (key, value) in &before {
+        if key == "PATH" || after.get(key) != Some(value) {
+            continue;
+        }
+        assert_eq!(report.env.get(key), Some(value), "{key} was not inherited");
+    }
+    finish(&mut child).await;
+}
+
+#[tokio::test]
+async fn env_clear_leaves_only_what_was_set() {
+    let mut child = fork(
+        INSPECT,
+        ["env"],
+        ForkOptions::default()
+            .env("BEFORE_CLEAR", "forgotten")
+            .env_clear()
+            .env("ONLY", "this")
+            .env("AND", "that"),
+    )
+    .unwrap();
+    let report = report(&mut child).await;
+    let expected: BTreeMap<String, String> = [("ONLY", "this"), ("AND", "that")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    assert_eq!(report.env, expected);
+    finish(&mut child).await;
+}
+
+// ---- names -----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_service_name_is_argv0_and_the_process_name() {
+    // (service name, the process name the kernel keeps: 15 bytes, cut at a character boundary)
+    let names = [
+        ("image-decoder-worker-7", "image-decoder-w"),
+        ("tiny", "tiny"),
+        ("exactly-15-byte", "exactly-15-byte"),
+        ("with space ✓✓✓✓", "with space ✓"),
+        ("worker-✓✓✓✓", "worker-✓✓"),
+    ];
+    for (name, comm) in names {
+        let mut child = fork(
+            INSPECT,
+            ["names", "second"],
+            ForkOptions::default().service_name(name),
+        )
+        .unwrap();
+        assert_eq!(child.service_name(), name);
+        let pid = child.pid().expect("running");
+        // argv[0] is the service name from the start (exec has happened when fork returns).
+        assert_eq!(proc_cmdline(pid), [name, "names", "second"]);
+
+        let report = report(&mut child).await;
+        assert_eq!(report.pid, pid);
+        assert_eq!(report.argv0, name);
+        assert_eq!(report.args, ["names", "second"]);
+        assert_eq!(report.service_name, name);
+        assert_eq!(report.comm, comm, "the child's own /proc/self/comm");
+        // parent_port() has returned: the name is set for everyone to see.
+        assert_eq!(proc_comm(pid), comm, "/proc/{pid}/comm");
+        no_library_variables(&report.env);
+        finish(&mut child).await;
+    }
+}
+
+#[tokio::test]
+async fn the_default_service_name_is_the_programs_file_name() {
+    let mut child = fork(INSPECT, ["default"], ForkOptions::default()).unwrap();
+    assert_eq!(child.service_name(), "inspect");
+    let pid = child.pid().expect("running");
+    assert_eq!(proc_cmdline(pid), ["inspect", "default"]);
+    let report = report(&mut child).await;
+    assert_eq!(report.argv0, "inspect");
+    assert_eq!(report.service_name, "inspect");
+    assert_eq!(report.comm, "inspect");
+    assert_eq!(proc_comm(pid), "inspect");
+    finish(&mut child).await;
+}
+
+// ---- finding the program ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_relative_program_path_is_resolved_against_the_parents_cwd_not_the_childs() {
+    let here = std::env::current_dir().unwrap();
+    // `../` up to the root, then the absolute path without its `/`.
+    let up = "../".repeat(here.components().count().saturating_sub(1));
+    let relative = PathBuf::from(format!("{up}{}", INSPECT.trim_start_matches('/')));
+    assert!(relative.is_relative());
+    let elsewhere = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("relative-program-cwd")
+        .join("deeper");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let elsewhere = elsewhere.canonicalize().unwrap();
+
+    let mut child = fork(
+        &relative,
+        ["relative"],
+        ForkOptions::default().cwd(&elsewhere),
+    )
+    .unwrap();
+    assert_eq!(child.service_name(), "inspect");
+    let report = report(&mut child).await;
+    assert_eq!(report.argv0, "inspect");
+    assert_eq!(PathBuf::from(&report.cwd), elsewhere);
+    finish(&mut child).await;
+}
+
+#[tokio::test]
+async fn a_bare_program_name_is_found_on_the_childs_path() {
+    let dir = PathBuf::from(INSPECT).parent().unwrap().to_owned();
+    let path = format!("/nonexistent-dir:{}", dir.display());
+    let mut child = fork(
+        "inspect",
+        ["bare"],
+        ForkOptions::default().env("PATH", &path),
+    )
+    .unwrap();
+    assert_eq!(child.service_name(), "inspect");
+    let report = report(&mut child).await;
+    assert_eq!(report.args, ["bare"]);
+    assert_eq!(report.env.get("PATH"), Some(&path));
+    finish(&mut child).await;
+}

@@ -56,7 +56,8 @@ struct Shared {
 ///
 /// [`Error::NotAUtilityProcess`] when the program was not started by `fork` (the variables
 /// or descriptor 3 are missing, or descriptor 3 is not a port), or when the parent's `HELLO`
-/// is missing or speaks another protocol version.
+/// is missing or speaks another protocol version. A parent that is already gone is not an
+/// error: the port's `recv` then returns `None`.
 ///
 /// # Examples
 ///
@@ -117,17 +118,16 @@ fn connect() -> Result<ParentPort, Error> {
         max_queued_bytes: max_message_size.max(crate::options::DEFAULT_MAX_MESSAGE_SIZE),
     };
     let endpoint = Endpoint::new(fd, limits, 0).map_err(Error::io("parent port"))?;
-    endpoint
-        .send_frame(
-            |encoder, buf| {
-                encoder.hello(buf, &Hello::new(limits.max_frame_len));
-                Ok(())
-            },
-            Vec::new(),
-        )
-        .map_err(|_| Error::Closed {
-            peer: "the parent".into(),
-        })?;
+    // If the parent has already closed its end (it detached or dropped the handle before we
+    // connected), the HELLO cannot be sent: the port is still ours, and reports the parent
+    // as gone — `recv` returns `None`, posts fail with `Closed` — rather than failing here.
+    let _ = endpoint.send_frame(
+        |encoder, buf| {
+            encoder.hello(buf, &Hello::new(limits.max_frame_len));
+            Ok(())
+        },
+        Vec::new(),
+    );
 
     if !service_name.is_empty() {
         // Cosmetic: a failure only means `top` shows the file name.

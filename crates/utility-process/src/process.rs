@@ -469,12 +469,17 @@ enum Step {
 }
 
 impl UtilityProcess {
-    /// The child's pid: `Some` from [`Event::Spawn`] until the child has ended and been
-    /// reaped, `None` after (when the number may already belong to another process).
+    /// The child's pid: `Some` from the start until [`next_event`](Self::next_event) has
+    /// returned [`Event::Exit`], `None` after, as in Electron.
+    ///
+    /// A child that has ended is reaped at once, even before its `Exit` is read, and from
+    /// then on the number may be given to another process: to signal the child, use
+    /// [`kill`](Self::kill), which goes through a pidfd and never reaches a stranger.
     pub fn pid(&self) -> Option<u32> {
-        match *self.exit.borrow() {
-            Some(_) => None,
-            None => Some(self.child.pid),
+        if self.events.finished {
+            None
+        } else {
+            Some(self.child.pid)
         }
     }
 

@@ -551,6 +551,18 @@ impl Endpoint {
                 .map_err(RecvError::Protocol)?
             {
                 Decoded::Frame { frame, consumed } => {
+                    // The frame limit leaves room for the envelope; the payload itself is held
+                    // to the message limit, as the sender's is.
+                    if let Frame::Message { payload, .. } = &frame {
+                        if payload.len() > self.limits.max_message_size {
+                            return Err(RecvError::Protocol(
+                                utility_process_wire::Error::FrameTooLarge {
+                                    len: payload.len() as u64,
+                                    max: self.limits.max_message_size as u32,
+                                },
+                            ));
+                        }
+                    }
                     let at = inbound.decoded;
                     if inbound.batches.front().is_some_and(|b| b.end <= at) {
                         return Err(RecvError::Descriptors(

@@ -438,12 +438,20 @@ proptest! {
 
     #[test]
     fn nesting_past_max_depth_is_an_error_not_a_stack_overflow(
-        containers in vec(prop_oneof![Just(&[0x91u8][..]), Just(&[0x81u8, 0xc0][..])], 0..1200),
+        depth in 0usize..1200,
+        maps in any::<u64>(),
     ) {
-        // One-element arrays and one-entry maps {nil: ...}, nested, around a nil.
-        let mut bytes: Vec<u8> = containers.concat();
+        // One-element arrays and one-entry maps {nil: ...}, nested, around a nil; bit
+        // `level % 64` of `maps` says which container each level is.
+        let mut bytes = Vec::with_capacity(2 * depth + 1);
+        for level in 0..depth {
+            if maps >> (level % 64) & 1 == 1 {
+                bytes.extend_from_slice(&[0x81, 0xc0]);
+            } else {
+                bytes.push(0x91);
+            }
+        }
         bytes.push(0xc0);
-        let depth = containers.len();
         let result = decode_value::<IgnoredAny>(&bytes);
         if depth < MAX_DEPTH {
             prop_assert!(result.is_ok(), "depth {}: {:?}", depth, result);
