@@ -7,3 +7,5 @@ mod lifecycle;
 mod messages;
 /// stdout and stderr; cwd, env, args, the service name.
 mod stdio;
+/// Message channels, ports sent between processes, child-to-child talk.
+mod ports;

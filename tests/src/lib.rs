@@ -50,3 +50,33 @@ pub fn is_alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// What the `porter` child does with the ports the parent sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PortCommand {
+    /// Echo everything that arrives on the attached port back on it, until it closes.
+    Echo,
+    /// Send the attached ports straight back to the parent.
+    Bounce,
+    /// Send `count` numbered pings over the attached port, each after the answer to the
+    /// previous one, then tell the parent `PortReply::Pinged`.
+    Ping { count: u64 },
+    /// Receive `count` messages on the attached port and report them to the parent in one
+    /// `PortReply::Received`.
+    Collect { count: usize },
+    /// Keep the attached port without reading it, until the parent closes.
+    Hold,
+    /// Report this process's open descriptors.
+    Fds,
+}
+
+/// What the `porter` child tells the parent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PortReply {
+    /// Every ping was answered, in order.
+    Pinged { count: u64 },
+    /// The messages received on a port, as raw bytes, in order.
+    Received { messages: Vec<Vec<u8>> },
+    /// Open descriptors.
+    Fds { fds: Vec<i32> },
+}

@@ -45,6 +45,7 @@
 
 mod child;
 mod driver;
+mod entry;
 mod error;
 mod message;
 mod options;
@@ -55,6 +56,7 @@ mod sys;
 mod transport;
 
 pub use child::{parent_port, ParentPort};
+pub use entry::{fork_entry, init, Entry};
 pub use error::{Error, Location, PanicInfo, Signal, SpawnStep, Violation};
 pub use message::Message;
 pub use options::{ForkOptions, Stdio, DEFAULT_KILL_GRACE, DEFAULT_MAX_MESSAGE_SIZE};

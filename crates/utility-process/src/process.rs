@@ -360,6 +360,10 @@ fn environment(
             None => env.remove(key),
         };
     }
+    if !options.env.contains_key(OsStr::new(crate::entry::ENV_ENTRY)) {
+        // Only `fork_entry` names an entry point; a plain program never inherits one.
+        env.remove(OsStr::new(crate::entry::ENV_ENTRY));
+    }
     env.insert(ENV_PORT_FD.into(), PORT_FD.to_string().into());
     env.insert(ENV_SERVICE_NAME.into(), service_name.into());
     env.insert(ENV_PARENT_PID.into(), std::process::id().to_string().into());
