@@ -4,16 +4,19 @@
 //! cargo run --release --example tour
 //! ```
 //!
-//! The tour is its own worker: the parent forks this same executable with `--worker <role>`,
-//! and `main` sends it to the worker's code. (Named entry points that do this for you come
-//! with the message-ports issue; this is the by-hand version.)
+//! The tour is its own worker: `main` registers named entry points with
+//! `utility_process::init`, and the parent starts them with `fork_entry`, which relaunches
+//! this same executable into the entry — the way Electron and Chromium ship one binary.
 
 use std::error::Error as StdError;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use utility_process::{fork, parent_port, Error, Event, ForkOptions, Stdio, UtilityProcess};
+use utility_process::{
+    fork_entry, init, Entry, Error, Event, ForkOptions, MessageChannel, ParentPort, Stdio,
+    UtilityProcess,
+};
 
 /// What the parent asks a worker to do.
 #[derive(Debug, Serialize, Deserialize)]
@@ -35,11 +38,23 @@ enum Reply {
     Printed,
 }
 
+/// What the pinging worker is asked to do with the port it is given.
+#[derive(Debug, Serialize, Deserialize)]
+struct PingOrder {
+    count: u32,
+}
+
 fn main() -> Result<(), Box<dyn StdError>> {
-    let mut args = std::env::args().skip(1);
-    if args.next().as_deref() == Some("--worker") {
-        return worker(args.next().as_deref().unwrap_or("compute"));
-    }
+    // First thing in main: in a worker this runs the entry and never returns.
+    init([
+        Entry::blocking("compute", compute),
+        Entry::blocking("doomed", |_port| -> Result<(), Error> {
+            panic!("the input file is corrupt")
+        }),
+        Entry::blocking("crasher", |_port| -> Result<(), Error> { std::process::abort() }),
+        Entry::new("port-echo", port_echo),
+        Entry::new("pinger", pinger),
+    ]);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -49,14 +64,13 @@ fn main() -> Result<(), Box<dyn StdError>> {
 // ---- the parent ------------------------------------------------------------------------
 
 async fn tour() -> Result<(), Box<dyn StdError>> {
-    let exe = std::env::current_exe()?;
     println!("utility-process tour — parent pid {}\n", std::process::id());
 
-    chapter("1. Fork a worker");
+    chapter("1. Fork a worker (this same executable, relaunched into the entry point \"compute\")");
     let started = Instant::now();
-    let mut worker = fork(
-        &exe,
-        ["--worker", "compute"],
+    let mut worker = fork_entry(
+        "compute",
+        [] as [&str; 0],
         ForkOptions::default()
             .service_name("tour-compute")
             .stdout(Stdio::Pipe),
@@ -110,9 +124,9 @@ async fn tour() -> Result<(), Box<dyn StdError>> {
     println!("   read from the pipe: {line:?}");
 
     chapter("4. A worker panics: the parent hears why, and carries on");
-    let mut doomed = fork(
-        &exe,
-        ["--worker", "panic"],
+    let mut doomed = fork_entry(
+        "doomed",
+        [] as [&str; 0],
         ForkOptions::default()
             .service_name("tour-doomed")
             .stderr(Stdio::Ignore),
@@ -135,9 +149,9 @@ async fn tour() -> Result<(), Box<dyn StdError>> {
     }
 
     chapter("5. A worker crashes with a signal");
-    let mut crasher = fork(
-        &exe,
-        ["--worker", "abort"],
+    let mut crasher = fork_entry(
+        "crasher",
+        [] as [&str; 0],
         ForkOptions::default().service_name("tour-crasher"),
     )?;
     while let Some(event) = crasher.next_event().await {
@@ -152,7 +166,22 @@ async fn tour() -> Result<(), Box<dyn StdError>> {
         }
     }
 
-    chapter("6. Kill");
+    chapter("6. Two workers talk directly through a port the parent hands over");
+    let echo = fork_entry("port-echo", [] as [&str; 0], ForkOptions::default())?;
+    let mut pinger = fork_entry("pinger", [] as [&str; 0], ForkOptions::default())?;
+    let MessageChannel { port1, port2 } = MessageChannel::new()?;
+    // Each end moves to its worker: the parent keeps nothing and relays nothing.
+    echo.post_message_with_ports(&"echo on this", vec![port1])?;
+    pinger.post_message_with_ports(&PingOrder { count: 10_000 }, vec![port2])?;
+    expect_spawn(&mut pinger).await?;
+    match pinger.next_event().await {
+        Some(Event::Message(m)) => println!("   {}", m.data::<String>()?),
+        other => return Err(format!("unexpected event {other:?}").into()),
+    }
+    echo.kill();
+    pinger.kill();
+
+    chapter("7. Kill");
     println!("   kill() → {}", worker.kill());
     while let Some(event) = worker.next_event().await {
         if let Event::Exit(status) = event {
@@ -194,14 +223,8 @@ async fn reply(worker: &mut UtilityProcess) -> Result<Reply, Box<dyn StdError>> 
 
 // ---- the workers -----------------------------------------------------------------------
 
-fn worker(role: &str) -> Result<(), Box<dyn StdError>> {
-    let port = parent_port()?;
-    match role {
-        "panic" => panic!("the input file is corrupt"),
-        "abort" => std::process::abort(),
-        _ => {}
-    }
-    // A compute worker needs no async runtime: the blocking receive is enough.
+/// A compute worker needs no async runtime: the blocking receive is enough.
+fn compute(port: ParentPort) -> Result<(), Box<dyn StdError + Send + Sync>> {
     while let Some(message) = port.recv_blocking() {
         if message.bytes() == b"ping" {
             port.post_bytes(b"ping")?;
@@ -223,6 +246,44 @@ fn worker(role: &str) -> Result<(), Box<dyn StdError>> {
             }
         }
     }
+    Ok(())
+}
+
+/// Echoes everything that arrives on the port its parent sends it.
+async fn port_echo(parent: ParentPort) -> Result<(), Error> {
+    let Some(mut message) = parent.recv().await else {
+        return Ok(());
+    };
+    for port in message.take_ports() {
+        while let Some(message) = port.recv().await {
+            port.post_bytes(message.bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// Pings through the port its parent sends it, and reports the round-trip time.
+async fn pinger(parent: ParentPort) -> Result<(), Error> {
+    let Some(mut message) = parent.recv().await else {
+        return Ok(());
+    };
+    let order: PingOrder = message.data()?;
+    let Some(port) = message.take_ports().pop() else {
+        parent.post_message(&"the order came without a port")?;
+        return Ok(());
+    };
+    let started = Instant::now();
+    for _ in 0..order.count {
+        port.post_bytes(b"ping")?;
+        if port.recv().await.is_none() {
+            break;
+        }
+    }
+    let micros = started.elapsed().as_secs_f64() * 1e6 / f64::from(order.count);
+    parent.post_message(&format!(
+        "{} round trips worker ↔ worker, straight through the port: {micros:.1} µs each",
+        order.count
+    ))?;
     Ok(())
 }
 
