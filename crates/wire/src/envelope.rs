@@ -15,7 +15,7 @@ pub const VERSION: u16 = 1;
 pub const MAX_ATTACHMENTS: usize = 253;
 
 /// The size of a `HELLO` body.
-const HELLO_LEN: usize = 12;
+pub(crate) const HELLO_LEN: usize = 12;
 
 /// The kind byte of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,9 +200,7 @@ impl<'a> Frame<'a> {
         match kind {
             k if k == FrameKind::Hello as u8 => Hello::parse(body).map(Frame::Hello),
             k if k == FrameKind::Message as u8 => {
-                let (&count, rest) = body
-                    .split_first()
-                    .ok_or(Error::TruncatedAttachments { count: 0 })?;
+                let (&count, rest) = body.split_first().ok_or(Error::EmptyMessage)?;
                 let listed = usize::from(count) * ATTACHMENT_LEN;
                 if rest.len() < listed {
                     return Err(Error::TruncatedAttachments { count });
@@ -220,6 +218,11 @@ impl<'a> Frame<'a> {
                     payload,
                 })
             }
+            // Decoded like any payload, so bytes after the report are refused
+            // (`Error::TrailingBytes`). A report written as a MessagePack *array* of the five
+            // fields in declaration order (serde's struct-as-array, what `rmp_serde::to_vec`
+            // writes) is accepted as well as the documented map: serde's derived `Deserialize`
+            // takes both, and refusing it would buy nothing.
             k if k == FrameKind::Panic as u8 => crate::decode_value(body)
                 .map(Frame::Panic)
                 .map_err(|e| match e {
@@ -288,6 +291,60 @@ mod tests {
     }
 
     #[test]
+    fn message_without_an_attachment_count_is_refused_as_empty() {
+        assert!(matches!(Frame::parse(2, &[]), Err(Error::EmptyMessage)));
+        assert!(matches!(
+            FrameDecoder::new(100).decode(&[1, 0, 0, 0, 2]),
+            Err(Error::EmptyMessage)
+        ));
+        // A count of zero and nothing else is a valid, empty message.
+        assert!(matches!(
+            Frame::parse(2, &[0]),
+            Ok(Frame::Message { attachments, payload: [] }) if attachments.is_empty()
+        ));
+    }
+
+    #[test]
+    fn attachments_round_trip_with_their_channel_ids() {
+        let sent = [
+            Attachment::Port { channel: 0 },
+            Attachment::PortWithPrefix {
+                channel: 0x0102_0304_0506_0708,
+            },
+            Attachment::Port { channel: u64::MAX },
+        ];
+        let mut out = Vec::new();
+        FrameEncoder::new(1000)
+            .message_with_attachments(&mut out, &sent, |p| {
+                p.push(0xc0);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            out[..4 + 2 + 9],
+            [0x1e, 0, 0, 0, 0x02, 3, 0x01, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(out[15..24], [0x02, 8, 7, 6, 5, 4, 3, 2, 1]);
+        match FrameDecoder::new(1000).decode(&out).unwrap() {
+            Decoded::Frame {
+                frame:
+                    Frame::Message {
+                        attachments,
+                        payload,
+                    },
+                consumed,
+            } => {
+                assert_eq!(consumed, out.len());
+                assert_eq!(attachments.iter().collect::<Vec<_>>(), sent);
+                assert_eq!(attachments.len(), 3);
+                assert_eq!(attachments.fd_count(), 4);
+                assert_eq!(payload, [0xc0]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn documented_message_bytes_decode() {
         let bytes = [0x05, 0, 0, 0, 0x02, 0x00, 0xa2, b'h', b'i'];
         match FrameDecoder::new(100).decode(&bytes).unwrap() {
@@ -324,5 +381,34 @@ mod tests {
             } => assert_eq!(r, report),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn report() -> PanicReport {
+        PanicReport {
+            message: "boom".into(),
+            file: "src/main.rs".into(),
+            line: 3,
+            column: 5,
+            thread: None,
+        }
+    }
+
+    #[test]
+    fn panic_report_with_bytes_after_it_is_refused() {
+        let mut body = Vec::new();
+        crate::encode_value(&mut body, &report()).unwrap();
+        assert!(matches!(Frame::parse(3, &body), Ok(Frame::Panic(r)) if r == report()));
+        body.extend_from_slice(&[0xc0, 0xc0]);
+        assert!(matches!(
+            Frame::parse(3, &body),
+            Err(Error::TrailingBytes { count: 2 })
+        ));
+    }
+
+    #[test]
+    fn panic_report_written_as_an_array_is_accepted() {
+        let body = rmp_serde::to_vec(&report()).unwrap();
+        assert_eq!(body[0], 0x95, "serde's struct-as-array: a fixarray of five fields");
+        assert!(matches!(Frame::parse(3, &body), Ok(Frame::Panic(r)) if r == report()));
     }
 }

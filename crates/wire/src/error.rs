@@ -3,7 +3,10 @@
 /// What can be wrong with bytes on the wire, or with a value that should go on it.
 ///
 /// Every variant that describes received bytes is a *protocol violation*: the peer did not
-/// follow `docs/PROTOCOL.md`. The two codec variants describe values, not frames.
+/// follow `docs/PROTOCOL.md`. The codec variants ([`Encode`](Error::Encode),
+/// [`Decode`](Error::Decode) and [`TrailingBytes`](Error::TrailingBytes)) describe values, not
+/// frames, except that a `PANIC` body with bytes after its report is also
+/// [`TrailingBytes`](Error::TrailingBytes).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -33,6 +36,9 @@ pub enum Error {
         /// The version this side speaks.
         expected: u16,
     },
+    /// Occurs when a `MESSAGE` body is empty: it lacks even the attachment count byte.
+    #[error("MESSAGE frame without an attachment count")]
+    EmptyMessage,
     /// Occurs when a `MESSAGE` body ends inside its attachment list.
     #[error("MESSAGE frame ends inside its list of {count} attachments")]
     TruncatedAttachments {
@@ -58,4 +64,11 @@ pub enum Error {
     /// Occurs when a payload does not decode into the requested type.
     #[error("cannot decode the message: {0}")]
     Decode(#[source] rmp_serde::decode::Error),
+    /// Occurs when a payload (or a `PANIC` body) goes on after the MessagePack value it holds:
+    /// a payload is exactly one value, so the extra bytes are a malformed message.
+    #[error("{count} bytes after the end of the MessagePack value")]
+    TrailingBytes {
+        /// How many bytes follow the value.
+        count: usize,
+    },
 }

@@ -6,8 +6,12 @@
 //! peer that announces 4 GiB costs nothing. [`FrameEncoder`] appends frames to a send buffer in
 //! place — no intermediate allocation — and refuses, leaving the buffer as it was, any frame
 //! over its limit.
+//!
+//! Both take a limit on the length field, raised to at least [`MIN_FRAME_LEN`].
 
-use crate::envelope::{Attachment, Frame, FrameKind, Hello, PanicReport, MAX_ATTACHMENTS};
+use crate::envelope::{
+    Attachment, Frame, FrameKind, Hello, PanicReport, HELLO_LEN, MAX_ATTACHMENTS,
+};
 use crate::Error;
 
 /// Bytes before a frame's body: the `u32` length and the kind byte.
@@ -18,6 +22,19 @@ pub const ENVELOPE_ROOM: u32 = 4096;
 
 /// The default limit on a frame's length field: room for a 64 MiB payload and its envelope.
 pub const DEFAULT_MAX_FRAME_LEN: u32 = 64 * 1024 * 1024 + ENVELOPE_ROOM;
+
+/// The smallest limit on a frame's length field: [`FrameDecoder::new`] and
+/// [`FrameEncoder::new`] raise any smaller limit to this one.
+///
+/// A `HELLO` (a length field of 13) always fits, so every encoder can write the handshake
+/// and every decoder can read it; and a decoder's request for more bytes,
+/// [`Decoded::Incomplete`], never exceeds `4 +` its limit, even before the length field is in
+/// (when it asks for [`HEADER_LEN`] bytes).
+pub const MIN_FRAME_LEN: u32 = 16;
+
+// The two promises above.
+const _: () = assert!(1 + HELLO_LEN as u32 <= MIN_FRAME_LEN);
+const _: () = assert!(HEADER_LEN as u32 <= 4 + MIN_FRAME_LEN);
 
 /// What [`FrameDecoder::decode`] found at the front of a buffer.
 #[derive(Debug)]
@@ -47,12 +64,15 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
-    /// A decoder that refuses frames whose length field exceeds `max_frame_len`.
+    /// A decoder that refuses frames whose length field exceeds `max_frame_len`, or
+    /// [`MIN_FRAME_LEN`] if that is larger.
     pub fn new(max_frame_len: u32) -> Self {
-        FrameDecoder { max_frame_len }
+        FrameDecoder {
+            max_frame_len: max_frame_len.max(MIN_FRAME_LEN),
+        }
     }
 
-    /// The largest length field this decoder accepts.
+    /// The largest length field this decoder accepts (at least [`MIN_FRAME_LEN`]).
     pub fn max_frame_len(&self) -> u32 {
         self.max_frame_len
     }
@@ -98,23 +118,25 @@ pub struct FrameEncoder {
 }
 
 impl FrameEncoder {
-    /// An encoder that refuses to build frames whose length field would exceed `max_frame_len`.
+    /// An encoder that refuses to build frames whose length field would exceed
+    /// `max_frame_len`, or [`MIN_FRAME_LEN`] if that is larger.
     pub fn new(max_frame_len: u32) -> Self {
-        FrameEncoder { max_frame_len }
+        FrameEncoder {
+            max_frame_len: max_frame_len.max(MIN_FRAME_LEN),
+        }
     }
 
-    /// The largest length field this encoder builds.
+    /// The largest length field this encoder builds (at least [`MIN_FRAME_LEN`]).
     pub fn max_frame_len(&self) -> u32 {
         self.max_frame_len
     }
 
-    /// Appends a `HELLO` frame to `out`.
+    /// Appends a `HELLO` frame to `out`. It always fits: its length field is 13, and the
+    /// limit is at least [`MIN_FRAME_LEN`].
     pub fn hello(&self, out: &mut Vec<u8>, hello: &Hello) {
         let start = begin(out, FrameKind::Hello);
         hello.write_body(out);
-        // A HELLO is 13 bytes: far below any limit a decoder can be given that lets a
-        // MESSAGE through, so this cannot fail.
-        patch_len(out, start, u32::MAX).expect("a HELLO frame always fits");
+        patch_len(out, start, self.max_frame_len).expect("a HELLO fits MIN_FRAME_LEN");
     }
 
     /// Appends a `MESSAGE` frame without attachments; `fill` appends the payload.
@@ -259,6 +281,52 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::FrameTooLarge { len: 66, max: 10 }));
         assert_eq!(out, b"keep");
+    }
+
+    #[test]
+    fn limits_under_the_minimum_are_raised_to_it() {
+        for limit in [0, 1, 12, 13, MIN_FRAME_LEN - 1] {
+            let decoder = FrameDecoder::new(limit);
+            let encoder = FrameEncoder::new(limit);
+            assert_eq!(decoder.max_frame_len(), MIN_FRAME_LEN);
+            assert_eq!(encoder.max_frame_len(), MIN_FRAME_LEN);
+
+            // Before the length is in, the decoder asks for a header: within 4 + its limit.
+            match decoder.decode(&[]) {
+                Ok(Decoded::Incomplete { needed }) => {
+                    assert_eq!(needed, HEADER_LEN);
+                    assert!(needed <= 4 + decoder.max_frame_len() as usize);
+                }
+                other => panic!("{other:?}"),
+            }
+
+            // The handshake goes through both.
+            let mut out = Vec::new();
+            encoder.hello(&mut out, &Hello::new(7));
+            match decoder.decode(&out) {
+                Ok(Decoded::Frame {
+                    frame: Frame::Hello(hello),
+                    consumed: 17,
+                }) => assert_eq!(hello, Hello::new(7)),
+                other => panic!("{other:?}"),
+            }
+
+            // A MESSAGE of exactly MIN_FRAME_LEN fits, one byte more does not.
+            let fill = |n: usize| move |p: &mut Vec<u8>| {
+                p.resize(p.len() + n, 0xc0);
+                Ok(())
+            };
+            let mut out = Vec::new();
+            encoder.message(&mut out, fill(14)).unwrap();
+            assert_eq!(out.len(), 4 + MIN_FRAME_LEN as usize);
+            assert!(matches!(decoder.decode(&out), Ok(Decoded::Frame { .. })));
+            let err = encoder.message(&mut out, fill(15)).unwrap_err();
+            assert!(matches!(err, Error::FrameTooLarge { len: 17, max: MIN_FRAME_LEN }));
+            let err = decoder.decode(&17u32.to_le_bytes()).unwrap_err();
+            assert!(matches!(err, Error::FrameTooLarge { len: 17, max: MIN_FRAME_LEN }));
+        }
+        assert_eq!(FrameDecoder::new(17).max_frame_len(), 17);
+        assert_eq!(FrameEncoder::new(17).max_frame_len(), 17);
     }
 
     #[test]
