@@ -55,6 +55,18 @@ pub enum Error {
         limit: usize,
     },
 
+    /// Occurs when posting ports to a peer that is not reading, and the port's send queue
+    /// already holds as many descriptors as a port may queue (1,012). The ports are closed.
+    #[error("cannot post ports to {peer}: {queued} descriptors are already waiting, the limit is {limit}")]
+    PortQueueFull {
+        /// Who the port leads to.
+        peer: String,
+        /// Descriptors waiting to be written.
+        queued: usize,
+        /// The limit on waiting descriptors.
+        limit: usize,
+    },
+
     /// Occurs when a message is larger than the port's maximum message size. Nothing was sent.
     #[error("message of at least {size} bytes exceeds the maximum of {max} bytes")]
     MessageTooLarge {

@@ -51,8 +51,9 @@ impl Message {
     ///
     /// # Errors
     ///
-    /// [`Error::Decode`] when the bytes are not MessagePack of `T`'s shape. That is the
-    /// receiver's error, not the sender's: the port stays usable.
+    /// [`Error::Decode`] when the bytes are not exactly one MessagePack value of `T`'s shape
+    /// (bytes left after the value are an error too), or nest deeper than 256 levels. That is
+    /// the receiver's error, not the sender's: the port stays usable.
     pub fn data<'a, T: Deserialize<'a>>(&'a self) -> Result<T, Error> {
         utility_process_wire::decode_value(self.bytes()).map_err(Error::Decode)
     }

@@ -391,6 +391,11 @@ where
             queued,
             limit,
         }),
+        Err(SendError::TooManyFds { queued, limit }) => Err(Error::PortQueueFull {
+            peer: peer(),
+            queued,
+            limit,
+        }),
         Err(SendError::Frame(utility_process_wire::Error::FrameTooLarge { len, .. })) => {
             Err(Error::MessageTooLarge {
                 size: len,

@@ -68,9 +68,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Buffers larger than this are given back to the allocator once they are empty again.
 const KEEP_CAPACITY: usize = 1024 * 1024;
 
-/// The most received descriptors a port holds before frames claim them. Frames are decoded
-/// between reads, so an honest peer never gets near it; a flood of descriptors is a violation.
-const MAX_QUEUED_FDS: usize = 2 * MAX_ATTACHMENTS;
+/// The most descriptors a port holds in either queue: received ones that no frame has
+/// claimed yet (frames are decoded between reads, so an honest peer never gets near it, and a
+/// flood is a violation), and ones waiting to be sent (a post past it is an error).
+const MAX_QUEUED_FDS: usize = 4 * MAX_ATTACHMENTS;
 
 /// How long handing over a port waits for the rest of a prefix it is itself still reading.
 const PREFIX_TIMEOUT: Duration = Duration::from_secs(5);
@@ -143,6 +144,8 @@ pub(crate) enum SendError {
     Closed,
     /// The send buffer is at its limit.
     QueueFull { queued: usize, limit: usize },
+    /// The send buffer holds as many descriptors as a port may queue.
+    TooManyFds { queued: usize, limit: usize },
     /// The frame could not be built (too large, or the value would not encode).
     Frame(utility_process_wire::Error),
 }
@@ -201,6 +204,8 @@ struct Outbound {
     /// How much of `buf` the socket has already taken.
     sent: usize,
     batches: VecDeque<OutBatch>,
+    /// Descriptors in `batches`.
+    queued_fds: usize,
     /// A flusher task owns the job of writing what is left.
     flushing: bool,
     /// The peer is gone or the port was closed: nothing more can be sent.
@@ -213,6 +218,7 @@ impl Outbound {
         self.buf.clear();
         self.sent = 0;
         self.batches.clear();
+        self.queued_fds = 0;
     }
 }
 
@@ -310,6 +316,12 @@ impl Endpoint {
                 limit: self.limits.max_queued_bytes,
             });
         }
+        if !carried.is_empty() && out.queued_fds + carried.len() > MAX_QUEUED_FDS {
+            return Err(SendError::TooManyFds {
+                queued: out.queued_fds,
+                limit: MAX_QUEUED_FDS,
+            });
+        }
         // A `Serialize` impl that panics must not leave half a frame in the buffer: that would
         // corrupt every frame after it.
         let mark = out.buf.len();
@@ -325,6 +337,7 @@ impl Endpoint {
             }
         }
         if !carried.is_empty() {
+            out.queued_fds += carried.len();
             out.batches.push_back(OutBatch {
                 offset: mark,
                 items: carried,
@@ -378,7 +391,9 @@ impl Endpoint {
                     if out.batches.front().is_some_and(|b| b.offset == sent) {
                         // The descriptors are in the kernel's hands now: close ours. A port
                         // sent away is gone from this process.
-                        out.batches.pop_front();
+                        if let Some(batch) = out.batches.pop_front() {
+                            out.queued_fds -= batch.items.len();
+                        }
                     }
                     out.sent += n;
                 }

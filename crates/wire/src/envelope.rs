@@ -408,7 +408,10 @@ mod tests {
     #[test]
     fn panic_report_written_as_an_array_is_accepted() {
         let body = rmp_serde::to_vec(&report()).unwrap();
-        assert_eq!(body[0], 0x95, "serde's struct-as-array: a fixarray of five fields");
+        assert_eq!(
+            body[0], 0x95,
+            "serde's struct-as-array: a fixarray of five fields"
+        );
         assert!(matches!(Frame::parse(3, &body), Ok(Frame::Panic(r)) if r == report()));
     }
 }

@@ -32,8 +32,11 @@ pub const DEFAULT_MAX_FRAME_LEN: u32 = 64 * 1024 * 1024 + ENVELOPE_ROOM;
 /// (when it asks for [`HEADER_LEN`] bytes).
 pub const MIN_FRAME_LEN: u32 = 16;
 
+/// The length field of a `HELLO`: the kind byte and the body.
+const HELLO_FRAME_LEN: u32 = 1 + HELLO_LEN as u32;
+
 // The two promises above.
-const _: () = assert!(1 + HELLO_LEN as u32 <= MIN_FRAME_LEN);
+const _: () = assert!(HELLO_FRAME_LEN <= MIN_FRAME_LEN);
 const _: () = assert!(HEADER_LEN as u32 <= 4 + MIN_FRAME_LEN);
 
 /// What [`FrameDecoder::decode`] found at the front of a buffer.
@@ -273,13 +276,13 @@ mod tests {
     #[test]
     fn encoder_refuses_an_oversized_message_and_leaves_the_buffer_intact() {
         let mut out = b"keep".to_vec();
-        let err = FrameEncoder::new(10)
+        let err = FrameEncoder::new(20)
             .message(&mut out, |p| {
                 p.extend_from_slice(&[0; 64]);
                 Ok(())
             })
             .unwrap_err();
-        assert!(matches!(err, Error::FrameTooLarge { len: 66, max: 10 }));
+        assert!(matches!(err, Error::FrameTooLarge { len: 66, max: 20 }));
         assert_eq!(out, b"keep");
     }
 
@@ -312,18 +315,32 @@ mod tests {
             }
 
             // A MESSAGE of exactly MIN_FRAME_LEN fits, one byte more does not.
-            let fill = |n: usize| move |p: &mut Vec<u8>| {
-                p.resize(p.len() + n, 0xc0);
-                Ok(())
+            let fill = |n: usize| {
+                move |p: &mut Vec<u8>| {
+                    p.resize(p.len() + n, 0xc0);
+                    Ok(())
+                }
             };
             let mut out = Vec::new();
             encoder.message(&mut out, fill(14)).unwrap();
             assert_eq!(out.len(), 4 + MIN_FRAME_LEN as usize);
             assert!(matches!(decoder.decode(&out), Ok(Decoded::Frame { .. })));
             let err = encoder.message(&mut out, fill(15)).unwrap_err();
-            assert!(matches!(err, Error::FrameTooLarge { len: 17, max: MIN_FRAME_LEN }));
+            assert!(matches!(
+                err,
+                Error::FrameTooLarge {
+                    len: 17,
+                    max: MIN_FRAME_LEN
+                }
+            ));
             let err = decoder.decode(&17u32.to_le_bytes()).unwrap_err();
-            assert!(matches!(err, Error::FrameTooLarge { len: 17, max: MIN_FRAME_LEN }));
+            assert!(matches!(
+                err,
+                Error::FrameTooLarge {
+                    len: 17,
+                    max: MIN_FRAME_LEN
+                }
+            ));
         }
         assert_eq!(FrameDecoder::new(17).max_frame_len(), 17);
         assert_eq!(FrameEncoder::new(17).max_frame_len(), 17);

@@ -8,7 +8,8 @@
 //!
 //! This crate does no I/O and holds no `unsafe`: everything here is a function from bytes to
 //! values (or to an [`Error`]), so it can be fuzzed and property-tested on its own. Every
-//! length read from a peer is checked against a limit *before* anything is allocated for it.
+//! frame length read from a peer is checked against a limit *before* anything is allocated
+//! for it; what decoding a payload may allocate is bounded as [`decode_value`] describes.
 //!
 //! ```
 //! use utility_process_wire::{Decoded, FrameDecoder, FrameEncoder, Frame};
@@ -46,4 +47,5 @@ pub use envelope::{
 pub use error::Error;
 pub use frame::{
     Decoded, FrameDecoder, FrameEncoder, DEFAULT_MAX_FRAME_LEN, ENVELOPE_ROOM, HEADER_LEN,
+    MIN_FRAME_LEN,
 };

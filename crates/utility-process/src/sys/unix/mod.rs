@@ -48,35 +48,30 @@ pub(crate) fn open_dev_null() -> io::Result<OwnedFd> {
 
 /// Sets or clears `FD_CLOEXEC` on `fd`.
 pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    let raw = fd.as_raw_fd();
-    // SAFETY: F_GETFD/F_SETFD only read and write the flags of a descriptor we borrow.
-    unsafe {
-        let flags = cvt(libc::fcntl(raw, libc::F_GETFD))?;
-        let new = if on {
-            flags | libc::FD_CLOEXEC
-        } else {
-            flags & !libc::FD_CLOEXEC
-        };
-        if new != flags {
-            cvt(libc::fcntl(raw, libc::F_SETFD, new))?;
-        }
-    }
-    Ok(())
+    update_flag(fd, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC, on)
 }
 
 /// Sets or clears `O_NONBLOCK` on the open file description behind `fd`.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    update_flag(fd, libc::F_GETFL, libc::F_SETFL, libc::O_NONBLOCK, on)
+}
+
+/// Sets or clears one bit of a descriptor's flags (`F_GETFD`/`F_SETFD`) or status flags
+/// (`F_GETFL`/`F_SETFL`), writing only if it changes.
+fn update_flag(
+    fd: BorrowedFd<'_>,
+    get: libc::c_int,
+    set: libc::c_int,
+    bit: libc::c_int,
+    on: bool,
+) -> io::Result<()> {
     let raw = fd.as_raw_fd();
-    // SAFETY: F_GETFL/F_SETFL only read and write the status flags of a borrowed descriptor.
+    // SAFETY: these fcntl commands only read and write the flags of a descriptor we borrow.
     unsafe {
-        let flags = cvt(libc::fcntl(raw, libc::F_GETFL))?;
-        let new = if on {
-            flags | libc::O_NONBLOCK
-        } else {
-            flags & !libc::O_NONBLOCK
-        };
+        let flags = cvt(libc::fcntl(raw, get))?;
+        let new = if on { flags | bit } else { flags & !bit };
         if new != flags {
-            cvt(libc::fcntl(raw, libc::F_SETFL, new))?;
+            cvt(libc::fcntl(raw, set, new))?;
         }
     }
     Ok(())
