@@ -9,3 +9,5 @@ mod messages;
 mod stdio;
 /// Message channels, ports sent between processes, child-to-child talk.
 mod ports;
+/// Shared buffers: memory that travels without being copied.
+mod buffers;

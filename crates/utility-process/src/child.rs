@@ -20,7 +20,7 @@ use utility_process_wire::{Decoded, Frame, FrameDecoder, Hello, PanicReport, ENV
 use crate::port::PortCore;
 use crate::process::{ENV_PARENT_PID, ENV_PORT_FD, ENV_SERVICE_NAME, PORT_FD};
 use crate::transport::{Endpoint, Limits};
-use crate::{sys, Error, Message, MessagePort};
+use crate::{sys, Error, Message, MessagePort, Transferable};
 
 /// How long `parent_port` waits for the parent's `HELLO`, which is written before the child
 /// starts and so is normally there at once.
@@ -28,7 +28,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 static PARENT: OnceLock<ParentPort> = OnceLock::new();
 static CONNECTING: Mutex<()> = Mutex::new(());
-
 
 /// The child's end of the port to its parent.
 ///
@@ -237,7 +236,23 @@ impl ParentPort {
         value: &T,
         ports: Vec<MessagePort>,
     ) -> Result<(), Error> {
-        self.shared.core.post_value(value, ports)
+        self.shared
+            .core
+            .post_value(value, ports.into_iter().map(Transferable::Port).collect())
+    }
+
+    /// Posts `value` to the parent with ports and shared buffers, which move to the parent's
+    /// process.
+    ///
+    /// # Errors
+    ///
+    /// As [`MessagePort::post_message_with_ports`](crate::MessagePort::post_message_with_ports).
+    pub fn post_message_with_transfer<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        transfer: Vec<Transferable>,
+    ) -> Result<(), Error> {
+        self.shared.core.post_value(value, transfer)
     }
 
     /// Posts raw bytes to the parent, without encoding them.

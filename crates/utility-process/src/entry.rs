@@ -192,7 +192,12 @@ where
     S: AsRef<OsStr>,
 {
     let options = ForkOptions {
-        service_name: Some(options.service_name.clone().unwrap_or_else(|| name.to_owned())),
+        service_name: Some(
+            options
+                .service_name
+                .clone()
+                .unwrap_or_else(|| name.to_owned()),
+        ),
         ..options
     }
     .env(ENV_ENTRY, name);
@@ -210,7 +215,10 @@ where
                 step: SpawnStep::Lookup,
                 source: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
-                    format!("no entry point named {name:?} (registered: {})", known.join(", ")),
+                    format!(
+                        "no entry point named {name:?} (registered: {})",
+                        known.join(", ")
+                    ),
                 ),
             });
         }

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::transport::Payload;
-use crate::{Error, MessagePort};
+use crate::{Error, MessagePort, SharedBuffer};
 
 /// A message received from a port: its bytes, readable as any `Deserialize` type, and the
 /// ports that travelled with it.
@@ -27,11 +27,20 @@ use crate::{Error, MessagePort};
 pub struct Message {
     payload: Payload,
     ports: Vec<MessagePort>,
+    buffers: Vec<SharedBuffer>,
 }
 
 impl Message {
-    pub(crate) fn new(payload: Payload, ports: Vec<MessagePort>) -> Message {
-        Message { payload, ports }
+    pub(crate) fn new(
+        payload: Payload,
+        ports: Vec<MessagePort>,
+        buffers: Vec<SharedBuffer>,
+    ) -> Message {
+        Message {
+            payload,
+            ports,
+            buffers,
+        }
     }
 
     /// A message holding `value`, encoded as a port would send it. Useful in tests.
@@ -42,7 +51,11 @@ impl Message {
     pub fn from_value<T: serde::Serialize + ?Sized>(value: &T) -> Result<Message, Error> {
         let mut buf = Vec::new();
         utility_process_wire::encode_value(&mut buf, value).map_err(Error::Encode)?;
-        Ok(Message::new(Payload { buf, start: 0 }, Vec::new()))
+        Ok(Message::new(
+            Payload { buf, start: 0 },
+            Vec::new(),
+            Vec::new(),
+        ))
     }
 
     /// Decodes the message as a `T`.
@@ -67,6 +80,12 @@ impl Message {
     /// the caller (a second call returns none).
     pub fn take_ports(&mut self) -> Vec<MessagePort> {
         std::mem::take(&mut self.ports)
+    }
+
+    /// The shared buffers that travelled with the message, in the order they were posted,
+    /// handed to the caller (a second call returns none).
+    pub fn take_buffers(&mut self) -> Vec<SharedBuffer> {
+        std::mem::take(&mut self.buffers)
     }
 
     /// How many ports the message still holds.
@@ -97,6 +116,7 @@ impl fmt::Debug for Message {
         f.debug_struct("Message")
             .field("len", &self.len())
             .field("ports", &self.ports.len())
+            .field("buffers", &self.buffers.len())
             .finish()
     }
 }

@@ -15,8 +15,8 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use utility_process_wire::{Attachment, MAX_ATTACHMENTS};
 
-use crate::transport::{Endpoint, Incoming, Limits, RecvError, SendError};
-use crate::{sys, Error, Message};
+use crate::transport::{Carried, Endpoint, Incoming, Limits, RecvError, SendError};
+use crate::{sys, Error, Message, SharedBuffer};
 
 const NOT_STARTED: u8 = 0;
 const STARTED: u8 = 1;
@@ -122,6 +122,20 @@ impl MessagePort {
         self.core.post_value(value, Vec::new())
     }
 
+    /// Posts `value` with ports and shared buffers, which move to whichever process receives
+    /// the message (Electron's `postMessage(message, transfer)`).
+    ///
+    /// # Errors
+    ///
+    /// As [`post_message_with_ports`](Self::post_message_with_ports).
+    pub fn post_message_with_transfer<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        transfer: Vec<Transferable>,
+    ) -> Result<(), Error> {
+        self.core.post_value(value, transfer)
+    }
+
     /// Posts `value` with `ports`, which move to whichever process receives the message.
     ///
     /// # Errors
@@ -134,7 +148,8 @@ impl MessagePort {
         value: &T,
         ports: Vec<MessagePort>,
     ) -> Result<(), Error> {
-        self.core.post_value(value, ports)
+        self.core
+            .post_value(value, ports.into_iter().map(Transferable::Port).collect())
     }
 
     /// Posts raw bytes, without encoding them.
@@ -185,6 +200,27 @@ impl MessagePort {
     }
 }
 
+/// Something that moves to the receiving process with a message: a port or a shared buffer.
+#[derive(Debug)]
+pub enum Transferable {
+    /// A port: the receiver gets it from [`Message::take_ports`].
+    Port(MessagePort),
+    /// A shared buffer: the receiver gets it from [`Message::take_buffers`].
+    Buffer(SharedBuffer),
+}
+
+impl From<MessagePort> for Transferable {
+    fn from(port: MessagePort) -> Transferable {
+        Transferable::Port(port)
+    }
+}
+
+impl From<SharedBuffer> for Transferable {
+    fn from(buffer: SharedBuffer) -> Transferable {
+        Transferable::Buffer(buffer)
+    }
+}
+
 /// What every port shares: posting, starting, pausing and receiving.
 #[derive(Debug)]
 pub(crate) struct PortCore {
@@ -208,21 +244,21 @@ impl PortCore {
     pub(crate) fn post_value<T: Serialize + ?Sized>(
         &self,
         value: &T,
-        ports: Vec<MessagePort>,
+        transfer: Vec<Transferable>,
     ) -> Result<(), Error> {
         post_on(
             &self.endpoint,
             |buf, cap| utility_process_wire::encode_value_capped(buf, value, cap),
-            ports,
+            transfer,
             || self.peer.to_owned(),
         )
     }
 
-    pub(crate) fn post_raw(&self, bytes: &[u8], ports: Vec<MessagePort>) -> Result<(), Error> {
+    pub(crate) fn post_raw(&self, bytes: &[u8], transfer: Vec<Transferable>) -> Result<(), Error> {
         post_on(
             &self.endpoint,
             |buf, cap| raw_payload(buf, bytes, cap),
-            ports,
+            transfer,
             || self.peer.to_owned(),
         )
     }
@@ -266,8 +302,8 @@ impl PortCore {
                 payload,
                 attachments,
                 fds,
-            })) => match ports_from(attachments, fds) {
-                Ok(ports) => return Some(Message::new(payload, ports)),
+            })) => match transferred(attachments, fds) {
+                Ok((ports, buffers)) => return Some(Message::new(payload, ports, buffers)),
                 Err(problem) => problem.to_owned(),
             },
             Ok(None) => return None,
@@ -288,15 +324,17 @@ impl PortCore {
     }
 }
 
-/// Turns received descriptors into ports, checking that each is what its attachment says.
-pub(crate) fn ports_from(
+/// Turns received descriptors into ports and buffers, checking that each is what its
+/// attachment says.
+pub(crate) fn transferred(
     attachments: Vec<Attachment>,
     fds: Vec<OwnedFd>,
-) -> Result<Vec<MessagePort>, &'static str> {
+) -> Result<(Vec<MessagePort>, Vec<SharedBuffer>), &'static str> {
     let mut fds = fds.into_iter();
-    let mut ports = Vec::with_capacity(attachments.len());
-    let mut next_socket = || {
-        let fd = fds.next().ok_or("fewer descriptors than attachments")?;
+    let mut ports = Vec::new();
+    let mut buffers = Vec::new();
+    let mut next_fd = || fds.next().ok_or("fewer descriptors than attachments");
+    let socket = |fd: OwnedFd| {
         if sys::socket::is_stream_socket(fd.as_fd()) {
             Ok(fd)
         } else {
@@ -305,10 +343,14 @@ pub(crate) fn ports_from(
     };
     for attachment in attachments {
         let (prefix, fd, channel) = match attachment {
-            Attachment::Port { channel } => (None, next_socket()?, channel),
+            Attachment::Port { channel } => (None, socket(next_fd()?)?, channel),
             Attachment::PortWithPrefix { channel } => {
-                let prefix = next_socket()?;
-                (Some(prefix), next_socket()?, channel)
+                let prefix = socket(next_fd()?)?;
+                (Some(prefix), socket(next_fd()?)?, channel)
+            }
+            Attachment::Buffer { len, read_only } => {
+                buffers.push(SharedBuffer::receive(next_fd()?, len, read_only)?);
+                continue;
             }
             _ => return Err("an attachment of an unknown kind"),
         };
@@ -316,7 +358,7 @@ pub(crate) fn ports_from(
             .map_err(|_| "a port that cannot be made non-blocking")?;
         ports.push(MessagePort::from_endpoint(endpoint));
     }
-    Ok(ports)
+    Ok((ports, buffers))
 }
 
 /// Appends `bytes` as a raw payload, refusing more than `cap`.
@@ -335,38 +377,48 @@ pub(crate) fn raw_payload(
     Ok(())
 }
 
-/// Sends one message, with ports, on `port`: the shared body of every `post_*` method.
+/// Sends one message, with what it transfers, on `port`: the shared body of every `post_*`
+/// method.
 pub(crate) fn post_on<F>(
     port: &Arc<Endpoint>,
     fill: F,
-    ports: Vec<MessagePort>,
+    transfer: Vec<Transferable>,
     peer: impl FnOnce() -> String,
 ) -> Result<(), Error>
 where
     F: FnOnce(&mut Vec<u8>, usize) -> Result<(), utility_process_wire::Error>,
 {
     let limits = port.limits();
-    let mut attachments = Vec::with_capacity(ports.len());
-    let mut carried = Vec::with_capacity(ports.len());
-    if !ports.is_empty() {
-        if ports.len() > MAX_ATTACHMENTS {
+    let mut attachments = Vec::with_capacity(transfer.len());
+    let mut carried = Vec::with_capacity(transfer.len());
+    if !transfer.is_empty() {
+        if transfer.len() > MAX_ATTACHMENTS {
             return Err(Error::TooManyPorts {
-                count: ports.len(),
+                count: transfer.len(),
                 max: MAX_ATTACHMENTS,
             });
         }
-        if port.channel() != 0 && ports.iter().any(|p| p.core.endpoint.channel() == port.channel())
-        {
+        let over_peer = |t: &Transferable| matches!(t, Transferable::Port(p) if p.core.endpoint.channel() == port.channel());
+        if port.channel() != 0 && transfer.iter().any(over_peer) {
             return Err(Error::PortOverItsPeer);
         }
-        for sent in ports {
-            let (attachment, items) = sent
-                .core
-                .endpoint
-                .hand_over()
-                .map_err(Error::io("handing a port over"))?;
-            attachments.push(attachment);
-            carried.extend(items);
+        for item in transfer {
+            match item {
+                Transferable::Port(sent) => {
+                    let (attachment, items) = sent
+                        .core
+                        .endpoint
+                        .hand_over()
+                        .map_err(Error::io("handing a port over"))?;
+                    attachments.push(attachment);
+                    carried.extend(items);
+                }
+                Transferable::Buffer(buffer) => {
+                    let (attachment, fd) = buffer.into_parts();
+                    attachments.push(attachment);
+                    carried.push(Carried::Fd(fd));
+                }
+            }
         }
         if carried.len() > MAX_ATTACHMENTS {
             return Err(Error::TooManyPorts {

@@ -32,9 +32,9 @@ use utility_process_wire::{Hello, ENVELOPE_ROOM};
 
 use crate::error::{PanicInfo, Signal, SpawnStep, Violation};
 use crate::options::{ForkOptions, Stdio};
+use crate::port::{post_on, raw_payload, transferred, Transferable};
 use crate::stdio::{ChildStderr, ChildStdout};
 use crate::sys::process::{ChildFd, Pidfd, RawExit, SpawnPlan};
-use crate::port::{ports_from, post_on, raw_payload};
 use crate::transport::{Endpoint, Incoming, Limits, RecvError, TryRecv};
 use crate::{driver, sys, Error, Message, MessagePort};
 
@@ -360,7 +360,10 @@ fn environment(
             None => env.remove(key),
         };
     }
-    if !options.env.contains_key(OsStr::new(crate::entry::ENV_ENTRY)) {
+    if !options
+        .env
+        .contains_key(OsStr::new(crate::entry::ENV_ENTRY))
+    {
         // Only `fork_entry` names an entry point; a plain program never inherits one.
         env.remove(OsStr::new(crate::entry::ENV_ENTRY));
     }
@@ -524,7 +527,24 @@ impl UtilityProcess {
     ) -> Result<(), Error> {
         self.post(
             |buf, cap| utility_process_wire::encode_value_capped(buf, value, cap),
-            ports,
+            ports.into_iter().map(Transferable::Port).collect(),
+        )
+    }
+
+    /// Posts `value` to the child with ports and shared buffers, which move to the child's
+    /// process (Electron's `postMessage(message, transfer)`).
+    ///
+    /// # Errors
+    ///
+    /// As [`post_message_with_ports`](Self::post_message_with_ports).
+    pub fn post_message_with_transfer<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        transfer: Vec<Transferable>,
+    ) -> Result<(), Error> {
+        self.post(
+            |buf, cap| utility_process_wire::encode_value_capped(buf, value, cap),
+            transfer,
         )
     }
 
@@ -537,14 +557,14 @@ impl UtilityProcess {
         self.post(|buf, cap| raw_payload(buf, bytes, cap), Vec::new())
     }
 
-    fn post<F>(&self, fill: F, ports: Vec<MessagePort>) -> Result<(), Error>
+    fn post<F>(&self, fill: F, transfer: Vec<Transferable>) -> Result<(), Error>
     where
         F: FnOnce(&mut Vec<u8>, usize) -> Result<(), utility_process_wire::Error>,
     {
         if self.exit.borrow().is_some() {
             return Err(Error::Closed { peer: self.peer() });
         }
-        post_on(&self.port, fill, ports, || self.peer())
+        post_on(&self.port, fill, transfer, || self.peer())
     }
 
     /// Waits for the next event; `None` after [`Event::Exit`].
@@ -634,8 +654,8 @@ impl UtilityProcess {
                 payload,
                 attachments,
                 fds,
-            } => match ports_from(attachments, fds) {
-                Ok(ports) => Some(Event::Message(Message::new(payload, ports))),
+            } => match transferred(attachments, fds) {
+                Ok((ports, buffers)) => Some(Event::Message(Message::new(payload, ports, buffers))),
                 Err(problem) => Some(self.violation(Violation::Descriptors(problem))),
             },
             Incoming::Panic(report) => {

@@ -377,8 +377,7 @@ impl Endpoint {
                     }
                     // Never reach into the next frame that carries descriptors.
                     let end = out.batches.get(1).map_or(out.buf.len(), |next| next.offset);
-                    let fds: Vec<BorrowedFd<'_>> =
-                        batch.items.iter().map(Carried::as_fd).collect();
+                    let fds: Vec<BorrowedFd<'_>> = batch.items.iter().map(Carried::as_fd).collect();
                     sys::socket::send_with_fds(self.fd.as_fd(), &out.buf[sent..end], &fds)
                 }
                 next => {
@@ -600,7 +599,11 @@ impl Endpoint {
                                         if b.start <= at && at < b.end && b.fds.len() == count =>
                                     {
                                         inbound.queued_fds -= count;
-                                        inbound.batches.pop_front().map(|b| b.fds).unwrap_or_default()
+                                        inbound
+                                            .batches
+                                            .pop_front()
+                                            .map(|b| b.fds)
+                                            .unwrap_or_default()
                                     }
                                     _ => {
                                         return Err(RecvError::Descriptors(
@@ -898,5 +901,7 @@ fn take_frame(inbound: &mut Inbound, mut frame: Incoming, consumed: usize) -> In
 /// Locks a mutex, going on if a panicking thread poisoned it: the buffers stay consistent
 /// at every point where a panic could unwind (no code between their updates can panic).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -81,9 +81,9 @@ impl Hello {
 
 /// What travels with a message beside its bytes: one or two descriptors each.
 ///
-/// Every descriptor is 9 bytes in the envelope: a kind byte and the `u64` id of the channel
-/// the port belongs to (both ends of a channel share it, so a sender can refuse to send a
-/// port over its own peer).
+/// Every descriptor is 9 bytes in the envelope: a kind byte and a `u64` — for a port, the id
+/// of the channel it belongs to (both ends of a channel share it, so a sender can refuse to
+/// send a port over its own peer); for a shared buffer, its length in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Attachment {
@@ -99,6 +99,14 @@ pub enum Attachment {
         /// The channel's id.
         channel: u64,
     },
+    /// A block of shared memory: one descriptor, a memfd of exactly `len` bytes whose size is
+    /// sealed. The receiver maps it; nothing is copied.
+    Buffer {
+        /// The buffer's length in bytes.
+        len: u64,
+        /// Sealed against writes too (`F_SEAL_WRITE`): nobody can change it any more.
+        read_only: bool,
+    },
 }
 
 /// Bytes one attachment descriptor takes in the envelope.
@@ -108,27 +116,43 @@ impl Attachment {
     /// How many descriptors travel for this attachment.
     pub fn fd_count(self) -> usize {
         match self {
-            Attachment::Port { .. } => 1,
+            Attachment::Port { .. } | Attachment::Buffer { .. } => 1,
             Attachment::PortWithPrefix { .. } => 2,
         }
     }
 
     pub(crate) fn write(self, out: &mut Vec<u8>) {
-        let (kind, channel) = match self {
+        let (kind, value) = match self {
             Attachment::Port { channel } => (0x01, channel),
             Attachment::PortWithPrefix { channel } => (0x02, channel),
+            Attachment::Buffer {
+                len,
+                read_only: false,
+            } => (0x03, len),
+            Attachment::Buffer {
+                len,
+                read_only: true,
+            } => (0x04, len),
         };
         out.push(kind);
-        out.extend_from_slice(&channel.to_le_bytes());
+        out.extend_from_slice(&value.to_le_bytes());
     }
 
     fn parse(bytes: &[u8]) -> Result<Attachment, Error> {
-        let mut channel = [0u8; 8];
-        channel.copy_from_slice(&bytes[1..ATTACHMENT_LEN]);
-        let channel = u64::from_le_bytes(channel);
+        let mut value = [0u8; 8];
+        value.copy_from_slice(&bytes[1..ATTACHMENT_LEN]);
+        let value = u64::from_le_bytes(value);
         match bytes[0] {
-            0x01 => Ok(Attachment::Port { channel }),
-            0x02 => Ok(Attachment::PortWithPrefix { channel }),
+            0x01 => Ok(Attachment::Port { channel: value }),
+            0x02 => Ok(Attachment::PortWithPrefix { channel: value }),
+            0x03 => Ok(Attachment::Buffer {
+                len: value,
+                read_only: false,
+            }),
+            0x04 => Ok(Attachment::Buffer {
+                len: value,
+                read_only: true,
+            }),
             other => Err(Error::UnknownAttachment(other)),
         }
     }

@@ -3,6 +3,7 @@
 pub(crate) mod guardian;
 pub(crate) mod process;
 pub(crate) mod reactor;
+pub(crate) mod shm;
 pub(crate) mod socket;
 
 use std::io;

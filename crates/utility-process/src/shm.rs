@@ -1,0 +1,156 @@
+//! [`SharedBuffer`]: a block of memory that travels inside a message like a port.
+//!
+//! Electron users have asked for transferable `ArrayBuffer`s for years (electron/electron#37157,
+//! #34905); here a large payload can skip the socket altogether. The buffer is a sealed memfd:
+//! sending it moves its descriptor to the receiver, who maps the same pages. Nothing is
+//! copied, however large it is: the producer fills it in place, and the hand-over costs a
+//! descriptor and a mapping.
+//!
+//! Sending moves the buffer (the sender's mapping is gone), so the receiver holds it alone and
+//! may write to it. [`SharedBuffer::freeze`] seals it against writes for good — in every
+//! process — so that a receiver can trust that nobody changes what it reads.
+
+use std::fmt;
+use std::ops::Deref;
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::sys::shm::{self, Mapping};
+use crate::Error;
+
+/// The largest buffer a process accepts from another (1 GiB); a larger one is a protocol
+/// violation. Buffers this process creates may be larger.
+pub const MAX_RECEIVED_BUFFER: u64 = 1 << 30;
+
+/// A block of shared memory that travels inside a message, without being copied.
+///
+/// # Examples
+///
+/// ```
+/// use utility_process::SharedBuffer;
+///
+/// let mut buffer = SharedBuffer::new(4096)?;
+/// buffer.as_mut_slice().unwrap()[..5].copy_from_slice(b"hello");
+/// let frozen = buffer.freeze()?;          // read-only from now on, in every process
+/// assert_eq!(&frozen[..5], b"hello");
+/// assert!(frozen.is_read_only());
+/// # Ok::<(), utility_process::Error>(())
+/// ```
+pub struct SharedBuffer {
+    // Declared first: unmapped before the descriptor closes.
+    map: Mapping,
+    fd: OwnedFd,
+    read_only: bool,
+}
+
+impl SharedBuffer {
+    /// A zero-filled, writable buffer of `len` bytes, its memory allocated at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the system refuses the memory.
+    pub fn new(len: usize) -> Result<SharedBuffer, Error> {
+        let fd = shm::create(len).map_err(Error::io("creating a shared buffer"))?;
+        let map = Mapping::new(fd.as_fd(), len, true, true)
+            .map_err(Error::io("mapping a shared buffer"))?;
+        Ok(SharedBuffer {
+            map,
+            fd,
+            read_only: false,
+        })
+    }
+
+    /// A buffer holding a copy of `bytes`.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub fn from_slice(bytes: &[u8]) -> Result<SharedBuffer, Error> {
+        let mut buffer = SharedBuffer::new(bytes.len())?;
+        if let Some(target) = buffer.map.as_mut_slice() {
+            target.copy_from_slice(bytes);
+        }
+        Ok(buffer)
+    }
+
+    /// Seals the buffer against writes, for good and in every process, and maps it read-only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the kernel refuses the seal: another process still has the memory
+    /// mapped writable (possible only for a buffer received from a sender that kept a
+    /// mapping of its own).
+    pub fn freeze(self) -> Result<SharedBuffer, Error> {
+        if self.read_only {
+            return Ok(self);
+        }
+        let SharedBuffer { map, fd, .. } = self;
+        let len = map.as_slice().len();
+        drop(map);
+        shm::freeze(fd.as_fd()).map_err(Error::io("sealing a shared buffer"))?;
+        let map = Mapping::new(fd.as_fd(), len, false, true)
+            .map_err(Error::io("mapping a shared buffer"))?;
+        Ok(SharedBuffer {
+            map,
+            fd,
+            read_only: true,
+        })
+    }
+
+    /// Whether the buffer is sealed against writes.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        self.map.as_slice()
+    }
+
+    /// The bytes, writable; `None` once the buffer is frozen.
+    pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        self.map.as_mut_slice()
+    }
+
+    /// Turns a received descriptor into a buffer, after checking it is what the sender said.
+    pub(crate) fn receive(
+        fd: OwnedFd,
+        len: u64,
+        read_only: bool,
+    ) -> Result<SharedBuffer, &'static str> {
+        if len > MAX_RECEIVED_BUFFER {
+            return Err("a shared buffer larger than 1 GiB");
+        }
+        let allocated = shm::check(fd.as_fd(), len, read_only)?;
+        // Pre-fault only memory that exists: mapping a sparse buffer that way would make this
+        // process allocate memory the sender never paid for.
+        let map = Mapping::new(fd.as_fd(), len as usize, !read_only, allocated)
+            .map_err(|_| "a shared buffer that cannot be mapped")?;
+        Ok(SharedBuffer { map, fd, read_only })
+    }
+
+    /// What goes in the envelope, and the descriptor that goes beside it.
+    pub(crate) fn into_parts(self) -> (utility_process_wire::Attachment, OwnedFd) {
+        let attachment = utility_process_wire::Attachment::Buffer {
+            len: self.map.as_slice().len() as u64,
+            read_only: self.read_only,
+        };
+        (attachment, self.fd)
+    }
+}
+
+impl Deref for SharedBuffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl fmt::Debug for SharedBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedBuffer")
+            .field("len", &self.len())
+            .field("read_only", &self.read_only)
+            .finish()
+    }
+}
