@@ -51,7 +51,9 @@ fn main() -> Result<(), Box<dyn StdError>> {
         Entry::blocking("doomed", |_port| -> Result<(), Error> {
             panic!("the input file is corrupt")
         }),
-        Entry::blocking("crasher", |_port| -> Result<(), Error> { std::process::abort() }),
+        Entry::blocking("crasher", |_port| -> Result<(), Error> {
+            std::process::abort()
+        }),
         Entry::new("port-echo", port_echo),
         Entry::new("pinger", pinger),
     ]);

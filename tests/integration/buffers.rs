@@ -49,8 +49,16 @@ async fn a_buffer_filled_in_place_arrives_without_a_copy_and_read_only_when_froz
     assert_eq!(
         seen,
         vec![
-            Seen { len, read_only: true, sum: 3 * len as u64 },
-            Seen { len: 3, read_only: false, sum: 6 },
+            Seen {
+                len,
+                read_only: true,
+                sum: 3 * len as u64
+            },
+            Seen {
+                len: 3,
+                read_only: false,
+                sum: 6
+            },
         ]
     );
 }
@@ -71,7 +79,12 @@ async fn a_writable_buffer_written_by_the_child_comes_back_with_its_writes() {
 #[tokio::test]
 async fn a_child_can_send_a_frozen_buffer_to_its_parent() {
     let mut child = child();
-    child.post_message(&Ask::Make { len: 12345, byte: 9 }).unwrap();
+    child
+        .post_message(&Ask::Make {
+            len: 12345,
+            byte: 9,
+        })
+        .unwrap();
     let mut message = reply(&mut child).await;
     assert_eq!(message.data::<String>().unwrap(), "made");
     let buffers = message.take_buffers();

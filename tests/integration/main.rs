@@ -1,13 +1,13 @@
 //! The integration tests: one binary (it links faster on two cores than one per file), one
 //! module per area.
 
+/// Shared buffers: memory that travels without being copied.
+mod buffers;
 /// Spawn, exit and error events, kill, no orphans, no zombies, no stray descriptors.
 mod lifecycle;
 /// Ordering, sizes, queueing before the child connects, raw bytes, the blocking API.
 mod messages;
-/// stdout and stderr; cwd, env, args, the service name.
-mod stdio;
 /// Message channels, ports sent between processes, child-to-child talk.
 mod ports;
-/// Shared buffers: memory that travels without being copied.
-mod buffers;
+/// stdout and stderr; cwd, env, args, the service name.
+mod stdio;

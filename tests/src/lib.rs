@@ -68,6 +68,30 @@ pub enum PortCommand {
     Hold,
     /// Report this process's open descriptors.
     Fds,
+    /// Report this process's descriptors with their flags, as `PortReply::FdFlags`.
+    FdFlags,
+    /// The first attached port is a link: post the other attached ports over it (in one
+    /// message, `"forwarded"`), then drop the link.
+    Forward,
+    /// The attached port is a link: take the ports of every message that arrives on it and
+    /// echo on each of them (as `Echo` does), until the link closes.
+    EchoArrivals,
+    /// Post `Numbered { seq, padding: "" }` for `seq` in `from..from + count` on the attached
+    /// port, then drop it (which writes them all, then closes it).
+    PostNumbers { from: u64, count: u64 },
+    /// Receive `count` `Numbered` messages on the attached port (fewer if it closes first) and
+    /// report their numbers to the parent in one `PortReply::Numbers`.
+    CollectNumbers { count: usize },
+    /// Drop the attached ports at once, then tell the parent `PortReply::Closed`.
+    Close,
+    /// Post one message of `len` bytes (`pattern(len)`) on the attached port, keep the port,
+    /// and tell the parent `PortReply::Posted`.
+    PostPattern { len: usize },
+}
+
+/// The bytes of a `PostPattern` message of `len` bytes.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
 }
 
 /// What the `porter` child tells the parent.
@@ -79,4 +103,57 @@ pub enum PortReply {
     Received { messages: Vec<Vec<u8>> },
     /// Open descriptors.
     Fds { fds: Vec<i32> },
+    /// Open descriptors and their flags.
+    FdFlags { fds: Vec<FdFlags> },
+    /// The numbers of the `Numbered` messages received on a port, in order.
+    Numbers { numbers: Vec<u64> },
+    /// This many attached ports were dropped.
+    Closed { count: usize },
+    /// The message was posted (and the port is kept).
+    Posted,
+}
+
+/// A message that knows its place in a sequence, padded to any size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Numbered {
+    pub seq: u64,
+    pub padding: String,
+}
+
+/// One open descriptor of a process: what it is and its open flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdFlags {
+    pub fd: i32,
+    /// Where `/proc/<pid>/fd/<fd>` points, such as `socket:[1234]`.
+    pub target: String,
+    /// The `flags:` line of `/proc/<pid>/fdinfo/<fd>` (octal there), e.g. `O_CLOEXEC`.
+    pub flags: u32,
+}
+
+impl FdFlags {
+    /// Whether the descriptor is closed on exec (`O_CLOEXEC`, octal 02000000, in its flags).
+    pub fn is_cloexec(&self) -> bool {
+        self.flags & libc::O_CLOEXEC as u32 != 0
+    }
+}
+
+/// The descriptors open in process `pid` with their targets and flags, from `/proc`.
+/// Descriptors that close while they are being read are left out.
+pub fn fd_flags(pid: u32) -> Vec<FdFlags> {
+    open_fds(pid)
+        .into_iter()
+        .filter_map(|fd| {
+            let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+            let flags = info
+                .lines()
+                .find_map(|line| line.strip_prefix("flags:"))
+                .and_then(|octal| u32::from_str_radix(octal.trim(), 8).ok())?;
+            Some(FdFlags {
+                fd,
+                target: target.display().to_string(),
+                flags,
+            })
+        })
+        .collect()
 }

@@ -548,8 +548,22 @@ impl Endpoint {
         inbound.eof = true;
         inbound.batches.clear();
         inbound.prefix = None;
+        inbound.buf.clear();
+        inbound.head = 0;
         drop(inbound);
         sys::socket::shutdown(self.fd.as_fd());
+        // What the peer had already written stays in the socket until the last holder of the
+        // descriptor closes it, ports inside it included: read it out and drop it now, so that
+        // those ports close and their peers see it.
+        let mut scratch = Vec::with_capacity(READ_CHUNK);
+        loop {
+            scratch.clear();
+            let mut fds = Vec::new();
+            match sys::socket::recv_with_fds(self.fd.as_fd(), &mut scratch, &mut fds) {
+                Ok(received) if received.bytes > 0 => {}
+                _ => break,
+            }
+        }
     }
 
     // ---- receiving -----------------------------------------------------------------------
@@ -755,14 +769,14 @@ impl Endpoint {
         // Frame starts in the pending bytes, to attach each batch to the frame that claims it.
         let mut starts = Vec::new();
         let mut at = 0usize;
-        while at + 4 <= pending.len() {
+        // (A frame whose length field is cut short still starts here, and its descriptors,
+        // which came with its first byte, belong to it.)
+        while at < pending.len() {
             starts.push(at);
-            let len = u32::from_le_bytes([
-                pending[at],
-                pending[at + 1],
-                pending[at + 2],
-                pending[at + 3],
-            ]);
+            let Some(len) = pending.get(at..at + 4) else {
+                break;
+            };
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]);
             at = at.saturating_add(4).saturating_add(len as usize);
         }
         let (ours, theirs) = sys::socket::socketpair()?;
@@ -778,6 +792,7 @@ impl Endpoint {
                 });
                 // A batch no frame claims is the peer's error; its descriptors close here.
                 if let Some(&offset) = claimed {
+                    out.queued_fds += batch.fds.len();
                     out.batches.push_back(OutBatch {
                         offset,
                         items: batch.fds.into_iter().map(Carried::Fd).collect(),
@@ -802,7 +817,7 @@ impl Endpoint {
         }
         Ok((
             Attachment::PortWithPrefix { channel },
-            vec![Carried::Fd(OwnedFd::from(theirs)), Carried::Port(self)],
+            vec![Carried::Fd(theirs), Carried::Port(self)],
         ))
     }
 }
