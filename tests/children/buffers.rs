@@ -1,27 +1,8 @@
 //! Works with the shared buffers the parent sends: reports what it sees in them, writes into
 //! writable ones and sends them back, or makes one of its own.
 
-use serde::{Deserialize, Serialize};
 use utility_process::{parent_port, SharedBuffer, Transferable};
-
-/// What the parent asks.
-#[derive(Debug, Serialize, Deserialize)]
-enum Ask {
-    /// Report the length, read-only flag and byte sum of each attached buffer.
-    Inspect,
-    /// Fill each attached (writable) buffer with `byte` and send them back.
-    FillAndReturn { byte: u8 },
-    /// Make a frozen buffer of `len` bytes of `byte` and send it.
-    Make { len: usize, byte: u8 },
-}
-
-/// What the child reports about one buffer.
-#[derive(Debug, Serialize, Deserialize)]
-struct Seen {
-    len: usize,
-    read_only: bool,
-    sum: u64,
-}
+use utility_process_tests::{Ask, Seen};
 
 fn main() {
     let port = parent_port().expect("started by fork");

@@ -8,49 +8,13 @@
 //! - `inspect --spew N`: writes N bytes of the pattern `i % 251` to stdout and exits.
 //! - `inspect --never-read`: connects, then sleeps forever without ever reading its port.
 //!
-//! The integration tests mirror `Report` and `Written` (`tests/integration/stdio.rs`).
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 
-use serde::Serialize;
 use utility_process::parent_port;
-
-/// What the child sees of itself.
-#[derive(Debug, Serialize)]
-struct Report {
-    /// `argv[0]`.
-    argv0: String,
-    /// `argv[1..]`.
-    args: Vec<String>,
-    /// The working directory.
-    cwd: String,
-    /// The whole environment, after `parent_port()` removed the library's variables.
-    env: BTreeMap<String, String>,
-    /// `/proc/self/comm`, without its newline.
-    comm: String,
-    /// `ParentPort::service_name()`.
-    service_name: String,
-    /// `std::process::id()`.
-    pid: u32,
-    /// Whether a read of stdin returns end-of-file at once.
-    stdin_eof: bool,
-    /// Where descriptors 0, 1 and 2 lead (`readlink /proc/self/fd/N`).
-    fds: Vec<String>,
-}
-
-/// What `--output` did.
-#[derive(Debug, Serialize)]
-struct Written {
-    /// The error writing stdout, if any.
-    stdout_error: Option<String>,
-    /// The error writing stderr, if any.
-    stderr_error: Option<String>,
-    /// Where descriptors 0, 1 and 2 lead.
-    fds: Vec<String>,
-}
+use utility_process_tests::{Report, Written};
 
 fn main() {
     let args: Vec<OsString> = std::env::args_os().collect();

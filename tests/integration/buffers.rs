@@ -1,24 +1,7 @@
-use serde::{Deserialize, Serialize};
 use utility_process::{fork, Event, ForkOptions, Message, SharedBuffer, UtilityProcess};
-use utility_process_tests::next_event;
+use utility_process_tests::{next_event, Ask, Seen};
 
 const BUFFERS: &str = env!("CARGO_BIN_EXE_buffers");
-
-/// Mirrors the child's `Ask`.
-#[derive(Debug, Serialize, Deserialize)]
-enum Ask {
-    Inspect,
-    FillAndReturn { byte: u8 },
-    Make { len: usize, byte: u8 },
-}
-
-/// Mirrors the child's `Seen`.
-#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Seen {
-    len: usize,
-    read_only: bool,
-    sum: u64,
-}
 
 fn child() -> UtilityProcess {
     fork(BUFFERS, [] as [&str; 0], ForkOptions::default()).expect("the buffers child starts")

@@ -5,14 +5,14 @@
 //! descriptors come and go at the same time. They run through [`in_own_process`]: the test
 //! binary runs itself again with only that test selected.
 
-use std::ffi::OsStr;
-use std::future::Future;
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use utility_process::UtilityProcess;
 use utility_process::{fork, Error, Event, ExitStatus, ForkOptions, Signal, SpawnStep, Stdio};
-use utility_process_tests::{is_alive, next_event, open_fds, EVENT_TIMEOUT};
+use utility_process_tests::{
+    describe_fds, fd_count, in_own_process, is_alive, next_event, open_fds, EVENT_TIMEOUT,
+};
 
 const CRASH: &str = env!("CARGO_BIN_EXE_crash");
 const GRANDPARENT: &str = env!("CARGO_BIN_EXE_grandparent");
@@ -138,23 +138,6 @@ fn children_besides_the_guardian() -> Vec<ProcEntry> {
         .collect()
 }
 
-/// How many descriptors this process has open.
-fn fd_count() -> usize {
-    open_fds(std::process::id()).len()
-}
-
-/// This process's descriptors and what each one is, one a line.
-fn describe_fds() -> String {
-    open_fds(std::process::id())
-        .into_iter()
-        .map(|fd| {
-            let target = std::fs::read_link(format!("/proc/self/fd/{fd}"))
-                .map_or_else(|e| format!("({e})"), |t| t.display().to_string());
-            format!("{fd} -> {target}\n")
-        })
-        .collect()
-}
-
 /// Forks one child and waits for its end, so that the library's permanent resources (its
 /// thread, its runtime, its guardian and the descriptor to it) exist; then returns this
 /// process's descriptor count, the baseline for later checks.
@@ -176,44 +159,6 @@ async fn warm_up_and_count_fds() -> usize {
     )
     .await;
     fd_count()
-}
-
-/// The environment variable naming the one test a re-executed test binary should run.
-const ISOLATED_TEST: &str = "UTILITY_PROCESS_LIFECYCLE_ISOLATED_TEST";
-
-/// Runs `body` in a process of its own: this test binary, run again with only the test
-/// `name` (a function of this module) selected, which then runs `body` on a current-thread
-/// runtime. Fails if that run fails or does not run exactly one test.
-fn in_own_process<F, Fut>(name: &str, body: F)
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let module = module_path!()
-        .split_once("::")
-        .map_or(module_path!(), |(_, module)| module);
-    let test = format!("{module}::{name}");
-    if std::env::var_os(ISOLATED_TEST).as_deref() == Some(OsStr::new(&test)) {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime")
-            .block_on(body());
-        return;
-    }
-    let output = std::process::Command::new(std::env::current_exe().expect("this test binary"))
-        .args([test.as_str(), "--exact", "--test-threads=1"])
-        .env(ISOLATED_TEST, &test)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run the test binary again");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "{test} failed in its own process ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -386,6 +331,7 @@ fn fork_error(program: &str, options: ForkOptions, fds_before: usize) -> Error {
 #[test]
 fn missing_program_is_an_error_at_once_naming_the_path() {
     in_own_process(
+        module_path!(),
         "missing_program_is_an_error_at_once_naming_the_path",
         failed_forks_are_errors_that_leave_nothing_behind,
     );
@@ -695,6 +641,7 @@ async fn parent_killed_with_sigkill_takes_child_and_grandchild_within_one_second
 #[test]
 fn two_hundred_children_leave_no_zombie_and_no_descriptor() {
     in_own_process(
+        module_path!(),
         "two_hundred_children_leave_no_zombie_and_no_descriptor",
         two_hundred_children_leave_nothing_behind,
     );
@@ -735,25 +682,29 @@ async fn two_hundred_children_leave_nothing_behind() {
 
 #[test]
 fn child_holds_only_stdio_and_its_port() {
-    in_own_process("child_holds_only_stdio_and_its_port", || async {
-        // A descriptor this process opens without O_CLOEXEC: a plain fork and exec would pass
-        // it on to the child.
-        // SAFETY: open with a valid NUL-terminated path; the result is checked below.
-        let stray = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
-        assert!(stray >= 0, "open /dev/null");
+    in_own_process(
+        module_path!(),
+        "child_holds_only_stdio_and_its_port",
+        || async {
+            // A descriptor this process opens without O_CLOEXEC: a plain fork and exec would pass
+            // it on to the child.
+            // SAFETY: open with a valid NUL-terminated path; the result is checked below.
+            let stray = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+            assert!(stray >= 0, "open /dev/null");
 
-        let mut child = fork(GRANDPARENT, ["fds"], ForkOptions::default()).unwrap();
-        expect_spawn(&mut child).await;
-        let inherited: Vec<i32> = expect_message(&mut child).await;
-        assert_eq!(inherited, [0, 1, 2, 3], "the stray descriptor was {stray}");
-        match all_events(&mut child).await.as_slice() {
-            [Event::Exit(status)] => assert!(status.success(), "{status}"),
-            other => panic!("expected Exit; got {other:?}"),
-        }
+            let mut child = fork(GRANDPARENT, ["fds"], ForkOptions::default()).unwrap();
+            expect_spawn(&mut child).await;
+            let inherited: Vec<i32> = expect_message(&mut child).await;
+            assert_eq!(inherited, [0, 1, 2, 3], "the stray descriptor was {stray}");
+            match all_events(&mut child).await.as_slice() {
+                [Event::Exit(status)] => assert!(status.success(), "{status}"),
+                other => panic!("expected Exit; got {other:?}"),
+            }
 
-        // SAFETY: `stray` is the descriptor opened above, owned by nothing else.
-        unsafe { libc::close(stray) };
-    });
+            // SAFETY: `stray` is the descriptor opened above, owned by nothing else.
+            unsafe { libc::close(stray) };
+        },
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,8 +7,6 @@
 //! The test that counts this process's descriptors runs in a process of its own (see
 //! [`in_own_process`]): the other tests' ports and children come and go meanwhile.
 
-use std::ffi::OsStr;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +15,8 @@ use utility_process::{
     fork, Error, Event, ForkOptions, Message, MessageChannel, MessagePort, UtilityProcess,
 };
 use utility_process_tests::{
-    next_event, open_fds, pattern, FdFlags, Numbered, PortCommand, PortReply, EVENT_TIMEOUT,
+    describe_fds, fd_count, in_own_process, next_event, pattern, FdFlags, Numbered, PortCommand,
+    PortReply, EVENT_TIMEOUT,
 };
 
 const PORTER: &str = env!("CARGO_BIN_EXE_porter");
@@ -138,60 +137,6 @@ fn raw(i: u64) -> Vec<u8> {
     bytes.extend_from_slice(&i.to_le_bytes());
     bytes.extend(std::iter::repeat_n(i as u8, (i % 23) as usize));
     bytes
-}
-
-/// The environment variable naming the one test a re-executed test binary should run.
-const ISOLATED_TEST: &str = "UTILITY_PROCESS_PORTS_ISOLATED_TEST";
-
-/// Runs `body` in a process of its own: this test binary, run again with only the test
-/// `name` (a function of this module) selected, which then runs `body` on a current-thread
-/// runtime. Fails if that run fails or does not run exactly one test.
-fn in_own_process<F, Fut>(name: &str, body: F)
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let module = module_path!()
-        .split_once("::")
-        .map_or(module_path!(), |(_, module)| module);
-    let test = format!("{module}::{name}");
-    if std::env::var_os(ISOLATED_TEST).as_deref() == Some(OsStr::new(&test)) {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime")
-            .block_on(body());
-        return;
-    }
-    let output = std::process::Command::new(std::env::current_exe().expect("this test binary"))
-        .args([test.as_str(), "--exact", "--test-threads=1"])
-        .env(ISOLATED_TEST, &test)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run the test binary again");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("1 passed"),
-        "{test} failed in its own process ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
-}
-
-/// This process's descriptors and what each one is, one a line.
-fn describe_fds() -> String {
-    open_fds(std::process::id())
-        .into_iter()
-        .map(|fd| {
-            let target = std::fs::read_link(format!("/proc/self/fd/{fd}"))
-                .map_or_else(|e| format!("({e})"), |t| t.display().to_string());
-            format!("{fd} -> {target}\n")
-        })
-        .collect()
-}
-
-fn fd_count() -> usize {
-    open_fds(std::process::id()).len()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -924,6 +869,7 @@ async fn received_port_descriptors_are_close_on_exec() {
 #[test]
 fn a_thousand_ports_created_sent_and_dropped_leave_the_fd_count_at_baseline() {
     in_own_process(
+        module_path!(),
         "a_thousand_ports_created_sent_and_dropped_leave_the_fd_count_at_baseline",
         a_thousand_ports_leave_nothing_behind,
     );

@@ -6,34 +6,11 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
-use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use utility_process::{fork, Event, ForkOptions, Stdio, UtilityProcess};
-use utility_process_tests::{next_event, EVENT_TIMEOUT};
+use utility_process_tests::{next_event, Report, Written, EVENT_TIMEOUT};
 
 const INSPECT: &str = env!("CARGO_BIN_EXE_inspect");
-
-/// Mirrors `Report` in `children/inspect.rs`.
-#[derive(Debug, Deserialize)]
-struct Report {
-    argv0: String,
-    args: Vec<String>,
-    cwd: String,
-    env: BTreeMap<String, String>,
-    comm: String,
-    service_name: String,
-    pid: u32,
-    stdin_eof: bool,
-    fds: Vec<String>,
-}
-
-/// Mirrors `Written` in `children/inspect.rs`.
-#[derive(Debug, Deserialize)]
-struct Written {
-    stdout_error: Option<String>,
-    stderr_error: Option<String>,
-    fds: Vec<String>,
-}
 
 // ---- helpers ---------------------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
 //! What the test children and the integration tests share: message types and helpers.
 
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::future::Future;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -156,4 +159,112 @@ pub fn fd_flags(pid: u32) -> Vec<FdFlags> {
             })
         })
         .collect()
+}
+
+/// How many descriptors this process has open.
+pub fn fd_count() -> usize {
+    open_fds(std::process::id()).len()
+}
+
+/// This process's descriptors and what each one is, one a line.
+pub fn describe_fds() -> String {
+    open_fds(std::process::id())
+        .into_iter()
+        .map(|fd| {
+            let target = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                .map_or_else(|e| format!("({e})"), |t| t.display().to_string());
+            format!("{fd} -> {target}\n")
+        })
+        .collect()
+}
+
+/// The environment variable naming the one test a re-executed test binary should run.
+const ISOLATED_TEST: &str = "UTILITY_PROCESS_ISOLATED_TEST";
+
+/// Runs `body` in a process of its own, for a test that counts this process's descriptors or
+/// children and so must not share the process with tests running in other threads: the test
+/// binary runs again with only the test `name` of `module` (pass `module_path!()`) selected,
+/// and there `body` runs on a current-thread runtime. Fails if that run fails or does not run
+/// exactly one test.
+pub fn in_own_process<F, Fut>(module: &str, name: &str, body: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let module = module.split_once("::").map_or(module, |(_, module)| module);
+    let test = format!("{module}::{name}");
+    if std::env::var_os(ISOLATED_TEST).as_deref() == Some(OsStr::new(&test)) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(body());
+        return;
+    }
+    let output = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args([test.as_str(), "--exact", "--test-threads=1"])
+        .env(ISOLATED_TEST, &test)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the test binary again");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{test} failed in its own process ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+}
+
+/// What the `inspect` child sees of itself.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Report {
+    /// `argv[0]`.
+    pub argv0: String,
+    /// `argv[1..]`.
+    pub args: Vec<String>,
+    /// The working directory.
+    pub cwd: String,
+    /// The whole environment, after `parent_port()` removed the library's variables.
+    pub env: BTreeMap<String, String>,
+    /// `/proc/self/comm`, without its newline.
+    pub comm: String,
+    /// `ParentPort::service_name()`.
+    pub service_name: String,
+    /// `std::process::id()`.
+    pub pid: u32,
+    /// Whether a read of stdin returns end-of-file at once.
+    pub stdin_eof: bool,
+    /// Where descriptors 0, 1 and 2 lead (`readlink /proc/self/fd/N`).
+    pub fds: Vec<String>,
+}
+
+/// What `inspect --output` did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Written {
+    /// The error writing stdout, if any.
+    pub stdout_error: Option<String>,
+    /// The error writing stderr, if any.
+    pub stderr_error: Option<String>,
+    /// Where descriptors 0, 1 and 2 lead.
+    pub fds: Vec<String>,
+}
+
+/// What the parent asks the `buffers` child to do with the shared buffers it sends.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Ask {
+    /// Report the length, read-only flag and byte sum of each attached buffer.
+    Inspect,
+    /// Fill each attached (writable) buffer with `byte` and send them back.
+    FillAndReturn { byte: u8 },
+    /// Make a frozen buffer of `len` bytes of `byte` and send it.
+    Make { len: usize, byte: u8 },
+}
+
+/// What the `buffers` child reports about one buffer.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    pub len: usize,
+    pub read_only: bool,
+    pub sum: u64,
 }
