@@ -730,3 +730,105 @@ async fn fifty_children_exiting_together_give_fifty_exits() {
     }
     assert_eq!(exits, 50);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Living beside the application
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_child_forked_from_a_short_lived_thread_outlives_that_thread() {
+    // PR_SET_PDEATHSIG fires when the *thread* that forked exits: the library forks from its
+    // own long-lived thread, so a caller's thread may come and go.
+    let mut child = std::thread::spawn(|| crash(&["ready-then-sleep"]))
+        .join()
+        .expect("the forking thread");
+    expect_spawn(&mut child).await;
+    let ready: String = expect_message(&mut child).await;
+    assert_eq!(ready, "ready");
+    let pid = child.pid().expect("a pid");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        is_alive(pid),
+        "the child died with the thread that forked it"
+    );
+    assert!(child.kill());
+    let events = all_events(&mut child).await;
+    assert!(
+        matches!(events.as_slice(), [Event::Exit(status)] if status.signal() == Some(Signal::SIGTERM)),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_library_never_reaps_a_child_it_did_not_start() {
+    let mut own = std::process::Command::new("sleep")
+        .arg("0.3")
+        .spawn()
+        .expect("sleep runs");
+    let mut children: Vec<UtilityProcess> = (0..20).map(|_| crash(&["return"])).collect();
+    for child in &mut children {
+        let events = all_events(child).await;
+        assert!(matches!(events.last(), Some(Event::Exit(_))), "{events:?}");
+    }
+    let status = own.wait().expect("our own child is still ours to reap");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_blocked_sigterm_in_the_parent_does_not_reach_the_child() {
+    in_own_process(
+        module_path!(),
+        "a_blocked_sigterm_in_the_parent_does_not_reach_the_child",
+        || async {
+            // Block SIGTERM in this thread before the library's thread exists: that thread,
+            // and every child forked from it, would inherit the mask if the library did not
+            // reset it (std children inherit it since rust-lang/rust#101077).
+            // SAFETY: sigset operations on a local set; pthread_sigmask on this thread.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTERM);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            }
+            let mut child = fork(
+                CRASH,
+                ["ready-then-sleep"],
+                ForkOptions::default()
+                    .stderr(Stdio::Ignore)
+                    .kill_grace(Duration::from_secs(60)),
+            )
+            .expect("fork crash");
+            expect_spawn(&mut child).await;
+            let _ready: String = expect_message(&mut child).await;
+            assert!(child.kill());
+            match all_events(&mut child).await.as_slice() {
+                // SIGKILL would only come after the 60 s grace period, past the event timeout.
+                [Event::Exit(status)] => assert_signalled(status, Signal::SIGTERM),
+                other => panic!("expected Exit by SIGTERM; got {other:?}"),
+            }
+        },
+    );
+}
+
+#[test]
+fn posting_to_a_closed_peer_never_raises_sigpipe() {
+    in_own_process(
+        module_path!(),
+        "posting_to_a_closed_peer_never_raises_sigpipe",
+        || async {
+            // Rust ignores SIGPIPE by default; a host application (or a C caller) may not.
+            // SAFETY: resets one signal's disposition in this process.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            let utility_process::MessageChannel { port1, port2 } =
+                utility_process::MessageChannel::new().expect("a channel");
+            drop(port2);
+            for _ in 0..3 {
+                assert!(matches!(
+                    port1.post_bytes(b"anyone?"),
+                    Err(Error::Closed { .. })
+                ));
+            }
+            // Still here: a SIGPIPE would have killed this process.
+        },
+    );
+}
