@@ -34,6 +34,11 @@
 //! - **64 MiB payload** (`ours.payload.64mib`): one 64 MiB `post_bytes` (the default largest
 //!   message), answered by its length: end-to-end GB/s, including the encoding copy into the
 //!   send buffer and the receiver's buffer. Floor: `floor.memcpy`.
+//! - **Shared buffer** (`ours.shared.*`): 64 MiB filled in place by the parent in a frozen
+//!   `SharedBuffer` (the fill is the producer's own work and is not timed), posted with
+//!   `post_message_with_transfer`; timed until the child has summed every byte (GB/s, floor
+//!   `floor.memcpy`) and, separately, until the child answers as soon as it holds the mapped
+//!   buffer (the hand-over: a descriptor and an mmap, nothing copied).
 //! - **Spawn** (`ours.spawn.*`): `fork_entry` until `Event::Spawn` (the library reports it
 //!   once the program runs, so this is the fork-and-exec itself; floor `floor.spawn.exec`),
 //!   and until the first message the child posts as soon as its entry starts (floor
@@ -51,7 +56,8 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 use utility_process::{
-    fork_entry, Entry, Error, Event, ForkOptions, MessageChannel, ParentPort, UtilityProcess,
+    fork_entry, Entry, Error, Event, ForkOptions, MessageChannel, ParentPort, SharedBuffer,
+    UtilityProcess,
 };
 
 use crate::floor;
@@ -67,6 +73,7 @@ pub fn entries() -> Vec<Entry> {
         Entry::new("echo-bytes", echo_bytes),
         Entry::blocking("echo-blocking", echo_blocking),
         Entry::new("sink", sink),
+        Entry::blocking("buffer-sink", buffer_sink),
         Entry::new("hello", hello),
         Entry::blocking("hello-blocking", hello_blocking),
         Entry::new("port-echo", port_echo),
@@ -86,6 +93,25 @@ async fn echo_serde(port: ParentPort) -> Result<(), Error> {
 async fn echo_bytes(port: ParentPort) -> Result<(), Error> {
     while let Some(message) = port.recv().await {
         port.post_bytes(message.bytes())?;
+    }
+    Ok(())
+}
+
+/// Answers each shared buffer with the sum of its bytes (`"read"`) or with 0 at once
+/// (`"map"`).
+fn buffer_sink(port: ParentPort) -> Result<(), Error> {
+    while let Some(mut message) = port.recv_blocking() {
+        let mode: String = message.data()?;
+        let buffers = message.take_buffers();
+        let mut sum = 0u64;
+        for buffer in &buffers {
+            if mode == "read" {
+                sum += buffer.iter().map(|&b| u64::from(b)).sum::<u64>();
+            }
+        }
+        port.post_message(&sum)?;
+        // Freeing the memory (the last reference to it) takes milliseconds: after the answer.
+        drop(buffers);
     }
     Ok(())
 }
@@ -278,11 +304,22 @@ pub fn run(ctx: &Ctx) {
         .floor(floor::MEMCPY),
         || payload(ctx),
     );
-    // Extension point: the "64 MiB through a shared buffer" row goes here, once the library
-    // has shared buffers. Same shape as `payload` above — the parent fills 64 MiB, hands it to
-    // the child, and the child answers once it has read every byte — measured against the
-    // same floor (`floor::MEMCPY`), with the id `ours.shared.64mib`, so that the two 64 MiB
-    // rows sit next to each other and show what copying through the socket costs.
+    ctx.measure_many(
+        vec![
+            Spec::new(
+                "ours.shared.64mib",
+                "ours: 64 MiB in a SharedBuffer filled in place, until the child has read every byte",
+                Kind::Bandwidth,
+            )
+            .floor(floor::MEMCPY),
+            Spec::new(
+                "ours.shared.handover",
+                "ours: SharedBuffer hand-over, 64 MiB, until the child has it mapped",
+                Kind::Time,
+            ),
+        ],
+        || shared(ctx),
+    );
     ctx.measure_many(
         vec![
             Spec::new(
@@ -486,6 +523,41 @@ fn payload(ctx: &Ctx) -> Result<Vec<f64>> {
         }
         end(child).await?;
         Ok(samples)
+    })
+}
+
+/// 64 MiB through a shared buffer: the parent fills a frozen buffer in place (not timed: that
+/// is the producer's own work), then posts it; the child answers either at once (`map`: the
+/// hand-over, descriptor and mapping) or after summing every byte (`read`: end to end).
+fn shared(ctx: &Ctx) -> Result<Vec<Vec<f64>>> {
+    Flavor::CurrentThread.runtime()?.block_on(async {
+        let mut child = fork_entry("buffer-sink", NO_ARGS, ForkOptions::default())?;
+        expect_spawn(&mut child).await?;
+        let (mut rates, mut handovers) = (Vec::new(), Vec::new());
+        for round in 0..=ctx.samples() {
+            for mode in ["read", "map"] {
+                let mut buffer = SharedBuffer::new(PAYLOAD_64MIB)?;
+                if let Some(bytes) = buffer.as_mut_slice() {
+                    bytes.fill(0x5A);
+                }
+                let buffer = buffer.freeze()?;
+                let started = Instant::now();
+                child.post_message_with_transfer(&mode, vec![buffer.into()])?;
+                let sum: u64 = expect_message(&mut child).await?.data()?;
+                let elapsed = started.elapsed().as_secs_f64();
+                if mode == "read" && sum != 0x5A * PAYLOAD_64MIB as u64 {
+                    return Err(format!("the child summed {sum}").into());
+                }
+                if round > 0 {
+                    match mode {
+                        "read" => rates.push(PAYLOAD_64MIB as f64 / elapsed),
+                        _ => handovers.push(elapsed),
+                    }
+                }
+            }
+        }
+        end(child).await?;
+        Ok(vec![rates, handovers])
     })
 }
 

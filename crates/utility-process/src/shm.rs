@@ -21,6 +21,9 @@ use crate::Error;
 /// violation. Buffers this process creates may be larger.
 pub const MAX_RECEIVED_BUFFER: u64 = 1 << 30;
 
+/// Mappings at least this large are unmapped on the library's thread when sent.
+const UNMAP_ELSEWHERE: usize = 1 << 20;
+
 /// A block of shared memory that travels inside a message, without being copied.
 ///
 /// # Examples
@@ -87,7 +90,7 @@ impl SharedBuffer {
         let len = map.as_slice().len();
         drop(map);
         shm::freeze(fd.as_fd()).map_err(Error::io("sealing a shared buffer"))?;
-        let map = Mapping::new(fd.as_fd(), len, false, true)
+        let map = Mapping::new(fd.as_fd(), len, false, false)
             .map_err(Error::io("mapping a shared buffer"))?;
         Ok(SharedBuffer {
             map,
@@ -120,21 +123,32 @@ impl SharedBuffer {
         if len > MAX_RECEIVED_BUFFER {
             return Err("a shared buffer larger than 1 GiB");
         }
-        let allocated = shm::check(fd.as_fd(), len, read_only)?;
-        // Pre-fault only memory that exists: mapping a sparse buffer that way would make this
-        // process allocate memory the sender never paid for.
-        let map = Mapping::new(fd.as_fd(), len as usize, !read_only, allocated)
+        shm::check(fd.as_fd(), len, read_only)?;
+        // Not pre-faulted: the hand-over stays a descriptor and an mmap (well under a
+        // millisecond for 64 MiB), and the receiver pays only for the pages it reads — and
+        // never for pages a sender left unallocated.
+        let map = Mapping::new(fd.as_fd(), len as usize, !read_only, false)
             .map_err(|_| "a shared buffer that cannot be mapped")?;
         Ok(SharedBuffer { map, fd, read_only })
     }
 
     /// What goes in the envelope, and the descriptor that goes beside it.
+    ///
+    /// The sender's mapping goes away. Unmapping a large one takes milliseconds (the kernel
+    /// tears down a page-table entry per page), so that happens on the library's thread, not
+    /// in the caller's `post`.
     pub(crate) fn into_parts(self) -> (utility_process_wire::Attachment, OwnedFd) {
         let attachment = utility_process_wire::Attachment::Buffer {
             len: self.map.as_slice().len() as u64,
             read_only: self.read_only,
         };
-        (attachment, self.fd)
+        let SharedBuffer { map, fd, .. } = self;
+        if map.as_slice().len() >= UNMAP_ELSEWHERE {
+            if let Ok(driver) = crate::driver::driver() {
+                driver.handle().spawn_blocking(move || drop(map));
+            }
+        }
+        (attachment, fd)
     }
 }
 

@@ -52,9 +52,8 @@ pub(crate) fn freeze(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// Checks a received descriptor: a memfd of exactly `len` bytes, size sealed, and write-sealed
-/// if `frozen`. Returns whether its memory is all allocated already (so that mapping it with
-/// its pages pre-faulted costs no new memory), or a reason for the protocol violation.
-pub(crate) fn check(fd: BorrowedFd<'_>, len: u64, frozen: bool) -> Result<bool, &'static str> {
+/// if `frozen`. Returns a reason for the protocol violation otherwise.
+pub(crate) fn check(fd: BorrowedFd<'_>, len: u64, frozen: bool) -> Result<(), &'static str> {
     // SAFETY: F_GET_SEALS only reads; it fails on anything but a memfd (or shmem file).
     let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
     if seals < 0 {
@@ -77,10 +76,7 @@ pub(crate) fn check(fd: BorrowedFd<'_>, len: u64, frozen: bool) -> Result<bool, 
     if u64::try_from(stat.st_size).ok() != Some(len) {
         return Err("a shared buffer whose size is not the announced one");
     }
-    let allocated = u64::try_from(stat.st_blocks)
-        .unwrap_or(0)
-        .saturating_mul(512);
-    Ok(allocated >= len)
+    Ok(())
 }
 
 /// A mapping of a whole buffer into this process.
@@ -99,8 +95,7 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps `len` bytes of `fd`, read-write or read-only; with `populate`, pre-faults the
-    /// pages (one system call instead of a fault per page for a reader that reads it all; it
-    /// allocates any page not yet allocated, so only for memory known to exist).
+    /// pages (allocating them: for a buffer this process creates and is about to fill).
     pub(crate) fn new(
         fd: BorrowedFd<'_>,
         len: usize,
