@@ -763,6 +763,7 @@ async fn too_many_ports_in_one_message_is_an_error() {
         let (port1, port2) = channel();
         port1.post_message(&numbered(0, 0)).unwrap();
         port1.post_message(&numbered(1, 0)).unwrap();
+        port1.flush();
         assert_eq!(seq_of(&recv(&port2, "the first").await), 0);
         kept.push(port1);
         sent.push(port2);
@@ -820,6 +821,7 @@ async fn received_port_descriptors_are_close_on_exec() {
     let (prefixed1, prefixed2) = channel();
     prefixed1.post_message(&numbered(0, 0)).unwrap();
     prefixed1.post_message(&numbered(1, 0)).unwrap();
+    prefixed1.flush();
     assert_eq!(seq_of(&recv(&prefixed2, "the first").await), 0);
     child
         .post_message_with_ports(&PortCommand::Hold, vec![plain2, prefixed2])
@@ -886,6 +888,9 @@ async fn send_away(
     if prefixed {
         port1.post_message(&numbered(0, 0)).unwrap();
         port1.post_message(&numbered(1, 0)).unwrap();
+        // Both in the socket before port2 reads (a burst of posts may otherwise still be on
+        // its way): the read takes both, delivers the first and keeps the second.
+        port1.flush();
         assert_eq!(seq_of(&recv(&port2, "read before sending").await), 0);
     }
     to.post_message_with_ports(command, vec![port2]).unwrap();

@@ -50,7 +50,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -66,7 +66,14 @@ use crate::sys::reactor::SharedFd;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Buffers larger than this are given back to the allocator once they are empty again.
-const KEEP_CAPACITY: usize = 1024 * 1024;
+/// (Large enough that a stream of big messages does not reallocate, and fault in fresh
+/// pages, on every burst.)
+const KEEP_CAPACITY: usize = 8 * 1024 * 1024;
+
+/// Two posts closer together than this make a burst: from the second on, frames are left in
+/// the send buffer for the flusher, which writes them all with one system call instead of
+/// one each. Posts further apart (a request and its reply's reply, say) go out at once.
+const BURST_GAP: Duration = Duration::from_micros(5);
 
 /// The most descriptors a port holds in either queue: received ones that no frame has
 /// claimed yet (frames are decoded between reads, so an honest peer never gets near it, and a
@@ -210,6 +217,8 @@ struct Outbound {
     flushing: bool,
     /// The peer is gone or the port was closed: nothing more can be sent.
     closed: bool,
+    /// When the last frame was posted, to tell a burst.
+    last_post: Option<Instant>,
 }
 
 impl Outbound {
@@ -344,6 +353,17 @@ impl Endpoint {
             });
         }
         if out.flushing {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let burst = out
+            .last_post
+            .is_some_and(|last| now.saturating_duration_since(last) < BURST_GAP);
+        out.last_post = Some(now);
+        if burst {
+            out.flushing = true;
+            drop(out);
+            self.spawn_flusher();
             return Ok(());
         }
         match self.write_out(&mut out) {
@@ -559,7 +579,7 @@ impl Endpoint {
         loop {
             scratch.clear();
             let mut fds = Vec::new();
-            match sys::socket::recv_with_fds(self.fd.as_fd(), &mut scratch, &mut fds) {
+            match sys::socket::recv_with_fds(self.fd.as_fd(), &mut scratch, usize::MAX, &mut fds) {
                 Ok(received) if received.bytes > 0 => {}
                 _ => break,
             }
@@ -652,7 +672,15 @@ impl Endpoint {
             }
             let want = needed.max(inbound.buf.len() + READ_CHUNK);
             inbound.buf.reserve(want - inbound.buf.len());
-            match fill(inbound, &self.fd)? {
+            // A large frame is read up to its last byte and no further: it then fills the
+            // buffer exactly and leaves with it, with no copy and nothing left to move down.
+            // Small frames are read many at a time.
+            let limit = if needed >= READ_CHUNK {
+                needed - inbound.buf.len()
+            } else {
+                usize::MAX
+            };
+            match fill(inbound, &self.fd, limit)? {
                 Fill::Read | Fill::PrefixEnded => {}
                 Fill::Eof => inbound.eof = true,
                 Fill::WouldBlock => return Ok(TryRecv::WouldBlock),
@@ -744,7 +772,7 @@ impl Endpoint {
         // A prefix we are still reading ourselves: take the rest of it now.
         while inbound.prefix.is_some() {
             inbound.buf.reserve(READ_CHUNK);
-            match fill(&mut inbound, &self.fd) {
+            match fill(&mut inbound, &self.fd, usize::MAX) {
                 Ok(Fill::Read | Fill::PrefixEnded) => {}
                 Ok(Fill::WouldBlock) => {
                     let prefix = inbound.prefix.clone();
@@ -833,12 +861,12 @@ enum Fill {
 
 /// Reads once from the current source into the spare capacity of the receive buffer, noting
 /// any descriptors that came with the bytes.
-fn fill(inbound: &mut Inbound, main: &SharedFd) -> Result<Fill, RecvError> {
+fn fill(inbound: &mut Inbound, main: &SharedFd, limit: usize) -> Result<Fill, RecvError> {
     let source = inbound.prefix.clone();
     let fd = source.as_ref().unwrap_or(main);
     let before = inbound.buf.len();
     let mut fds = Vec::new();
-    let received = match sys::socket::recv_with_fds(fd.as_fd(), &mut inbound.buf, &mut fds) {
+    let received = match sys::socket::recv_with_fds(fd.as_fd(), &mut inbound.buf, limit, &mut fds) {
         Ok(received) => received,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::WouldBlock),
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {

@@ -183,17 +183,19 @@ pub(crate) struct Received {
     pub truncated: bool,
 }
 
-/// Receives into the spare capacity of `buf`, without blocking, appending any descriptors
-/// that came with the bytes to `fds` (close-on-exec, as `MSG_CMSG_CLOEXEC` delivers them).
+/// Receives into the spare capacity of `buf` (at most `max` bytes), without blocking,
+/// appending any descriptors that came with the bytes to `fds` (close-on-exec, as
+/// `MSG_CMSG_CLOEXEC` delivers them).
 pub(crate) fn recv_with_fds(
     fd: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
+    max: usize,
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<Received> {
     let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
     let mut iov = libc::iovec {
         iov_base: spare.as_mut_ptr().cast(),
-        iov_len: spare.len(),
+        iov_len: spare.len().min(max),
     };
     let mut control = CmsgBuffer([0; CMSG_ROOM]);
     let (n, flags, controllen) = retry(|| {
