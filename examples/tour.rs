@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use utility_process::{
-    fork_entry, init, Entry, Error, Event, ForkOptions, MessageChannel, ParentPort, Stdio,
-    UtilityProcess,
+    fork_entry, init, Entry, Error, Event, ForkOptions, MessageChannel, ParentPort, SharedBuffer,
+    Stdio, UtilityProcess,
 };
 
 /// What the parent asks a worker to do.
@@ -55,6 +55,7 @@ fn main() -> Result<(), Box<dyn StdError>> {
             std::process::abort()
         }),
         Entry::new("port-echo", port_echo),
+        Entry::blocking("summer", summer),
         Entry::new("pinger", pinger),
     ]);
     tokio::runtime::Builder::new_multi_thread()
@@ -183,7 +184,27 @@ async fn tour() -> Result<(), Box<dyn StdError>> {
     echo.kill();
     pinger.kill();
 
-    chapter("7. Kill");
+    chapter("7. Hand a worker 64 MiB without copying it: a shared buffer");
+    let mut summer = fork_entry("summer", [] as [&str; 0], ForkOptions::default())?;
+    let mut frame = SharedBuffer::new(64 << 20)?;
+    if let Some(bytes) = frame.as_mut_slice() {
+        bytes.fill(1); // the producer fills it in place
+    }
+    let frame = frame.freeze()?; // read-only from now on, in every process
+    let started = Instant::now();
+    summer.post_message_with_transfer(&"sum this", vec![frame.into()])?;
+    expect_spawn(&mut summer).await?;
+    match summer.next_event().await {
+        Some(Event::Message(m)) => println!(
+            "   the worker summed {} bytes it never copied, {:?} after the post",
+            m.data::<u64>()?,
+            started.elapsed()
+        ),
+        other => return Err(format!("unexpected event {other:?}").into()),
+    }
+    summer.kill();
+
+    chapter("8. Kill");
     println!("   kill() → {}", worker.kill());
     while let Some(event) = worker.next_event().await {
         if let Event::Exit(status) = event {
@@ -260,6 +281,19 @@ async fn port_echo(parent: ParentPort) -> Result<(), Error> {
         while let Some(message) = port.recv().await {
             port.post_bytes(message.bytes())?;
         }
+    }
+    Ok(())
+}
+
+/// Sums the bytes of every shared buffer its parent sends it.
+fn summer(parent: ParentPort) -> Result<(), Error> {
+    while let Some(mut message) = parent.recv_blocking() {
+        let sum: u64 = message
+            .take_buffers()
+            .iter()
+            .map(|buffer| buffer.iter().map(|&b| u64::from(b)).sum::<u64>())
+            .sum();
+        parent.post_message(&sum)?;
     }
     Ok(())
 }
