@@ -427,6 +427,61 @@ async fn a_decode_error_in_the_users_type_is_err_decode_and_the_port_stays_usabl
 }
 
 #[tokio::test]
+async fn send_waits_for_room_where_post_would_fail_and_loses_nothing() {
+    const LIMIT: usize = 256 * 1024;
+    const CHUNK: usize = 64 * 1024;
+    let mut child = fork(
+        ECHO,
+        NO_ARGS,
+        ForkOptions::default().max_queued_bytes(LIMIT),
+    )
+    .unwrap();
+    expect_spawn(&mut child).await;
+    // Connected and echoing: then stopped, so that nothing more is read.
+    child.post_bytes(b"hello").unwrap();
+    assert_eq!(expect_message(&mut child).await.bytes(), b"hello");
+    let pid = child.pid().expect("running") as libc::pid_t;
+    // SAFETY: a signal to our own child, alive (it just answered).
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let mut posted: Vec<u8> = Vec::new();
+    loop {
+        let seq = posted.len() as u8;
+        match child.post_bytes(&vec![seq; CHUNK]) {
+            Ok(()) => posted.push(seq),
+            Err(Error::QueueFull { .. }) => break,
+            Err(other) => panic!("{other}"),
+        }
+        assert!(posted.len() < 1000, "the queue never filled");
+    }
+    let last = posted.len() as u8;
+    {
+        let pending = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            child.send_bytes(&vec![last; CHUNK]),
+        )
+        .await;
+        assert!(
+            pending.is_err(),
+            "send completed while the child could not read"
+        );
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // The cancelled send queued nothing; this one waits for room and then goes.
+    child.send_bytes(&vec![last; CHUNK]).await.unwrap();
+    posted.push(last);
+    for &seq in &posted {
+        let message = expect_message(&mut child).await;
+        assert_eq!(message.len(), CHUNK);
+        assert!(
+            message.bytes().iter().all(|&b| b == seq),
+            "message {seq} changed or out of order"
+        );
+    }
+    kill_and_expect_exit(&mut child).await;
+}
+
+#[tokio::test]
 async fn posting_to_a_child_that_never_reads_fails_with_queue_full_without_growing() {
     const LIMIT: usize = 1024 * 1024;
     const CHUNK: usize = 64 * 1024;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Serialize;
 use utility_process_wire::{Decoded, Frame, FrameDecoder, Hello, PanicReport, ENVELOPE_ROOM};
 
-use crate::port::PortCore;
+use crate::port::{send_with, PortCore};
 use crate::process::{ENV_PARENT_PID, ENV_PORT_FD, ENV_SERVICE_NAME, PORT_FD};
 use crate::transport::{Endpoint, Limits};
 use crate::{sys, Error, Message, MessagePort, Transferable};
@@ -262,6 +262,32 @@ impl ParentPort {
     /// As [`post_message`](Self::post_message).
     pub fn post_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
         self.shared.core.post_raw(bytes, Vec::new())
+    }
+
+    /// Posts `value` to the parent, waiting for room while the parent is not reading and the
+    /// send queue is at its limit (where [`post_message`](Self::post_message) fails with
+    /// [`Error::QueueFull`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`post_message`](Self::post_message), except `QueueFull`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message is queued whole when the future completes, or not at all.
+    pub async fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
+        let core = &self.shared.core;
+        send_with(&core.endpoint, || core.post_value(value, Vec::new())).await
+    }
+
+    /// Posts raw bytes to the parent, waiting for room as [`send`](Self::send) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub async fn send_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
+        let core = &self.shared.core;
+        send_with(&core.endpoint, || core.post_raw(bytes, Vec::new())).await
     }
 
     /// Starts (or resumes) delivery of the parent's messages.

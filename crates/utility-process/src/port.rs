@@ -161,6 +161,36 @@ impl MessagePort {
         self.core.post_raw(bytes, Vec::new())
     }
 
+    /// Posts `value`, waiting for room while the other end is not reading and the send queue
+    /// is at its limit, where [`post_message`](Self::post_message) would fail with
+    /// [`Error::QueueFull`]: back-pressure for a producer that must not lose messages.
+    ///
+    /// # Errors
+    ///
+    /// As [`post_message`](Self::post_message), except `QueueFull`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message is queued whole when the future completes, or not at all.
+    pub async fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
+        send_with(&self.core.endpoint, || {
+            self.core.post_value(value, Vec::new())
+        })
+        .await
+    }
+
+    /// Posts raw bytes, waiting for room as [`send`](Self::send) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub async fn send_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
+        send_with(&self.core.endpoint, || {
+            self.core.post_raw(bytes, Vec::new())
+        })
+        .await
+    }
+
     /// Starts (or resumes) delivery of messages.
     pub fn start(&self) {
         self.core.start();
@@ -359,6 +389,20 @@ pub(crate) fn transferred(
         ports.push(MessagePort::from_endpoint(endpoint));
     }
     Ok((ports, buffers))
+}
+
+/// Posts with `post`, waiting for room on `endpoint` instead of failing while its send queue
+/// is full: the shared body of every `send*` method.
+pub(crate) async fn send_with<F>(endpoint: &Endpoint, mut post: F) -> Result<(), Error>
+where
+    F: FnMut() -> Result<(), Error>,
+{
+    loop {
+        match post() {
+            Err(Error::QueueFull { .. }) => endpoint.drained().await,
+            other => return other,
+        }
+    }
 }
 
 /// Appends `bytes` as a raw payload, refusing more than `cap`.

@@ -32,7 +32,7 @@ use utility_process_wire::{Hello, ENVELOPE_ROOM};
 
 use crate::error::{PanicInfo, Signal, SpawnStep, Violation};
 use crate::options::{ForkOptions, Stdio};
-use crate::port::{post_on, raw_payload, transferred, Transferable};
+use crate::port::{post_on, raw_payload, send_with, transferred, Transferable};
 use crate::stdio::{ChildStderr, ChildStdout};
 use crate::sys::process::{ChildFd, Pidfd, RawExit, SpawnPlan};
 use crate::transport::{Endpoint, Incoming, Limits, RecvError, TryRecv};
@@ -546,6 +546,33 @@ impl UtilityProcess {
             |buf, cap| utility_process_wire::encode_value_capped(buf, value, cap),
             transfer,
         )
+    }
+
+    /// Posts `value` to the child, waiting for room while the child is not reading and the
+    /// send queue is at its limit ([`ForkOptions::max_queued_bytes`]), where
+    /// [`post_message`](Self::post_message) would fail with [`Error::QueueFull`]:
+    /// back-pressure for a producer that must not lose messages.
+    ///
+    /// # Errors
+    ///
+    /// As [`post_message`](Self::post_message), except `QueueFull`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message is queued whole when the future completes, or not at all.
+    ///
+    /// [`ForkOptions::max_queued_bytes`]: crate::ForkOptions::max_queued_bytes
+    pub async fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), Error> {
+        send_with(&self.port, || self.post_message(value)).await
+    }
+
+    /// Posts raw bytes to the child, waiting for room as [`send`](Self::send) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub async fn send_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
+        send_with(&self.port, || self.post_bytes(bytes)).await
     }
 
     /// Posts raw bytes to the child, without encoding them.

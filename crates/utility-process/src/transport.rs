@@ -434,6 +434,17 @@ impl Endpoint {
         out.closed || out.sent == out.buf.len()
     }
 
+    /// Waits until the send queue has been written out (or the port is closed): room for a
+    /// post that found the queue full.
+    pub(crate) async fn drained(&self) {
+        let drained = self.drained.notified();
+        tokio::pin!(drained);
+        drained.as_mut().enable();
+        if !self.is_drained() {
+            drained.await;
+        }
+    }
+
     /// Starts a task on the library's thread that writes the waiting bytes as room appears.
     fn spawn_flusher(self: &Arc<Self>) {
         let endpoint = Arc::clone(self);
