@@ -21,6 +21,9 @@
 //!
 //!   Otherwise the child is an async entry (a `current_thread` runtime, as `Entry::new`
 //!   makes). The floor is `floor.rtt`.
+//! - **Low-latency mode** (`ours.rtt.low_latency*`): raw round trips with
+//!   `set_low_latency(50 µs)` on both sides, and the CPU time (parent + child, from
+//!   `/proc/<pid>/stat`, spinning included) spent per round trip.
 //! - **Round trip, child ↔ child** (`ours.rtt.child_child`): the parent makes a
 //!   `MessageChannel`, moves one port to an echoing child and the other to a pinging child;
 //!   the pinger times its round trips itself (the parent is out of the path) and reports
@@ -71,6 +74,7 @@ pub fn entries() -> Vec<Entry> {
     vec![
         Entry::new("echo-serde", echo_serde),
         Entry::new("echo-bytes", echo_bytes),
+        Entry::new("echo-spin", echo_spin),
         Entry::blocking("echo-blocking", echo_blocking),
         Entry::new("sink", sink),
         Entry::blocking("buffer-sink", buffer_sink),
@@ -88,6 +92,11 @@ async fn echo_serde(port: ParentPort) -> Result<(), Error> {
         port.post_message(&message.data::<String>()?)?;
     }
     Ok(())
+}
+
+async fn echo_spin(port: ParentPort) -> Result<(), Error> {
+    port.set_low_latency(Some(SPIN));
+    echo_bytes(port).await
 }
 
 async fn echo_bytes(port: ParentPort) -> Result<(), Error> {
@@ -275,6 +284,22 @@ pub fn run(ctx: &Ctx) {
             round_trips(ctx, flavor, entry, shape)
         });
     }
+    ctx.measure_many(
+        vec![
+            Spec::new(
+                "ours.rtt.low_latency",
+                "ours: round trip parent ↔ child, 64 B raw bytes, low-latency mode (spin ≤ 50 µs, both sides)",
+                Kind::Time,
+            )
+            .floor(floor::RTT),
+            Spec::new(
+                "ours.rtt.low_latency.cpu",
+                "ours: CPU time per round trip in low-latency mode (parent + child, spinning included)",
+                Kind::Time,
+            ),
+        ],
+        || low_latency(ctx),
+    );
     ctx.measure(
         Spec::new(
             "ours.rtt.child_child",
@@ -433,6 +458,53 @@ fn round_trips(ctx: &Ctx, flavor: Flavor, entry: &str, shape: Shape) -> Result<V
         end(child).await?;
         Ok(samples)
     })
+}
+
+/// Round trips with low-latency mode on both sides, and the CPU time both processes spent
+/// per round trip (from `/proc/<pid>/stat`, so spinning is counted).
+fn low_latency(ctx: &Ctx) -> Result<Vec<Vec<f64>>> {
+    let iters = crate::rtt_iters(ctx);
+    Flavor::CurrentThread.runtime()?.block_on(async {
+        let mut child = fork_entry("echo-spin", NO_ARGS, ForkOptions::default())?;
+        child.set_low_latency(Some(SPIN));
+        expect_spawn(&mut child).await?;
+        let pid = child.pid().ok_or("the child has a pid")?;
+        let bytes = [b'x'; 64];
+        let (mut times, mut cpus) = (Vec::new(), Vec::new());
+        for round in 0..=ctx.samples() {
+            let cpu_before = cpu_seconds(std::process::id())? + cpu_seconds(pid)?;
+            let started = Instant::now();
+            for _ in 0..iters {
+                child.post_bytes(&bytes)?;
+                if expect_message(&mut child).await?.bytes() != bytes {
+                    return Err("the echo differs from the ping".into());
+                }
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            let cpu = cpu_seconds(std::process::id())? + cpu_seconds(pid)? - cpu_before;
+            if round > 0 {
+                times.push(elapsed / iters as f64);
+                cpus.push(cpu / iters as f64);
+            }
+        }
+        end(child).await?;
+        Ok(vec![times, cpus])
+    })
+}
+
+/// How long low-latency children and parents spin at most.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// CPU time (user + system) process `pid` has used, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit_once(')').ok_or("a malformed stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime), counted from the state (field 3) here.
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / per_second)
 }
 
 fn child_to_child(ctx: &Ctx) -> Result<Vec<f64>> {

@@ -426,6 +426,46 @@ async fn a_decode_error_in_the_users_type_is_err_decode_and_the_port_stays_usabl
     kill_and_expect_exit(&mut child).await;
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn low_latency_mode_round_trips_in_order_and_parks_when_idle() {
+    let mut child = echo(&[]);
+    child.set_low_latency(Some(std::time::Duration::from_micros(200)));
+    expect_spawn(&mut child).await;
+    for seq in 0..1000u64 {
+        child
+            .post_message(&Ping {
+                seq,
+                body: String::new(),
+            })
+            .unwrap();
+        assert_eq!(
+            expect_message(&mut child).await.data::<Ping>().unwrap().seq,
+            seq
+        );
+    }
+    // Nothing comes for half a second: the receive spins at most its budget, then parks.
+    let cpu = || {
+        // SAFETY: getrusage fills the zeroed struct we own.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+            usage
+        };
+        let micros = |t: libc::timeval| t.tv_sec as i64 * 1_000_000 + t.tv_usec as i64;
+        micros(usage.ru_utime) + micros(usage.ru_stime)
+    };
+    let before = cpu();
+    let idle =
+        tokio::time::timeout(std::time::Duration::from_millis(500), child.next_event()).await;
+    assert!(idle.is_err(), "an event came from an idle child: {idle:?}");
+    let spent = cpu() - before;
+    assert!(
+        spent < 200_000,
+        "the idle wait used {spent} µs of CPU: it did not park"
+    );
+    kill_and_expect_exit(&mut child).await;
+}
+
 #[tokio::test]
 async fn send_waits_for_room_where_post_would_fail_and_loses_nothing() {
     const LIMIT: usize = 256 * 1024;

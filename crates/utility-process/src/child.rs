@@ -290,6 +290,13 @@ impl ParentPort {
         send_with(&core.endpoint, || core.post_raw(bytes, Vec::new())).await
     }
 
+    /// Low-latency mode (off by default): a receive that would park first polls the socket
+    /// for up to `spin`. See
+    /// [`UtilityProcess::set_low_latency`](crate::UtilityProcess::set_low_latency).
+    pub fn set_low_latency(&self, spin: Option<Duration>) {
+        self.shared.core.endpoint.set_spin(spin);
+    }
+
     /// Starts (or resumes) delivery of the parent's messages.
     pub fn start(&self) {
         self.shared.core.start();

@@ -10,6 +10,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -189,6 +190,13 @@ impl MessagePort {
             self.core.post_raw(bytes, Vec::new())
         })
         .await
+    }
+
+    /// Low-latency mode (off by default): a receive that would park first polls the socket
+    /// for up to `spin`, adapting the budget down while nothing comes. See
+    /// [`UtilityProcess::set_low_latency`](crate::UtilityProcess::set_low_latency).
+    pub fn set_low_latency(&self, spin: Option<Duration>) {
+        self.core.endpoint.set_spin(spin);
     }
 
     /// Starts (or resumes) delivery of messages.
