@@ -451,7 +451,7 @@ async fn low_latency_mode_round_trips_in_order_and_parks_when_idle() {
             libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
             usage
         };
-        let micros = |t: libc::timeval| i64::from(t.tv_sec) * 1_000_000 + i64::from(t.tv_usec);
+        let micros = |t: libc::timeval| t.tv_sec * 1_000_000 + t.tv_usec;
         micros(usage.ru_utime) + micros(usage.ru_stime)
     };
     let before = cpu();
