@@ -311,6 +311,11 @@ impl PortCore {
     }
 
     pub(crate) async fn recv(&self) -> Option<Message> {
+        if self.state.load(Ordering::Acquire) == STARTED {
+            // The common case, without the pause machinery.
+            let received = self.endpoint.recv().await;
+            return self.deliver(received);
+        }
         loop {
             let resumed = self.resumed.notified();
             match self.state.load(Ordering::SeqCst) {
@@ -368,6 +373,9 @@ pub(crate) fn transferred(
     attachments: Vec<Attachment>,
     fds: Vec<OwnedFd>,
 ) -> Result<(Vec<MessagePort>, Vec<SharedBuffer>), &'static str> {
+    if attachments.is_empty() && fds.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
     let mut fds = fds.into_iter();
     let mut ports = Vec::new();
     let mut buffers = Vec::new();

@@ -643,7 +643,11 @@ impl Endpoint {
                             attachments,
                             payload,
                         } => {
-                            let count = attachments.fd_count();
+                            let count = if attachments.is_empty() {
+                                0
+                            } else {
+                                attachments.fd_count()
+                            };
                             let fds = if count == 0 {
                                 Vec::new()
                             } else {
@@ -671,7 +675,11 @@ impl Endpoint {
                                     buf: Vec::new(),
                                     start: payload.len(),
                                 },
-                                attachments: attachments.iter().collect(),
+                                attachments: if attachments.is_empty() {
+                                    Vec::new()
+                                } else {
+                                    attachments.iter().collect()
+                                },
                                 fds,
                             }
                         }
