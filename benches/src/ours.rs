@@ -21,6 +21,8 @@
 //!
 //!   Otherwise the child is an async entry (a `current_thread` runtime, as `Entry::new`
 //!   makes). The floor is `floor.rtt`.
+//! - **Both blocking** (`ours.rtt.bytes.blocking_both`): the parent with
+//!   `next_event_blocking`, the child with `recv_blocking`: no async runtime on either side.
 //! - **Low-latency mode** (`ours.rtt.low_latency*`): raw round trips with
 //!   `set_low_latency(50 µs)` on both sides, and the CPU time (parent + child, from
 //!   `/proc/<pid>/stat`, spinning included) spent per round trip.
@@ -284,6 +286,15 @@ pub fn run(ctx: &Ctx) {
             round_trips(ctx, flavor, entry, shape)
         });
     }
+    ctx.measure(
+        Spec::new(
+            "ours.rtt.bytes.blocking_both",
+            "ours: round trip parent ↔ child, 64 B raw bytes, both blocking (next_event_blocking, recv_blocking)",
+            Kind::Time,
+        )
+        .floor(floor::RTT),
+        || blocking_round_trips(ctx),
+    );
     ctx.measure_many(
         vec![
             Spec::new(
@@ -458,6 +469,37 @@ fn round_trips(ctx: &Ctx, flavor: Flavor, entry: &str, shape: Shape) -> Result<V
         end(child).await?;
         Ok(samples)
     })
+}
+
+/// Round trips with no async runtime on either side.
+fn blocking_round_trips(ctx: &Ctx) -> Result<Vec<f64>> {
+    let iters = crate::rtt_iters(ctx);
+    let mut child = fork_entry("echo-blocking", NO_ARGS, ForkOptions::default())?;
+    let bytes = [b'x'; 64];
+    let mut samples = Vec::new();
+    for round in 0..=ctx.samples() {
+        let started = Instant::now();
+        for _ in 0..iters {
+            child.post_bytes(&bytes)?;
+            loop {
+                match child.next_event_blocking() {
+                    Some(Event::Message(echo)) if echo.bytes() == bytes => break,
+                    Some(Event::Spawn) => {}
+                    other => return Err(format!("unexpected {other:?}").into()),
+                }
+            }
+        }
+        if round > 0 {
+            samples.push(started.elapsed().as_secs_f64() / iters as f64);
+        }
+    }
+    child.kill();
+    while let Some(event) = child.next_event_blocking() {
+        if let Event::Error(error) = event {
+            return Err(error.into());
+        }
+    }
+    Ok(samples)
 }
 
 /// Round trips with low-latency mode on both sides, and the CPU time both processes spent

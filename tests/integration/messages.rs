@@ -852,3 +852,51 @@ async fn next_event_is_cancel_safe_and_loses_no_message() {
     eprintln!("{cancelled} next_event futures were dropped along the way");
     kill_and_expect_exit(&mut child).await;
 }
+
+#[test]
+fn the_blocking_event_loop_gives_the_same_events_without_a_runtime() {
+    // No tokio runtime anywhere in this test.
+    let mut child = echo(&[]);
+    assert!(matches!(child.next_event_blocking(), Some(Event::Spawn)));
+    for seq in 0..200 {
+        child
+            .post_message(&Ping {
+                seq,
+                body: String::new(),
+            })
+            .unwrap();
+        match child.next_event_blocking() {
+            Some(Event::Message(message)) => assert_eq!(message.data::<Ping>().unwrap().seq, seq),
+            other => panic!("expected the echo of {seq}, got {other:?}"),
+        }
+    }
+    assert!(child.kill());
+    match child.next_event_blocking() {
+        Some(Event::Exit(status)) => {
+            assert_eq!(status.signal(), Some(utility_process::Signal::SIGTERM))
+        }
+        other => panic!("expected Exit, got {other:?}"),
+    }
+    assert!(child.next_event_blocking().is_none());
+
+    // Everything a child sends before it exits comes before its Exit, as with next_event.
+    let mut sender = fork(SENDER, ["500", "1024"], ForkOptions::default()).unwrap();
+    assert!(matches!(sender.next_event_blocking(), Some(Event::Spawn)));
+    let mut received = 0u64;
+    loop {
+        match sender.next_event_blocking() {
+            Some(Event::Message(message)) => {
+                let seq = u64::from_le_bytes(message.bytes()[..8].try_into().unwrap());
+                assert_eq!(seq, received, "messages out of order or lost");
+                received += 1;
+            }
+            Some(Event::Exit(status)) => {
+                assert!(status.success(), "{status}");
+                break;
+            }
+            other => panic!("after {received} messages: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(received, 500);
+    assert!(sender.next_event_blocking().is_none());
+}

@@ -18,7 +18,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -600,32 +600,9 @@ impl UtilityProcess {
     ///
     /// Cancel safe: dropping the future (in `tokio::select!`, say) loses no event.
     pub async fn next_event(&mut self) -> Option<Event> {
-        if self.events.finished {
-            return None;
-        }
-        if !self.events.spawn_reported {
-            self.events.spawn_reported = true;
-            return Some(Event::Spawn);
-        }
         loop {
-            if let Some(status) = self.events.exit {
-                // Drain what the child wrote before it ended, then report the end.
-                if !self.events.port_done {
-                    let step = match self.port.try_recv() {
-                        Ok(TryRecv::Frame(frame)) => Ok(Some(frame)),
-                        Ok(TryRecv::Closed | TryRecv::WouldBlock) => Ok(None),
-                        Err(e) => Err(e),
-                    };
-                    if let Some(event) = self.on_port(step) {
-                        return Some(event);
-                    }
-                    continue;
-                }
-                if let Some(error) = self.events.abnormal_end.take() {
-                    return Some(Event::Error(error));
-                }
-                self.events.finished = true;
-                return Some(Event::Exit(status));
+            if let Some(answer) = self.event_without_waiting() {
+                return answer;
             }
             let step = {
                 let port = &self.port;
@@ -646,12 +623,100 @@ impl UtilityProcess {
                         return Some(event);
                     }
                 }
-                Step::Exited(status) => {
-                    self.events.abnormal_end = self.abnormal_end(status);
-                    self.events.exit = Some(status);
+                Step::Exited(status) => self.on_exit(status),
+            }
+        }
+    }
+
+    /// Waits for the next event, blocking this thread: [`next_event`](Self::next_event) for
+    /// programs without an async runtime. The same events, in the same order.
+    pub fn next_event_blocking(&mut self) -> Option<Event> {
+        loop {
+            if let Some(answer) = self.event_without_waiting() {
+                return answer;
+            }
+            let published = *self.exit.borrow();
+            if let Some(status) = published {
+                self.on_exit(status);
+                continue;
+            }
+            if !self.events.port_done {
+                // A frame already read (or, in low-latency mode, one that comes during the
+                // spin); otherwise wait below, then read.
+                let step = match self.port.try_recv_blocking_step() {
+                    Ok(TryRecv::Frame(frame)) => Some(Ok(Some(frame))),
+                    Ok(TryRecv::Closed) => Some(Ok(None)),
+                    Ok(TryRecv::WouldBlock) => None,
+                    Err(e) => Some(Err(e)),
+                };
+                if let Some(step) = step {
+                    if let Some(event) = self.on_port(step) {
+                        return Some(event);
+                    }
+                    continue;
+                }
+            }
+            // Wait for the port, or for the child's end. Once the child has ended, the
+            // library's thread reaps it and publishes its status within moments: look again
+            // shortly rather than wait on a pidfd that stays readable.
+            let ended = self.child.pidfd.has_exited().unwrap_or(true);
+            let timeout = ended.then_some(Duration::from_micros(100));
+            let port = (!self.events.port_done).then(|| self.port.source());
+            let _ = sys::wait_any(
+                port.as_ref().map(|p| p.as_fd()),
+                (!ended).then(|| self.child.pidfd.shared_fd().as_fd()),
+                timeout,
+            );
+            if !self.events.port_done {
+                let step = match self.port.try_recv() {
+                    Ok(TryRecv::Frame(frame)) => Ok(Some(frame)),
+                    Ok(TryRecv::Closed) => Ok(None),
+                    Ok(TryRecv::WouldBlock) => continue,
+                    Err(e) => Err(e),
+                };
+                if let Some(event) = self.on_port(step) {
+                    return Some(event);
                 }
             }
         }
+    }
+
+    /// What `next_event` can answer without waiting: `Some(answer)`, or `None` when it must
+    /// wait for the port or for the child's end.
+    fn event_without_waiting(&mut self) -> Option<Option<Event>> {
+        if self.events.finished {
+            return Some(None);
+        }
+        if !self.events.spawn_reported {
+            self.events.spawn_reported = true;
+            return Some(Some(Event::Spawn));
+        }
+        while let Some(status) = self.events.exit {
+            // Drain what the child wrote before it ended, then report the end.
+            if !self.events.port_done {
+                let step = match self.port.try_recv() {
+                    Ok(TryRecv::Frame(frame)) => Ok(Some(frame)),
+                    Ok(TryRecv::Closed | TryRecv::WouldBlock) => Ok(None),
+                    Err(e) => Err(e),
+                };
+                if let Some(event) = self.on_port(step) {
+                    return Some(Some(event));
+                }
+                continue;
+            }
+            if let Some(error) = self.events.abnormal_end.take() {
+                return Some(Some(Event::Error(error)));
+            }
+            self.events.finished = true;
+            return Some(Some(Event::Exit(status)));
+        }
+        None
+    }
+
+    /// The child has ended and been reaped.
+    fn on_exit(&mut self, status: ExitStatus) {
+        self.events.abnormal_end = self.abnormal_end(status);
+        self.events.exit = Some(status);
     }
 
     /// Handles what the port gave; returns an event to report, if any.

@@ -112,6 +112,32 @@ pub(crate) fn wait_fd(
     Ok(n > 0)
 }
 
+/// Blocks until `readable` has data (or hangs up), `other` is readable, or `timeout` passes
+/// (`None`: forever). Either descriptor may be absent.
+pub(crate) fn wait_any(
+    readable: Option<BorrowedFd<'_>>,
+    other: Option<BorrowedFd<'_>>,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    let mut pfds = [libc::pollfd {
+        fd: -1,
+        events: libc::POLLIN,
+        revents: 0,
+    }; 2];
+    let mut count = 0;
+    for fd in [readable, other].into_iter().flatten() {
+        pfds[count].fd = fd.as_raw_fd();
+        count += 1;
+    }
+    let ms = match timeout {
+        None => -1,
+        Some(t) => t.as_millis().clamp(1, i32::MAX as u128) as libc::c_int,
+    };
+    // SAFETY: `pfds` holds at least `count` valid pollfds for poll to fill in.
+    retry(|| cvt(unsafe { libc::poll(pfds.as_mut_ptr(), count as libc::nfds_t, ms) }))?;
+    Ok(())
+}
+
 /// Takes the parent port a forked child inherits at `fd`, once per process.
 ///
 /// Returns `Ok(None)` if it was already taken, and an error if no descriptor is open there.
