@@ -88,7 +88,11 @@ struct ProcEntry {
 
 /// Every process whose parent is this process, zombies included.
 fn children_of_this_process() -> Vec<ProcEntry> {
-    let me = std::process::id();
+    children_of(std::process::id())
+}
+
+/// Every process whose parent is `me`, zombies included.
+fn children_of(me: u32) -> Vec<ProcEntry> {
     let mut children = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
         let Some(pid) = entry
@@ -831,4 +835,28 @@ fn posting_to_a_closed_peer_never_raises_sigpipe() {
             // Still here: a SIGPIPE would have killed this process.
         },
     );
+}
+
+#[tokio::test]
+async fn a_child_that_only_uses_its_port_starts_no_process_of_its_own() {
+    // A burst of posts makes the child's library start its own thread (to flush); the
+    // guardian process comes only with a child's first fork.
+    let mut child = fork(
+        env!("CARGO_BIN_EXE_echo"),
+        [] as [&str; 0],
+        ForkOptions::default(),
+    )
+    .expect("fork echo");
+    expect_spawn(&mut child).await;
+    for i in 0..2000u32 {
+        child.post_message(&i).unwrap();
+    }
+    for i in 0..2000u32 {
+        let echoed: u32 = expect_message(&mut child).await;
+        assert_eq!(echoed, i);
+    }
+    let pid = child.pid().expect("running");
+    let theirs = children_of(pid);
+    assert!(theirs.is_empty(), "the child started processes: {theirs:?}");
+    assert!(child.kill());
 }

@@ -29,7 +29,9 @@ use crate::sys::guardian::Guardian;
 #[derive(Debug)]
 pub(crate) struct Driver {
     handle: Handle,
-    guardian: Option<Guardian>,
+    /// Started by the first fork: a process that only uses ports (a child that never forks)
+    /// has no guardian.
+    guardian: OnceLock<Option<Guardian>>,
 }
 
 static DRIVER: OnceLock<Driver> = OnceLock::new();
@@ -66,12 +68,9 @@ impl Driver {
                         return;
                     }
                 };
-                // Without a guardian, children still die with their parent (parent-death
-                // signal); only their own children could outlive it.
-                let guardian = Guardian::start().ok();
                 let _ = tx.send(Ok(Driver {
                     handle: runtime.handle().clone(),
-                    guardian,
+                    guardian: OnceLock::new(),
                 }));
                 runtime.block_on(std::future::pending::<()>());
             })?;
@@ -84,9 +83,18 @@ impl Driver {
         &self.handle
     }
 
-    /// The guardian, if it could be started.
+    /// The guardian, started on first use (by the first fork). Without one — if it could not
+    /// be started — children still die with their parent (parent-death signal); only their
+    /// own children could outlive it.
     pub(crate) fn guardian(&self) -> Option<&Guardian> {
-        self.guardian.as_ref()
+        self.guardian
+            .get_or_init(|| Guardian::start().ok())
+            .as_ref()
+    }
+
+    /// The guardian, if a fork has started it.
+    pub(crate) fn started_guardian(&self) -> Option<&Guardian> {
+        self.guardian.get().and_then(Option::as_ref)
     }
 
     /// Runs `job` on the driver's thread and waits for its result.

@@ -464,7 +464,7 @@ async fn watch_child(child: Arc<Child>) {
             Err(_) => break ExitStatus::from_raw(None),
         }
     };
-    if let Some(guardian) = driver::driver().ok().and_then(|d| d.guardian()) {
+    if let Some(guardian) = driver::driver().ok().and_then(|d| d.started_guardian()) {
         guardian.forget(child.pid as libc::pid_t);
     }
     child.exit.send_replace(Some(status));
