@@ -76,3 +76,38 @@ async fn a_child_can_send_a_frozen_buffer_to_its_parent() {
     assert_eq!(buffers[0].len(), 12345);
     assert!(buffers[0].iter().all(|&b| b == 9));
 }
+
+#[tokio::test]
+async fn a_shared_buffer_that_lies_about_itself_is_a_protocol_violation() {
+    const BAD_BUFFER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/children/bad_buffer.py");
+    for mode in ["pipe", "size", "unsealed", "writable"] {
+        let mut child = match fork("python3", [BAD_BUFFER, mode], ForkOptions::default()) {
+            Ok(child) => child,
+            Err(utility_process::Error::Spawn {
+                step: utility_process::SpawnStep::Lookup,
+                ..
+            }) => {
+                eprintln!("skipped: python3 is not on PATH");
+                return;
+            }
+            Err(other) => panic!("cannot start python3 {BAD_BUFFER}: {other}"),
+        };
+        let mut events = Vec::new();
+        while let Some(event) = next_event(&mut child).await {
+            events.push(event);
+        }
+        match events.as_slice() {
+            [Event::Spawn, Event::Error(utility_process::Error::ProtocolViolation {
+                violation: utility_process::Violation::Descriptors(_),
+                ..
+            }), Event::Exit(status)] => {
+                assert_eq!(
+                    status.signal(),
+                    Some(utility_process::Signal::SIGKILL),
+                    "{mode}"
+                )
+            }
+            other => panic!("{mode}: expected Spawn, a descriptor violation, Exit; got {other:?}"),
+        }
+    }
+}
