@@ -9,5 +9,7 @@ mod lifecycle;
 mod messages;
 /// Message channels, ports sent between processes, child-to-child talk.
 mod ports;
+/// The strict sandbox: escapes fail, denied calls are reported, fail closed.
+mod sandbox;
 /// stdout and stderr; cwd, env, args, the service name.
 mod stdio;

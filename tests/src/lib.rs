@@ -268,3 +268,20 @@ pub struct Seen {
     pub read_only: bool,
     pub sum: u64,
 }
+
+/// What the `escape` child got when it tried a way out of its sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Attempt {
+    /// The call went through.
+    Succeeded,
+    /// The call failed with this errno.
+    Failed(i32),
+    /// A computation's result: the child still works.
+    Computed(u64),
+    /// The sweep: the numbers of the calls that were not denied.
+    Swept(Vec<u32>),
+    /// `sandbox::status()`, as `Debug` text.
+    Status(String),
+    /// The child does not know this attempt.
+    Unknown(String),
+}

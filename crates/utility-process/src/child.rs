@@ -67,6 +67,7 @@ struct Shared {
 /// assert!(err.to_string().contains("not started by utility_process::fork"));
 /// ```
 pub fn parent_port() -> Result<ParentPort, Error> {
+    crate::sys::confine::keep_constructor();
     if let Some(port) = PARENT.get() {
         return Ok(port.clone());
     }
@@ -122,7 +123,12 @@ fn connect() -> Result<ParentPort, Error> {
     // as gone — `recv` returns `None`, posts fail with `Closed` — rather than failing here.
     let _ = endpoint.send_frame(
         |encoder, buf| {
-            encoder.hello(buf, &Hello::new(limits.max_frame_len));
+            let flags = if crate::sandbox::status().is_some() {
+                Hello::SANDBOXED
+            } else {
+                0
+            };
+            encoder.hello(buf, &Hello::new(limits.max_frame_len).with_flags(flags));
             Ok(())
         },
         Vec::new(),

@@ -139,6 +139,7 @@ pub fn init<I>(entries: I)
 where
     I: IntoIterator<Item = Entry>,
 {
+    crate::sys::confine::keep_constructor();
     let entries: Vec<Entry> = entries.into_iter().collect();
     let Some(wanted) = std::env::var_os(ENV_ENTRY) else {
         let _ = REGISTERED.set(entries.iter().map(|e| e.name).collect());

@@ -141,6 +141,64 @@ pub enum Error {
         violation: Violation,
     },
 
+    /// Occurs at [`fork`](crate::fork) when the [`Limits`](crate::Limits) or the
+    /// [`Sandbox`](crate::Sandbox) ask for something this machine cannot enforce, and they
+    /// were not made best effort. No process was started.
+    #[error(
+        "cannot start {service_name} ({program}) confined as asked: this machine lacks {missing}"
+    )]
+    Unenforceable {
+        /// The program as given to `fork`.
+        program: PathBuf,
+        /// The service name it would have had.
+        service_name: String,
+        /// The missing feature.
+        missing: crate::sandbox::Missing,
+    },
+
+    /// Occurs (as [`Event::Error`](crate::Event::Error)) when a child ended because it
+    /// reached one of its [`Limits`](crate::Limits): memory (an allocation failed and the
+    /// child aborted), CPU time (SIGXCPU, or SIGKILL at the hard limit) or file size
+    /// (SIGXFSZ).
+    #[error("{service_name} (pid {pid}) reached its {limit} limit and ended")]
+    LimitExceeded {
+        /// The child's service name.
+        service_name: String,
+        /// The child's pid.
+        pid: u32,
+        /// Which limit.
+        limit: crate::Limit,
+    },
+
+    /// Occurs (as [`Event::Error`](crate::Event::Error)) when a sandboxed child made a system
+    /// call its sandbox denies. A child built with this library is not killed: the call
+    /// failed with `EPERM` and the child goes on; each call is reported once. A program
+    /// without the library's handler dies of SIGSYS, reported with `syscall: None`.
+    #[error("{service_name} (pid {pid}) was denied {}", match syscall { Some(call) => call.to_string(), None => "a system call and was killed by SIGSYS".to_string() })]
+    SandboxViolation {
+        /// The child's service name.
+        service_name: String,
+        /// The child's pid.
+        pid: u32,
+        /// The call, when the child's handler could report it.
+        syscall: Option<crate::sandbox::Syscall>,
+    },
+
+    /// Occurs (as [`Event::Error`](crate::Event::Error)) when a child that should be
+    /// sandboxed is not: its library could not apply the sandbox (`errno` says why; the child
+    /// exited without running its code), or it talked on its port without confirming the
+    /// sandbox (a program not built with this library, which only gets the layers applied
+    /// before `execve`). The child was killed.
+    #[error("{service_name} (pid {pid}) did not apply its sandbox{}", match errno { Some(e) => format!(": {}", io::Error::from_raw_os_error(*e)), None => " (it does not link utility-process's sandbox)".to_string() })]
+    SandboxNotApplied {
+        /// The child's service name.
+        service_name: String,
+        /// The child's pid.
+        pid: u32,
+        /// Why the child's library failed, when it did.
+        errno: Option<i32>,
+    },
+
     /// Occurs when a system call the library depends on fails unexpectedly.
     #[error("{context}: {source}")]
     Io {
@@ -176,6 +234,10 @@ pub enum SpawnStep {
     Descriptors,
     /// Changing to the working directory.
     Chdir(PathBuf),
+    /// Applying its resource limits (`setrlimit`).
+    Limits,
+    /// Applying the first layers of its sandbox (no_new_privs, Landlock, seccomp).
+    Sandbox,
     /// Executing the program.
     Exec,
     /// Opening a pidfd on the new child.
@@ -192,6 +254,8 @@ impl fmt::Display for SpawnStep {
             SpawnStep::ParentDeathSignal => f.write_str("arming its parent-death signal"),
             SpawnStep::Descriptors => f.write_str("setting up its descriptors"),
             SpawnStep::Chdir(dir) => write!(f, "changing to the directory {}", dir.display()),
+            SpawnStep::Limits => f.write_str("applying its resource limits"),
+            SpawnStep::Sandbox => f.write_str("applying its sandbox"),
             SpawnStep::Exec => f.write_str("executing the program"),
             SpawnStep::Pidfd => f.write_str("opening a pidfd on it"),
         }

@@ -62,6 +62,8 @@ pub struct ForkOptions {
     pub(crate) kill_grace: Duration,
     pub(crate) max_message_size: usize,
     pub(crate) max_queued_bytes: usize,
+    pub(crate) limits: crate::Limits,
+    pub(crate) sandbox: Option<crate::Sandbox>,
 }
 
 impl Default for ForkOptions {
@@ -76,6 +78,8 @@ impl Default for ForkOptions {
             kill_grace: DEFAULT_KILL_GRACE,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_queued_bytes: DEFAULT_MAX_MESSAGE_SIZE,
+            limits: crate::Limits::new(),
+            sandbox: None,
         }
     }
 }
@@ -154,6 +158,23 @@ impl ForkOptions {
     /// `post_message` fails with [`Error::QueueFull`](crate::Error::QueueFull).
     pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
         self.max_queued_bytes = bytes;
+        self
+    }
+
+    /// Resource limits for the child, applied before its program runs. See [`Limits`].
+    ///
+    /// [`Limits`]: crate::Limits
+    pub fn limits(mut self, limits: crate::Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Runs the child in a sandbox. See [`Sandbox`] for what each profile allows and how it
+    /// is enforced.
+    ///
+    /// [`Sandbox`]: crate::Sandbox
+    pub fn sandbox(mut self, sandbox: crate::Sandbox) -> Self {
+        self.sandbox = Some(sandbox);
         self
     }
 }

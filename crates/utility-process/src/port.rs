@@ -350,7 +350,7 @@ impl PortCore {
                 Err(problem) => problem.to_owned(),
             },
             Ok(None) => return None,
-            Ok(Some(Incoming::Hello)) => "a HELLO after the first frame".to_owned(),
+            Ok(Some(Incoming::Hello { .. })) => "a HELLO after the first frame".to_owned(),
             Ok(Some(Incoming::Panic(_))) => "a PANIC frame".to_owned(),
             Err(RecvError::Protocol(e)) => e.to_string(),
             Err(RecvError::Descriptors(problem)) => problem.to_owned(),

@@ -33,10 +33,12 @@ use utility_process_wire::{Hello, ENVELOPE_ROOM};
 use crate::error::{PanicInfo, Signal, SpawnStep, Violation};
 use crate::options::{ForkOptions, Stdio};
 use crate::port::{post_on, raw_payload, send_with, transferred, Transferable};
+use crate::sandbox::{Missing, Policy, Syscall};
 use crate::stdio::{ChildStderr, ChildStdout};
-use crate::sys::process::{ChildFd, Pidfd, RawExit, SpawnPlan};
+use crate::sys::confine as confine_sys;
+use crate::sys::process::{ChildFd, Pidfd, PreExec, RawExit, SpawnPlan};
 use crate::transport::{Endpoint, Incoming, Limits, RecvError, TryRecv};
-use crate::{driver, sys, Error, Message, MessagePort};
+use crate::{driver, sys, Error, Limit, Message, MessagePort};
 
 /// The descriptor a child finds its parent port on.
 pub(crate) const PORT_FD: RawFd = 3;
@@ -137,7 +139,29 @@ struct Child {
     kill_deadline: watch::Sender<Option<Instant>>,
     /// Set once, when the child has been reaped.
     exit: watch::Sender<Option<ExitStatus>>,
+    /// What the child's limits and sandbox reported, for a confined child.
+    reports: Option<ReportPipe>,
+    /// The child should confirm its sandbox in its HELLO.
+    sandboxed: bool,
+    /// The CPU-time limit in force (whole seconds), if any.
+    cpu_limit: Option<Duration>,
 }
+
+/// What a confined child's report pipe said, and what its reaping told.
+#[derive(Debug, Default)]
+struct Reports {
+    /// Distinct system calls its sandbox denied, in order (at most [`MAX_SYSCALL_REPORTS`]).
+    syscalls: Vec<u32>,
+    /// It aborted after an allocation failed.
+    out_of_memory: bool,
+    /// Its library refused to start it: the errno.
+    refused: Option<i32>,
+    /// The CPU time it used, once reaped.
+    cpu_time: Option<Duration>,
+}
+
+/// A child that tries every forbidden call gets each reported once, up to this many.
+const MAX_SYSCALL_REPORTS: usize = 512;
 
 /// A running (or ended) utility process: its port, its events, its life.
 ///
@@ -153,6 +177,7 @@ pub struct UtilityProcess {
     stderr: Option<ChildStderr>,
     events: EventState,
     detached: bool,
+    reports: Option<watch::Receiver<Reports>>,
 }
 
 /// Where `next_event` is in the sequence.
@@ -170,6 +195,12 @@ struct EventState {
     violated: bool,
     last_panic: Option<PanicInfo>,
     finished: bool,
+    /// How many of the child's denied calls have been reported.
+    syscalls_reported: usize,
+    /// The child's refusal to start unconfined has been reported.
+    refusal_reported: bool,
+    /// A message held back while the reports the child wrote before it are reported.
+    held: Option<Event>,
 }
 
 /// Starts `program` as a utility process.
@@ -240,7 +271,19 @@ where
         })
     };
 
-    let env = environment(&options, &service_name);
+    let confinement = Confinement::prepare(&options).map_err(|e| match e {
+        ConfineError::Missing(missing) => Error::Unenforceable {
+            program: program.to_path_buf(),
+            service_name: service_name.clone(),
+            missing,
+        },
+        ConfineError::Io(e) => spawn_error(SpawnStep::Sandbox, e),
+    })?;
+    let mut env = environment(&options, &service_name);
+    env.remove(OsStr::new(crate::sandbox::ENV));
+    if let Some(confinement) = &confinement {
+        env.insert(crate::sandbox::ENV.into(), confinement.policy.encode());
+    }
     let resolved = resolve_program(program, env.get(OsStr::new("PATH")).map(|p| p.as_os_str()))
         .map_err(|e| spawn_error(SpawnStep::Lookup, e))?;
     let mut argv = vec![to_c(service_name.as_bytes())?];
@@ -291,7 +334,28 @@ where
         stderr: stderr_theirs,
         port: theirs,
         dev_null: sys::open_dev_null().map_err(setup)?,
+        confine: None,
     };
+    let mut plan = plan;
+    let mut report_pipe = None;
+    let mut sandboxed = false;
+    let mut cpu_limit = None;
+    if let Some(confinement) = confinement {
+        sandboxed = confinement.policy.sandbox;
+        cpu_limit = confinement.cpu_limit;
+        report_pipe = Some(confinement.report_read);
+        let (ruleset, filter) = match confinement.prepared {
+            Some(prepared) => (prepared.ruleset, prepared.filter),
+            None => (None, Vec::new()),
+        };
+        plan.confine = Some(PreExec {
+            rlimits: confinement.rlimits,
+            no_new_privs: sandboxed,
+            ruleset,
+            filter,
+            report: confinement.report_write,
+        });
+    }
 
     let driver = driver::driver().map_err(setup)?;
     let spawned = driver
@@ -314,6 +378,8 @@ where
                 sys::process::SpawnStep::Chdir => {
                     SpawnStep::Chdir(options.cwd.clone().unwrap_or_default())
                 }
+                sys::process::SpawnStep::Limits => SpawnStep::Limits,
+                sys::process::SpawnStep::Sandbox => SpawnStep::Sandbox,
                 sys::process::SpawnStep::Exec => SpawnStep::Exec,
                 sys::process::SpawnStep::Pidfd => SpawnStep::Pidfd,
             };
@@ -328,7 +394,15 @@ where
         killed_by_parent: AtomicBool::new(false),
         kill_deadline: watch::Sender::new(None),
         exit: exit_tx,
+        reports: report_pipe.map(|fd| ReportPipe {
+            fd: sys::reactor::SharedFd::new(fd),
+            parser: std::sync::Mutex::new(ReportParser::default()),
+            reports: watch::Sender::new(Reports::default()),
+        }),
+        sandboxed,
+        cpu_limit,
     });
+    let reports = child.reports.as_ref().map(|r| r.reports.subscribe());
     driver.handle().spawn(watch_child(Arc::clone(&child)));
 
     Ok(UtilityProcess {
@@ -340,7 +414,75 @@ where
         stderr: stderr_ours.map(ChildStderr::new),
         events: EventState::default(),
         detached: false,
+        reports,
     })
+}
+
+/// A confined child's limits and sandbox, prepared in the parent.
+struct Confinement {
+    rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    prepared: Option<crate::sandbox::Prepared>,
+    policy: Policy,
+    report_read: OwnedFd,
+    report_write: OwnedFd,
+    cpu_limit: Option<Duration>,
+}
+
+enum ConfineError {
+    Missing(Missing),
+    Io(std::io::Error),
+}
+
+impl Confinement {
+    /// Checks what the options ask for against the machine and prepares it; `None` for a
+    /// child with neither limits nor sandbox.
+    fn prepare(options: &ForkOptions) -> Result<Option<Confinement>, ConfineError> {
+        let limits = &options.limits;
+        if limits.is_empty() && options.sandbox.is_none() {
+            return Ok(None);
+        }
+        let mut rlimits = Vec::new();
+        let mut cpu_limit = None;
+        for (limit, resource, value) in limits.rlimits() {
+            if let crate::Backend::Unavailable(why) = crate::Limits::backend(limit) {
+                if limits.best_effort {
+                    continue;
+                }
+                return Err(ConfineError::Missing(Missing::Limit { limit, why }));
+            }
+            if limit == Limit::CpuTime {
+                cpu_limit = Some(Duration::from_secs(value.rlim_cur));
+            }
+            rlimits.push((resource, value));
+        }
+        let memory_limited = limits.memory.is_some();
+        let (prepared, policy) = match &options.sandbox {
+            Some(sandbox) => {
+                let prepared = sandbox.prepare().map_err(|e| match e {
+                    crate::sandbox::PrepareError::Missing(m) => ConfineError::Missing(m),
+                    crate::sandbox::PrepareError::Io(e) => ConfineError::Io(e),
+                })?;
+                (Some(prepared), sandbox.policy(memory_limited))
+            }
+            None => (
+                None,
+                Policy {
+                    memory_limited,
+                    ..Policy::default()
+                },
+            ),
+        };
+        let (report_read, report_write) = sys::pipe().map_err(ConfineError::Io)?;
+        sys::set_nonblocking(report_read.as_fd(), true).map_err(ConfineError::Io)?;
+        Ok(Some(Confinement {
+            rlimits,
+            prepared,
+            policy,
+            report_read,
+            report_write,
+            cpu_limit,
+        }))
+    }
 }
 
 /// The child's environment: the parent's (unless cleared), the options' changes, and the
@@ -419,6 +561,10 @@ fn stdio_pair(stdio: Stdio) -> std::io::Result<(Option<OwnedFd>, ChildFd)> {
 async fn watch_child(child: Arc<Child>) {
     let readiness =
         sys::reactor::register(child.pidfd.shared_fd(), tokio::io::Interest::READABLE).ok();
+    let report_readiness = child
+        .reports
+        .as_ref()
+        .and_then(|pipe| sys::reactor::register(&pipe.fd, tokio::io::Interest::READABLE).ok());
     let mut deadline_rx = child.kill_deadline.subscribe();
     let mut sigkill_sent = false;
     let far_future = Instant::now() + Duration::from_secs(86400 * 365);
@@ -449,15 +595,38 @@ async fn watch_child(child: Arc<Child>) {
                 sigkill_sent = true;
             }
             _ = deadline_rx.changed() => {}
+            _ = async {
+                match &report_readiness {
+                    Some(afd) => {
+                        if let Ok(mut guard) = afd.readable().await {
+                            guard.clear_ready();
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(pipe) = &child.reports {
+                    pipe.drain();
+                }
+            }
         }
     }
     drop(readiness);
+    drop(report_readiness);
     // The tree lives and dies with the child. The child is a zombie now, not yet reaped, so
     // its pid still names its group and nobody else's.
     sys::process::kill_process_group(child.pid as libc::pid_t, libc::SIGKILL);
     let status = loop {
         match child.pidfd.try_reap() {
-            Ok(Some(raw)) => break ExitStatus::from_raw(Some(raw)),
+            Ok(Some(reaped)) => {
+                // Everything the child wrote into its report pipe is there now.
+                if let Some(pipe) = &child.reports {
+                    pipe.drain();
+                    pipe.reports
+                        .send_modify(|r| r.cpu_time = Some(reaped.cpu_time));
+                }
+                break ExitStatus::from_raw(Some(reaped.exit));
+            }
             Ok(None) => tokio::time::sleep(Duration::from_millis(1)).await,
             // ECHILD: someone else reaped it (the application set SIGCHLD to SIG_IGN, or
             // called waitpid(-1)); its status is lost.
@@ -470,9 +639,84 @@ async fn watch_child(child: Arc<Child>) {
     child.exit.send_replace(Some(status));
 }
 
+/// The parent's end of a confined child's report pipe. Both the watcher (to wake the event
+/// loop) and the event loop itself (so that a report the child wrote before a message is
+/// seen before that message) drain it.
+#[derive(Debug)]
+struct ReportPipe {
+    fd: sys::reactor::SharedFd,
+    parser: std::sync::Mutex<ReportParser>,
+    reports: watch::Sender<Reports>,
+}
+
+impl ReportPipe {
+    fn drain(&self) {
+        let mut parser = self.parser.lock().unwrap_or_else(|p| p.into_inner());
+        parser.drain(self.fd.as_fd(), &self.reports);
+    }
+}
+
+/// Turns the report pipe's bytes into [`Reports`]; a report cut across two reads is kept.
+#[derive(Debug, Default)]
+struct ReportParser {
+    partial: Vec<u8>,
+}
+
+impl ReportParser {
+    fn drain(&mut self, pipe: std::os::fd::BorrowedFd<'_>, reports: &watch::Sender<Reports>) {
+        let mut buf = [0u8; 512];
+        let mut changed = false;
+        let mut update = Reports::default();
+        while let Ok(n @ 1..) = confine_sys::read_reports(pipe, &mut buf) {
+            self.partial.extend_from_slice(&buf[..n]);
+            // A child that writes garbage here only confuses its own reports: parse what
+            // makes sense, drop the rest, and never hold more than one report's bytes.
+            let mut at = 0;
+            while at < self.partial.len() {
+                let rest = &self.partial[at..];
+                let word = |r: &[u8]| r.get(1..5).map(|b| [b[0], b[1], b[2], b[3]]);
+                match rest[0] {
+                    confine_sys::REPORT_OUT_OF_MEMORY => {
+                        update.out_of_memory = true;
+                        changed = true;
+                        at += 1;
+                    }
+                    confine_sys::REPORT_SYSCALL | confine_sys::REPORT_REFUSED => {
+                        let Some(bytes) = word(rest) else { break };
+                        if rest[0] == confine_sys::REPORT_SYSCALL {
+                            let nr = u32::from_le_bytes(bytes);
+                            if !update.syscalls.contains(&nr) {
+                                update.syscalls.push(nr);
+                            }
+                        } else {
+                            update.refused = Some(i32::from_le_bytes(bytes));
+                        }
+                        changed = true;
+                        at += 5;
+                    }
+                    _ => at += 1,
+                }
+            }
+            self.partial.drain(..at);
+        }
+        if changed {
+            reports.send_modify(|r| {
+                r.out_of_memory |= update.out_of_memory;
+                r.refused = r.refused.or(update.refused);
+                for nr in update.syscalls {
+                    if r.syscalls.len() < MAX_SYSCALL_REPORTS && !r.syscalls.contains(&nr) {
+                        r.syscalls.push(nr);
+                    }
+                }
+            });
+        }
+    }
+}
+
 enum Step {
     Port(Result<Option<Incoming>, RecvError>),
     Exited(ExitStatus),
+    Reported,
 }
 
 impl UtilityProcess {
@@ -608,8 +852,18 @@ impl UtilityProcess {
                 let port = &self.port;
                 let exit = &mut self.exit;
                 let read_port = !self.events.port_done;
+                let reports = &mut self.reports;
                 tokio::select! {
                     biased;
+                    _ = async {
+                        let changed = match reports {
+                            Some(reports) => reports.changed().await.is_ok(),
+                            None => false,
+                        };
+                        if !changed {
+                            std::future::pending::<()>().await;
+                        }
+                    } => Step::Reported,
                     frame = port.recv(), if read_port => Step::Port(frame),
                     status = exit.wait_for(Option::is_some) => {
                         // The sender lives in `self.child`: the channel cannot close.
@@ -624,6 +878,7 @@ impl UtilityProcess {
                     }
                 }
                 Step::Exited(status) => self.on_exit(status),
+                Step::Reported => {}
             }
         }
     }
@@ -691,6 +946,12 @@ impl UtilityProcess {
             self.events.spawn_reported = true;
             return Some(Some(Event::Spawn));
         }
+        if let Some(error) = self.reported_error() {
+            return Some(Some(Event::Error(error)));
+        }
+        if let Some(event) = self.events.held.take() {
+            return Some(Some(event));
+        }
         while let Some(status) = self.events.exit {
             // Drain what the child wrote before it ended, then report the end.
             if !self.events.port_done {
@@ -719,8 +980,20 @@ impl UtilityProcess {
         self.events.exit = Some(status);
     }
 
-    /// Handles what the port gave; returns an event to report, if any.
+    /// Handles what the port gave; returns an event to report, if any. What the child
+    /// reported through its report pipe before it wrote the frame comes first.
     fn on_port(&mut self, result: Result<Option<Incoming>, RecvError>) -> Option<Event> {
+        let event = self.on_frame(result)?;
+        if matches!(event, Event::Message(_)) {
+            if let Some(error) = self.reported_error() {
+                self.events.held = Some(event);
+                return Some(Event::Error(error));
+            }
+        }
+        Some(event)
+    }
+
+    fn on_frame(&mut self, result: Result<Option<Incoming>, RecvError>) -> Option<Event> {
         let frame = match result {
             Ok(Some(frame)) => frame,
             Ok(None) => {
@@ -734,11 +1007,14 @@ impl UtilityProcess {
             Err(RecvError::Io(e)) => return Some(self.violation(Violation::Read(e))),
         };
         match frame {
-            Incoming::Hello if self.events.hello_seen => {
+            Incoming::Hello { .. } if self.events.hello_seen => {
                 Some(self.violation(Violation::DuplicateHello))
             }
-            Incoming::Hello => {
+            Incoming::Hello { sandboxed } => {
                 self.events.hello_seen = true;
+                if self.child.sandboxed && !sandboxed {
+                    return Some(self.unconfined(None));
+                }
                 None
             }
             _ if !self.events.hello_seen => Some(self.violation(Violation::MissingHello)),
@@ -771,10 +1047,87 @@ impl UtilityProcess {
         })
     }
 
+    /// A child that should be sandboxed is not: stop reading, kill it, and say so.
+    fn unconfined(&mut self, errno: Option<i32>) -> Event {
+        let _ = self.violation(Violation::MissingHello);
+        Event::Error(Error::SandboxNotApplied {
+            service_name: self.service_name.clone(),
+            pid: self.child.pid,
+            errno,
+        })
+    }
+
+    /// The next thing the child's report pipe said that has not been reported yet.
+    fn reported_error(&mut self) -> Option<Error> {
+        if let Some(pipe) = &self.child.reports {
+            pipe.drain();
+        }
+        let reports = self.reports.as_mut()?;
+        let (refused, syscall) = {
+            let reports = reports.borrow_and_update();
+            (
+                reports.refused,
+                reports.syscalls.get(self.events.syscalls_reported).copied(),
+            )
+        };
+        if let (Some(errno), false) = (refused, self.events.refusal_reported) {
+            self.events.refusal_reported = true;
+            self.events.violated = true;
+            return Some(Error::SandboxNotApplied {
+                service_name: self.service_name.clone(),
+                pid: self.child.pid,
+                errno: Some(errno),
+            });
+        }
+        let nr = syscall?;
+        self.events.syscalls_reported += 1;
+        Some(Error::SandboxViolation {
+            service_name: self.service_name.clone(),
+            pid: self.child.pid,
+            syscall: Some(Syscall::from_raw(nr)),
+        })
+    }
+
+    /// The limit that ended the child, if one did.
+    fn limit_reached(&self, status: ExitStatus) -> Option<Limit> {
+        let reports = self.reports.as_ref()?.borrow();
+        let signal = status.signal()?;
+        match signal.as_raw() {
+            libc::SIGXCPU => Some(Limit::CpuTime),
+            libc::SIGXFSZ => Some(Limit::FileSize),
+            libc::SIGABRT if reports.out_of_memory => Some(Limit::Memory),
+            libc::SIGKILL
+                if !self.child.killed_by_parent.load(Ordering::SeqCst)
+                    && self
+                        .child
+                        .cpu_limit
+                        .zip(reports.cpu_time)
+                        .is_some_and(|(limit, used)| used >= limit) =>
+            {
+                Some(Limit::CpuTime)
+            }
+            _ => None,
+        }
+    }
+
     /// The error to report for an end the parent did not ask for, if it was one.
     fn abnormal_end(&mut self, status: ExitStatus) -> Option<Error> {
         if self.events.violated {
             return None;
+        }
+        if let Some(limit) = self.limit_reached(status) {
+            return Some(Error::LimitExceeded {
+                service_name: self.service_name.clone(),
+                pid: self.child.pid,
+                limit,
+            });
+        }
+        if self.child.sandboxed && status.signal().map(|s| s.as_raw()) == Some(libc::SIGSYS) {
+            return Some(Error::SandboxViolation {
+                service_name: self.service_name.clone(),
+                pid: self.child.pid,
+                syscall: None,
+            });
         }
         let killed_by_parent = self.child.killed_by_parent.load(Ordering::SeqCst);
         let unasked_signal = status.signal().filter(|_| !killed_by_parent);

@@ -110,7 +110,10 @@ impl Limits {
 /// A frame as received, owned.
 #[derive(Debug)]
 pub(crate) enum Incoming {
-    Hello,
+    /// The handshake; `sandboxed` when the child says its sandbox is in force.
+    Hello {
+        sandboxed: bool,
+    },
     Message {
         payload: Payload,
         attachments: Vec<Attachment>,
@@ -642,7 +645,9 @@ impl Endpoint {
                         ));
                     }
                     let frame = match frame {
-                        Frame::Hello(_) => Incoming::Hello,
+                        Frame::Hello(hello) => Incoming::Hello {
+                            sandboxed: hello.flags & utility_process_wire::Hello::SANDBOXED != 0,
+                        },
                         Frame::Panic(report) => Incoming::Panic(report),
                         Frame::Message {
                             attachments,

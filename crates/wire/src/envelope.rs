@@ -36,15 +36,27 @@ pub struct Hello {
     pub version: u16,
     /// The largest frame length field the sender accepts (the parent's binds both ways).
     pub max_frame_len: u32,
+    /// Flag bits: [`Hello::SANDBOXED`], or 0.
+    pub flags: u16,
 }
 
 impl Hello {
-    /// A `HELLO` for this crate's [`VERSION`].
+    /// Flag of a child's `HELLO`: the sandbox its parent asked for is in force (the child's
+    /// library applied it before `main`).
+    pub const SANDBOXED: u16 = 0x0001;
+
+    /// A `HELLO` for this crate's [`VERSION`], with no flag.
     pub fn new(max_frame_len: u32) -> Self {
         Hello {
             version: VERSION,
             max_frame_len,
+            flags: 0,
         }
+    }
+
+    /// This `HELLO` with `flags` set.
+    pub fn with_flags(self, flags: u16) -> Self {
+        Hello { flags, ..self }
     }
 
     fn parse(body: &[u8]) -> Result<Hello, Error> {
@@ -61,20 +73,22 @@ impl Hello {
                 expected: VERSION,
             });
         }
-        if body[6..8] != [0, 0] {
-            return Err(Error::BadHello("the flags are not zero"));
+        let flags = u16::from_le_bytes([body[6], body[7]]);
+        if flags & !Hello::SANDBOXED != 0 {
+            return Err(Error::BadHello("an unknown flag is set"));
         }
         let max_frame_len = u32::from_le_bytes([body[8], body[9], body[10], body[11]]);
         Ok(Hello {
             version,
             max_frame_len,
+            flags,
         })
     }
 
     pub(crate) fn write_body(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&self.version.to_le_bytes());
-        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&self.flags.to_le_bytes());
         out.extend_from_slice(&self.max_frame_len.to_le_bytes());
     }
 }

@@ -1,5 +1,6 @@
 //! Linux: small helpers shared by the modules below, and their re-exports.
 
+pub(crate) mod confine;
 pub(crate) mod guardian;
 pub(crate) mod process;
 pub(crate) mod reactor;

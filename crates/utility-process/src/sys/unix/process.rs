@@ -65,6 +65,23 @@ pub(crate) struct SpawnPlan {
     pub port: OwnedFd,
     /// `/dev/null`, for stdin.
     pub dev_null: OwnedFd,
+    /// Limits and sandbox layers to apply just before `execve`, if any.
+    pub confine: Option<PreExec>,
+}
+
+/// What a confined child applies to itself between fork and exec.
+#[derive(Debug)]
+pub(crate) struct PreExec {
+    /// `setrlimit` calls: (resource, soft and hard limits).
+    pub rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    /// Set `no_new_privs` (needed by the two below).
+    pub no_new_privs: bool,
+    /// A Landlock ruleset to restrict the child to.
+    pub ruleset: Option<super::confine::Ruleset>,
+    /// A seccomp filter to install (empty: none).
+    pub filter: Vec<libc::sock_filter>,
+    /// The write end of the report pipe: fd 4 in the child.
+    pub report: OwnedFd,
 }
 
 /// The step at which a child failed to start.
@@ -75,6 +92,8 @@ pub(crate) enum SpawnStep {
     ParentDeathSignal,
     Descriptors,
     Chdir,
+    Limits,
+    Sandbox,
     Exec,
     Pidfd,
 }
@@ -86,6 +105,8 @@ impl SpawnStep {
             2 => SpawnStep::ParentDeathSignal,
             3 => SpawnStep::Descriptors,
             4 => SpawnStep::Chdir,
+            6 => SpawnStep::Limits,
+            7 => SpawnStep::Sandbox,
             _ => SpawnStep::Exec,
         }
     }
@@ -96,6 +117,8 @@ impl SpawnStep {
             SpawnStep::ParentDeathSignal => 2,
             SpawnStep::Descriptors => 3,
             SpawnStep::Chdir => 4,
+            SpawnStep::Limits => 6,
+            SpawnStep::Sandbox => 7,
             _ => 5,
         }
     }
@@ -134,6 +157,27 @@ pub(crate) fn spawn(plan: SpawnPlan) -> Result<Spawned, (SpawnStep, io::Error)> 
         report: err_write.as_raw_fd(),
         // SAFETY: getpid has no preconditions.
         parent_pid: unsafe { libc::getpid() },
+        rlimits: plan
+            .confine
+            .as_ref()
+            .map_or(&[][..], |c| &c.rlimits[..])
+            .as_ptr(),
+        rlimit_count: plan.confine.as_ref().map_or(0, |c| c.rlimits.len()),
+        no_new_privs: plan.confine.as_ref().is_some_and(|c| c.no_new_privs),
+        ruleset: plan
+            .confine
+            .as_ref()
+            .and_then(|c| c.ruleset.as_ref())
+            .map(|r| r.as_raw_fd()),
+        filter: plan
+            .confine
+            .as_ref()
+            .filter(|c| !c.filter.is_empty())
+            .map(|c| libc::sock_fprog {
+                len: c.filter.len() as libc::c_ushort,
+                filter: c.filter.as_ptr().cast_mut(),
+            }),
+        confine_report: plan.confine.as_ref().map(|c| c.report.as_raw_fd()),
     };
 
     // The child runs on a stack of its own, in our memory, until it execs.
@@ -234,6 +278,12 @@ struct Layout {
     port: RawFd,
     report: RawFd,
     parent_pid: libc::pid_t,
+    rlimits: *const (libc::__rlimit_resource_t, libc::rlimit),
+    rlimit_count: usize,
+    no_new_privs: bool,
+    ruleset: Option<RawFd>,
+    filter: Option<libc::sock_fprog>,
+    confine_report: Option<RawFd>,
 }
 
 fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
@@ -283,28 +333,36 @@ unsafe fn exec_child(layout: &Layout) -> ! {
             libc::_exit(127);
         }
 
-        // 4. Descriptors. First copy every source above 3, so that placing one cannot
-        //    overwrite another that happens to sit at 0..=3.
-        let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 4);
+        // 4. Descriptors. First copy every source above 4, so that placing one cannot
+        //    overwrite another that happens to sit at 0..=4.
+        let high = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 5);
         let stdin = high(layout.stdin);
         let port = high(layout.port);
         let stdout = layout.stdout.map(high);
         let stderr = layout.stderr.map(high);
-        if stdin < 0 || port < 0 || stdout == Some(-1) || stderr == Some(-1) {
+        let confine_report = layout.confine_report.map(high);
+        if stdin < 0
+            || port < 0
+            || stdout == Some(-1)
+            || stderr == Some(-1)
+            || confine_report == Some(-1)
+        {
             fail(layout.report, SpawnStep::Descriptors);
         }
-        // dup2 clears FD_CLOEXEC on the target: these four survive exec.
+        // dup2 clears FD_CLOEXEC on the target: these survive exec.
         let placed = libc::dup2(stdin, 0) == 0
             && stdout.is_none_or(|fd| libc::dup2(fd, 1) == 1)
             && stderr.is_none_or(|fd| libc::dup2(fd, 2) == 2)
-            && libc::dup2(port, 3) == 3;
+            && libc::dup2(port, 3) == 3
+            && confine_report.is_none_or(|fd| libc::dup2(fd, 4) == 4);
         if !placed {
             fail(layout.report, SpawnStep::Descriptors);
         }
-        // Everything from 4 up closes at exec — including descriptors the parent opened
-        // without O_CLOEXEC, and our report pipe, whose closing tells the parent exec worked.
+        // Everything above closes at exec — including descriptors the parent opened
+        // without O_CLOEXEC, and our error pipe, whose closing tells the parent exec worked.
+        let first_closed = if confine_report.is_some() { 5 } else { 4 };
         if libc::close_range(
-            4,
+            first_closed,
             libc::c_uint::MAX,
             libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
         ) != 0
@@ -312,7 +370,7 @@ unsafe fn exec_child(layout: &Layout) -> ! {
             let mut limit: libc::rlimit = std::mem::zeroed();
             libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
             let top = limit.rlim_cur.min(1 << 20) as RawFd;
-            for fd in 4..top {
+            for fd in first_closed as RawFd..top {
                 libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
             }
         }
@@ -321,6 +379,35 @@ unsafe fn exec_child(layout: &Layout) -> ! {
         if let Some(cwd) = layout.cwd {
             if libc::chdir(cwd) != 0 {
                 fail(layout.report, SpawnStep::Chdir);
+            }
+        }
+
+        // 6. Limits, then the sandbox's first layers, last of all so that nothing above
+        //    needs what they forbid. The filter lets `execve` through: the program's loader
+        //    needs to open its libraries; the child's library code tightens the rest.
+        for i in 0..layout.rlimit_count {
+            let (resource, limit) = &*layout.rlimits.add(i);
+            if libc::setrlimit(*resource, limit) != 0 {
+                fail(layout.report, SpawnStep::Limits);
+            }
+        }
+        if layout.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail(layout.report, SpawnStep::Sandbox);
+        }
+        if let Some(ruleset) = layout.ruleset {
+            if libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0 as libc::c_uint) != 0 {
+                fail(layout.report, SpawnStep::Sandbox);
+            }
+        }
+        if let Some(filter) = &layout.filter {
+            if libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0 as libc::c_uint,
+                filter as *const libc::sock_fprog,
+            ) != 0
+            {
+                fail(layout.report, SpawnStep::Sandbox);
             }
         }
         libc::execve(layout.program, layout.argv, layout.envp);
@@ -423,27 +510,34 @@ impl Pidfd {
     }
 
     /// Reaps the process if it has ended.
-    pub(crate) fn try_reap(&self) -> io::Result<Option<RawExit>> {
+    pub(crate) fn try_reap(&self) -> io::Result<Option<Reaped>> {
         self.wait(libc::WEXITED | libc::WNOHANG)
     }
 
-    fn wait(&self, flags: libc::c_int) -> io::Result<Option<RawExit>> {
+    fn wait(&self, flags: libc::c_int) -> io::Result<Option<Reaped>> {
         retry(|| {
-            // SAFETY: waitid fills `info`, a zeroed siginfo_t we own, for the process behind
-            // our pidfd only (P_PIDFD): it can never reap anyone else.
+            // SAFETY: the raw waitid (whose fifth argument, which libc's wrapper lacks, is
+            // the child's resource usage) fills `info` and `usage`, zeroed values we own, for
+            // the process behind our pidfd only (P_PIDFD): it can never reap anyone else.
             unsafe {
                 let mut info: libc::siginfo_t = std::mem::zeroed();
-                cvt(libc::waitid(
+                let mut usage: libc::rusage = std::mem::zeroed();
+                let ret = libc::syscall(
+                    libc::SYS_waitid,
                     libc::P_PIDFD,
                     self.fd.as_raw_fd() as libc::id_t,
-                    &mut info,
+                    &mut info as *mut libc::siginfo_t,
                     flags,
-                ))?;
+                    &mut usage as *mut libc::rusage,
+                );
+                if ret < 0 {
+                    return Err(io::Error::last_os_error());
+                }
                 if info.si_pid() == 0 {
                     return Ok(None);
                 }
                 let status = info.si_status();
-                Ok(Some(match info.si_code {
+                let exit = match info.si_code {
                     libc::CLD_EXITED => RawExit::Code(status),
                     libc::CLD_DUMPED => RawExit::Signal {
                         signal: status,
@@ -453,10 +547,25 @@ impl Pidfd {
                         signal: status,
                         core_dumped: false,
                     },
+                };
+                let time = |t: libc::timeval| {
+                    std::time::Duration::from_secs(t.tv_sec.max(0) as u64)
+                        + std::time::Duration::from_micros(t.tv_usec.max(0) as u64)
+                };
+                Ok(Some(Reaped {
+                    exit,
+                    cpu_time: time(usage.ru_utime) + time(usage.ru_stime),
                 }))
             }
         })
     }
+}
+
+/// How a reaped child ended, and the CPU time it used.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reaped {
+    pub exit: RawExit,
+    pub cpu_time: std::time::Duration,
 }
 
 impl Pidfd {

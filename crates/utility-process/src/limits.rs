@@ -1,0 +1,240 @@
+//! Resource limits for a utility process: how much memory, CPU time, open files, processes
+//! and file size it may use.
+//!
+//! Limits are set with [`ForkOptions::limits`](crate::ForkOptions::limits) and applied in the
+//! child before its program runs, so they hold from its first instruction. On Linux today the
+//! kernel's resource limits (`setrlimit`) enforce them:
+//!
+//! | limit | enforced by | what the child sees | what the parent is told |
+//! |---|---|---|---|
+//! | [`memory`](Limits::memory) | `RLIMIT_AS` (address space) | allocations fail; a Rust child aborts | [`Error::LimitExceeded`] with [`Limit::Memory`] |
+//! | [`cpu_time`](Limits::cpu_time) | `RLIMIT_CPU` (whole seconds) | SIGXCPU, then SIGKILL one second later | [`Limit::CpuTime`] |
+//! | [`open_files`](Limits::open_files) | `RLIMIT_NOFILE` | `open`, `socketpair`… fail with `EMFILE` | nothing: the child carries on |
+//! | [`processes`](Limits::processes) | `RLIMIT_NPROC` (per user) | `fork` fails with `EAGAIN` | nothing: the child carries on |
+//! | [`file_size`](Limits::file_size) | `RLIMIT_FSIZE` | SIGXFSZ on a write past the limit | [`Limit::FileSize`] |
+//!
+//! A limit the machine cannot enforce is an error at fork ([`Error::Unenforceable`]), unless
+//! the limits were made [`best_effort`](Limits::best_effort). [`Limits::backend`] tells, ahead
+//! of time, what enforces each one here.
+//!
+//! # Platform-specific behavior
+//!
+//! `RLIMIT_AS` counts address space, not resident memory: thread stacks and allocator arenas
+//! are reserved up front, so give a multi-threaded child room (a tokio child reserves tens of
+//! MiB before it allocates anything). `RLIMIT_NPROC` counts every process of the child's real
+//! user, not only the child's own, and does not bind a process with `CAP_SYS_ADMIN` or
+//! `CAP_SYS_RESOURCE` (root): there it cannot be enforced. cgroup v2 (`memory.max`,
+//! `cpu.max`, `pids.max`) is not used yet — see the README's limitations.
+//!
+//! [`Error::LimitExceeded`]: crate::Error::LimitExceeded
+//! [`Error::Unenforceable`]: crate::Error::Unenforceable
+
+use std::fmt;
+use std::time::Duration;
+
+/// One kind of resource limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Limit {
+    /// Address space, in bytes.
+    Memory,
+    /// CPU time, user and system together.
+    CpuTime,
+    /// Open file descriptors.
+    OpenFiles,
+    /// Processes (and threads) of the child's user.
+    Processes,
+    /// The size of any file the child writes.
+    FileSize,
+}
+
+impl Limit {
+    /// Every kind, in a fixed order.
+    pub const ALL: [Limit; 5] = [
+        Limit::Memory,
+        Limit::CpuTime,
+        Limit::OpenFiles,
+        Limit::Processes,
+        Limit::FileSize,
+    ];
+
+    /// A short name: `"memory"`, `"CPU time"`…
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::Memory => "memory",
+            Limit::CpuTime => "CPU time",
+            Limit::OpenFiles => "open files",
+            Limit::Processes => "processes",
+            Limit::FileSize => "file size",
+        }
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What enforces a limit on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// A kernel resource limit (`setrlimit`), named.
+    Rlimit(&'static str),
+    /// Nothing can: the reason, in words.
+    Unavailable(&'static str),
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backend::Rlimit(name) => write!(f, "{name}"),
+            Backend::Unavailable(why) => write!(f, "unavailable: {why}"),
+        }
+    }
+}
+
+/// The resource limits of one utility process. Every limit is off until set.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use utility_process::{fork, Error, Event, ForkOptions, Limit, Limits};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// // A shell that spins forever is stopped after one second of CPU time.
+/// let limits = Limits::new().cpu_time(Duration::from_secs(1));
+/// let mut child = fork("sh", ["-c", "while :; do :; done"], ForkOptions::default().limits(limits))?;
+/// let mut reason = None;
+/// while let Some(event) = child.next_event().await {
+///     if let Event::Error(Error::LimitExceeded { limit, .. }) = event {
+///         reason = Some(limit);
+///     }
+/// }
+/// assert_eq!(reason, Some(Limit::CpuTime));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub(crate) memory: Option<u64>,
+    pub(crate) cpu_time: Option<Duration>,
+    pub(crate) open_files: Option<u64>,
+    pub(crate) processes: Option<u64>,
+    pub(crate) file_size: Option<u64>,
+    pub(crate) best_effort: bool,
+}
+
+impl Limits {
+    /// No limit set.
+    pub fn new() -> Limits {
+        Limits::default()
+    }
+
+    /// At most `bytes` of address space.
+    pub fn memory(mut self, bytes: u64) -> Limits {
+        self.memory = Some(bytes);
+        self
+    }
+
+    /// At most this much CPU time, rounded up to whole seconds (the kernel's unit).
+    pub fn cpu_time(mut self, time: Duration) -> Limits {
+        self.cpu_time = Some(time);
+        self
+    }
+
+    /// At most `count` open descriptors (the child's stdio and port count).
+    pub fn open_files(mut self, count: u64) -> Limits {
+        self.open_files = Some(count);
+        self
+    }
+
+    /// At most `count` processes and threads for the child's user (see the module docs).
+    pub fn processes(mut self, count: u64) -> Limits {
+        self.processes = Some(count);
+        self
+    }
+
+    /// No file written larger than `bytes`.
+    pub fn file_size(mut self, bytes: u64) -> Limits {
+        self.file_size = Some(bytes);
+        self
+    }
+
+    /// Apply what this machine can enforce and skip the rest, instead of failing the fork.
+    pub fn best_effort(mut self) -> Limits {
+        self.best_effort = true;
+        self
+    }
+
+    /// What enforces `limit` on this machine, for this process's privileges.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use utility_process::{Backend, Limit, Limits};
+    ///
+    /// assert_eq!(Limits::backend(Limit::Memory), Backend::Rlimit("RLIMIT_AS"));
+    /// for limit in Limit::ALL {
+    ///     println!("{limit}: {}", Limits::backend(limit));
+    /// }
+    /// ```
+    pub fn backend(limit: Limit) -> Backend {
+        match limit {
+            Limit::Memory => Backend::Rlimit("RLIMIT_AS"),
+            Limit::CpuTime => Backend::Rlimit("RLIMIT_CPU"),
+            Limit::OpenFiles => Backend::Rlimit("RLIMIT_NOFILE"),
+            Limit::FileSize => Backend::Rlimit("RLIMIT_FSIZE"),
+            Limit::Processes if crate::sys::confine::ignores_process_limit() => {
+                Backend::Unavailable(
+                    "RLIMIT_NPROC does not bind a process with CAP_SYS_ADMIN or \
+                     CAP_SYS_RESOURCE (this one has them), and no delegated cgroup is used",
+                )
+            }
+            Limit::Processes => Backend::Rlimit("RLIMIT_NPROC"),
+        }
+    }
+
+    /// The limits that are set, with their values as `setrlimit` takes them.
+    pub(crate) fn rlimits(&self) -> Vec<(Limit, libc::__rlimit_resource_t, libc::rlimit)> {
+        let same = |value: u64| libc::rlimit {
+            rlim_cur: value,
+            rlim_max: value,
+        };
+        let mut out = Vec::new();
+        if let Some(bytes) = self.memory {
+            out.push((Limit::Memory, libc::RLIMIT_AS, same(bytes)));
+        }
+        if let Some(time) = self.cpu_time {
+            // Whole seconds, at least one; the hard limit one second later turns a child
+            // that ignores SIGXCPU into a SIGKILLed one.
+            let seconds = (time.as_secs() + u64::from(time.subsec_nanos() > 0)).max(1);
+            out.push((
+                Limit::CpuTime,
+                libc::RLIMIT_CPU,
+                libc::rlimit {
+                    rlim_cur: seconds,
+                    rlim_max: seconds + 1,
+                },
+            ));
+        }
+        if let Some(count) = self.open_files {
+            out.push((Limit::OpenFiles, libc::RLIMIT_NOFILE, same(count)));
+        }
+        if let Some(count) = self.processes {
+            out.push((Limit::Processes, libc::RLIMIT_NPROC, same(count)));
+        }
+        if let Some(bytes) = self.file_size {
+            out.push((Limit::FileSize, libc::RLIMIT_FSIZE, same(bytes)));
+        }
+        out
+    }
+
+    /// Whether any limit is set.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rlimits().is_empty()
+    }
+}

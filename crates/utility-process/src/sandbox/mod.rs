@@ -1,0 +1,1042 @@
+//! Sandboxes for utility processes: a child that can compute and talk on its ports, and
+//! nothing else.
+//!
+//! [`Sandbox::strict`] is the compute-only profile. A child under it may read and write the
+//! descriptors it holds (its port, stdio, ports and shared buffers it receives), allocate
+//! memory, start threads, use time and futexes, and exit. It may not open any path, create a
+//! socket (other than the socket pairs behind new [`MessageChannel`]s), exec a program, fork,
+//! ptrace or signal another process, change its sandbox, use io_uring, or use the 32-bit and
+//! x32 system-call entry points. [`Sandbox::allow_read`], [`allow_write`](Sandbox::allow_write),
+//! [`allow_exec`](Sandbox::allow_exec) and [`allow_network`](Sandbox::allow_network) open what
+//! an application needs beyond that.
+//!
+//! # How it is built
+//!
+//! Three kernel features, applied in two stages:
+//!
+//! 1. **Before `execve`**, in the forked child, for any program: `PR_SET_NO_NEW_PRIVS` (no
+//!    set-user-ID or file-capability gain, ever); a Landlock ruleset under which the whole
+//!    filesystem is read-only (reads and exec are left to stage 2, since the program's loader
+//!    must still open its libraries), TCP bind/connect are denied (Landlock ABI 4) and signals
+//!    and abstract Unix sockets cannot reach outside the sandbox (ABI 6); and a seccomp filter
+//!    that denies the dangerous calls outright (ptrace, io_uring, namespaces, mounts, BPF,
+//!    keyrings, module loading, fork, socket creation…).
+//! 2. **Before `main`**, in a Rust child built with this crate: a library constructor (run by
+//!    the loader, before the program's own code) adds a second Landlock ruleset that grants
+//!    no filesystem access at all beyond the paths allowed, and a second seccomp filter that
+//!    allows only the calls listed in the module source (`strict_rules`), with arguments
+//!    checked where they matter (threads but not processes; signals only to itself; `ioctl`
+//!    and `prctl` only for harmless requests). The child confirms it in its handshake; a child
+//!    that talks without confirming is killed ([`Error::SandboxNotApplied`]).
+//!
+//! A denied call raises SIGSYS in the child; the library's handler writes the call's number
+//! to the parent (which reports [`Error::SandboxViolation`] naming it) and makes the call fail
+//! with `EPERM`, so the child goes on. A program without the handler (not built with this
+//! crate, or one it was allowed to exec) dies of SIGSYS, which the parent reports the same
+//! way, without the name. Filters and rulesets are inherited by every thread and process the
+//! child starts and can only be tightened, never loosened.
+//!
+//! # Fail closed
+//!
+//! A layer the kernel cannot enforce is an error at fork ([`Error::Unenforceable`], naming the
+//! missing feature) unless the sandbox was made [`best_effort`](Sandbox::best_effort); the
+//! child can then ask [`status`] what is actually enforced.
+//!
+//! # Platform-specific behavior
+//!
+//! Linux on x86_64 only for now. Landlock does not govern `stat`: a sandboxed child can learn
+//! whether a path exists and its metadata, but not open it. macOS (Seatbelt) and Windows
+//! (job objects, AppContainer) are planned behind the same type.
+//!
+//! [`MessageChannel`]: crate::MessageChannel
+//! [`Error::SandboxNotApplied`]: crate::Error::SandboxNotApplied
+//! [`Error::SandboxViolation`]: crate::Error::SandboxViolation
+//! [`Error::Unenforceable`]: crate::Error::Unenforceable
+
+pub(crate) mod filter;
+mod syscall_names;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use filter::{Action, Filter, Rule, Test};
+
+use crate::sys::confine::{self as sys, Ruleset};
+
+/// The environment variable that carries stage 2 to the child.
+pub(crate) const ENV: &str = "UTILITY_PROCESS_CONFINE";
+
+/// The Landlock ABI that covers everything the strict profile promises (scoped signals and
+/// abstract sockets arrived in ABI 6, Linux 6.12).
+pub const LANDLOCK_ABI_NEEDED: u32 = 6;
+
+/// A sandbox profile for [`ForkOptions::sandbox`](crate::ForkOptions::sandbox).
+///
+/// # Examples
+///
+/// ```
+/// use utility_process::{fork, Error, Event, ForkOptions, Sandbox};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// // `cat` may read nothing: its open fails, and it says so.
+/// let sandbox = Sandbox::strict().best_effort();
+/// let options = ForkOptions::default().sandbox(sandbox);
+/// let mut child = fork("cat", ["/etc/hostname"], options)?;
+/// while let Some(event) = child.next_event().await {
+///     if let Event::Exit(status) = event {
+///         assert!(!status.success());
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    read: Vec<PathBuf>,
+    write: Vec<PathBuf>,
+    exec: Vec<PathBuf>,
+    network: bool,
+    best_effort: bool,
+}
+
+impl Sandbox {
+    /// The compute-only profile: nothing beyond the descriptors the child holds.
+    pub fn strict() -> Sandbox {
+        Sandbox::default()
+    }
+
+    /// Also lets the child read files and list directories beneath `path`.
+    pub fn allow_read(mut self, path: impl Into<PathBuf>) -> Sandbox {
+        self.read.push(path.into());
+        self
+    }
+
+    /// Also lets the child read, write, create and remove beneath `path`.
+    pub fn allow_write(mut self, path: impl Into<PathBuf>) -> Sandbox {
+        self.write.push(path.into());
+        self
+    }
+
+    /// Also lets the child exec `program` (with read access to the system's shared libraries,
+    /// which a dynamically linked program needs). The program runs under the same sandbox.
+    pub fn allow_exec(mut self, program: impl Into<PathBuf>) -> Sandbox {
+        self.exec.push(program.into());
+        self
+    }
+
+    /// Also lets the child create sockets and use the network.
+    pub fn allow_network(mut self) -> Sandbox {
+        self.network = true;
+        self
+    }
+
+    /// Apply what the kernel can enforce and skip the rest, instead of failing the fork.
+    /// The child can see what holds with [`status`].
+    pub fn best_effort(mut self) -> Sandbox {
+        self.best_effort = true;
+        self
+    }
+
+    /// What this machine's kernel would enforce of a sandbox, or why it cannot.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let support = utility_process::Sandbox::support();
+    /// println!("seccomp: {}, Landlock ABI: {}", support.seccomp, support.landlock_abi);
+    /// ```
+    pub fn support() -> Support {
+        Support {
+            seccomp: cfg!(target_arch = "x86_64") && sys::seccomp_available(),
+            landlock_abi: sys::landlock_abi(),
+        }
+    }
+}
+
+/// What the kernel offers for sandboxing, as [`Sandbox::support`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Support {
+    /// seccomp filters work, for an architecture the library has filters for.
+    pub seccomp: bool,
+    /// The Landlock ABI version (0: no Landlock).
+    pub landlock_abi: u32,
+}
+
+/// A kernel feature a sandbox or limit needs and this machine lacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Missing {
+    /// seccomp filtering (the kernel lacks `CONFIG_SECCOMP_FILTER`, or the library has no
+    /// filter for this architecture).
+    Seccomp,
+    /// Landlock, or a recent enough ABI of it.
+    Landlock {
+        /// The ABI the kernel has (0: none).
+        found: u32,
+        /// The ABI the sandbox needs.
+        needed: u32,
+    },
+    /// A resource limit, and why.
+    Limit {
+        /// Which limit.
+        limit: crate::Limit,
+        /// Why it cannot be enforced here.
+        why: &'static str,
+    },
+}
+
+impl fmt::Display for Missing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Missing::Seccomp => f.write_str("seccomp filtering for this architecture"),
+            Missing::Landlock { found: 0, needed } => {
+                write!(f, "Landlock (ABI {needed} or later; the kernel has none)")
+            }
+            Missing::Landlock { found, needed } => {
+                write!(f, "Landlock ABI {needed} (the kernel has ABI {found})")
+            }
+            Missing::Limit { limit, why } => write!(f, "a {limit} limit: {why}"),
+        }
+    }
+}
+
+/// What is enforced on the current process, as [`status`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Enforcement {
+    /// `no_new_privs` is set.
+    pub no_new_privs: bool,
+    /// The strict seccomp filter is installed.
+    pub seccomp: bool,
+    /// The Landlock ABI the rulesets were built for (0: no Landlock).
+    pub landlock_abi: u32,
+    /// Filesystem access is limited to the allowed paths.
+    pub filesystem: bool,
+    /// TCP bind and connect are denied (Landlock ABI 4).
+    pub tcp: bool,
+    /// Signals to processes outside the sandbox are denied (Landlock ABI 6).
+    pub signals: bool,
+    /// Abstract Unix sockets outside the sandbox are unreachable (Landlock ABI 6).
+    pub abstract_sockets: bool,
+}
+
+/// A system call, by number and name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Syscall {
+    /// The number, on the child's architecture.
+    pub number: u32,
+    /// The name (`"openat"`), or `""` for a number the kernel never assigned.
+    pub name: &'static str,
+}
+
+impl Syscall {
+    /// The call with this number on this architecture (x86_64).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use utility_process::sandbox::Syscall;
+    /// assert_eq!(Syscall::from_raw(257).name, "openat");
+    /// ```
+    pub fn from_raw(number: u32) -> Syscall {
+        let name = syscall_names::NAMES
+            .get(number as usize)
+            .copied()
+            .unwrap_or("");
+        Syscall { number, name }
+    }
+}
+
+impl fmt::Display for Syscall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.name.is_empty() {
+            write!(f, "system call {}", self.number)
+        } else {
+            write!(f, "{} (system call {})", self.name, self.number)
+        }
+    }
+}
+
+/// What is enforced on this process, if it was started as a sandboxed utility process.
+///
+/// `None` in a process that was not sandboxed by its parent (and in the parent itself).
+///
+/// # Examples
+///
+/// ```
+/// // Not a sandboxed child: nothing to report.
+/// assert!(utility_process::sandbox::status().is_none());
+/// ```
+pub fn status() -> Option<Enforcement> {
+    APPLIED.get().copied().flatten()
+}
+
+/// What stage 2 applied in this process: `Some(None)` when it was asked for no sandbox (only
+/// limits).
+static APPLIED: OnceLock<Option<Enforcement>> = OnceLock::new();
+
+/// The number of the system call called `name` on this architecture.
+fn nr(name: &str) -> u32 {
+    syscall_names::NAMES
+        .iter()
+        .position(|n| *n == name)
+        .map(|n| n as u32)
+        .unwrap_or_else(|| unreachable!("no system call named {name}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// The two filters.
+
+/// Calls no sandboxed child may make, whatever program it runs: they reach outside the
+/// process (ptrace, other processes' memory, descriptors and namespaces), widen the kernel's
+/// attack surface (io_uring, BPF, perf, keyrings, userfaultfd), or administer the machine.
+const DENIED: &[&str] = &[
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "pidfd_getfd",
+    "pidfd_send_signal",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "unshare",
+    "setns",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsmount",
+    "fsconfig",
+    "fspick",
+    "mount_setattr",
+    "open_tree_attr",
+    "bpf",
+    "perf_event_open",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "userfaultfd",
+    "acct",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "syslog",
+    "quotactl",
+    "quotactl_fd",
+    "iopl",
+    "ioperm",
+    "name_to_handle_at",
+    "open_by_handle_at",
+    "uselib",
+    "personality",
+    "lookup_dcookie",
+    "vhangup",
+    "fanotify_init",
+    "fork",
+    "vfork",
+    "process_madvise",
+    "process_mrelease",
+    "memfd_secret",
+    "lsm_set_self_attr",
+];
+
+/// Stage 1: the filter installed before exec, over any program. Everything not denied passes,
+/// so that any loader and runtime can start.
+pub(crate) fn exec_filter(network: bool) -> Filter {
+    let mut rules: Vec<Rule> = DENIED
+        .iter()
+        .map(|name| Rule::Always {
+            nr: nr(name),
+            action: Action::Trap,
+        })
+        .collect();
+    rules.extend(process_rules());
+    if !network {
+        rules.push(Rule::Always {
+            nr: nr("socket"),
+            action: Action::Trap,
+        });
+    }
+    Filter {
+        arch: filter::X86_64,
+        rules,
+        default: Action::Allow,
+    }
+}
+
+/// Threads, not processes: `clone` only with CLONE_THREAD; `clone3` (whose flags sit behind a
+/// pointer no filter can read) says "not implemented", and the C library falls back to
+/// `clone`. A refused process fails with EPERM, quietly: `posix_spawn` blocks every signal
+/// around its `clone`, and a SIGSYS that arrives blocked kills the process.
+fn process_rules() -> Vec<Rule> {
+    vec![
+        Rule::Arg {
+            nr: nr("clone"),
+            arg: 0,
+            test: Test::AllSet(libc::CLONE_THREAD as u32),
+            then: Action::Allow,
+            otherwise: Action::Errno(libc::EPERM as u16),
+        },
+        Rule::Always {
+            nr: nr("clone3"),
+            action: Action::Errno(libc::ENOSYS as u16),
+        },
+    ]
+}
+
+/// Calls the strict profile allows as they are: computing, memory, threads, time, the
+/// descriptors the child holds. Paths are opened only through Landlock's rules.
+const ALLOWED: &[&str] = &[
+    // descriptors it holds
+    "read",
+    "write",
+    "readv",
+    "writev",
+    "pread64",
+    "pwrite64",
+    "preadv",
+    "pwritev",
+    "preadv2",
+    "pwritev2",
+    "close",
+    "close_range",
+    "dup",
+    "dup2",
+    "dup3",
+    "fcntl",
+    "lseek",
+    "fstat",
+    "newfstatat",
+    "statx",
+    "getdents64",
+    "ftruncate",
+    "fallocate",
+    "fadvise64",
+    "fsync",
+    "fdatasync",
+    "flock",
+    "sendfile",
+    "splice",
+    "tee",
+    "copy_file_range",
+    "pipe",
+    "pipe2",
+    // paths: Landlock decides (no rule, no access)
+    "open",
+    "openat",
+    "openat2",
+    "creat",
+    "mkdir",
+    "mkdirat",
+    "rmdir",
+    "unlink",
+    "unlinkat",
+    "rename",
+    "renameat",
+    "renameat2",
+    "link",
+    "linkat",
+    "symlink",
+    "symlinkat",
+    "truncate",
+    "getcwd",
+    // ports and buffers
+    "sendmsg",
+    "recvmsg",
+    "sendto",
+    "recvfrom",
+    "sendmmsg",
+    "recvmmsg",
+    "shutdown",
+    "getsockopt",
+    "setsockopt",
+    "getsockname",
+    "getpeername",
+    "memfd_create",
+    // memory
+    "mmap",
+    "munmap",
+    "mprotect",
+    "mremap",
+    "madvise",
+    "brk",
+    "msync",
+    "mincore",
+    "mlock",
+    "mlock2",
+    "munlock",
+    "mlockall",
+    "munlockall",
+    "membarrier",
+    "mseal",
+    // threads and signals to itself
+    "set_robust_list",
+    "rseq",
+    "set_tid_address",
+    "arch_prctl",
+    "gettid",
+    "getpid",
+    "getppid",
+    "futex",
+    "futex_waitv",
+    "futex_wake",
+    "futex_wait",
+    "futex_requeue",
+    "sched_yield",
+    "sched_getparam",
+    "sched_getscheduler",
+    "sched_get_priority_max",
+    "sched_get_priority_min",
+    "sched_getattr",
+    "getcpu",
+    "rt_sigaction",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "rt_sigpending",
+    "rt_sigtimedwait",
+    "rt_sigsuspend",
+    "sigaltstack",
+    "restart_syscall",
+    "exit",
+    "exit_group",
+    "wait4",
+    "waitid",
+    // waiting and time
+    "poll",
+    "ppoll",
+    "select",
+    "pselect6",
+    "epoll_create",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "eventfd",
+    "eventfd2",
+    "signalfd",
+    "signalfd4",
+    "timerfd_create",
+    "timerfd_settime",
+    "timerfd_gettime",
+    "nanosleep",
+    "clock_nanosleep",
+    "clock_gettime",
+    "clock_getres",
+    "gettimeofday",
+    "time",
+    "alarm",
+    "getitimer",
+    "setitimer",
+    "timer_create",
+    "timer_settime",
+    "timer_gettime",
+    "timer_getoverrun",
+    "timer_delete",
+    // harmless facts about itself and the machine
+    "getuid",
+    "geteuid",
+    "getgid",
+    "getegid",
+    "getresuid",
+    "getresgid",
+    "getgroups",
+    "getpgrp",
+    "getpgid",
+    "getsid",
+    "getrusage",
+    "times",
+    "getrlimit",
+    "getpriority",
+    "capget",
+    "uname",
+    "sysinfo",
+    "umask",
+    "getrandom",
+];
+
+/// Probes libraries make about paths; they fail quietly (Landlock would deny the path anyway,
+/// and these are not worth an alarm).
+const QUIETLY_DENIED: &[&str] = &[
+    "access",
+    "faccessat",
+    "faccessat2",
+    "readlink",
+    "readlinkat",
+];
+
+/// Stage 2: the strict allow-list, installed by the child's library before `main`.
+pub(crate) fn strict_filter(policy: &Policy, pid: u32) -> Filter {
+    let mut rules: Vec<Rule> = ALLOWED
+        .iter()
+        .map(|name| Rule::Always {
+            nr: nr(name),
+            action: Action::Allow,
+        })
+        .collect();
+    rules.extend(QUIETLY_DENIED.iter().map(|name| Rule::Always {
+        nr: nr(name),
+        action: Action::Errno(libc::EACCES as u16),
+    }));
+    rules.extend(process_rules());
+    let only_self = |name: &str, selves: Vec<u32>| Rule::Arg {
+        nr: nr(name),
+        arg: 0,
+        test: Test::OneOf(selves),
+        then: Action::Allow,
+        otherwise: Action::Trap,
+    };
+    rules.push(only_self("kill", vec![pid, 0]));
+    rules.push(only_self("tgkill", vec![pid]));
+    rules.push(only_self("rt_sigqueueinfo", vec![pid]));
+    rules.push(only_self("rt_tgsigqueueinfo", vec![pid]));
+    rules.push(only_self("sched_getaffinity", vec![pid, 0]));
+    rules.push(Rule::Arg {
+        nr: nr("socketpair"),
+        arg: 0,
+        test: Test::OneOf(vec![libc::AF_UNIX as u32]),
+        then: Action::Allow,
+        otherwise: Action::Trap,
+    });
+    rules.push(Rule::Arg {
+        nr: nr("prlimit64"),
+        arg: 2,
+        test: Test::Null,
+        then: Action::Allow,
+        otherwise: Action::Trap,
+    });
+    rules.push(Rule::Arg {
+        nr: nr("ioctl"),
+        arg: 1,
+        test: Test::OneOf(vec![
+            libc::FIONBIO as u32,
+            libc::FIOCLEX as u32,
+            libc::FIONCLEX as u32,
+            libc::FIONREAD as u32,
+            libc::TCGETS as u32,
+            libc::TIOCGWINSZ as u32,
+        ]),
+        then: Action::Allow,
+        otherwise: Action::Trap,
+    });
+    rules.push(Rule::Arg {
+        nr: nr("prctl"),
+        arg: 0,
+        test: Test::OneOf(vec![
+            libc::PR_SET_NAME as u32,
+            libc::PR_GET_NAME as u32,
+            libc::PR_GET_NO_NEW_PRIVS as u32,
+            libc::PR_GET_DUMPABLE as u32,
+            // PR_SET_VMA: glibc names its anonymous mappings.
+            0x5356_4d41,
+        ]),
+        then: Action::Allow,
+        otherwise: Action::Trap,
+    });
+    if policy.network {
+        for name in ["socket", "connect", "bind", "listen", "accept", "accept4"] {
+            rules.push(Rule::Always {
+                nr: nr(name),
+                action: Action::Allow,
+            });
+        }
+    }
+    if !policy.exec.is_empty() {
+        for name in ["execve", "execveat"] {
+            rules.push(Rule::Always {
+                nr: nr(name),
+                action: Action::Allow,
+            });
+        }
+    }
+    Filter {
+        arch: filter::X86_64,
+        rules,
+        default: Action::Trap,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The parent's side: check, prepare stage 1, hand stage 2 over.
+
+/// The system calls the strict profile lets through, some only with certain arguments
+/// (`clone` only for threads, `kill` only to itself, `ioctl` and `prctl` only for a few
+/// harmless requests…). Every other call is denied and reported. For audits and tests.
+///
+/// # Examples
+///
+/// ```
+/// let allowed = utility_process::sandbox::strict_allowed();
+/// assert!(allowed.contains(&"read"));
+/// assert!(!allowed.contains(&"execve"));
+/// ```
+pub fn strict_allowed() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = ALLOWED.to_vec();
+    names.extend(CONDITIONALLY_ALLOWED);
+    names
+}
+
+/// Calls `strict_filter` allows only with some arguments.
+const CONDITIONALLY_ALLOWED: &[&str] = &[
+    "clone",
+    "kill",
+    "tgkill",
+    "rt_sigqueueinfo",
+    "rt_tgsigqueueinfo",
+    "sched_getaffinity",
+    "socketpair",
+    "prlimit64",
+    "ioctl",
+    "prctl",
+];
+
+/// What the child's library must apply before `main` (stage 2), as it travels in [`ENV`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Policy {
+    /// A sandbox, not only limits.
+    pub sandbox: bool,
+    pub read: Vec<PathBuf>,
+    pub write: Vec<PathBuf>,
+    pub exec: Vec<PathBuf>,
+    pub network: bool,
+    pub best_effort: bool,
+    /// A memory limit is set: report aborts after failed allocations.
+    pub memory_limited: bool,
+}
+
+impl Policy {
+    /// `1;s=1;n=0;b=0;m=1;r=<hex>,<hex>;w=…;x=…`
+    pub(crate) fn encode(&self) -> OsString {
+        let flag = |b: bool| if b { '1' } else { '0' };
+        let paths = |paths: &[PathBuf]| {
+            paths
+                .iter()
+                .map(|p| {
+                    p.as_os_str()
+                        .as_bytes()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        OsString::from(format!(
+            "1;s={};n={};b={};m={};r={};w={};x={}",
+            flag(self.sandbox),
+            flag(self.network),
+            flag(self.best_effort),
+            flag(self.memory_limited),
+            paths(&self.read),
+            paths(&self.write),
+            paths(&self.exec),
+        ))
+    }
+
+    pub(crate) fn decode(text: &[u8]) -> Option<Policy> {
+        let text = std::str::from_utf8(text).ok()?;
+        let mut fields = text.split(';');
+        if fields.next()? != "1" {
+            return None;
+        }
+        let mut policy = Policy::default();
+        for field in fields {
+            let (key, value) = field.split_once('=')?;
+            let flag = || match value {
+                "1" => Some(true),
+                "0" => Some(false),
+                _ => None,
+            };
+            let paths = || -> Option<Vec<PathBuf>> {
+                value
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|hex| {
+                        let bytes = (0..hex.len())
+                            .step_by(2)
+                            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                            .collect::<Option<Vec<u8>>>()?;
+                        Some(PathBuf::from(OsString::from_vec(bytes)))
+                    })
+                    .collect()
+            };
+            match key {
+                "s" => policy.sandbox = flag()?,
+                "n" => policy.network = flag()?,
+                "b" => policy.best_effort = flag()?,
+                "m" => policy.memory_limited = flag()?,
+                "r" => policy.read = paths()?,
+                "w" => policy.write = paths()?,
+                "x" => policy.exec = paths()?,
+                _ => return None,
+            }
+        }
+        Some(policy)
+    }
+}
+
+/// Stage 1 for one child, ready for the fork.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub ruleset: Option<Ruleset>,
+    pub filter: Vec<libc::sock_filter>,
+}
+
+/// Why a sandbox cannot be prepared.
+#[derive(Debug)]
+pub(crate) enum PrepareError {
+    /// A kernel feature is missing (and the sandbox is not best effort).
+    Missing(Missing),
+    /// A system call failed (an allowed path does not exist, say).
+    Io(std::io::Error),
+}
+
+impl Sandbox {
+    /// Checks the kernel, and builds stage 1 for a fork.
+    pub(crate) fn prepare(&self) -> Result<Prepared, PrepareError> {
+        let support = Sandbox::support();
+        if !support.seccomp {
+            // Without seccomp there is no sandbox to speak of: best effort still refuses.
+            return Err(PrepareError::Missing(Missing::Seccomp));
+        }
+        let abi = support.landlock_abi;
+        if abi < LANDLOCK_ABI_NEEDED && !self.best_effort {
+            return Err(PrepareError::Missing(Missing::Landlock {
+                found: abi,
+                needed: LANDLOCK_ABI_NEEDED,
+            }));
+        }
+        let filter = exec_filter(self.network)
+            .compile()
+            .map_err(|e| PrepareError::Io(std::io::Error::other(format!("{e:?}"))))?;
+        let ruleset = if abi == 0 {
+            None
+        } else {
+            let all = sys::fs_rights(abi);
+            let ruleset = Ruleset::new(all, tcp_rights(abi, self.network), scopes(abi))
+                .map_err(PrepareError::Io)?;
+            // Stage 1 only takes writing away; reading and exec go in stage 2.
+            ruleset
+                .allow_path(
+                    Path::new("/"),
+                    sys::FS_READ_FILE | sys::FS_READ_DIR | sys::FS_EXECUTE,
+                )
+                .map_err(PrepareError::Io)?;
+            for path in &self.write {
+                ruleset.allow_path(path, all).map_err(PrepareError::Io)?;
+            }
+            Some(ruleset)
+        };
+        Ok(Prepared { ruleset, filter })
+    }
+
+    /// The stage-2 policy for the child.
+    pub(crate) fn policy(&self, memory_limited: bool) -> Policy {
+        Policy {
+            sandbox: true,
+            read: self.read.clone(),
+            write: self.write.clone(),
+            exec: self.exec.clone(),
+            network: self.network,
+            best_effort: self.best_effort,
+            memory_limited,
+        }
+    }
+}
+
+fn tcp_rights(abi: u32, network: bool) -> u64 {
+    if abi >= 4 && !network {
+        sys::NET_BIND_TCP | sys::NET_CONNECT_TCP
+    } else {
+        0
+    }
+}
+
+fn scopes(abi: u32) -> u64 {
+    if abi >= 6 {
+        sys::SCOPE_SIGNAL | sys::SCOPE_ABSTRACT_UNIX_SOCKET
+    } else {
+        0
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The child's side: stage 2, before `main`.
+
+/// Where a sandbox library looks for the shared libraries a program it may exec needs.
+const LIBRARY_DIRS: &[&str] = &[
+    "/lib",
+    "/lib64",
+    "/usr/lib",
+    "/usr/lib64",
+    "/etc/ld.so.cache",
+];
+
+/// Run by the library's constructor in every process that links it: applies stage 2 when the
+/// parent asked for it. On failure the child must not run unconfined: it reports and exits.
+pub(crate) fn apply_at_start() {
+    let Some(text) = std::env::var_os(ENV) else {
+        return;
+    };
+    // The constructor runs before `main`, on the only thread there is: nothing reads the
+    // environment concurrently.
+    std::env::remove_var(ENV);
+    let Some(policy) = Policy::decode(text.as_bytes()) else {
+        refuse_to_start(libc::EINVAL);
+    };
+    if let Err(e) = sys::install_reporters(policy.memory_limited) {
+        refuse_to_start(e.raw_os_error().unwrap_or(libc::EIO));
+    }
+    if !policy.sandbox {
+        let _ = APPLIED.set(None);
+        return;
+    }
+    match apply_strict(&policy) {
+        Ok(enforced) => {
+            let _ = APPLIED.set(Some(enforced));
+        }
+        Err(e) => refuse_to_start(e.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}
+
+fn apply_strict(policy: &Policy) -> std::io::Result<Enforcement> {
+    let abi = sys::landlock_abi();
+    if abi < LANDLOCK_ABI_NEEDED && !policy.best_effort {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOSYS));
+    }
+    sys::set_no_new_privs()?;
+    let mut enforced = Enforcement {
+        no_new_privs: true,
+        landlock_abi: abi,
+        ..Enforcement::default()
+    };
+    if abi > 0 {
+        let all = sys::fs_rights(abi);
+        let tcp = tcp_rights(abi, policy.network);
+        let scoped = scopes(abi);
+        let ruleset = Ruleset::new(all, tcp, scoped)?;
+        for path in &policy.read {
+            ruleset.allow_path(path, sys::FS_READ_FILE | sys::FS_READ_DIR)?;
+        }
+        for path in &policy.write {
+            ruleset.allow_path(path, all)?;
+        }
+        for program in &policy.exec {
+            ruleset.allow_path(program, sys::FS_READ_FILE | sys::FS_EXECUTE)?;
+        }
+        if !policy.exec.is_empty() {
+            for dir in LIBRARY_DIRS.iter().map(Path::new).filter(|d| d.exists()) {
+                ruleset.allow_path(dir, sys::FS_READ_FILE | sys::FS_READ_DIR | sys::FS_EXECUTE)?;
+            }
+        }
+        ruleset.restrict_self()?;
+        enforced.filesystem = true;
+        enforced.tcp = tcp != 0;
+        enforced.signals = scoped != 0;
+        enforced.abstract_sockets = scoped != 0;
+    }
+    let program = strict_filter(policy, sys::own_pid())
+        .compile()
+        .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+    sys::install_filter(&program)?;
+    enforced.seccomp = true;
+    Ok(enforced)
+}
+
+/// Stage 2 failed: tell the parent, and never run the program's code unconfined.
+fn refuse_to_start(errno: i32) -> ! {
+    sys::report_refusal(errno);
+    eprintln!(
+        "utility-process: the sandbox or limits the parent asked for could not be applied \
+         ({}); not starting",
+        std::io::Error::from_raw_os_error(errno)
+    );
+    // `_exit` skips atexit handlers and destructors: a process that must not run any more of
+    // its own code.
+    sys::exit_now(127)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_in_the_rules_is_a_system_call_of_this_architecture() {
+        for name in DENIED
+            .iter()
+            .chain(ALLOWED)
+            .chain(QUIETLY_DENIED)
+            .chain(CONDITIONALLY_ALLOWED)
+        {
+            assert!(
+                syscall_names::NAMES.contains(name),
+                "{name} is not a system call name"
+            );
+        }
+    }
+
+    #[test]
+    fn both_filters_compile_within_the_kernels_size_limit() {
+        let policy = Policy {
+            sandbox: true,
+            network: true,
+            exec: vec!["/bin/sh".into()],
+            ..Policy::default()
+        };
+        assert!(exec_filter(false).compile().unwrap().len() < 4096);
+        assert!(strict_filter(&policy, 42).compile().unwrap().len() < 4096);
+    }
+
+    #[test]
+    fn nothing_is_both_allowed_and_denied() {
+        for name in ALLOWED {
+            assert!(!DENIED.contains(name), "{name} is in both lists");
+            assert!(!QUIETLY_DENIED.contains(name), "{name} is in both lists");
+        }
+    }
+
+    #[test]
+    fn a_policy_survives_its_trip_through_the_environment() {
+        let policy = Policy {
+            sandbox: true,
+            read: vec!["/data/in put".into(), "/ünïcode".into()],
+            write: vec!["/tmp/x,y;z=1".into()],
+            exec: vec![],
+            network: true,
+            best_effort: false,
+            memory_limited: true,
+        };
+        let encoded = policy.encode();
+        assert_eq!(Policy::decode(encoded.as_bytes()), Some(policy));
+        assert_eq!(Policy::decode(b"2;s=1"), None);
+        assert_eq!(Policy::decode(b"1;s=maybe"), None);
+        assert_eq!(Policy::decode(b"1;r=zz"), None);
+    }
+
+    #[test]
+    fn syscalls_are_named_by_number() {
+        assert_eq!(
+            Syscall::from_raw(257).to_string(),
+            "openat (system call 257)"
+        );
+        assert_eq!(Syscall::from_raw(100_000).name, "");
+    }
+}
