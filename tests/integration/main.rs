@@ -5,6 +5,8 @@
 mod buffers;
 /// Spawn, exit and error events, kill, no orphans, no zombies, no stray descriptors.
 mod lifecycle;
+/// Resource limits: the child is stopped and the limit named; the tests again as nobody.
+mod limits;
 /// Ordering, sizes, queueing before the child connects, raw bytes, the blocking API.
 mod messages;
 /// Message channels, ports sent between processes, child-to-child talk.

@@ -82,15 +82,20 @@ pub const LANDLOCK_ABI_NEEDED: u32 = 6;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Error> {
-/// // `cat` may read nothing: its open fails, and it says so.
-/// let sandbox = Sandbox::strict().best_effort();
-/// let options = ForkOptions::default().sandbox(sandbox);
-/// let mut child = fork("cat", ["/etc/hostname"], options)?;
+/// # if !Sandbox::support().seccomp || Sandbox::support().landlock_abi < 6 { return Ok(()) }
+/// // Any program gets the layers applied before exec: this shell can write no file.
+/// let options = ForkOptions::default().sandbox(Sandbox::strict());
+/// let mut child = fork("sh", ["-c", "echo escaped > /tmp/sandboxed-shell"], options)?;
 /// while let Some(event) = child.next_event().await {
 ///     if let Event::Exit(status) = event {
 ///         assert!(!status.success());
 ///     }
 /// }
+/// assert!(!std::path::Path::new("/tmp/sandboxed-shell").exists());
+///
+/// // A directory opened to it, and only that one:
+/// let sandbox = Sandbox::strict().allow_write(std::env::temp_dir());
+/// # let _ = sandbox;
 /// # Ok(())
 /// # }
 /// ```
@@ -223,6 +228,9 @@ pub struct Enforcement {
     pub signals: bool,
     /// Abstract Unix sockets outside the sandbox are unreachable (Landlock ABI 6).
     pub abstract_sockets: bool,
+    /// The child runs in user, IPC (and, without network, network) namespaces of its own:
+    /// it holds no capability on the host, even if it runs as root.
+    pub namespaces: bool,
 }
 
 /// A system call, by number and name.
@@ -798,6 +806,8 @@ impl Policy {
 pub(crate) struct Prepared {
     pub ruleset: Option<Ruleset>,
     pub filter: Vec<libc::sock_filter>,
+    /// `CLONE_NEW*` flags to unshare before exec.
+    pub namespaces: libc::c_int,
 }
 
 /// Why a sandbox cannot be prepared.
@@ -845,7 +855,19 @@ impl Sandbox {
             }
             Some(ruleset)
         };
-        Ok(Prepared { ruleset, filter })
+        // A user namespace of its own takes every host capability away from a root child;
+        // a network namespace of its own (no interface but a down loopback) takes the
+        // network away even from a call the filter would let through; IPC namespaces keep
+        // System V shared memory and queues apart.
+        let mut namespaces = libc::CLONE_NEWUSER | libc::CLONE_NEWIPC;
+        if !self.network {
+            namespaces |= libc::CLONE_NEWNET;
+        }
+        Ok(Prepared {
+            ruleset,
+            filter,
+            namespaces,
+        })
     }
 
     /// The stage-2 policy for the child.
@@ -926,6 +948,7 @@ fn apply_strict(policy: &Policy) -> std::io::Result<Enforcement> {
     let mut enforced = Enforcement {
         no_new_privs: true,
         landlock_abi: abi,
+        namespaces: in_own_user_namespace(),
         ..Enforcement::default()
     };
     if abi > 0 {
@@ -959,6 +982,19 @@ fn apply_strict(policy: &Policy) -> std::io::Result<Enforcement> {
     sys::install_filter(&program)?;
     enforced.seccomp = true;
     Ok(enforced)
+}
+
+/// Whether this process runs in a user namespace other than the initial one: there, the
+/// identity map is not the whole range (an unmapped new namespace shows an empty map). Read
+/// before stage 2 takes the filesystem away.
+fn in_own_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) => {
+            let fields: Vec<&str> = map.split_whitespace().collect();
+            fields != ["0", "0", "4294967295"]
+        }
+        Err(_) => false,
+    }
 }
 
 /// Stage 2 failed: tell the parent, and never run the program's code unconfined.

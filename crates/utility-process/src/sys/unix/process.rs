@@ -76,6 +76,8 @@ pub(crate) struct PreExec {
     pub rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
     /// Set `no_new_privs` (needed by the two below).
     pub no_new_privs: bool,
+    /// Namespaces to enter, where the kernel allows it (`CLONE_NEW*` flags; 0: none).
+    pub namespaces: libc::c_int,
     /// A Landlock ruleset to restrict the child to.
     pub ruleset: Option<super::confine::Ruleset>,
     /// A seccomp filter to install (empty: none).
@@ -164,6 +166,7 @@ pub(crate) fn spawn(plan: SpawnPlan) -> Result<Spawned, (SpawnStep, io::Error)> 
             .as_ptr(),
         rlimit_count: plan.confine.as_ref().map_or(0, |c| c.rlimits.len()),
         no_new_privs: plan.confine.as_ref().is_some_and(|c| c.no_new_privs),
+        namespaces: plan.confine.as_ref().map_or(0, |c| c.namespaces),
         ruleset: plan
             .confine
             .as_ref()
@@ -281,6 +284,7 @@ struct Layout {
     rlimits: *const (libc::__rlimit_resource_t, libc::rlimit),
     rlimit_count: usize,
     no_new_privs: bool,
+    namespaces: libc::c_int,
     ruleset: Option<RawFd>,
     filter: Option<libc::sock_fprog>,
     confine_report: Option<RawFd>,
@@ -341,11 +345,14 @@ unsafe fn exec_child(layout: &Layout) -> ! {
         let stdout = layout.stdout.map(high);
         let stderr = layout.stderr.map(high);
         let confine_report = layout.confine_report.map(high);
+        // The ruleset too: the parent may hold it at a number about to be overwritten.
+        let ruleset = layout.ruleset.map(high);
         if stdin < 0
             || port < 0
             || stdout == Some(-1)
             || stderr == Some(-1)
             || confine_report == Some(-1)
+            || ruleset == Some(-1)
         {
             fail(layout.report, SpawnStep::Descriptors);
         }
@@ -394,7 +401,12 @@ unsafe fn exec_child(layout: &Layout) -> ! {
         if layout.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail(layout.report, SpawnStep::Sandbox);
         }
-        if let Some(ruleset) = layout.ruleset {
+        // Namespaces are a layer "where allowed": a kernel or container that refuses them
+        // leaves the child with the other layers, and its library reports what holds.
+        if layout.namespaces != 0 {
+            libc::unshare(layout.namespaces);
+        }
+        if let Some(ruleset) = ruleset {
             if libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0 as libc::c_uint) != 0 {
                 fail(layout.report, SpawnStep::Sandbox);
             }
