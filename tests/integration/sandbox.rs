@@ -294,3 +294,64 @@ async fn a_sandbox_the_kernel_cannot_enforce_is_an_error_at_fork() {
         other => panic!("expected Unenforceable, got {other:?}"),
     }
 }
+
+fn python() -> String {
+    // The interpreter itself, not a shell shim in front of it.
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8(out.stdout)
+        .expect("a path")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_program_without_the_library_still_gets_the_layers_applied_before_exec() {
+    if !kernel_can_sandbox(
+        "a_program_without_the_library_still_gets_the_layers_applied_before_exec",
+    ) {
+        return;
+    }
+    // Landlock: no file can be written.
+    let target = std::env::temp_dir().join(format!("sandboxed-python-{}", std::process::id()));
+    let write = format!(
+        "open({:?}, 'w').write('escaped')",
+        target.display().to_string()
+    );
+    let mut child = fork(
+        python(),
+        ["-c", &write],
+        ForkOptions::default().sandbox(Sandbox::strict()),
+    )
+    .expect("fork python");
+    let mut events = Vec::new();
+    while let Some(event) = next_event(&mut child).await {
+        events.push(event);
+    }
+    assert!(!target.exists(), "the file was written: {events:?}");
+    assert!(
+        matches!(events.last(), Some(Event::Exit(s)) if !s.success()),
+        "{events:?}"
+    );
+
+    // seccomp: a socket ends the program with SIGSYS, reported as a sandbox violation.
+    let mut child = fork(
+        python(),
+        ["-c", "import socket; socket.socket()"],
+        ForkOptions::default().sandbox(Sandbox::strict()),
+    )
+    .expect("fork python");
+    let mut events = Vec::new();
+    while let Some(event) = next_event(&mut child).await {
+        events.push(event);
+    }
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Error(Error::SandboxViolation { syscall: None, .. })
+        )),
+        "{events:?}"
+    );
+}
