@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use utility_process::{
-    fork_entry, init, Entry, Error, Event, ForkOptions, MessageChannel, ParentPort, SharedBuffer,
-    Stdio, UtilityProcess,
+    fork_entry, init, Entry, Error, Event, ForkOptions, Limits, MessageChannel, ParentPort,
+    Sandbox, SharedBuffer, Stdio, UtilityProcess,
 };
 
 /// What the parent asks a worker to do.
@@ -57,6 +57,7 @@ fn main() -> Result<(), Box<dyn StdError>> {
         Entry::new("port-echo", port_echo),
         Entry::blocking("summer", summer),
         Entry::new("pinger", pinger),
+        Entry::blocking("untrusted", untrusted),
     ]);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -204,7 +205,38 @@ async fn tour() -> Result<(), Box<dyn StdError>> {
     }
     summer.kill();
 
-    chapter("8. Kill");
+    chapter("8. Untrusted work: a sandboxed worker under a memory limit");
+    let options = ForkOptions::default()
+        // best_effort: on a kernel without Landlock ABI 6 the tour still runs, with less.
+        .sandbox(Sandbox::strict().best_effort())
+        .limits(Limits::new().memory(256 << 20));
+    let mut untrusted = fork_entry("untrusted", [] as [&str; 0], options)?;
+    expect_spawn(&mut untrusted).await?;
+    for attempt in [
+        "status",
+        "read /etc/passwd",
+        "connect to 1.1.1.1:53",
+        "count primes",
+        "hoard memory",
+    ] {
+        untrusted.post_message(attempt)?;
+        loop {
+            match untrusted.next_event().await {
+                Some(Event::Message(m)) => {
+                    println!("   {attempt:<24} → {}", m.data::<String>()?);
+                    break;
+                }
+                Some(Event::Error(e)) => println!("   {:<24}   (parent) {e}", ""),
+                Some(Event::Exit(status)) => {
+                    println!("   {attempt:<24} → the worker ended: {status}");
+                    break;
+                }
+                other => return Err(format!("unexpected event {other:?}").into()),
+            }
+        }
+    }
+
+    chapter("9. Kill");
     println!("   kill() → {}", worker.kill());
     while let Some(event) = worker.next_event().await {
         if let Event::Exit(status) = event {
@@ -320,6 +352,33 @@ async fn pinger(parent: ParentPort) -> Result<(), Error> {
         "{} round trips worker ↔ worker, straight through the port: {micros:.1} µs each",
         order.count
     ))?;
+    Ok(())
+}
+
+/// Runs under `Sandbox::strict()`: tries what untrusted code might, and says what happened.
+fn untrusted(port: ParentPort) -> Result<(), Error> {
+    while let Some(message) = port.recv_blocking() {
+        let attempt: String = message.data()?;
+        let outcome = match attempt.as_str() {
+            "status" => format!("{:?}", utility_process::sandbox::status()),
+            "read /etc/passwd" => match std::fs::read_to_string("/etc/passwd") {
+                Ok(text) => format!("read {} bytes", text.len()),
+                Err(e) => format!("refused: {e}"),
+            },
+            "connect to 1.1.1.1:53" => match std::net::TcpStream::connect("1.1.1.1:53") {
+                Ok(_) => "connected".to_owned(),
+                Err(e) => format!("refused: {e}"),
+            },
+            "count primes" => format!("{} primes below 100,000", count_primes(100_000)),
+            _ => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                }
+            }
+        };
+        port.post_message(&outcome)?;
+    }
     Ok(())
 }
 

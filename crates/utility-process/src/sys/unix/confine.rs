@@ -12,10 +12,11 @@
 //! - SIGSYS, raised by the seccomp filter's `SECCOMP_RET_TRAP`: `'S'` and the call's number
 //!   (4 bytes, little endian). The handler then makes the denied call return `-EPERM`, so
 //!   the child goes on with an error where it tried to escape;
-//! - SIGABRT with `errno == ENOMEM`: `'M'`. An allocation that fails under the address-space
-//!   limit makes a Rust program abort right after `malloc` set `ENOMEM`; the handler returns
-//!   and `abort()` finishes the job. This is how the parent tells "out of memory under its
-//!   limit" from any other abort.
+//! - SIGABRT after a failed allocation: `'M'`. An allocation that fails under the
+//!   address-space limit makes a Rust program abort soon after `malloc` set `ENOMEM`; the
+//!   handler checks that (or that the address space is all but full), returns, and `abort()`
+//!   finishes the job. This is how the parent tells "out of memory under its limit" from any
+//!   other abort.
 //!
 //! Landlock's constants are the kernel's `include/uapi/linux/landlock.h`; the `libc` crate
 //! does not carry them.
@@ -323,18 +324,44 @@ extern "C" fn on_sigsys(
 }
 
 /// SIGABRT: when the abort follows a failed allocation, say so; `abort()` then goes on.
+///
+/// Two signs, either enough: `errno` is still `ENOMEM` from the failed `malloc` (unless
+/// something in between — printing a backtrace, say — changed it), or the address space is
+/// so nearly full that a [`HEADROOM_PROBE`] mapping fails too.
 extern "C" fn on_sigabrt(
     _signal: libc::c_int,
     _info: *mut libc::siginfo_t,
     _context: *mut libc::c_void,
 ) {
     // SAFETY: errno is this thread's — the aborting thread, whose last failed call set it.
+    // mmap and munmap are system calls (async-signal-safe); the probe maps fresh anonymous
+    // memory nothing else sees, and unmaps it at once.
     unsafe {
-        if *libc::__errno_location() == libc::ENOMEM {
+        let mut exhausted = *libc::__errno_location() == libc::ENOMEM;
+        if !exhausted {
+            let probe = libc::mmap(
+                std::ptr::null_mut(),
+                HEADROOM_PROBE,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            );
+            if probe == libc::MAP_FAILED {
+                exhausted = true;
+            } else {
+                libc::munmap(probe, HEADROOM_PROBE);
+            }
+        }
+        if exhausted {
             report(&[REPORT_OUT_OF_MEMORY]);
         }
     }
 }
+
+/// An abort with less address space than this left under the memory limit is taken for one
+/// the limit caused.
+const HEADROOM_PROBE: usize = 16 << 20;
 
 /// Reads what the child reported so far, without blocking; `Ok(0)` at end of file.
 pub(crate) fn read_reports(fd: std::os::fd::BorrowedFd<'_>, into: &mut [u8]) -> io::Result<usize> {
