@@ -73,6 +73,26 @@ fn attempt(what: &str, parent: libc::pid_t) -> Attempt {
             Ok(_) => Attempt::Succeeded,
             Err(e) => Attempt::Failed(e.raw_os_error().unwrap_or(0)),
         },
+        "exec /bin/sh to write a file" => {
+            // Succeeds only if the shell both ran and wrote the file.
+            let path = format!("/tmp/utility-process-escape-sh-{}", std::process::id());
+            let status = std::process::Command::new("/bin/sh")
+                .args(["-c", &format!("echo escaped > {path}")])
+                .status();
+            let written = std::fs::metadata(&path).is_ok();
+            let _ = std::fs::remove_file(&path);
+            match status {
+                Ok(s) if s.success() && written => Attempt::Succeeded,
+                Ok(s) => Attempt::Failed(s.code().unwrap_or(-1)),
+                Err(e) => Attempt::Failed(e.raw_os_error().unwrap_or(0)),
+            }
+        }
+        "open /etc/passwd from a new thread" => {
+            let parent_copy = parent;
+            std::thread::spawn(move || attempt("open /etc/passwd", parent_copy))
+                .join()
+                .unwrap_or(Attempt::Unknown("the thread panicked".into()))
+        }
         "execve /bin/sh" => {
             let path = c"/bin/sh";
             let argv = [path.as_ptr(), std::ptr::null()];

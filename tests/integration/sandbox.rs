@@ -92,6 +92,8 @@ async fn every_escape_fails_under_the_strict_profile_while_the_child_still_works
         let (computed, _) = ask(&mut child, "compute").await;
         assert_eq!(computed, Attempt::Computed(500_000_500_000), "after {what}");
     }
+    let (from_thread, _) = ask(&mut child, "open /etc/passwd from a new thread").await;
+    assert!(failed(&from_thread), "a thread escaped: {from_thread:?}");
     let (threads, _) = ask(&mut child, "threads").await;
     assert!(
         matches!(threads, Attempt::Computed(_)),
@@ -228,6 +230,29 @@ async fn allow_exec_and_allow_network_open_those_and_nothing_else() {
     assert_eq!(socket, Attempt::Succeeded);
     let (exec, _) = ask(&mut child, "exec /bin/sh").await;
     assert!(failed(&exec), "exec was not allowed: {exec:?}");
+    end(child).await;
+}
+
+#[tokio::test]
+async fn an_allowed_program_runs_and_stays_inside_the_sandbox() {
+    if !kernel_can_sandbox("an_allowed_program_runs_and_stays_inside_the_sandbox") {
+        return;
+    }
+    let mut child = escape(Some(Sandbox::strict().allow_exec("/bin/sh")));
+    // The shell starts and runs...
+    let (runs, _) = ask(&mut child, "exec /bin/sh").await;
+    assert_eq!(runs, Attempt::Succeeded, "the allowed program did not run");
+    // ...but cannot write a file: the sandbox holds in the process it became.
+    let (writes, _) = ask(&mut child, "exec /bin/sh to write a file").await;
+    assert!(failed(&writes), "the shell wrote a file: {writes:?}");
+    // And the child itself still cannot open what it was not given.
+    let (open, _) = ask(&mut child, "open /etc/passwd").await;
+    assert!(failed(&open), "{open:?}");
+    end(child).await;
+    // Without the sandbox, the same shell writes the file (so the check above can fail).
+    let mut child = escape(None);
+    let (writes, _) = ask(&mut child, "exec /bin/sh to write a file").await;
+    assert_eq!(writes, Attempt::Succeeded);
     end(child).await;
 }
 

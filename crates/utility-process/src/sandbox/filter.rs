@@ -48,6 +48,8 @@ pub(crate) enum Test {
     OneOf(Vec<u32>),
     /// Every bit of the mask is set.
     AllSet(u32),
+    /// No bit of the mask is set.
+    NoneSet(u32),
     /// The argument (all 64 bits) is zero: a NULL pointer.
     Null,
 }
@@ -204,6 +206,13 @@ impl Filter {
                         body.push(ret(*then));
                         body.push(ret(*otherwise));
                     }
+                    Test::NoneSet(mask) => {
+                        body.push(load(arg_low(*arg)));
+                        body.push(stmt(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, *mask));
+                        body.push(jeq(0, 0, 1));
+                        body.push(ret(*then));
+                        body.push(ret(*otherwise));
+                    }
                     Test::Null => {
                         body.push(load(arg_low(*arg)));
                         body.push(jeq(0, 0, 3));
@@ -309,6 +318,13 @@ mod tests {
                     otherwise: Action::Trap,
                 },
                 Rule::Arg {
+                    nr: 6,
+                    arg: 0,
+                    test: Test::NoneSet(0x30),
+                    then: Action::Allow,
+                    otherwise: Action::Errno(1),
+                },
+                Rule::Arg {
                     nr: 5,
                     arg: 1,
                     test: Test::Null,
@@ -348,6 +364,16 @@ mod tests {
         assert_eq!(run(&p, &call(4, [0, 0, 0x10011, 0, 0, 0])), ALLOW);
         assert_eq!(run(&p, &call(4, [0, 0, 0x00011, 0, 0, 0])), TRAP);
     }
+
+    #[test]
+    fn none_set_refuses_any_bit_of_the_mask() {
+        let p = filter();
+        assert_eq!(run(&p, &call(6, [0x0f, 0, 0, 0, 0, 0])), ALLOW);
+        assert_eq!(run(&p, &call(6, [0x10, 0, 0, 0, 0, 0])), ERRNO_1);
+        assert_eq!(run(&p, &call(6, [0x20, 0, 0, 0, 0, 0])), ERRNO_1);
+    }
+
+    const ERRNO_1: u32 = libc::SECCOMP_RET_ERRNO | 1;
 
     #[test]
     fn null_looks_at_both_halves_of_a_pointer() {

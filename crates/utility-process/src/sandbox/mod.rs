@@ -126,8 +126,11 @@ impl Sandbox {
         self
     }
 
-    /// Also lets the child exec `program` (with read access to the system's shared libraries,
-    /// which a dynamically linked program needs). The program runs under the same sandbox.
+    /// Also lets the child start `program` (fork and exec it), with read access to the
+    /// system's shared libraries, which a dynamically linked program needs. The program, and
+    /// any process the child starts, runs under the same sandbox: no filter or ruleset is
+    /// ever lifted. With this, the child may create processes (not namespaces): bound them
+    /// with [`Limits::processes`](crate::Limits::processes).
     pub fn allow_exec(mut self, program: impl Into<PathBuf>) -> Sandbox {
         self.exec.push(program.into());
         self
@@ -368,7 +371,7 @@ const DENIED: &[&str] = &[
 
 /// Stage 1: the filter installed before exec, over any program. Everything not denied passes,
 /// so that any loader and runtime can start.
-pub(crate) fn exec_filter(network: bool) -> Filter {
+pub(crate) fn exec_filter(network: bool, spawn: bool) -> Filter {
     let mut rules: Vec<Rule> = DENIED
         .iter()
         .map(|name| Rule::Always {
@@ -376,7 +379,7 @@ pub(crate) fn exec_filter(network: bool) -> Filter {
             action: Action::Trap,
         })
         .collect();
-    rules.extend(process_rules());
+    rules.extend(process_rules(spawn));
     if !network {
         rules.push(Rule::Always {
             nr: nr("socket"),
@@ -390,16 +393,28 @@ pub(crate) fn exec_filter(network: bool) -> Filter {
     }
 }
 
-/// Threads, not processes: `clone` only with CLONE_THREAD; `clone3` (whose flags sit behind a
+/// Threads, not processes: `clone` only with CLONE_THREAD — or, when the child may exec
+/// (`spawn`), any `clone` but one that makes namespaces. `clone3` (whose flags sit behind a
 /// pointer no filter can read) says "not implemented", and the C library falls back to
 /// `clone`. A refused process fails with EPERM, quietly: `posix_spawn` blocks every signal
 /// around its `clone`, and a SIGSYS that arrives blocked kills the process.
-fn process_rules() -> Vec<Rule> {
+fn process_rules(spawn: bool) -> Vec<Rule> {
+    let namespaces = libc::CLONE_NEWNS
+        | libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP;
     vec![
         Rule::Arg {
             nr: nr("clone"),
             arg: 0,
-            test: Test::AllSet(libc::CLONE_THREAD as u32),
+            test: if spawn {
+                Test::NoneSet(namespaces as u32)
+            } else {
+                Test::AllSet(libc::CLONE_THREAD as u32)
+            },
             then: Action::Allow,
             otherwise: Action::Errno(libc::EPERM as u16),
         },
@@ -604,7 +619,7 @@ pub(crate) fn strict_filter(policy: &Policy, pid: u32) -> Filter {
         nr: nr(name),
         action: Action::Errno(libc::EACCES as u16),
     }));
-    rules.extend(process_rules());
+    rules.extend(process_rules(!policy.exec.is_empty()));
     let only_self = |name: &str, selves: Vec<u32>| Rule::Arg {
         nr: nr(name),
         arg: 0,
@@ -834,7 +849,7 @@ impl Sandbox {
                 needed: LANDLOCK_ABI_NEEDED,
             }));
         }
-        let filter = exec_filter(self.network)
+        let filter = exec_filter(self.network, !self.exec.is_empty())
             .compile()
             .map_err(|e| PrepareError::Io(std::io::Error::other(format!("{e:?}"))))?;
         let ruleset = if abi == 0 {
@@ -1037,7 +1052,7 @@ mod tests {
             exec: vec!["/bin/sh".into()],
             ..Policy::default()
         };
-        assert!(exec_filter(false).compile().unwrap().len() < 4096);
+        assert!(exec_filter(false, false).compile().unwrap().len() < 4096);
         assert!(strict_filter(&policy, 42).compile().unwrap().len() < 4096);
     }
 
