@@ -47,7 +47,8 @@
 //! - **Spawn** (`ours.spawn.*`): `fork_entry` until `Event::Spawn` (the library reports it
 //!   once the program runs, so this is the fork-and-exec itself; floor `floor.spawn.exec`),
 //!   and until the first message the child posts as soon as its entry starts (floor
-//!   `floor.spawn`).
+//!   `floor.spawn`). The `.sandboxed` rows do the same under `Sandbox::strict()` (best effort:
+//!   on a kernel without Landlock ABI 6 they measure what it has).
 //! - **Idle RSS** (`ours.rss.*`): `VmRSS` of a child idle in `recv` after its first message
 //!   said it is connected, for an async entry (its tokio runtime included) and a blocking
 //!   one. Floor: `floor.rss`.
@@ -61,8 +62,8 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 use utility_process::{
-    fork_entry, Entry, Error, Event, ForkOptions, MessageChannel, ParentPort, SharedBuffer,
-    UtilityProcess,
+    fork_entry, Entry, Error, Event, ForkOptions, MessageChannel, ParentPort, Sandbox,
+    SharedBuffer, UtilityProcess,
 };
 
 use crate::floor;
@@ -371,7 +372,28 @@ pub fn run(ctx: &Ctx) {
             )
             .floor(floor::SPAWN),
         ],
-        || spawn(ctx),
+        || spawn(ctx, ForkOptions::default),
+    );
+    ctx.measure_many(
+        vec![
+            Spec::new(
+                "ours.spawn.event.sandboxed",
+                "ours: fork_entry until Event::Spawn, strict sandbox",
+                Kind::Time,
+            )
+            .floor(floor::SPAWN_EXEC),
+            Spec::new(
+                "ours.spawn.first_message.sandboxed",
+                "ours: fork_entry until the child's first message, strict sandbox",
+                Kind::Time,
+            )
+            .floor(floor::SPAWN),
+        ],
+        || {
+            spawn(ctx, || {
+                ForkOptions::default().sandbox(Sandbox::strict().best_effort())
+            })
+        },
     );
     for (entry, id, what) in [
         ("hello", "ours.rss.async", "async entry"),
@@ -675,7 +697,7 @@ fn shared(ctx: &Ctx) -> Result<Vec<Vec<f64>>> {
     })
 }
 
-fn spawn(ctx: &Ctx) -> Result<Vec<Vec<f64>>> {
+fn spawn(ctx: &Ctx, options: impl Fn() -> ForkOptions) -> Result<Vec<Vec<f64>>> {
     let reps = ctx.pick(5, 2);
     Flavor::CurrentThread.runtime()?.block_on(async {
         let (mut to_spawn, mut to_message) = (Vec::new(), Vec::new());
@@ -683,7 +705,7 @@ fn spawn(ctx: &Ctx) -> Result<Vec<Vec<f64>>> {
             let (mut spawned, mut answered) = (0.0, 0.0);
             for _ in 0..reps {
                 let started = Instant::now();
-                let mut child = fork_entry("hello", NO_ARGS, ForkOptions::default())?;
+                let mut child = fork_entry("hello", NO_ARGS, options())?;
                 expect_spawn(&mut child).await?;
                 spawned += started.elapsed().as_secs_f64();
                 expect_message(&mut child).await?;
