@@ -135,6 +135,9 @@ struct Child {
     kill_grace: Duration,
     /// The parent sent a signal (kill, or a kill for a protocol violation).
     killed_by_parent: AtomicBool,
+    /// Signals sent with [`UtilityProcess::signal`], one bit each: an end by one of them was
+    /// asked for.
+    signals_sent: std::sync::atomic::AtomicU64,
     /// When SIGKILL follows the SIGTERM that `kill()` sent.
     kill_deadline: watch::Sender<Option<Instant>>,
     /// Set once, when the child has been reaped.
@@ -393,6 +396,7 @@ where
         pidfd: spawned.pidfd,
         kill_grace: options.kill_grace,
         killed_by_parent: AtomicBool::new(false),
+        signals_sent: std::sync::atomic::AtomicU64::new(0),
         kill_deadline: watch::Sender::new(None),
         exit: exit_tx,
         reports: report_pipe.map(|fd| ReportPipe {
@@ -1131,7 +1135,11 @@ impl UtilityProcess {
             });
         }
         let killed_by_parent = self.child.killed_by_parent.load(Ordering::SeqCst);
-        let unasked_signal = status.signal().filter(|_| !killed_by_parent);
+        let sent = self.child.signals_sent.load(Ordering::SeqCst);
+        let unasked_signal = status
+            .signal()
+            .filter(|_| !killed_by_parent)
+            .filter(|s| !(1..64).contains(&s.as_raw()) || sent & (1 << s.as_raw()) == 0);
         let failed = unasked_signal.is_some() || status.code().is_some_and(|c| c != 0);
         match (failed, self.events.last_panic.take(), unasked_signal) {
             (true, Some(panic), _) => Some(Error::Panicked {
@@ -1164,7 +1172,10 @@ impl UtilityProcess {
         if self.child.pidfd.send_signal(libc::SIGTERM).is_err() {
             return false;
         }
-        let deadline = Instant::now() + self.child.kill_grace;
+        // A grace period too long to represent means "never SIGKILL".
+        let Some(deadline) = Instant::now().checked_add(self.child.kill_grace) else {
+            return true;
+        };
         self.child.kill_deadline.send_if_modified(|current| {
             if current.is_none() {
                 *current = Some(deadline);
@@ -1174,6 +1185,40 @@ impl UtilityProcess {
             }
         });
         true
+    }
+
+    /// Sends `signal` to the child, through its pidfd (never to a recycled pid). Returns
+    /// `false` when the child has already ended or the signal could not be sent. An end by a
+    /// signal sent this way is not reported as a crash.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use utility_process::{fork, Event, ForkOptions, Signal};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), utility_process::Error> {
+    /// let mut child = fork("sleep", ["10"], ForkOptions::default())?;
+    /// assert!(child.signal(Signal::SIGTERM));
+    /// while let Some(event) = child.next_event().await {
+    ///     assert!(!matches!(event, Event::Error(_)), "asked for: no error");
+    ///     if let Event::Exit(status) = event {
+    ///         assert_eq!(status.signal(), Some(Signal::SIGTERM));
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn signal(&self, signal: Signal) -> bool {
+        if self.exit.borrow().is_some() || self.child.pidfd.has_exited().unwrap_or(true) {
+            return false;
+        }
+        if (1..64).contains(&signal.as_raw()) {
+            self.child
+                .signals_sent
+                .fetch_or(1 << signal.as_raw(), Ordering::SeqCst);
+        }
+        self.child.pidfd.send_signal(signal.as_raw()).is_ok()
     }
 
     /// Lets the child outlive this handle: dropping it no longer kills the child. The child
