@@ -11,3 +11,5 @@ mod messages;
 mod ports;
 /// stdout and stderr; cwd, env, args, the service name.
 mod stdio;
+/// A hostile child: malformed frames and descriptors, floods, signal storms, fork/kill cycles.
+mod hostile;

@@ -1,0 +1,657 @@
+//! A misbehaving child ends only its own channel: every byte from a child is treated as
+//! written by an adversary. A child that breaks the protocol gets `Event::Error` naming the
+//! violation, is killed (SIGKILL), and a healthy child forked alongside keeps answering.
+//!
+//! The attacks are the modes of `children/hostile.rs`, which speaks the wire by hand.
+//! Tests that measure this process's memory, descriptors or children run through
+//! [`in_own_process`].
+
+use std::time::{Duration, Instant};
+
+use utility_process::{fork, Error, Event, ForkOptions, Signal, Stdio, UtilityProcess, Violation};
+use utility_process_wire::Error as WireError;
+use utility_process_tests::{
+    describe_fds, fd_count, hostile_payloads, in_own_process, next_event, proc_status,
+    zombie_children, Any, Ping,
+};
+
+const HOSTILE: &str = env!("CARGO_BIN_EXE_hostile");
+const ECHO: &str = env!("CARGO_BIN_EXE_echo");
+const CRASH: &str = env!("CARGO_BIN_EXE_crash");
+const SENDER: &str = env!("CARGO_BIN_EXE_sender");
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn hostile(args: &[&str], options: ForkOptions) -> UtilityProcess {
+    fork(HOSTILE, args, options.service_name(format!("hostile {}", args.join(" "))))
+        .expect("fork hostile")
+}
+
+/// Every event up to the end (`None`), each within the timeout.
+async fn all_events(child: &mut UtilityProcess) -> Vec<Event> {
+    let mut events = Vec::new();
+    while let Some(event) = next_event(child).await {
+        events.push(event);
+        assert!(events.len() < 1000, "endless events: {events:?}");
+    }
+    events
+}
+
+/// A well-behaved echo child that runs beside a hostile one, to show it is unaffected.
+struct Bystander {
+    child: UtilityProcess,
+    seq: u64,
+}
+
+impl Bystander {
+    async fn start() -> Bystander {
+        let mut child = fork(ECHO, [] as [&str; 0], ForkOptions::default()).expect("fork echo");
+        match next_event(&mut child).await {
+            Some(Event::Spawn) => {}
+            other => panic!("expected the bystander's Spawn, got {other:?}"),
+        }
+        let mut bystander = Bystander { child, seq: 0 };
+        bystander.answers().await;
+        bystander
+    }
+
+    /// Posts a ping and checks that it comes back.
+    async fn answers(&mut self) {
+        self.seq += 1;
+        let ping = Ping {
+            seq: self.seq,
+            body: "still fine?".into(),
+        };
+        self.child.post_message(&ping).expect("post to the bystander");
+        match next_event(&mut self.child).await {
+            Some(Event::Message(message)) => assert_eq!(message.data::<Ping>().unwrap(), ping),
+            other => panic!("the bystander did not answer: {other:?}"),
+        }
+    }
+}
+
+/// Runs the hostile child in `mode` beside a bystander, and checks the whole story: Spawn, a
+/// protocol violation naming the child that `expected` accepts, Exit by SIGKILL; the child
+/// gone; a post to it `Closed`; the bystander still answering.
+async fn violation(args: &[&str], options: ForkOptions, expected: impl Fn(&Violation) -> bool) {
+    let mut bystander = Bystander::start().await;
+    let mut child = hostile(args, options);
+    let pid = child.pid().expect("a pid");
+    let events = all_events(&mut child).await;
+    match events.as_slice() {
+        [Event::Spawn, Event::Error(Error::ProtocolViolation {
+            service_name,
+            pid: reported,
+            violation,
+        }), Event::Exit(status)] => {
+            assert!(expected(violation), "{args:?}: unexpected violation {violation:?}");
+            assert_eq!(*reported, pid, "{args:?}");
+            assert_eq!(*service_name, format!("hostile {}", args.join(" ")));
+            assert_eq!(status.signal(), Some(Signal::SIGKILL), "{args:?}: {status}");
+        }
+        other => panic!("{args:?}: expected Spawn, ProtocolViolation, Exit; got {other:?}"),
+    }
+    assert!(!utility_process_tests::is_alive(pid), "{args:?}: the child lives on");
+    assert!(
+        matches!(child.post_message("anyone?"), Err(Error::Closed { .. })),
+        "{args:?}: a post to the killed child does not fail with Closed"
+    );
+    bystander.answers().await;
+}
+
+fn frame_error(check: impl Fn(&WireError) -> bool) -> impl Fn(&Violation) -> bool {
+    move |violation| matches!(violation, Violation::Frame(e) if check(e))
+}
+
+fn descriptors(violation: &Violation) -> bool {
+    matches!(violation, Violation::Descriptors(_))
+}
+
+fn default() -> ForkOptions {
+    ForkOptions::default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad frames
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_length_prefix_of_0xffffffff_is_refused_before_anything_is_allocated() {
+    violation(&["huge-length"], default(), frame_error(|e| {
+        matches!(e, WireError::FrameTooLarge { len: 0xffff_ffff, .. })
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn a_length_prefix_one_over_the_limit_is_a_violation() {
+    let options = default().max_message_size(100_000);
+    let max = 100_000 + 4096;
+    violation(&["max-plus-one"], options, frame_error(|e| {
+        matches!(e, WireError::FrameTooLarge { len, max: m } if *len == max as u64 + 1 && *m == max)
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn a_length_prefix_of_zero_is_a_violation() {
+    violation(&["zero-length"], default(), frame_error(|e| matches!(e, WireError::EmptyFrame)))
+        .await;
+}
+
+#[tokio::test]
+async fn a_message_without_a_body_is_a_violation() {
+    violation(&["empty-message"], default(), frame_error(|e| {
+        matches!(e, WireError::EmptyMessage)
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn an_unknown_frame_kind_is_a_violation() {
+    violation(&["unknown-kind"], default(), frame_error(|e| {
+        matches!(e, WireError::UnknownKind(0x7f))
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn a_message_before_the_hello_is_a_violation() {
+    violation(&["no-hello"], default(), |v| matches!(v, Violation::MissingHello)).await;
+}
+
+#[tokio::test]
+async fn a_second_hello_is_a_violation() {
+    violation(&["second-hello"], default(), |v| matches!(v, Violation::DuplicateHello)).await;
+}
+
+#[tokio::test]
+async fn a_malformed_hello_is_a_violation() {
+    for mode in ["short-hello", "bad-magic", "bad-flags"] {
+        violation(&[mode], default(), frame_error(|e| matches!(e, WireError::BadHello(_)))).await;
+    }
+}
+
+#[tokio::test]
+async fn a_hello_of_another_protocol_version_is_a_violation() {
+    violation(&["bad-version"], default(), frame_error(|e| {
+        matches!(e, WireError::UnsupportedVersion { found: 2, expected: 1 })
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn an_attachment_list_cut_short_is_a_violation() {
+    violation(&["truncated-attachments"], default(), frame_error(|e| {
+        matches!(e, WireError::TruncatedAttachments { count: 5 })
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn an_unknown_attachment_kind_is_a_violation() {
+    violation(&["unknown-attachment"], default(), frame_error(|e| {
+        matches!(e, WireError::UnknownAttachment(0x09))
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn more_attachments_than_the_kernel_can_pass_is_a_violation() {
+    violation(&["too-many-attachments"], default(), frame_error(|e| {
+        matches!(e, WireError::TooManyAttachments { count: 254 })
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn a_panic_report_that_is_not_messagepack_is_a_violation() {
+    violation(&["bad-panic"], default(), frame_error(|e| {
+        matches!(e, WireError::BadPanicReport(_))
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn a_panic_report_with_bytes_after_it_is_a_violation() {
+    violation(&["panic-trailing-bytes"], default(), frame_error(|e| {
+        matches!(e, WireError::TrailingBytes { count: 1 })
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn a_payload_over_the_message_limit_is_a_violation_even_when_the_frame_fits() {
+    let options = default().max_message_size(1024);
+    violation(&["payload-over-limit"], options, frame_error(|e| {
+        matches!(e, WireError::FrameTooLarge { max: 1024, .. })
+    }))
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad descriptors
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn descriptors_on_a_message_without_attachments_are_a_violation_once_the_next_frame_comes() {
+    let mut bystander = Bystander::start().await;
+    let mut child = hostile(&["fds-without-attachment-then-message"], default());
+    let events = all_events(&mut child).await;
+    // Today the message that brought the descriptors is delivered first (without them); the
+    // frame after it is refused. See the ignored test below for the stricter behaviour.
+    let ending: Vec<&Event> = events
+        .iter()
+        .filter(|e| !matches!(e, Event::Spawn | Event::Message(_)))
+        .collect();
+    let messages = events.iter().filter(|e| matches!(e, Event::Message(_))).count();
+    assert!(messages <= 1, "{events:?}");
+    match ending.as_slice() {
+        [Event::Error(Error::ProtocolViolation { violation, .. }), Event::Exit(status)] => {
+            assert!(descriptors(violation), "{violation:?}");
+            assert_eq!(status.signal(), Some(Signal::SIGKILL));
+        }
+        other => panic!("expected ProtocolViolation, Exit; got {other:?}"),
+    }
+    bystander.answers().await;
+}
+
+/// The protocol makes a batch of descriptors that no frame claims a violation; a message
+/// without attachments whose first byte brings descriptors does not claim them. Today the
+/// parent only notices when the next frame arrives, so a child that then stays silent has
+/// its message delivered and the descriptors held.
+#[tokio::test]
+#[ignore = "transport.rs: a MESSAGE without attachments whose first byte brings descriptors is only refused when a later frame arrives (see docs/SECURITY.md)"]
+async fn descriptors_on_a_message_without_attachments_are_a_violation_at_once() {
+    violation(&["fds-without-attachment"], default(), descriptors).await;
+}
+
+#[tokio::test]
+async fn more_descriptors_than_the_message_declares_is_a_violation() {
+    violation(&["more-fds-than-declared"], default(), descriptors).await;
+}
+
+#[tokio::test]
+async fn fewer_descriptors_than_the_message_declares_is_a_violation() {
+    violation(&["fewer-fds-than-declared"], default(), descriptors).await;
+}
+
+#[tokio::test]
+async fn descriptors_that_come_after_a_messages_first_byte_are_a_violation() {
+    violation(&["fds-on-a-later-byte"], default(), descriptors).await;
+}
+
+#[tokio::test]
+async fn a_port_that_is_a_pipe_is_a_violation() {
+    violation(&["port-is-a-pipe"], default(), descriptors).await;
+}
+
+#[tokio::test]
+async fn a_port_that_is_a_datagram_or_seqpacket_socket_is_a_violation() {
+    violation(&["port-is-a-datagram-socket"], default(), descriptors).await;
+    violation(&["port-is-a-seqpacket-socket"], default(), descriptors).await;
+}
+
+#[tokio::test]
+async fn a_flood_of_descriptors_that_no_frame_claims_is_a_violation() {
+    violation(&["fd-flood"], default(), descriptors).await;
+}
+
+#[test]
+fn descriptors_the_parent_has_no_room_for_are_a_violation_not_a_leak() {
+    in_own_process(
+        module_path!(),
+        "descriptors_the_parent_has_no_room_for_are_a_violation_not_a_leak",
+        || async {
+            let mut bystander = Bystander::start().await;
+            // Warm up (the library's thread, the runtime), then leave this process room for
+            // only a few more descriptors: the kernel installs what fits of the child's 200,
+            // and flags the rest as lost (MSG_CTRUNC).
+            let mut warm_up = hostile(&["sleep"], default());
+            warm_up.kill();
+            all_events(&mut warm_up).await;
+            let baseline = fd_count();
+            let mut child = hostile(&["many-fds", "200"], default());
+            match next_event(&mut child).await {
+                Some(Event::Spawn) => {}
+                other => panic!("expected Spawn, got {other:?}"),
+            }
+            set_fd_limit(baseline as u64 + 40);
+            let events = all_events(&mut child).await;
+            set_fd_limit(u64::MAX);
+            match events.as_slice() {
+                [Event::Error(Error::ProtocolViolation {
+                    violation: Violation::Descriptors(why),
+                    ..
+                }), Event::Exit(status)] => {
+                    assert!(why.contains("MSG_CTRUNC"), "{why}");
+                    assert_eq!(status.signal(), Some(Signal::SIGKILL));
+                }
+                other => panic!("expected ProtocolViolation, Exit; got {other:?}"),
+            }
+            // The descriptors that were installed are closed again, as are the child's own.
+            drop(child);
+            wait_for_fds(baseline).await;
+            bystander.answers().await;
+        },
+    );
+}
+
+/// Sets this process's soft descriptor limit (`u64::MAX`: back to the hard limit).
+fn set_fd_limit(soft: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `limit`.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    limit.rlim_cur = soft.min(limit.rlim_max);
+    // SAFETY: setrlimit reads one valid rlimit.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+}
+
+async fn wait_for_fds(baseline: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fd_count() > baseline && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        fd_count() <= baseline,
+        "descriptors not back to the baseline of {baseline}:\n{}",
+        describe_fds()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile payloads: the user's decode error, not a violation
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn hostile_messagepack_payloads_fail_to_decode_and_the_port_stays_usable() {
+    let mut child = hostile(&["bad-payloads"], default());
+    match next_event(&mut child).await {
+        Some(Event::Spawn) => {}
+        other => panic!("expected Spawn, got {other:?}"),
+    }
+    for (what, sent) in hostile_payloads() {
+        let message = match next_event(&mut child).await {
+            Some(Event::Message(message)) => message,
+            other => panic!("{what}: expected the message, got {other:?}"),
+        };
+        assert_eq!(message.bytes(), sent.as_slice(), "{what}: the bytes pass through as sent");
+        // Decoded on this test's thread (a 2 MiB stack): a million levels would overflow it
+        // if the depth were not limited.
+        let decoded = match what {
+            "wrong type" => message.data::<u64>().map(Any::UInt),
+            // `deserialize_any` hands a str that is not UTF-8 over as bytes; a String refuses it.
+            "bad UTF-8" => message.data::<String>().map(Any::Str),
+            _ => message.data::<Any>(),
+        };
+        match decoded {
+            Err(Error::Decode(_)) => {}
+            other => panic!("{what}: expected Err(Decode), got {other:?}"),
+        }
+    }
+    match next_event(&mut child).await {
+        Some(Event::Message(message)) => assert_eq!(message.data::<String>().unwrap(), "still here"),
+        other => panic!("expected \"still here\", got {other:?}"),
+    }
+    // Both directions still work.
+    child.post_message("ping").unwrap();
+    match next_event(&mut child).await {
+        Some(Event::Message(message)) => assert_eq!(message.data::<&str>().unwrap(), "pong"),
+        other => panic!("expected \"pong\", got {other:?}"),
+    }
+    assert!(child.kill());
+    match all_events(&mut child).await.as_slice() {
+        [Event::Exit(status)] => assert_eq!(status.signal(), Some(Signal::SIGTERM)),
+        other => panic!("expected Exit alone (no error); got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A child that stops half-way
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_frame_cut_short_by_the_childs_exit_is_never_delivered() {
+    let mut bystander = Bystander::start().await;
+    let mut child = hostile(&["truncated-then-exit"], default());
+    match all_events(&mut child).await.as_slice() {
+        [Event::Spawn, Event::Exit(status)] => assert_eq!(status.code(), Some(0)),
+        other => panic!("expected Spawn, Exit (no message); got {other:?}"),
+    }
+    bystander.answers().await;
+}
+
+#[tokio::test]
+async fn a_child_dying_in_the_middle_of_a_large_message_delivers_none_of_it_and_nothing_hangs() {
+    let mut bystander = Bystander::start().await;
+    let mut child = hostile(&["dies-mid-large-message"], default());
+    // Work the parent had queued for it: it can never be delivered.
+    child.post_bytes(&vec![7u8; 1 << 20]).unwrap();
+    match all_events(&mut child).await.as_slice() {
+        [Event::Spawn, Event::Error(Error::Crashed { signal, .. }), Event::Exit(status)] => {
+            assert_eq!(*signal, Signal::SIGKILL);
+            assert_eq!(status.signal(), Some(Signal::SIGKILL));
+        }
+        other => panic!("expected Spawn, Crashed, Exit (no message); got {other:?}"),
+    }
+    assert!(matches!(child.post_bytes(b"more"), Err(Error::Closed { .. })));
+    assert!(matches!(child.send(&"more").await, Err(Error::Closed { .. })));
+    bystander.answers().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory stays bounded
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn huge_length_prefixes_raise_the_parents_peak_memory_by_nothing_like_their_size() {
+    in_own_process(
+        module_path!(),
+        "huge_length_prefixes_raise_the_parents_peak_memory_by_nothing_like_their_size",
+        || async {
+            let mut warm_up = Bystander::start().await;
+            warm_up.answers().await;
+            let before = proc_status("VmHWM");
+            for _ in 0..5 {
+                for mode in ["huge-length", "max-plus-one"] {
+                    let mut child = hostile(&[mode], default());
+                    let events = all_events(&mut child).await;
+                    assert!(
+                        matches!(
+                            events.as_slice(),
+                            [Event::Spawn, Event::Error(Error::ProtocolViolation { .. }), Event::Exit(_)]
+                        ),
+                        "{mode}: {events:?}"
+                    );
+                }
+            }
+            // The announced frames were 4 GiB and 64 MiB: a receiver that made room for either
+            // before checking would have touched far more than this.
+            let grown = proc_status("VmHWM").saturating_sub(before);
+            assert!(grown < 16 * 1024, "peak resident memory grew by {grown} KiB");
+        },
+    );
+}
+
+#[test]
+fn a_child_flooding_the_parent_is_held_back_by_the_socket_not_buffered() {
+    in_own_process(
+        module_path!(),
+        "a_child_flooding_the_parent_is_held_back_by_the_socket_not_buffered",
+        || async {
+            let mut child = hostile(&["flood"], default());
+            let pid = child.pid().unwrap();
+            match next_event(&mut child).await {
+                Some(Event::Spawn) => {}
+                other => panic!("expected Spawn, got {other:?}"),
+            }
+            // Read a little, so that the flood is under way.
+            let mut expected = 0u64;
+            let take = |child_events: Option<Event>, expected: &mut u64| match child_events {
+                Some(Event::Message(message)) => {
+                    let seq = u64::from_le_bytes(message.bytes()[..8].try_into().unwrap());
+                    assert_eq!(seq, *expected, "messages lost or reordered");
+                    *expected += 1;
+                }
+                other => panic!("expected a message, got {other:?}"),
+            };
+            for _ in 0..100 {
+                take(next_event(&mut child).await, &mut expected);
+            }
+            let before = proc_status("VmRSS");
+            // Now the parent reads nothing for a while. The child writes as fast as the socket
+            // takes it: it soon blocks, and nothing piles up in the parent.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let grown = proc_status("VmRSS").saturating_sub(before);
+            assert!(grown < 8 * 1024, "resident memory grew by {grown} KiB while not reading");
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let state = state.rsplit_once(')').unwrap().1.split_whitespace().next().unwrap().to_owned();
+            assert_eq!(state, "S", "the flooding child should be blocked in its write");
+            // And reading again finds every message, in order.
+            for _ in 0..1000 {
+                take(next_event(&mut child).await, &mut expected);
+            }
+            assert!(child.kill());
+            let mut tail = Vec::new();
+            while let Some(event) = next_event(&mut child).await {
+                match event {
+                    Event::Message(_) => {}
+                    other => tail.push(other),
+                }
+            }
+            match tail.as_slice() {
+                [Event::Exit(status)] => assert_eq!(status.signal(), Some(Signal::SIGTERM)),
+                other => panic!("expected Exit alone; got {other:?}"),
+            }
+        },
+    );
+}
+
+#[tokio::test]
+async fn a_child_whose_stdout_nobody_reads_blocks_itself_not_the_parent() {
+    let options = ForkOptions::default().stdout(Stdio::Pipe);
+    let mut child = fork(HOSTILE, ["stdout-flood"], options).expect("fork");
+    let stdout = child.take_stdout().expect("a stdout pipe");
+    match next_event(&mut child).await {
+        Some(Event::Spawn) => {}
+        other => panic!("expected Spawn, got {other:?}"),
+    }
+    // The pipe fills at once and the child's writer blocks; its port keeps answering.
+    for seq in 0..200u64 {
+        child.post_bytes(&seq.to_le_bytes()).unwrap();
+        match next_event(&mut child).await {
+            Some(Event::Message(message)) => assert_eq!(message.bytes(), seq.to_le_bytes()),
+            other => panic!("expected the echo of {seq}, got {other:?}"),
+        }
+    }
+    // Closing our end makes the child's writes fail (EPIPE): it is not stuck for ever.
+    drop(stdout);
+    child.post_bytes(b"after").unwrap();
+    match next_event(&mut child).await {
+        Some(Event::Message(message)) => assert_eq!(message.bytes(), b"after"),
+        other => panic!("expected the echo, got {other:?}"),
+    }
+    assert!(child.kill());
+    match all_events(&mut child).await.as_slice() {
+        [Event::Exit(status)] => assert_eq!(status.signal(), Some(Signal::SIGTERM)),
+        other => panic!("expected Exit; got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle under stress
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_storm_loses_no_message_and_raises_no_error() {
+    const COUNT: u64 = 50_000;
+    let mut child = fork(SENDER, [COUNT.to_string(), "64".into()], ForkOptions::default())
+        .expect("fork sender");
+    let pid = child.pid().unwrap() as libc::pid_t;
+    let storming = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let storm = {
+        let storming = storming.clone();
+        std::thread::spawn(move || {
+            let mut stops = 0u32;
+            while storming.load(std::sync::atomic::Ordering::SeqCst) {
+                // SAFETY: kill only sends signals; `pid` is our child, which cannot be reaped
+                // (and its pid reused) before the last message, after which the storm stops.
+                unsafe {
+                    libc::kill(pid, libc::SIGSTOP);
+                    libc::kill(pid, libc::SIGCHLD);
+                    libc::kill(libc::getpid(), libc::SIGCHLD);
+                }
+                std::thread::sleep(Duration::from_micros(300));
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+                std::thread::sleep(Duration::from_micros(300));
+                stops += 1;
+            }
+            // SAFETY: as above; a child left stopped could never exit.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+            stops
+        })
+    };
+    match next_event(&mut child).await {
+        Some(Event::Spawn) => {}
+        other => panic!("expected Spawn, got {other:?}"),
+    }
+    for seq in 0..COUNT {
+        match next_event(&mut child).await {
+            Some(Event::Message(message)) => {
+                assert_eq!(message.bytes()[..8], seq.to_le_bytes(), "message {seq}")
+            }
+            other => panic!("expected message {seq}, got {other:?}"),
+        }
+    }
+    storming.store(false, std::sync::atomic::Ordering::SeqCst);
+    let stops = storm.join().unwrap();
+    assert!(stops > 10, "the storm stopped the child only {stops} times");
+    match all_events(&mut child).await.as_slice() {
+        [Event::Exit(status)] => assert!(status.success(), "{status}"),
+        other => panic!("expected Exit alone (no error); got {other:?}"),
+    }
+}
+
+#[test]
+fn a_thousand_fork_kill_cycles_leave_no_zombie_descriptor_or_thread() {
+    in_own_process(
+        module_path!(),
+        "a_thousand_fork_kill_cycles_leave_no_zombie_descriptor_or_thread",
+        || async {
+            let cycle = |n: usize| async move {
+                let children: Vec<UtilityProcess> = (0..n)
+                    .map(|_| {
+                        fork(CRASH, ["sleep"], ForkOptions::default().stderr(Stdio::Ignore))
+                            .expect("fork")
+                    })
+                    .collect();
+                for mut child in children {
+                    assert!(child.kill() || child.pid().is_none());
+                    let events = all_events(&mut child).await;
+                    match events.as_slice() {
+                        [Event::Spawn, Event::Exit(status)] => {
+                            assert_eq!(status.signal(), Some(Signal::SIGTERM), "{status}")
+                        }
+                        other => panic!("expected Spawn, Exit; got {other:?}"),
+                    }
+                }
+            };
+            cycle(10).await;
+            let fds = fd_count();
+            let threads = proc_status("Threads");
+            for _ in 0..100 {
+                cycle(10).await;
+            }
+            assert!(zombie_children().is_empty(), "zombies: {:?}", zombie_children());
+            wait_for_fds(fds).await;
+            assert_eq!(fd_count(), fds, "{}", describe_fds());
+            assert_eq!(proc_status("Threads"), threads, "threads not back to the baseline");
+        },
+    );
+}
