@@ -643,6 +643,12 @@ fn a_thousand_fork_kill_cycles_leave_no_zombie_descriptor_or_thread() {
                 }
             };
             cycle(10).await;
+            // The library's thread lets go of a child's pidfd just after publishing its exit:
+            // the baseline is taken once none is left.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while describe_fds().contains("pidfd") && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             let fds = fd_count();
             let threads = proc_status("Threads");
             for _ in 0..100 {
@@ -651,7 +657,11 @@ fn a_thousand_fork_kill_cycles_leave_no_zombie_descriptor_or_thread() {
             assert!(zombie_children().is_empty(), "zombies: {:?}", zombie_children());
             wait_for_fds(fds).await;
             assert_eq!(fd_count(), fds, "{}", describe_fds());
-            assert_eq!(proc_status("Threads"), threads, "threads not back to the baseline");
+            assert!(
+                proc_status("Threads") <= threads,
+                "threads not back to the baseline of {threads}: {}",
+                proc_status("Threads")
+            );
         },
     );
 }
