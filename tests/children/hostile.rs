@@ -31,6 +31,7 @@
 //! | `many-fds N` | a `MESSAGE` announcing N ports (at most 253), with N stream sockets (for a receiver short of descriptors: `MSG_CTRUNC`) |
 //! | `fd-flood` | the first bytes of a large `MESSAGE`, one byte per `sendmsg`, each with 253 descriptors |
 //! | `truncated-then-exit` | the first half of a `MESSAGE`, then exits with code 0 |
+//! | `truncated-then-shutdown` | the first half of a `MESSAGE`, then shuts its end of the port down for writing (the parent reads end-of-file) and sleeps |
 //! | `dies-mid-large-message` | 8 MiB of a 16 MiB `MESSAGE`, then kills itself (SIGKILL) |
 //! | `bad-payloads` | well-formed `MESSAGE`s whose MessagePack payloads are hostile (`utility_process_tests::hostile_payloads`), then the string `"still here"`; then answers each message from the parent with the string `"pong"` until the port closes |
 //! | `flood` | correct 4 KiB `MESSAGE`s (raw bytes: a little-endian `u64` sequence number, then zeros), as fast as the socket takes them, forever |
@@ -59,7 +60,13 @@ fn main() {
     // SAFETY: descriptor 3 is the parent port that `fork` gave this process (see
     // docs/PROTOCOL.md, section 1); nothing else in this program owns or closes it.
     let mut port = unsafe { UnixStream::from_raw_fd(3) };
-    let handshake_modes = ["no-hello", "short-hello", "bad-magic", "bad-flags", "bad-version"];
+    let handshake_modes = [
+        "no-hello",
+        "short-hello",
+        "bad-magic",
+        "bad-flags",
+        "bad-version",
+    ];
     let max_frame_len = read_hello(&mut port);
     if !handshake_modes.contains(&mode.as_str()) {
         send(&mut port, &hello_frame(max_frame_len));
@@ -140,7 +147,11 @@ fn main() {
         "more-fds-than-declared" => {
             let (a, b) = UnixStream::pair().expect("socketpair");
             let body = envelope(1, &[0xc0]);
-            send_with_fds(&port, &frame(MESSAGE, &body), &[a.as_raw_fd(), b.as_raw_fd()]);
+            send_with_fds(
+                &port,
+                &frame(MESSAGE, &body),
+                &[a.as_raw_fd(), b.as_raw_fd()],
+            );
         }
         "fewer-fds-than-declared" => {
             let (a, _b) = UnixStream::pair().expect("socketpair");
@@ -163,11 +174,19 @@ fn main() {
         }
         "port-is-a-datagram-socket" => {
             let (a, _b) = UnixDatagram::pair().expect("socketpair");
-            send_with_fds(&port, &frame(MESSAGE, &envelope(1, &[0xc0])), &[a.as_raw_fd()]);
+            send_with_fds(
+                &port,
+                &frame(MESSAGE, &envelope(1, &[0xc0])),
+                &[a.as_raw_fd()],
+            );
         }
         "port-is-a-seqpacket-socket" => {
             let (a, _b) = socketpair(libc::SOCK_SEQPACKET);
-            send_with_fds(&port, &frame(MESSAGE, &envelope(1, &[0xc0])), &[a.as_raw_fd()]);
+            send_with_fds(
+                &port,
+                &frame(MESSAGE, &envelope(1, &[0xc0])),
+                &[a.as_raw_fd()],
+            );
         }
         "many-fds" => {
             let count: usize = std::env::args()
@@ -196,6 +215,11 @@ fn main() {
             let bytes = message(b"this message never arrives whole");
             send(&mut port, &bytes[..bytes.len() / 2]);
             std::process::exit(0);
+        }
+        "truncated-then-shutdown" => {
+            let bytes = message(b"this message never arrives whole");
+            send(&mut port, &bytes[..bytes.len() / 2]);
+            port.shutdown(std::net::Shutdown::Write).expect("shutdown");
         }
         "dies-mid-large-message" => {
             const LEN: usize = 16 << 20;
@@ -384,13 +408,18 @@ fn stdout_flood() -> ! {
         let mut stdout = std::io::stdout().lock();
         loop {
             // Blocks once the pipe is full and nobody reads it; ends when it is closed.
-            if stdout.write_all(&line).and_then(|()| stdout.write_all(b"\n")).is_err() {
+            if stdout
+                .write_all(&line)
+                .and_then(|()| stdout.write_all(b"\n"))
+                .is_err()
+            {
                 return;
             }
         }
     });
     while let Some(message) = port.recv_blocking() {
-        port.post_bytes(message.bytes()).expect("the parent is listening");
+        port.post_bytes(message.bytes())
+            .expect("the parent is listening");
     }
     std::process::exit(0);
 }

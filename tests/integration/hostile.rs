@@ -9,11 +9,11 @@
 use std::time::{Duration, Instant};
 
 use utility_process::{fork, Error, Event, ForkOptions, Signal, Stdio, UtilityProcess, Violation};
-use utility_process_wire::Error as WireError;
 use utility_process_tests::{
     describe_fds, fd_count, hostile_payloads, in_own_process, next_event, proc_status,
     zombie_children, Any, Ping,
 };
+use utility_process_wire::Error as WireError;
 
 const HOSTILE: &str = env!("CARGO_BIN_EXE_hostile");
 const ECHO: &str = env!("CARGO_BIN_EXE_echo");
@@ -25,8 +25,12 @@ const SENDER: &str = env!("CARGO_BIN_EXE_sender");
 // ---------------------------------------------------------------------------------------------
 
 fn hostile(args: &[&str], options: ForkOptions) -> UtilityProcess {
-    fork(HOSTILE, args, options.service_name(format!("hostile {}", args.join(" "))))
-        .expect("fork hostile")
+    fork(
+        HOSTILE,
+        args,
+        options.service_name(format!("hostile {}", args.join(" "))),
+    )
+    .expect("fork hostile")
 }
 
 /// Every event up to the end (`None`), each within the timeout.
@@ -64,7 +68,9 @@ impl Bystander {
             seq: self.seq,
             body: "still fine?".into(),
         };
-        self.child.post_message(&ping).expect("post to the bystander");
+        self.child
+            .post_message(&ping)
+            .expect("post to the bystander");
         match next_event(&mut self.child).await {
             Some(Event::Message(message)) => assert_eq!(message.data::<Ping>().unwrap(), ping),
             other => panic!("the bystander did not answer: {other:?}"),
@@ -86,14 +92,20 @@ async fn violation(args: &[&str], options: ForkOptions, expected: impl Fn(&Viola
             pid: reported,
             violation,
         }), Event::Exit(status)] => {
-            assert!(expected(violation), "{args:?}: unexpected violation {violation:?}");
+            assert!(
+                expected(violation),
+                "{args:?}: unexpected violation {violation:?}"
+            );
             assert_eq!(*reported, pid, "{args:?}");
             assert_eq!(*service_name, format!("hostile {}", args.join(" ")));
             assert_eq!(status.signal(), Some(Signal::SIGKILL), "{args:?}: {status}");
         }
         other => panic!("{args:?}: expected Spawn, ProtocolViolation, Exit; got {other:?}"),
     }
-    assert!(!utility_process_tests::is_alive(pid), "{args:?}: the child lives on");
+    assert!(
+        !utility_process_tests::is_alive(pid),
+        "{args:?}: the child lives on"
+    );
     assert!(
         matches!(child.post_message("anyone?"), Err(Error::Closed { .. })),
         "{args:?}: a post to the killed child does not fail with Closed"
@@ -119,9 +131,19 @@ fn default() -> ForkOptions {
 
 #[tokio::test]
 async fn a_length_prefix_of_0xffffffff_is_refused_before_anything_is_allocated() {
-    violation(&["huge-length"], default(), frame_error(|e| {
-        matches!(e, WireError::FrameTooLarge { len: 0xffff_ffff, .. })
-    }))
+    violation(
+        &["huge-length"],
+        default(),
+        frame_error(|e| {
+            matches!(
+                e,
+                WireError::FrameTooLarge {
+                    len: 0xffff_ffff,
+                    ..
+                }
+            )
+        }),
+    )
     .await;
 }
 
@@ -137,97 +159,138 @@ async fn a_length_prefix_one_over_the_limit_is_a_violation() {
 
 #[tokio::test]
 async fn a_length_prefix_of_zero_is_a_violation() {
-    violation(&["zero-length"], default(), frame_error(|e| matches!(e, WireError::EmptyFrame)))
-        .await;
+    violation(
+        &["zero-length"],
+        default(),
+        frame_error(|e| matches!(e, WireError::EmptyFrame)),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_message_without_a_body_is_a_violation() {
-    violation(&["empty-message"], default(), frame_error(|e| {
-        matches!(e, WireError::EmptyMessage)
-    }))
+    violation(
+        &["empty-message"],
+        default(),
+        frame_error(|e| matches!(e, WireError::EmptyMessage)),
+    )
     .await;
 }
 
 #[tokio::test]
 async fn an_unknown_frame_kind_is_a_violation() {
-    violation(&["unknown-kind"], default(), frame_error(|e| {
-        matches!(e, WireError::UnknownKind(0x7f))
-    }))
+    violation(
+        &["unknown-kind"],
+        default(),
+        frame_error(|e| matches!(e, WireError::UnknownKind(0x7f))),
+    )
     .await;
 }
 
 #[tokio::test]
 async fn a_message_before_the_hello_is_a_violation() {
-    violation(&["no-hello"], default(), |v| matches!(v, Violation::MissingHello)).await;
+    violation(&["no-hello"], default(), |v| {
+        matches!(v, Violation::MissingHello)
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_second_hello_is_a_violation() {
-    violation(&["second-hello"], default(), |v| matches!(v, Violation::DuplicateHello)).await;
+    violation(&["second-hello"], default(), |v| {
+        matches!(v, Violation::DuplicateHello)
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_malformed_hello_is_a_violation() {
     for mode in ["short-hello", "bad-magic", "bad-flags"] {
-        violation(&[mode], default(), frame_error(|e| matches!(e, WireError::BadHello(_)))).await;
+        violation(
+            &[mode],
+            default(),
+            frame_error(|e| matches!(e, WireError::BadHello(_))),
+        )
+        .await;
     }
 }
 
 #[tokio::test]
 async fn a_hello_of_another_protocol_version_is_a_violation() {
-    violation(&["bad-version"], default(), frame_error(|e| {
-        matches!(e, WireError::UnsupportedVersion { found: 2, expected: 1 })
-    }))
+    violation(
+        &["bad-version"],
+        default(),
+        frame_error(|e| {
+            matches!(
+                e,
+                WireError::UnsupportedVersion {
+                    found: 2,
+                    expected: 1
+                }
+            )
+        }),
+    )
     .await;
 }
 
 #[tokio::test]
 async fn an_attachment_list_cut_short_is_a_violation() {
-    violation(&["truncated-attachments"], default(), frame_error(|e| {
-        matches!(e, WireError::TruncatedAttachments { count: 5 })
-    }))
+    violation(
+        &["truncated-attachments"],
+        default(),
+        frame_error(|e| matches!(e, WireError::TruncatedAttachments { count: 5 })),
+    )
     .await;
 }
 
 #[tokio::test]
 async fn an_unknown_attachment_kind_is_a_violation() {
-    violation(&["unknown-attachment"], default(), frame_error(|e| {
-        matches!(e, WireError::UnknownAttachment(0x09))
-    }))
+    violation(
+        &["unknown-attachment"],
+        default(),
+        frame_error(|e| matches!(e, WireError::UnknownAttachment(0x09))),
+    )
     .await;
 }
 
 #[tokio::test]
 async fn more_attachments_than_the_kernel_can_pass_is_a_violation() {
-    violation(&["too-many-attachments"], default(), frame_error(|e| {
-        matches!(e, WireError::TooManyAttachments { count: 254 })
-    }))
+    violation(
+        &["too-many-attachments"],
+        default(),
+        frame_error(|e| matches!(e, WireError::TooManyAttachments { count: 254 })),
+    )
     .await;
 }
 
 #[tokio::test]
 async fn a_panic_report_that_is_not_messagepack_is_a_violation() {
-    violation(&["bad-panic"], default(), frame_error(|e| {
-        matches!(e, WireError::BadPanicReport(_))
-    }))
+    violation(
+        &["bad-panic"],
+        default(),
+        frame_error(|e| matches!(e, WireError::BadPanicReport(_))),
+    )
     .await;
 }
 
 #[tokio::test]
 async fn a_panic_report_with_bytes_after_it_is_a_violation() {
-    violation(&["panic-trailing-bytes"], default(), frame_error(|e| {
-        matches!(e, WireError::TrailingBytes { count: 1 })
-    }))
+    violation(
+        &["panic-trailing-bytes"],
+        default(),
+        frame_error(|e| matches!(e, WireError::TrailingBytes { count: 1 })),
+    )
     .await;
 }
 
 #[tokio::test]
 async fn a_payload_over_the_message_limit_is_a_violation_even_when_the_frame_fits() {
     let options = default().max_message_size(1024);
-    violation(&["payload-over-limit"], options, frame_error(|e| {
-        matches!(e, WireError::FrameTooLarge { max: 1024, .. })
-    }))
+    violation(
+        &["payload-over-limit"],
+        options,
+        frame_error(|e| matches!(e, WireError::FrameTooLarge { max: 1024, .. })),
+    )
     .await;
 }
 
@@ -246,7 +309,10 @@ async fn descriptors_on_a_message_without_attachments_are_a_violation_once_the_n
         .iter()
         .filter(|e| !matches!(e, Event::Spawn | Event::Message(_)))
         .collect();
-    let messages = events.iter().filter(|e| matches!(e, Event::Message(_))).count();
+    let messages = events
+        .iter()
+        .filter(|e| matches!(e, Event::Message(_)))
+        .count();
     assert!(messages <= 1, "{events:?}");
     match ending.as_slice() {
         [Event::Error(Error::ProtocolViolation { violation, .. }), Event::Exit(status)] => {
@@ -346,10 +412,12 @@ fn set_fd_limit(soft: u64) {
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes one rlimit into `limit`.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(got, 0, "getrlimit");
     limit.rlim_cur = soft.min(limit.rlim_max);
     // SAFETY: setrlimit reads one valid rlimit.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    assert_eq!(set, 0, "setrlimit");
 }
 
 async fn wait_for_fds(baseline: usize) {
@@ -380,7 +448,11 @@ async fn hostile_messagepack_payloads_fail_to_decode_and_the_port_stays_usable()
             Some(Event::Message(message)) => message,
             other => panic!("{what}: expected the message, got {other:?}"),
         };
-        assert_eq!(message.bytes(), sent.as_slice(), "{what}: the bytes pass through as sent");
+        assert_eq!(
+            message.bytes(),
+            sent.as_slice(),
+            "{what}: the bytes pass through as sent"
+        );
         // Decoded on this test's thread (a 2 MiB stack): a million levels would overflow it
         // if the depth were not limited.
         let decoded = match what {
@@ -395,7 +467,9 @@ async fn hostile_messagepack_payloads_fail_to_decode_and_the_port_stays_usable()
         }
     }
     match next_event(&mut child).await {
-        Some(Event::Message(message)) => assert_eq!(message.data::<String>().unwrap(), "still here"),
+        Some(Event::Message(message)) => {
+            assert_eq!(message.data::<String>().unwrap(), "still here")
+        }
         other => panic!("expected \"still here\", got {other:?}"),
     }
     // Both directions still work.
@@ -426,6 +500,16 @@ async fn a_frame_cut_short_by_the_childs_exit_is_never_delivered() {
     bystander.answers().await;
 }
 
+/// A living child that closes its end of the port in the middle of a frame has sent a
+/// truncated frame: the issue counts that as a violation. Today the parent drops the partial
+/// frame silently (`TryRecv::Closed`) and goes on waiting for the child's exit, which does not
+/// come: `next_event` waits until the child ends of its own accord.
+#[tokio::test]
+#[ignore = "transport.rs: end-of-file in the middle of a frame is reported as a clean close, not a violation (see docs/SECURITY.md)"]
+async fn a_frame_cut_short_by_end_of_file_from_a_living_child_is_a_violation() {
+    violation(&["truncated-then-shutdown"], default(), |_| true).await;
+}
+
 #[tokio::test]
 async fn a_child_dying_in_the_middle_of_a_large_message_delivers_none_of_it_and_nothing_hangs() {
     let mut bystander = Bystander::start().await;
@@ -439,8 +523,14 @@ async fn a_child_dying_in_the_middle_of_a_large_message_delivers_none_of_it_and_
         }
         other => panic!("expected Spawn, Crashed, Exit (no message); got {other:?}"),
     }
-    assert!(matches!(child.post_bytes(b"more"), Err(Error::Closed { .. })));
-    assert!(matches!(child.send(&"more").await, Err(Error::Closed { .. })));
+    assert!(matches!(
+        child.post_bytes(b"more"),
+        Err(Error::Closed { .. })
+    ));
+    assert!(matches!(
+        child.send(&"more").await,
+        Err(Error::Closed { .. })
+    ));
     bystander.answers().await;
 }
 
@@ -464,7 +554,11 @@ fn huge_length_prefixes_raise_the_parents_peak_memory_by_nothing_like_their_size
                     assert!(
                         matches!(
                             events.as_slice(),
-                            [Event::Spawn, Event::Error(Error::ProtocolViolation { .. }), Event::Exit(_)]
+                            [
+                                Event::Spawn,
+                                Event::Error(Error::ProtocolViolation { .. }),
+                                Event::Exit(_)
+                            ]
                         ),
                         "{mode}: {events:?}"
                     );
@@ -473,7 +567,10 @@ fn huge_length_prefixes_raise_the_parents_peak_memory_by_nothing_like_their_size
             // The announced frames were 4 GiB and 64 MiB: a receiver that made room for either
             // before checking would have touched far more than this.
             let grown = proc_status("VmHWM").saturating_sub(before);
-            assert!(grown < 16 * 1024, "peak resident memory grew by {grown} KiB");
+            assert!(
+                grown < 16 * 1024,
+                "peak resident memory grew by {grown} KiB"
+            );
         },
     );
 }
@@ -508,10 +605,23 @@ fn a_child_flooding_the_parent_is_held_back_by_the_socket_not_buffered() {
             // takes it: it soon blocks, and nothing piles up in the parent.
             tokio::time::sleep(Duration::from_secs(2)).await;
             let grown = proc_status("VmRSS").saturating_sub(before);
-            assert!(grown < 8 * 1024, "resident memory grew by {grown} KiB while not reading");
+            assert!(
+                grown < 8 * 1024,
+                "resident memory grew by {grown} KiB while not reading"
+            );
             let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-            let state = state.rsplit_once(')').unwrap().1.split_whitespace().next().unwrap().to_owned();
-            assert_eq!(state, "S", "the flooding child should be blocked in its write");
+            let state = state
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned();
+            assert_eq!(
+                state, "S",
+                "the flooding child should be blocked in its write"
+            );
             // And reading again finds every message, in order.
             for _ in 0..1000 {
                 take(next_event(&mut child).await, &mut expected);
@@ -570,8 +680,12 @@ async fn a_child_whose_stdout_nobody_reads_blocks_itself_not_the_parent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signal_storm_loses_no_message_and_raises_no_error() {
     const COUNT: u64 = 50_000;
-    let mut child = fork(SENDER, [COUNT.to_string(), "64".into()], ForkOptions::default())
-        .expect("fork sender");
+    let mut child = fork(
+        SENDER,
+        [COUNT.to_string(), "64".into()],
+        ForkOptions::default(),
+    )
+    .expect("fork sender");
     let pid = child.pid().unwrap() as libc::pid_t;
     let storming = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let storm = {
@@ -627,8 +741,12 @@ fn a_thousand_fork_kill_cycles_leave_no_zombie_descriptor_or_thread() {
             let cycle = |n: usize| async move {
                 let children: Vec<UtilityProcess> = (0..n)
                     .map(|_| {
-                        fork(CRASH, ["sleep"], ForkOptions::default().stderr(Stdio::Ignore))
-                            .expect("fork")
+                        fork(
+                            CRASH,
+                            ["sleep"],
+                            ForkOptions::default().stderr(Stdio::Ignore),
+                        )
+                        .expect("fork")
                     })
                     .collect();
                 for mut child in children {
@@ -654,7 +772,11 @@ fn a_thousand_fork_kill_cycles_leave_no_zombie_descriptor_or_thread() {
             for _ in 0..100 {
                 cycle(10).await;
             }
-            assert!(zombie_children().is_empty(), "zombies: {:?}", zombie_children());
+            assert!(
+                zombie_children().is_empty(),
+                "zombies: {:?}",
+                zombie_children()
+            );
             wait_for_fds(fds).await;
             assert_eq!(fd_count(), fds, "{}", describe_fds());
             assert!(

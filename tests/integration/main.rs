@@ -3,6 +3,8 @@
 
 /// Shared buffers: memory that travels without being copied.
 mod buffers;
+/// A hostile child: malformed frames and descriptors, floods, signal storms, fork/kill cycles.
+mod hostile;
 /// Spawn, exit and error events, kill, no orphans, no zombies, no stray descriptors.
 mod lifecycle;
 /// Ordering, sizes, queueing before the child connects, raw bytes, the blocking API.
@@ -11,5 +13,3 @@ mod messages;
 mod ports;
 /// stdout and stderr; cwd, env, args, the service name.
 mod stdio;
-/// A hostile child: malformed frames and descriptors, floods, signal storms, fork/kill cycles.
-mod hostile;

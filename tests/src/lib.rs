@@ -279,11 +279,26 @@ pub fn hostile_payloads() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("nesting 10^6 deep", deep),
         // A str32 announcing 0xFFFFFFFF bytes, with four present.
-        ("str32 of 2^32-1 bytes", vec![0xdb, 0xff, 0xff, 0xff, 0xff, b'a', b'b', b'c', b'd']),
-        ("bin32 of 2^32-1 bytes", vec![0xc6, 0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
-        ("array32 of 2^32-1 elements", vec![0xdd, 0xff, 0xff, 0xff, 0xff, 0xc0, 0xc0]),
-        ("map32 of 2^32-1 entries", vec![0xdf, 0xff, 0xff, 0xff, 0xff, 0xc0, 0xc0]),
-        ("ext32 of 2^32-1 bytes", vec![0xc9, 0xff, 0xff, 0xff, 0xff, 1, 2]),
+        (
+            "str32 of 2^32-1 bytes",
+            vec![0xdb, 0xff, 0xff, 0xff, 0xff, b'a', b'b', b'c', b'd'],
+        ),
+        (
+            "bin32 of 2^32-1 bytes",
+            vec![0xc6, 0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+        ),
+        (
+            "array32 of 2^32-1 elements",
+            vec![0xdd, 0xff, 0xff, 0xff, 0xff, 0xc0, 0xc0],
+        ),
+        (
+            "map32 of 2^32-1 entries",
+            vec![0xdf, 0xff, 0xff, 0xff, 0xff, 0xc0, 0xc0],
+        ),
+        (
+            "ext32 of 2^32-1 bytes",
+            vec![0xc9, 0xff, 0xff, 0xff, 0xff, 1, 2],
+        ),
         ("bad UTF-8", vec![0xa3, 0xff, 0xfe, 0xfd]),
         ("wrong type", vec![0xa3, b'a', b'b', b'c']),
         ("the reserved marker 0xc1", vec![0xc1]),
@@ -389,7 +404,9 @@ pub fn zombie_children() -> Vec<u32> {
         let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
         for pid in children.split_whitespace().filter_map(|p| p.parse().ok()) {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
             if state == Some("Z") {
                 zombies.push(pid);
             }

@@ -8,8 +8,8 @@
 //!
 //! 1. **Talk**: `CHILDREN` echo children run at once; each is sent `MESSAGES` numbered messages
 //!    (at most 64 unanswered at a time) and must echo every one, in order.
-//! 2. **Crash storm**, while they talk: `CRASHES` children that segfault at once; each must give
-//!    exactly `Error::Crashed` (SIGSEGV) then `Exit`.
+//! 2. **Crash storm**, while they talk: once half the talkers are forked, `CRASHES` children
+//!    that segfault at once; each must give exactly `Error::Crashed` (SIGSEGV) then `Exit`.
 //! 3. **Fork/kill cycles**: `CYCLES` children started and killed, 50 at a time; each must give
 //!    exactly `Spawn`, `Exit` (SIGTERM).
 //!
@@ -25,7 +25,6 @@
 //! The children (`echo`, `crash`) are found beside this program, in the same target directory:
 //! build them first (`cargo build --release -p utility-process-tests --bins`).
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,7 +68,11 @@ async fn run(children: u64, messages: u64, crashes: u64, cycles: u64) -> bool {
     let echo = dir.join("echo");
     let crash = dir.join("crash");
     for program in [&echo, &crash] {
-        assert!(program.exists(), "{} is missing: build the test children first", program.display());
+        assert!(
+            program.exists(),
+            "{} is missing: build the test children first",
+            program.display()
+        );
     }
 
     // Warm up: the library's thread and guardian exist from the first fork on.
@@ -88,25 +91,36 @@ async fn run(children: u64, messages: u64, crashes: u64, cycles: u64) -> bool {
     let started = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
     let mut talkers = Vec::new();
+    let mut storm = Vec::new();
+    let mut storm_started = started;
+    let mut echoed_at_storm = 0;
     for id in 0..children {
         let child = fork(&echo, [] as [&str; 0], ForkOptions::default())
             .unwrap_or_else(|e| panic!("fork echo #{id}: {e}"));
-        talkers.push(tokio::spawn(talk(child, id, messages, Arc::clone(&received))));
+        talkers.push(tokio::spawn(talk(
+            child,
+            id,
+            messages,
+            Arc::clone(&received),
+        )));
+        if id == children / 2 {
+            // Half the talkers are under way: crash a crowd at once in their midst.
+            storm_started = Instant::now();
+            echoed_at_storm = received.load(Ordering::Relaxed);
+            storm = (0..crashes)
+                .map(|_| {
+                    let child = fork(
+                        &crash,
+                        ["segv"],
+                        ForkOptions::default().stderr(Stdio::Ignore),
+                    )
+                    .expect("fork crash");
+                    tokio::spawn(crash_ends(child))
+                })
+                .collect();
+        }
     }
     let forked = started.elapsed();
-    // Let the talk get going, then crash a crowd at once.
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    while received.load(Ordering::Relaxed) < children * messages / 4 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let storm_started = Instant::now();
-    let storm: Vec<_> = (0..crashes)
-        .map(|_| {
-            let child = fork(&crash, ["segv"], ForkOptions::default().stderr(Stdio::Ignore))
-                .expect("fork crash");
-            tokio::spawn(crash_ends(child))
-        })
-        .collect();
     let mut crashed_well = 0;
     for crashing in storm {
         match crashing.await.expect("crash task") {
@@ -118,6 +132,7 @@ async fn run(children: u64, messages: u64, crashes: u64, cycles: u64) -> bool {
         }
     }
     let storm_took = storm_started.elapsed();
+    let echoed_during_storm = received.load(Ordering::Relaxed) - echoed_at_storm;
     let mut talk_problems = 0;
     for talker in talkers {
         if let Err(problem) = talker.await.expect("talk task") {
@@ -140,9 +155,13 @@ async fn run(children: u64, messages: u64, crashes: u64, cycles: u64) -> bool {
     );
     println!(
         "crash storm: {crashed_well} of {crashes} children gave Error(Crashed SIGSEGV) then Exit, \
-         in {storm_took:.1?}, while the talk went on"
+         all within {storm_took:.1?}; it began after {echoed_at_storm} echoes, and {echoed_during_storm} \
+         more came back while it lasted"
     );
-    println!("peak VmHWM after talk and storm: {} KiB", proc_status("VmHWM"));
+    println!(
+        "peak VmHWM after talk and storm: {} KiB",
+        proc_status("VmHWM")
+    );
 
     // 3: fork/kill cycles.
     let started = Instant::now();
@@ -152,8 +171,12 @@ async fn run(children: u64, messages: u64, crashes: u64, cycles: u64) -> bool {
         let batch = (cycles - cycled).min(50);
         let children: Vec<UtilityProcess> = (0..batch)
             .map(|_| {
-                fork(&crash, ["sleep"], ForkOptions::default().stderr(Stdio::Ignore))
-                    .expect("fork crash")
+                fork(
+                    &crash,
+                    ["sleep"],
+                    ForkOptions::default().stderr(Stdio::Ignore),
+                )
+                .expect("fork crash")
             })
             .collect();
         for mut child in children {
@@ -262,7 +285,10 @@ async fn next(child: &mut UtilityProcess) -> Option<Event> {
     match tokio::time::timeout(EVENT_TIMEOUT, child.next_event()).await {
         Ok(event) => event,
         Err(_) => {
-            eprintln!("no event from {} within {EVENT_TIMEOUT:?}: a hang", child.service_name());
+            eprintln!(
+                "no event from {} within {EVENT_TIMEOUT:?}: a hang",
+                child.service_name()
+            );
             std::process::exit(1);
         }
     }
@@ -281,7 +307,8 @@ fn pidfds() -> usize {
         .map(|dir| {
             dir.flatten()
                 .filter(|e| {
-                    std::fs::read_link(e.path()).is_ok_and(|t| t == PathBuf::from("anon_inode:[pidfd]"))
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|t| t.as_os_str() == "anon_inode:[pidfd]")
                 })
                 .count()
         })
@@ -295,10 +322,12 @@ fn raise_fd_limit() -> (u64, u64) {
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes one rlimit into `limit`.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(got, 0, "getrlimit");
     let before = limit.rlim_cur;
     limit.rlim_cur = limit.rlim_max;
     // SAFETY: setrlimit reads one valid rlimit.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
-    (before as u64, limit.rlim_max as u64)
+    let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    assert_eq!(set, 0, "setrlimit");
+    (before, limit.rlim_max)
 }
