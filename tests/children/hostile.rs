@@ -36,6 +36,7 @@
 //! | `bad-payloads` | well-formed `MESSAGE`s whose MessagePack payloads are hostile (`utility_process_tests::hostile_payloads`), then the string `"still here"`; then answers each message from the parent with the string `"pong"` until the port closes |
 //! | `flood` | correct 4 KiB `MESSAGE`s (raw bytes: a little-endian `u64` sequence number, then zeros), as fast as the socket takes them, forever |
 //! | `stdout-flood` | (through the library) writes to stdout without end on a thread, and echoes every message on the port |
+//! | `post-until-full` | (through the library) posts 64 KiB raw messages (a little-endian `u64` sequence number, then zeros) without waiting until `post_bytes` fails with `QueueFull`, then writes `full <count> <queued> <limit>` and a newline to stdout, then `send`s 16 more (which wait for room) and the string `"done"`; then waits for the port to close |
 //! | `sleep` | nothing more: a correct handshake, then waits to be killed |
 
 use std::io::{Read, Write};
@@ -56,6 +57,9 @@ fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
     if mode == "stdout-flood" {
         stdout_flood();
+    }
+    if mode == "post-until-full" {
+        post_until_full();
     }
     // SAFETY: descriptor 3 is the parent port that `fork` gave this process (see
     // docs/PROTOCOL.md, section 1); nothing else in this program owns or closes it.
@@ -421,5 +425,40 @@ fn stdout_flood() -> ! {
         port.post_bytes(message.bytes())
             .expect("the parent is listening");
     }
+    std::process::exit(0);
+}
+
+/// `post-until-full`: the child's side of back-pressure.
+fn post_until_full() -> ! {
+    let port = utility_process::parent_port().expect("started by fork");
+    let numbered = |seq: u64| {
+        let mut bytes = vec![0u8; 64 * 1024];
+        bytes[..8].copy_from_slice(&seq.to_le_bytes());
+        bytes
+    };
+    let mut seq = 0u64;
+    let (queued, limit) = loop {
+        match port.post_bytes(&numbered(seq)) {
+            Ok(()) => seq += 1,
+            Err(utility_process::Error::QueueFull { queued, limit, .. }) => break (queued, limit),
+            Err(other) => panic!("post {seq}: expected Ok or QueueFull, got {other}"),
+        }
+    };
+    println!("full {seq} {queued} {limit}");
+    std::io::stdout().flush().expect("flush stdout");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        for _ in 0..16 {
+            port.send_bytes(&numbered(seq))
+                .await
+                .expect("send waits for room");
+            seq += 1;
+        }
+        port.send(&"done").await.expect("send waits for room");
+    });
+    while port.recv_blocking().is_some() {}
     std::process::exit(0);
 }

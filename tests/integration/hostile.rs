@@ -643,6 +643,93 @@ fn a_child_flooding_the_parent_is_held_back_by_the_socket_not_buffered() {
 }
 
 #[tokio::test]
+async fn a_child_posting_to_a_parent_that_does_not_read_gets_queue_full_and_send_waits() {
+    let options = ForkOptions::default().stdout(Stdio::Pipe);
+    let mut child = fork(HOSTILE, ["post-until-full"], options).expect("fork");
+    let stdout = child.take_stdout().expect("a stdout pipe");
+    // The parent reads nothing from the port until the child says its queue is full.
+    let mut line = String::new();
+    let mut stdout = tokio::io::BufReader::new(stdout);
+    tokio::time::timeout(
+        utility_process_tests::EVENT_TIMEOUT,
+        tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut line),
+    )
+    .await
+    .expect("the child fills its queue")
+    .expect("read the child's stdout");
+    let fields: Vec<usize> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let [posted, queued, limit] = fields[..] else {
+        panic!("expected `full COUNT QUEUED LIMIT`, got {line:?}");
+    };
+    assert!(queued >= limit && queued < limit + 2 * 65_536, "{line}");
+    // Then every message comes, in order: the posted ones, the 16 sent after waiting, "done".
+    match next_event(&mut child).await {
+        Some(Event::Spawn) => {}
+        other => panic!("expected Spawn, got {other:?}"),
+    }
+    for seq in 0..posted as u64 + 16 {
+        match next_event(&mut child).await {
+            Some(Event::Message(message)) => {
+                assert_eq!(message.bytes()[..8], seq.to_le_bytes(), "message {seq}");
+                assert_eq!(message.len(), 65_536);
+            }
+            other => panic!("expected message {seq} of {posted} + 16, got {other:?}"),
+        }
+    }
+    match next_event(&mut child).await {
+        Some(Event::Message(message)) => assert_eq!(message.data::<&str>().unwrap(), "done"),
+        other => panic!("expected \"done\", got {other:?}"),
+    }
+    assert!(child.kill());
+    match all_events(&mut child).await.as_slice() {
+        [Event::Exit(status)] => assert_eq!(status.signal(), Some(Signal::SIGTERM)),
+        other => panic!("expected Exit; got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn posting_on_a_port_whose_peer_never_reads_fails_with_queue_full_and_loses_nothing() {
+    let channel = utility_process::MessageChannel::new().unwrap();
+    let (sender, receiver) = (channel.port1, channel.port2);
+    let chunk = vec![0u8; 64 * 1024];
+    let mut posted = 0u64;
+    let (queued, limit) = loop {
+        let mut message = chunk.clone();
+        message[..8].copy_from_slice(&posted.to_le_bytes());
+        match sender.post_bytes(&message) {
+            Ok(()) => posted += 1,
+            Err(Error::QueueFull { queued, limit, .. }) => break (queued, limit),
+            Err(other) => panic!("after {posted} posts: expected QueueFull, got {other:?}"),
+        }
+        assert!(
+            posted < 1 << 20,
+            "no QueueFull after {posted} posts of 64 KiB"
+        );
+    };
+    assert!(
+        queued >= limit && queued < limit + 2 * chunk.len(),
+        "{queued} of {limit}"
+    );
+    // Refused again while nobody reads, however small the message.
+    assert!(matches!(
+        sender.post_bytes(b"x"),
+        Err(Error::QueueFull { .. })
+    ));
+    receiver.start();
+    for seq in 0..posted {
+        let message = tokio::time::timeout(utility_process_tests::EVENT_TIMEOUT, receiver.recv())
+            .await
+            .expect("a message within the timeout")
+            .expect("the port is open");
+        assert_eq!(message.bytes()[..8], seq.to_le_bytes(), "message {seq}");
+    }
+}
+
+#[tokio::test]
 async fn a_child_whose_stdout_nobody_reads_blocks_itself_not_the_parent() {
     let options = ForkOptions::default().stdout(Stdio::Pipe);
     let mut child = fork(HOSTILE, ["stdout-flood"], options).expect("fork");
