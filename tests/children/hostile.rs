@@ -24,7 +24,7 @@
 //! | `fds-without-attachment-then-message` | as above, then a correct `MESSAGE` |
 //! | `more-fds-than-declared` | a `MESSAGE` announcing 1 port, with 2 descriptors |
 //! | `fewer-fds-than-declared` | a `MESSAGE` announcing 2 ports, with 1 descriptor |
-//! | `fds-on-a-later-byte` | a `MESSAGE` announcing 1 port whose descriptor comes with its 4th byte, not its first |
+//! | `fds-on-a-later-byte` | a `MESSAGE` announcing 1 port whose descriptor comes with its 4th byte, once the parent has read the first 3 |
 //! | `port-is-a-pipe` | a `MESSAGE` announcing 1 port whose descriptor is a pipe |
 //! | `port-is-a-datagram-socket` | … a Unix datagram socket |
 //! | `port-is-a-seqpacket-socket` | … a Unix seqpacket socket |
@@ -166,8 +166,11 @@ fn main() {
             let (a, _b) = UnixStream::pair().expect("socketpair");
             let bytes = frame(MESSAGE, &envelope(1, &[0xc0]));
             send(&mut port, &bytes[..3]);
-            // Let the parent read the first three bytes on their own.
-            std::thread::sleep(Duration::from_millis(200));
+            // Wait until the parent has read the first three bytes on their own: a read that
+            // took them together with the rest would find the descriptors on the first byte.
+            while unread(&port) > 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             send_with_fds(&port, &bytes[3..], &[a.as_raw_fd()]);
         }
         "port-is-a-pipe" => {
@@ -345,6 +348,15 @@ fn answer_pong(port: &mut UnixStream) {
             send(port, &message(&mp_str("pong")));
         }
     }
+}
+
+/// Bytes written to `port` that the peer has not read yet (`SIOCOUTQ`).
+fn unread(port: &UnixStream) -> usize {
+    let mut unread: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int through the pointer, to `unread`.
+    let done = unsafe { libc::ioctl(port.as_raw_fd(), libc::TIOCOUTQ, &mut unread) };
+    assert_eq!(done, 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
+    unread as usize
 }
 
 fn socketpair(kind: libc::c_int) -> (OwnedFd, OwnedFd) {

@@ -18,7 +18,6 @@ use utility_process_wire::Error as WireError;
 const HOSTILE: &str = env!("CARGO_BIN_EXE_hostile");
 const ECHO: &str = env!("CARGO_BIN_EXE_echo");
 const CRASH: &str = env!("CARGO_BIN_EXE_crash");
-const SENDER: &str = env!("CARGO_BIN_EXE_sender");
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -601,26 +600,31 @@ fn a_child_flooding_the_parent_is_held_back_by_the_socket_not_buffered() {
                 take(next_event(&mut child).await, &mut expected);
             }
             let before = proc_status("VmRSS");
-            // Now the parent reads nothing for a while. The child writes as fast as the socket
-            // takes it: it soon blocks, and nothing piles up in the parent.
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            // Now the parent reads nothing. The child writes as fast as the socket takes it:
+            // it soon blocks in its write, and nothing piles up in the parent.
+            let blocked = || {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .map(str::to_owned);
+                state.as_deref() == Some("S")
+            };
+            let deadline = Instant::now() + utility_process_tests::EVENT_TIMEOUT;
+            let mut seen = 0;
+            // Seen asleep ten times in a row, 50 ms apart: blocked, not between two writes.
+            while seen < 10 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the flooding child never blocked"
+                );
+                seen = if blocked() { seen + 1 } else { 0 };
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             let grown = proc_status("VmRSS").saturating_sub(before);
             assert!(
                 grown < 8 * 1024,
                 "resident memory grew by {grown} KiB while not reading"
-            );
-            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-            let state = state
-                .rsplit_once(')')
-                .unwrap()
-                .1
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned();
-            assert_eq!(
-                state, "S",
-                "the flooding child should be blocked in its write"
             );
             // And reading again finds every message, in order.
             for _ in 0..1000 {
@@ -764,57 +768,52 @@ async fn a_child_whose_stdout_nobody_reads_blocks_itself_not_the_parent() {
 // Lifecycle under stress
 // ---------------------------------------------------------------------------------------------
 
+async fn echo_round_trip(child: &mut UtilityProcess, seq: u64) {
+    child.post_bytes(&seq.to_le_bytes()).expect("post");
+    match next_event(child).await {
+        Some(Event::Message(message)) => assert_eq!(message.bytes(), seq.to_le_bytes()),
+        other => panic!("expected echo {seq}, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signal_storm_loses_no_message_and_raises_no_error() {
-    const COUNT: u64 = 50_000;
-    let mut child = fork(
-        SENDER,
-        [COUNT.to_string(), "64".into()],
-        ForkOptions::default(),
-    )
-    .expect("fork sender");
+    const STOPS: u32 = 200;
+    let mut child = fork(ECHO, [] as [&str; 0], ForkOptions::default()).expect("fork echo");
     let pid = child.pid().unwrap() as libc::pid_t;
-    let storming = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let storm = {
-        let storming = storming.clone();
-        std::thread::spawn(move || {
-            let mut stops = 0u32;
-            while storming.load(std::sync::atomic::Ordering::SeqCst) {
-                // SAFETY: kill only sends signals; `pid` is our child, which cannot be reaped
-                // (and its pid reused) before the last message, after which the storm stops.
-                unsafe {
-                    libc::kill(pid, libc::SIGSTOP);
-                    libc::kill(pid, libc::SIGCHLD);
-                    libc::kill(libc::getpid(), libc::SIGCHLD);
-                }
-                std::thread::sleep(Duration::from_micros(300));
-                // SAFETY: as above.
-                unsafe { libc::kill(pid, libc::SIGCONT) };
-                std::thread::sleep(Duration::from_micros(300));
-                stops += 1;
-            }
-            // SAFETY: as above; a child left stopped could never exit.
-            unsafe { libc::kill(pid, libc::SIGCONT) };
-            stops
-        })
-    };
     match next_event(&mut child).await {
         Some(Event::Spawn) => {}
         other => panic!("expected Spawn, got {other:?}"),
     }
-    for seq in 0..COUNT {
-        match next_event(&mut child).await {
-            Some(Event::Message(message)) => {
-                assert_eq!(message.bytes()[..8], seq.to_le_bytes(), "message {seq}")
+    let storm = std::thread::spawn(move || {
+        for _ in 0..STOPS {
+            // SAFETY: kill only sends signals. `pid` is our child, alive until the test kills
+            // it after this thread has ended, so the pid cannot have been reused.
+            unsafe {
+                libc::kill(pid, libc::SIGSTOP);
+                libc::kill(pid, libc::SIGCHLD);
+                libc::kill(libc::getpid(), libc::SIGCHLD);
             }
-            other => panic!("expected message {seq}, got {other:?}"),
+            std::thread::sleep(Duration::from_micros(300));
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+            std::thread::sleep(Duration::from_micros(300));
         }
+    });
+    // Round trips all through the storm, and some after it.
+    let mut seq = 0u64;
+    while !storm.is_finished() {
+        seq += 1;
+        echo_round_trip(&mut child, seq).await;
     }
-    storming.store(false, std::sync::atomic::Ordering::SeqCst);
-    let stops = storm.join().unwrap();
-    assert!(stops > 10, "the storm stopped the child only {stops} times");
+    storm.join().unwrap();
+    for _ in 0..100 {
+        seq += 1;
+        echo_round_trip(&mut child, seq).await;
+    }
+    assert!(child.kill());
     match all_events(&mut child).await.as_slice() {
-        [Event::Exit(status)] => assert!(status.success(), "{status}"),
+        [Event::Exit(status)] => assert_eq!(status.signal(), Some(Signal::SIGTERM), "{status}"),
         other => panic!("expected Exit alone (no error); got {other:?}"),
     }
 }
