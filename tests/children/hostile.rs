@@ -30,6 +30,7 @@
 //! | `port-is-a-seqpacket-socket` | … a Unix seqpacket socket |
 //! | `many-fds N` | a `MESSAGE` announcing N ports (at most 253), with N stream sockets (for a receiver short of descriptors: `MSG_CTRUNC`) |
 //! | `fd-flood` | the first bytes of a large `MESSAGE`, one byte per `sendmsg`, each with 253 descriptors |
+//! | `endless-prefix` | a `MESSAGE` carrying a port with a prefix (attachment `0x02`) whose prefix socket never ends: the child writes 64 KiB of zeros into it every 10 ms, for ever |
 //! | `truncated-then-exit` | the first half of a `MESSAGE`, then exits with code 0 |
 //! | `truncated-then-shutdown` | the first half of a `MESSAGE`, then shuts its end of the port down for writing (the parent reads end-of-file) and sleeps |
 //! | `dies-mid-large-message` | 8 MiB of a 16 MiB `MESSAGE`, then kills itself (SIGKILL) |
@@ -217,6 +218,21 @@ fn main() {
                     break;
                 }
             }
+        }
+        "endless-prefix" => {
+            let (mut prefix, prefix_theirs) = UnixStream::pair().expect("socketpair");
+            let (_port, port_theirs) = UnixStream::pair().expect("socketpair");
+            let mut body = vec![1, 0x02];
+            body.extend_from_slice(&77u64.to_le_bytes());
+            body.push(0xc0);
+            let fds = [prefix_theirs.as_raw_fd(), port_theirs.as_raw_fd()];
+            send_with_fds(&port, &frame(MESSAGE, &body), &fds);
+            drop((prefix_theirs, port_theirs));
+            let zeros = vec![0u8; 64 * 1024];
+            while prefix.write_all(&zeros).is_ok() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::process::exit(0);
         }
         "truncated-then-exit" => {
             let bytes = message(b"this message never arrives whole");
