@@ -203,7 +203,12 @@ where
     }
     let output = std::process::Command::new(std::env::current_exe().expect("this test binary"))
         // `--include-ignored`: an ignored test, run on purpose, runs in its own process too.
-        .args([test.as_str(), "--exact", "--test-threads=1", "--include-ignored"])
+        .args([
+            test.as_str(),
+            "--exact",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env(ISOLATED_TEST, &test)
         .stdin(std::process::Stdio::null())
         .output()
