@@ -31,6 +31,8 @@
 //! | `many-fds N` | a `MESSAGE` announcing N ports (at most 253), with N stream sockets (for a receiver short of descriptors: `MSG_CTRUNC`) |
 //! | `fd-flood` | the first bytes of a large `MESSAGE`, one byte per `sendmsg`, each with 253 descriptors |
 //! | `endless-prefix` | a `MESSAGE` carrying a port with a prefix (attachment `0x02`) whose prefix socket never ends: the child writes 64 KiB of zeros into it every 10 ms, for ever |
+//! | `port-then-garbage` | a correct `MESSAGE` carrying a port, then a length prefix of `0xFFFFFFFF` on that port; then answers `"pong"` on the parent port as `bad-payloads` does |
+//! | `port-is-a-listening-socket` | a `MESSAGE` carrying a "port" that is a listening Unix stream socket (the right type, but connected to nothing); then answers `"pong"` |
 //! | `truncated-then-exit` | the first half of a `MESSAGE`, then exits with code 0 |
 //! | `truncated-then-shutdown` | the first half of a `MESSAGE`, then shuts its end of the port down for writing (the parent reads end-of-file) and sleeps |
 //! | `dies-mid-large-message` | 8 MiB of a 16 MiB `MESSAGE`, then kills itself (SIGKILL) |
@@ -233,6 +235,32 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(10));
             }
             std::process::exit(0);
+        }
+        "port-then-garbage" => {
+            let (mut ours, theirs) = UnixStream::pair().expect("socketpair");
+            send_with_fds(
+                &port,
+                &frame(MESSAGE, &envelope(1, &[0xc0])),
+                &[theirs.as_raw_fd()],
+            );
+            drop(theirs);
+            ours.write_all(&[0xff, 0xff, 0xff, 0xff, MESSAGE, 0])
+                .expect("write on the port");
+            answer_pong(&mut port);
+            return;
+        }
+        "port-is-a-listening-socket" => {
+            let dir = std::env::temp_dir().join(format!("hostile-{}", std::process::id()));
+            let _ = std::fs::remove_file(&dir);
+            let listener = std::os::unix::net::UnixListener::bind(&dir).expect("bind");
+            let _ = std::fs::remove_file(&dir);
+            send_with_fds(
+                &port,
+                &frame(MESSAGE, &envelope(1, &[0xc0])),
+                &[listener.as_raw_fd()],
+            );
+            answer_pong(&mut port);
+            return;
         }
         "truncated-then-exit" => {
             let bytes = message(b"this message never arrives whole");

@@ -364,6 +364,48 @@ async fn a_flood_of_descriptors_that_no_frame_claims_is_a_violation() {
     violation(&["fd-flood"], default(), descriptors).await;
 }
 
+/// A port a child sent is a channel to whoever holds its other end, not to the child: bad
+/// frames on it close that port (and are logged on stderr); the parent port and the child
+/// carry on.
+#[tokio::test]
+async fn a_port_from_a_child_that_breaks_the_protocol_or_leads_nowhere_reads_as_closed() {
+    for mode in ["port-then-garbage", "port-is-a-listening-socket"] {
+        let mut child = hostile(&[mode], default());
+        match next_event(&mut child).await {
+            Some(Event::Spawn) => {}
+            other => panic!("{mode}: expected Spawn, got {other:?}"),
+        }
+        let port = match next_event(&mut child).await {
+            Some(Event::Message(mut message)) => {
+                let mut ports = message.take_ports();
+                assert_eq!(ports.len(), 1, "{mode}");
+                ports.remove(0)
+            }
+            other => panic!("{mode}: expected the message with the port, got {other:?}"),
+        };
+        let received = tokio::time::timeout(utility_process_tests::EVENT_TIMEOUT, port.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{mode}: recv on the port hangs"));
+        assert!(received.is_none(), "{mode}: {received:?}");
+        assert!(
+            matches!(port.post_message("anyone?"), Err(Error::Closed { .. })),
+            "{mode}: a post on the closed port does not fail with Closed"
+        );
+        child.post_message("ping").unwrap();
+        match next_event(&mut child).await {
+            Some(Event::Message(message)) => {
+                assert_eq!(message.data::<&str>().unwrap(), "pong", "{mode}")
+            }
+            other => panic!("{mode}: expected \"pong\", got {other:?}"),
+        }
+        assert!(child.kill());
+        match all_events(&mut child).await.as_slice() {
+            [Event::Exit(status)] => assert_eq!(status.signal(), Some(Signal::SIGTERM)),
+            other => panic!("{mode}: expected Exit alone (no error); got {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn descriptors_the_parent_has_no_room_for_are_a_violation_not_a_leak() {
     in_own_process(
