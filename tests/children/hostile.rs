@@ -28,11 +28,13 @@
 //! | `port-is-a-pipe` | a `MESSAGE` announcing 1 port whose descriptor is a pipe |
 //! | `port-is-a-datagram-socket` | … a Unix datagram socket |
 //! | `port-is-a-seqpacket-socket` | … a Unix seqpacket socket |
+//! | `port-is-a-file` | … a regular file (`/dev/null`) |
 //! | `many-fds N` | a `MESSAGE` announcing N ports (at most 253), with N stream sockets (for a receiver short of descriptors: `MSG_CTRUNC`) |
 //! | `fd-flood` | the first bytes of a large `MESSAGE`, one byte per `sendmsg`, each with 253 descriptors |
 //! | `endless-prefix` | a `MESSAGE` carrying a port with a prefix (attachment `0x02`) whose prefix socket never ends: the child writes 64 KiB of zeros into it every 10 ms, for ever |
 //! | `port-then-garbage` | a correct `MESSAGE` carrying a port, then a length prefix of `0xFFFFFFFF` on that port; then answers `"pong"` on the parent port as `bad-payloads` does |
 //! | `port-is-a-listening-socket` | a `MESSAGE` carrying a "port" that is a listening Unix stream socket (the right type, but connected to nothing); then answers `"pong"` |
+//! | `garbage-then-exit` | a length prefix of `0xFFFFFFFF` and some bytes, then exits with code 0 |
 //! | `truncated-then-exit` | the first half of a `MESSAGE`, then exits with code 0 |
 //! | `truncated-then-shutdown` | the first half of a `MESSAGE`, then shuts its end of the port down for writing (the parent reads end-of-file) and sleeps |
 //! | `dies-mid-large-message` | 8 MiB of a 16 MiB `MESSAGE`, then kills itself (SIGKILL) |
@@ -198,6 +200,14 @@ fn main() {
                 &[a.as_raw_fd()],
             );
         }
+        "port-is-a-file" => {
+            let file = std::fs::File::open("/dev/null").expect("open /dev/null");
+            send_with_fds(
+                &port,
+                &frame(MESSAGE, &envelope(1, &[0xc0])),
+                &[file.as_raw_fd()],
+            );
+        }
         "many-fds" => {
             let count: usize = std::env::args()
                 .nth(2)
@@ -261,6 +271,13 @@ fn main() {
             );
             answer_pong(&mut port);
             return;
+        }
+        "garbage-then-exit" => {
+            send(
+                &mut port,
+                &[0xff, 0xff, 0xff, 0xff, 0x02, 0, 0xde, 0xad, 0xbe, 0xef],
+            );
+            std::process::exit(0);
         }
         "truncated-then-exit" => {
             let bytes = message(b"this message never arrives whole");

@@ -349,8 +349,9 @@ async fn descriptors_that_come_after_a_messages_first_byte_are_a_violation() {
 }
 
 #[tokio::test]
-async fn a_port_that_is_a_pipe_is_a_violation() {
+async fn a_port_that_is_a_pipe_or_a_file_is_a_violation() {
     violation(&["port-is-a-pipe"], default(), descriptors).await;
+    violation(&["port-is-a-file"], default(), descriptors).await;
 }
 
 #[tokio::test]
@@ -571,6 +572,28 @@ async fn hostile_messagepack_payloads_fail_to_decode_and_the_port_stays_usable()
 // ---------------------------------------------------------------------------------------------
 // A child that stops half-way
 // ---------------------------------------------------------------------------------------------
+
+/// The child is gone before the parent reads its garbage: the violation is still reported,
+/// and the exit is the child's own (or the parent's SIGKILL, if that landed first).
+#[tokio::test]
+async fn garbage_from_a_child_that_has_already_exited_is_still_a_violation() {
+    let mut bystander = Bystander::start().await;
+    let mut child = hostile(&["garbage-then-exit"], default());
+    match all_events(&mut child).await.as_slice() {
+        [Event::Spawn, Event::Error(Error::ProtocolViolation {
+            violation:
+                Violation::Frame(WireError::FrameTooLarge {
+                    len: 0xffff_ffff, ..
+                }),
+            ..
+        }), Event::Exit(status)] => assert!(
+            status.code() == Some(0) || status.signal() == Some(Signal::SIGKILL),
+            "{status}"
+        ),
+        other => panic!("expected Spawn, ProtocolViolation, Exit; got {other:?}"),
+    }
+    bystander.answers().await;
+}
 
 #[tokio::test]
 async fn a_frame_cut_short_by_the_childs_exit_is_never_delivered() {
