@@ -116,8 +116,10 @@ fn frame_error(check: impl Fn(&WireError) -> bool) -> impl Fn(&Violation) -> boo
     move |violation| matches!(violation, Violation::Frame(e) if check(e))
 }
 
-fn descriptors(violation: &Violation) -> bool {
-    matches!(violation, Violation::Descriptors(_))
+/// A `Violation::Descriptors` whose reason mentions `why` (a few distinctive words, so that the
+/// test fails if another check than the one meant caught the attack).
+fn descriptors(why: &'static str) -> impl Fn(&Violation) -> bool {
+    move |violation| matches!(violation, Violation::Descriptors(reason) if reason.contains(why))
 }
 
 fn default() -> ForkOptions {
@@ -315,7 +317,7 @@ async fn descriptors_on_a_message_without_attachments_are_a_violation_once_the_n
     assert!(messages <= 1, "{events:?}");
     match ending.as_slice() {
         [Event::Error(Error::ProtocolViolation { violation, .. }), Event::Exit(status)] => {
-            assert!(descriptors(violation), "{violation:?}");
+            assert!(descriptors("no message claims")(violation), "{violation:?}");
             assert_eq!(status.signal(), Some(Signal::SIGKILL));
         }
         other => panic!("expected ProtocolViolation, Exit; got {other:?}"),
@@ -330,39 +332,74 @@ async fn descriptors_on_a_message_without_attachments_are_a_violation_once_the_n
 #[tokio::test]
 #[ignore = "transport.rs: a MESSAGE without attachments whose first byte brings descriptors is only refused when a later frame arrives (see docs/SECURITY.md)"]
 async fn descriptors_on_a_message_without_attachments_are_a_violation_at_once() {
-    violation(&["fds-without-attachment"], default(), descriptors).await;
+    violation(
+        &["fds-without-attachment"],
+        default(),
+        descriptors("no message claims"),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn more_descriptors_than_the_message_declares_is_a_violation() {
-    violation(&["more-fds-than-declared"], default(), descriptors).await;
+    violation(
+        &["more-fds-than-declared"],
+        default(),
+        descriptors("miscounted"),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn fewer_descriptors_than_the_message_declares_is_a_violation() {
-    violation(&["fewer-fds-than-declared"], default(), descriptors).await;
+    violation(
+        &["fewer-fds-than-declared"],
+        default(),
+        descriptors("miscounted"),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn descriptors_that_come_after_a_messages_first_byte_are_a_violation() {
-    violation(&["fds-on-a-later-byte"], default(), descriptors).await;
+    violation(
+        &["fds-on-a-later-byte"],
+        default(),
+        descriptors("miscounted"),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_port_that_is_a_pipe_or_a_file_is_a_violation() {
-    violation(&["port-is-a-pipe"], default(), descriptors).await;
-    violation(&["port-is-a-file"], default(), descriptors).await;
+    violation(&["port-is-a-pipe"], default(), descriptors("stream socket")).await;
+    violation(&["port-is-a-file"], default(), descriptors("stream socket")).await;
 }
 
 #[tokio::test]
 async fn a_port_that_is_a_datagram_or_seqpacket_socket_is_a_violation() {
-    violation(&["port-is-a-datagram-socket"], default(), descriptors).await;
-    violation(&["port-is-a-seqpacket-socket"], default(), descriptors).await;
+    violation(
+        &["port-is-a-datagram-socket"],
+        default(),
+        descriptors("stream socket"),
+    )
+    .await;
+    violation(
+        &["port-is-a-seqpacket-socket"],
+        default(),
+        descriptors("stream socket"),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_flood_of_descriptors_that_no_frame_claims_is_a_violation() {
-    violation(&["fd-flood"], default(), descriptors).await;
+    violation(
+        &["fd-flood"],
+        default(),
+        descriptors("more descriptors arrived"),
+    )
+    .await;
 }
 
 /// A port a child sent is a channel to whoever holds its other end, not to the child: bad
