@@ -3,6 +3,8 @@
 
 /// Shared buffers: memory that travels without being copied.
 mod buffers;
+/// A hostile child: malformed frames and descriptors, floods, signal storms, fork/kill cycles.
+mod hostile;
 /// Spawn, exit and error events, kill, no orphans, no zombies, no stray descriptors.
 mod lifecycle;
 /// Resource limits: the child is stopped and the limit named; the tests again as nobody.

@@ -202,7 +202,13 @@ where
         return;
     }
     let output = std::process::Command::new(std::env::current_exe().expect("this test binary"))
-        .args([test.as_str(), "--exact", "--test-threads=1"])
+        // `--include-ignored`: an ignored test, run on purpose, runs in its own process too.
+        .args([
+            test.as_str(),
+            "--exact",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env(ISOLATED_TEST, &test)
         .stdin(std::process::Stdio::null())
         .output()
@@ -284,4 +290,149 @@ pub enum Attempt {
     Status(String),
     /// The child does not know this attempt.
     Unknown(String),
+
+/// Hostile MessagePack payloads, each sent by the `hostile bad-payloads` child in a
+/// well-formed `MESSAGE`, with what it is. None of them decodes as an [`Any`] except
+/// `"wrong type"`, a string, which fails as a number.
+pub fn hostile_payloads() -> Vec<(&'static str, Vec<u8>)> {
+    // One-element arrays nested a million levels deep, around a nil.
+    let mut deep = vec![0x91; 1_000_000];
+    deep.push(0xc0);
+    vec![
+        ("nesting 10^6 deep", deep),
+        // A str32 announcing 0xFFFFFFFF bytes, with four present.
+        (
+            "str32 of 2^32-1 bytes",
+            vec![0xdb, 0xff, 0xff, 0xff, 0xff, b'a', b'b', b'c', b'd'],
+        ),
+        (
+            "bin32 of 2^32-1 bytes",
+            vec![0xc6, 0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+        ),
+        (
+            "array32 of 2^32-1 elements",
+            vec![0xdd, 0xff, 0xff, 0xff, 0xff, 0xc0, 0xc0],
+        ),
+        (
+            "map32 of 2^32-1 entries",
+            vec![0xdf, 0xff, 0xff, 0xff, 0xff, 0xc0, 0xc0],
+        ),
+        (
+            "ext32 of 2^32-1 bytes",
+            vec![0xc9, 0xff, 0xff, 0xff, 0xff, 1, 2],
+        ),
+        ("bad UTF-8", vec![0xa3, 0xff, 0xfe, 0xfd]),
+        ("wrong type", vec![0xa3, b'a', b'b', b'c']),
+        ("the reserved marker 0xc1", vec![0xc1]),
+        ("trailing bytes", vec![0xc0, 0xc0]),
+        ("empty", vec![]),
+    ]
+}
+
+/// Any MessagePack value, decoded through `deserialize_any`: what a receiver that accepts
+/// anything (a `serde_json::Value`-like type) would decode into. Recursive, so nesting
+/// reaches the codec's depth limit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Any {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    Array(Vec<Any>),
+    Map(Vec<(Any, Any)>),
+}
+
+impl<'de> Deserialize<'de> for Any {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Any, D::Error> {
+        deserializer.deserialize_any(AnyVisitor)
+    }
+}
+
+struct AnyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for AnyVisitor {
+    type Value = Any;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any MessagePack value")
+    }
+    fn visit_unit<E>(self) -> Result<Any, E> {
+        Ok(Any::Nil)
+    }
+    fn visit_none<E>(self) -> Result<Any, E> {
+        Ok(Any::Nil)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Any, D::Error> {
+        Any::deserialize(d)
+    }
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<Any, D::Error> {
+        Any::deserialize(d)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Any, E> {
+        Ok(Any::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Any, E> {
+        Ok(Any::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Any, E> {
+        Ok(Any::UInt(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Any, E> {
+        Ok(Any::Float(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Any, E> {
+        Ok(Any::Str(v.to_owned()))
+    }
+    fn visit_bytes<E>(self, v: &[u8]) -> Result<Any, E> {
+        Ok(Any::Bytes(v.to_vec()))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Any, A::Error> {
+        // Grows as elements arrive: the announced length is not trusted.
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Any::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Any, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(entry) = map.next_entry()? {
+            entries.push(entry);
+        }
+        Ok(Any::Map(entries))
+    }
+}
+
+/// A line of `/proc/self/status` in kibibytes (`VmRSS`, `VmHWM`, ...), or a count
+/// (`Threads`).
+pub fn proc_status(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
+
+/// This process's children that are zombies (ended, not reaped), as pids.
+pub fn zombie_children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut zombies = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{me}/task")).expect("/proc/self/task");
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children.split_whitespace().filter_map(|p| p.parse().ok()) {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            if state == Some("Z") {
+                zombies.push(pid);
+            }
+        }
+    }
+    zombies
 }
