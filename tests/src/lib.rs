@@ -290,6 +290,7 @@ pub enum Attempt {
     Status(String),
     /// The child does not know this attempt.
     Unknown(String),
+}
 
 /// Hostile MessagePack payloads, each sent by the `hostile bad-payloads` child in a
 /// well-formed `MESSAGE`, with what it is. None of them decodes as an [`Any`] except
