@@ -144,7 +144,10 @@ where
     attach_inner(port, Some(Arc::new(probe))).await
 }
 
-async fn attach_inner(port: &ParentPort, probe: Option<ProbeFn>) -> Result<Supervised, AttachError> {
+async fn attach_inner(
+    port: &ParentPort,
+    probe: Option<ProbeFn>,
+) -> Result<Supervised, AttachError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| AttachError::NoRuntime)?;
     let mut first = port.recv().await.ok_or(AttachError::ParentGone)?;
     let hello = match first.data::<Hello>() {

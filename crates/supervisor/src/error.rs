@@ -33,7 +33,9 @@ pub enum Error {
     },
     /// Occurs when a message is posted to a service that is between two lives (restarting),
     /// or that ended before the message could be handed to it.
-    #[error("{service} is not running (it is being restarted or has ended); the message was not sent")]
+    #[error(
+        "{service} is not running (it is being restarted or has ended); the message was not sent"
+    )]
     NotRunning {
         /// The service.
         service: String,
@@ -45,7 +47,7 @@ pub enum Error {
         /// The service.
         service: String,
         /// The core's error.
-        source: utility_process::Error,
+        source: Box<utility_process::Error>,
     },
     /// Occurs when the supervisor has given up (restart intensity) and takes no new work.
     #[error("the supervisor gave up: {0}")]

@@ -184,6 +184,8 @@ pub enum SupervisorEvent {
         pid: Option<u32>,
         /// Why it ended.
         reason: ExitReason,
+        /// How its process ended (its code or signal), if one was started.
+        status: Option<ExitStatus>,
         /// How long it had been ready, if it said so.
         uptime: Option<Duration>,
     },

@@ -79,8 +79,6 @@ mod spec;
 mod supervisor;
 
 pub use error::{AttachError, Error};
-pub use event::{
-    Events, ExitReason, GiveUpReason, ProbeFailure, StartStage, SupervisorEvent,
-};
+pub use event::{Events, ExitReason, GiveUpReason, ProbeFailure, StartStage, SupervisorEvent};
 pub use spec::{Backoff, ChildSpec, Heartbeat, Intensity, Probe, Restart, SupervisorOptions};
 pub use supervisor::{ChildMessage, Supervisor};

@@ -35,9 +35,7 @@ use utility_process::{
 };
 
 use crate::error::Error;
-use crate::event::{
-    Events, ExitReason, GiveUpReason, ProbeFailure, StartStage, SupervisorEvent,
-};
+use crate::event::{Events, ExitReason, GiveUpReason, ProbeFailure, StartStage, SupervisorEvent};
 use crate::protocol::{Hello, Reply, Request, MAGIC, VERSION};
 use crate::spec::{ChildSpec, Command, Restart, SupervisorOptions};
 
@@ -226,7 +224,7 @@ impl Supervisor {
     ) -> Result<(), Error> {
         let message = Message::from_value(value).map_err(|source| Error::Post {
             service: service.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
         self.post_bytes(service, message.into_bytes()).await
     }
@@ -418,6 +416,7 @@ impl Runner {
                 service: service.clone(),
                 pid: end.pid,
                 reason: end.reason.clone(),
+                status: end.status,
                 uptime: end.uptime,
             });
             if let Some(done) = end.stop {
@@ -640,9 +639,8 @@ impl Runner {
                             probe_answer_by = None;
                             if let (Err(words), None) = (verdict, &killing) {
                                 child.kill();
-                                killing = Some(ExitReason::ProbeFailed(ProbeFailure::Unhealthy(
-                                    words,
-                                )));
+                                killing =
+                                    Some(ExitReason::ProbeFailed(ProbeFailure::Unhealthy(words)));
                             }
                         }
                     }
@@ -668,7 +666,7 @@ impl Runner {
                         },
                         source => Error::Post {
                             service: service.clone(),
-                            source,
+                            source: Box::new(source),
                         },
                     });
                     let _ = reply.send(result);
@@ -726,8 +724,7 @@ impl Runner {
                         killing = Some(ExitReason::ProbeFailed(ProbeFailure::NoAnswer {
                             after: p.timeout,
                         }));
-                    } else if probe_answer_by.is_none() && probe_due.is_some_and(|at| now >= at)
-                    {
+                    } else if probe_answer_by.is_none() && probe_due.is_some_and(|at| now >= at) {
                         probes_sent += 1;
                         let _ = control.post_message(&Request::Probe(probes_sent));
                         probe_answer_by = Some(now + p.timeout);
@@ -766,7 +763,10 @@ impl Runner {
     }
 
     /// Creates the control channel and posts the child its end, as the first message.
-    fn hand_over_control(&self, child: &UtilityProcess) -> Result<MessagePort, utility_process::Error> {
+    fn hand_over_control(
+        &self,
+        child: &UtilityProcess,
+    ) -> Result<MessagePort, utility_process::Error> {
         let channel = MessageChannel::new()?;
         let hello = Hello {
             magic: MAGIC.to_owned(),
