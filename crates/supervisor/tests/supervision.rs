@@ -354,7 +354,7 @@ fn child_that_exits_at_start_fails_its_first_start_and_is_not_restarted() -> Res
             || format!("expected a failed start with exit code 1, got {result:?}"),
         )?;
         // Nothing after the Exited: no restart.
-        let _ = wait_for(&mut events, "Exited", |e| {
+        wait_for(&mut events, "Exited", |e| {
             matches!(e, SupervisorEvent::Exited { .. }).then_some(())
         })
         .await?;
@@ -931,10 +931,13 @@ fn child_ignoring_sigterm_is_killed_after_its_shutdown_timeout() -> Result<(), F
     })
 }
 
+/// One trial's body.
+type TrialFn = fn() -> Result<(), Failed>;
+
 fn main() {
     init([Entry::new("worker", worker)]);
     let arguments = Arguments::from_args();
-    let trials: Vec<(&str, fn() -> Result<(), Failed>)> = vec![
+    let trials: Vec<(&str, TrialFn)> = vec![
         (
             "ready_child_is_reported_started_then_ready",
             ready_child_is_reported_started_then_ready,
