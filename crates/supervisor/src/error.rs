@@ -6,6 +6,20 @@ use utility_process::Message;
 use crate::event::{ExitReason, GiveUpReason};
 
 /// An error from a [`Supervisor`](crate::Supervisor) call.
+///
+/// # Examples
+///
+/// ```
+/// use utility_process_supervisor::{Error, Supervisor, SupervisorOptions};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let supervisor = Supervisor::new(SupervisorOptions::default());
+/// supervisor.shutdown().await;
+/// let late = supervisor.post_bytes("gone", b"hi".to_vec()).await.unwrap_err();
+/// assert_eq!(late.to_string(), "the supervisor has no service named \"gone\"");
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -68,6 +68,18 @@ pub enum ExitReason {
 impl ExitReason {
     /// Whether this counts as a failure for [`Restart::OnFailure`](crate::Restart::OnFailure):
     /// everything except exit code 0 and a stop asked by the supervisor.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use utility_process_supervisor::{ExitReason, StartStage};
+    ///
+    /// assert!(!ExitReason::Stopped.is_failure());
+    /// let late = ExitReason::StartTimeout { stage: StartStage::Ready, after: Duration::from_secs(1) };
+    /// assert!(late.is_failure());
+    /// assert_eq!(late.to_string(), "did not say it was ready within 1s");
+    /// ```
     pub fn is_failure(&self) -> bool {
         match self {
             ExitReason::Exited { status, .. } => !status.success(),
@@ -146,6 +158,27 @@ impl std::fmt::Display for GiveUpReason {
 /// `Restarting` (and the next life), `NotRestarted`, or nothing more if the supervisor is
 /// stopping it. A supervisor's last event is `ShutdownComplete`, after a shutdown or after
 /// `GaveUp`.
+///
+/// # Examples
+///
+/// A log line per event (the [crate documentation](crate) reacts to them):
+///
+/// ```
+/// use utility_process_supervisor::{ExitReason, SupervisorEvent};
+///
+/// fn log(event: &SupervisorEvent) -> String {
+///     match event {
+///         SupervisorEvent::Restarting { service, attempt, delay, reason } => {
+///             format!("{service}: {reason}; restart #{attempt} in {delay:?}")
+///         }
+///         SupervisorEvent::GaveUp(why) => format!("giving up: {why}"),
+///         other => format!("{other:?}"),
+///     }
+/// }
+/// let event = SupervisorEvent::NotRestarted { service: "w".into(), reason: ExitReason::Stopped };
+/// assert_eq!(event.service(), Some("w"));
+/// assert!(log(&event).starts_with("NotRestarted"));
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum SupervisorEvent {
@@ -252,6 +285,21 @@ impl SupervisorEvent {
 /// than [`SupervisorOptions::event_capacity`](crate::SupervisorOptions::event_capacity)
 /// behind loses the oldest and is told so with [`SupervisorEvent::EventsLost`]: a slow
 /// reader never slows supervision down.
+///
+/// # Examples
+///
+/// ```
+/// use utility_process_supervisor::{Supervisor, SupervisorEvent, SupervisorOptions};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let supervisor = Supervisor::new(SupervisorOptions::default().event_capacity(1));
+/// let mut slow = supervisor.events();
+/// supervisor.shutdown().await; // one event
+/// supervisor.shutdown().await; // nothing more: the shutdown already happened
+/// assert!(matches!(slow.recv().await, Some(SupervisorEvent::ShutdownComplete)));
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Events {
     pub(crate) receiver: broadcast::Receiver<SupervisorEvent>,

@@ -21,6 +21,16 @@ use std::time::Duration;
 use utility_process::{ForkOptions, Signal};
 
 /// When a child that ended is started again (Erlang's restart types).
+///
+/// # Examples
+///
+/// ```
+/// use utility_process_supervisor::{ChildSpec, Restart};
+///
+/// assert_eq!(Restart::default(), Restart::Always);
+/// // A batch job: restarted if it fails, done when it succeeds.
+/// let job = ChildSpec::entry("nightly-import", "import").restart(Restart::OnFailure);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Restart {
     /// Never restarted (Erlang's `temporary`, systemd's `Restart=no`).

@@ -60,7 +60,43 @@ pub struct ChildMessage {
 ///
 /// # Examples
 ///
-/// See the [crate documentation](crate) for a supervised worker that hangs and is restarted.
+/// Two services, stopped in reverse start order (the [crate documentation](crate) shows a
+/// worker that hangs and is restarted):
+///
+/// ```
+/// use utility_process::{init, Entry, ParentPort};
+/// use utility_process_supervisor::{child, ChildSpec, Supervisor, SupervisorEvent, SupervisorOptions};
+///
+/// async fn idle(port: ParentPort) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+///     child::attach(&port).await?.ready()?;
+///     while port.recv().await.is_some() {}
+///     Ok(())
+/// }
+///
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     init([Entry::new("idle", idle)]);
+///     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+///     runtime.block_on(async {
+///         let supervisor = Supervisor::new(SupervisorOptions::default());
+///         let mut events = supervisor.events();
+///         supervisor.start_child(ChildSpec::entry("database", "idle")).await?;
+///         supervisor.start_child(ChildSpec::entry("web", "idle")).await?;
+///         assert_eq!(supervisor.services(), ["database", "web"]);
+///
+///         supervisor.shutdown().await;
+///         let mut stopped = Vec::new();
+///         while let Some(event) = events.recv().await {
+///             match event {
+///                 SupervisorEvent::Stopped { service, .. } => stopped.push(service),
+///                 SupervisorEvent::ShutdownComplete => break,
+///                 _ => {}
+///             }
+///         }
+///         assert_eq!(stopped, ["web", "database"]);
+///         Ok(())
+///     })
+/// }
+/// ```
 #[derive(Debug)]
 pub struct Supervisor {
     shared: Arc<Shared>,
@@ -84,6 +120,8 @@ struct State {
     /// When the recent restarts happened, oldest first (the intensity's sliding window).
     restarts: VecDeque<Instant>,
     phase: Phase,
+    /// `shutdown_all` has begun (by a call, or after giving up).
+    shutdown_started: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +174,7 @@ impl Supervisor {
                     children: Vec::new(),
                     restarts: VecDeque::new(),
                     phase: Phase::Running,
+                    shutdown_started: false,
                 }),
                 done: watch::Sender::new(false),
             }),
@@ -217,6 +256,22 @@ impl Supervisor {
     /// [`Error::UnknownService`]; [`Error::NotRunning`] while the service is between lives or
     /// when its process has just ended; [`Error::Post`] for the core's errors (too large,
     /// queue full, cannot encode).
+    ///
+    /// # Examples
+    ///
+    /// [`child::attach`](crate::child::attach) shows a round trip; a name the supervisor
+    /// does not know is an error, not a panic:
+    ///
+    /// ```
+    /// use utility_process_supervisor::{Error, Supervisor, SupervisorOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let supervisor = Supervisor::new(SupervisorOptions::default());
+    /// let error = supervisor.post_message("nobody", &42u32).await.unwrap_err();
+    /// assert!(matches!(error, Error::UnknownService { service } if service == "nobody"));
+    /// # }
+    /// ```
     pub async fn post_message<T: Serialize + ?Sized>(
         &self,
         service: &str,
@@ -280,8 +335,9 @@ impl Supervisor {
             .collect()
     }
 
-    /// Stops one service (SIGTERM, then SIGKILL after its shutdown timeout) and stops
-    /// supervising it. Returns how its process ended, `None` if it had none at the moment.
+    /// Stops one service (SIGTERM, then SIGKILL after its shutdown timeout), waits until its
+    /// process has ended, and stops supervising it. The events say how it ended
+    /// ([`SupervisorEvent::Stopped`]).
     ///
     /// # Errors
     ///
@@ -297,6 +353,20 @@ impl Supervisor {
     /// then SIGKILL), and waits until all have ended; then emits
     /// [`SupervisorEvent::ShutdownComplete`]. Calling it again, or after the supervisor gave
     /// up, waits for the same end.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use utility_process_supervisor::{Error, Supervisor, SupervisorEvent, SupervisorOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let supervisor = Supervisor::new(SupervisorOptions::default());
+    /// let mut events = supervisor.events();
+    /// supervisor.shutdown().await;
+    /// assert!(matches!(events.recv().await, Some(SupervisorEvent::ShutdownComplete)));
+    /// # }
+    /// ```
     pub async fn shutdown(&self) {
         shutdown_all(Arc::clone(&self.shared)).await;
     }
@@ -336,12 +406,13 @@ async fn stop(commands: &mpsc::Sender<Cmd>) {
 async fn shutdown_all(shared: Arc<Shared>) {
     let children = {
         let mut state = shared.lock();
-        let first = matches!(state.phase, Phase::Running)
-            || (matches!(state.phase, Phase::GaveUp(_)) && !state.children.is_empty());
-        if matches!(state.phase, Phase::Running) {
-            state.phase = Phase::ShuttingDown;
-        }
-        if first {
+        if state.shutdown_started {
+            None
+        } else {
+            state.shutdown_started = true;
+            if matches!(state.phase, Phase::Running) {
+                state.phase = Phase::ShuttingDown;
+            }
             Some(
                 state
                     .children
@@ -350,8 +421,6 @@ async fn shutdown_all(shared: Arc<Shared>) {
                     .map(|c| c.commands.clone())
                     .collect::<Vec<_>>(),
             )
-        } else {
-            None
         }
     };
     match children {
@@ -733,18 +802,7 @@ impl Runner {
                 }
             }
         };
-        // Undelivered messages of this life stay in order with the others.
-        if let Some(message) = pending.take() {
-            let _ = self
-                .shared
-                .messages
-                .send(ChildMessage {
-                    service: service.clone(),
-                    pid,
-                    message,
-                })
-                .await;
-        }
+        // `Exit` is only read once every message before it was forwarded: none is pending.
         // The core reports `Exit` exactly once, before `None`: `status` is always `Some`.
         let Some(status) = status else {
             unreachable!("utility_process ended the events without an Exit")
@@ -773,8 +831,11 @@ impl Runner {
             version: VERSION,
             restarts: self.restarts,
         };
-        child.post_message_with_ports(&hello, vec![channel.port2])?;
-        Ok(channel.port1)
+        match child.post_message_with_ports(&hello, vec![channel.port2]) {
+            // The child has already ended: its `Exit` comes next, and says why.
+            Ok(()) | Err(utility_process::Error::Closed { .. }) => Ok(channel.port1),
+            Err(error) => Err(error),
+        }
     }
 }
 

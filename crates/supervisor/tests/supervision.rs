@@ -931,6 +931,62 @@ fn child_ignoring_sigterm_is_killed_after_its_shutdown_timeout() -> Result<(), F
     })
 }
 
+fn posting_between_lives_is_refused_and_shutdown_ends_the_wait() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let mut events = supervisor.events();
+        // A long backoff: the service stays between lives for the whole trial.
+        let backoff = Backoff::new(Duration::from_secs(60), Duration::from_secs(60)).jitter(0.0);
+        supervisor
+            .start_child(spec("napper", "normal").backoff(backoff))
+            .await?;
+        supervisor.post_message("napper", "crash").await?;
+        wait_for(&mut events, "Restarting", |e| {
+            matches!(e, SupervisorEvent::Restarting { .. }).then_some(())
+        })
+        .await?;
+        let refused = supervisor.post_message("napper", &1u64).await;
+        check(
+            matches!(&refused, Err(Error::NotRunning { service }) if service == "napper"),
+            || format!("expected NotRunning between lives, got {refused:?}"),
+        )?;
+        check(supervisor.pid("napper").is_none(), || {
+            "no pid between lives".into()
+        })?;
+        supervisor.shutdown().await;
+        let stopped = wait_for(&mut events, "Stopped", |e| match e {
+            SupervisorEvent::Stopped { pid, status, .. } => Some((*pid, *status)),
+            _ => None,
+        })
+        .await?;
+        check(stopped == (None, None), || {
+            format!("stopped between lives: {stopped:?}")
+        })
+    })
+}
+
+fn stop_child_ends_one_service_and_leaves_the_others() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let keep = supervisor.start_child(spec("keep", "normal")).await?;
+        let go = supervisor.start_child(spec("go", "normal")).await?;
+        supervisor.stop_child("go").await?;
+        check(!is_alive(go), || "the stopped child is still alive".into())?;
+        check(supervisor.services() == ["keep"], || {
+            format!("only keep is supervised: {:?}", supervisor.services())
+        })?;
+        check(supervisor.pid("keep") == Some(keep), || {
+            "keep still runs".into()
+        })?;
+        let again = supervisor.stop_child("go").await;
+        check(matches!(again, Err(Error::UnknownService { .. })), || {
+            format!("stopping twice: {again:?}")
+        })?;
+        supervisor.shutdown().await;
+        Ok(())
+    })
+}
+
 /// One trial's body.
 type TrialFn = fn() -> Result<(), Failed>;
 
@@ -1025,6 +1081,14 @@ fn main() {
         (
             "unanswered_probe_restarts_the_child",
             unanswered_probe_restarts_the_child,
+        ),
+        (
+            "posting_between_lives_is_refused_and_shutdown_ends_the_wait",
+            posting_between_lives_is_refused_and_shutdown_ends_the_wait,
+        ),
+        (
+            "stop_child_ends_one_service_and_leaves_the_others",
+            stop_child_ends_one_service_and_leaves_the_others,
         ),
         (
             "shutdown_stops_children_in_reverse_start_order",
