@@ -21,7 +21,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use utility_process::{MessagePort, ParentPort};
+use utility_process::{Message, MessagePort, ParentPort};
 
 use crate::error::AttachError;
 use crate::protocol::{Hello, Reply, Request, MAGIC, VERSION};
@@ -45,6 +45,18 @@ impl Supervised {
     /// [`utility_process::Error::Closed`] when the supervisor is gone.
     pub fn ready(&self) -> Result<(), utility_process::Error> {
         self.control.post_message(&Reply::Ready)
+    }
+
+    /// A sign of life from the child's own loop: the heartbeat in force until the next one
+    /// counts as answered. A child attached with [`attach_blocking`] must call it at least
+    /// once per heartbeat interval (systemd's `WATCHDOG=1`); it then proves that the loop
+    /// calling it goes round. Any child may call it; it never blocks.
+    ///
+    /// # Errors
+    ///
+    /// [`utility_process::Error::Closed`] when the supervisor is gone.
+    pub fn alive(&self) -> Result<(), utility_process::Error> {
+        self.control.post_message(&Reply::Alive)
     }
 
     /// How many times the supervisor had restarted this service before this start (0 on the
@@ -144,12 +156,48 @@ where
     attach_inner(port, Some(Arc::new(probe))).await
 }
 
-async fn attach_inner(
-    port: &ParentPort,
-    probe: Option<ProbeFn>,
-) -> Result<Supervised, AttachError> {
-    let runtime = tokio::runtime::Handle::try_current().map_err(|_| AttachError::NoRuntime)?;
-    let mut first = port.recv().await.ok_or(AttachError::ParentGone)?;
+/// [`attach`] for a child without an async runtime (an [`Entry::blocking`] worker, a compute
+/// loop): takes the control channel with a blocking receive. Nothing answers heartbeats on
+/// the child's behalf: if its spec has a [`Heartbeat`](crate::Heartbeat), the child calls
+/// [`Supervised::alive`] from its loop at least once per interval, and a loop that stops
+/// going round — hung, stopped, deadlocked, or just waiting too long for work — is declared
+/// hung. Health probes are not answered (a [`Probe`](crate::Probe) on such a child fails).
+///
+/// [`Entry::blocking`]: utility_process::Entry::blocking
+///
+/// # Errors
+///
+/// As [`attach`], except [`AttachError::NoRuntime`].
+///
+/// # Examples
+///
+/// ```
+/// use utility_process::ParentPort;
+/// use utility_process_supervisor::child;
+///
+/// fn crunch(port: ParentPort) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+///     let supervised = child::attach_blocking(&port)?;
+///     supervised.ready()?;
+///     for chunk in 0..1_000u64 {
+///         std::hint::black_box(chunk * chunk); // a slice of work, well under the interval
+///         supervised.alive()?;
+///     }
+///     Ok(())
+/// }
+/// # fn main() {} // `attach`'s example shows a supervisor starting a worker.
+/// ```
+pub fn attach_blocking(port: &ParentPort) -> Result<Supervised, AttachError> {
+    let first = port.recv_blocking().ok_or(AttachError::ParentGone)?;
+    let (control, restarts) = take_control(first)?;
+    let _ = control.post_message(&Reply::Attached { answers: false });
+    Ok(Supervised {
+        control: Arc::new(control),
+        restarts,
+    })
+}
+
+/// Checks that `first` is the supervisor's hello and takes its control port.
+fn take_control(mut first: Message) -> Result<(MessagePort, u32), AttachError> {
     let hello = match first.data::<Hello>() {
         Ok(hello) if hello.magic == MAGIC => hello,
         _ => {
@@ -165,20 +213,28 @@ async fn attach_inner(
             version: Some(hello.version),
         });
     }
-    let control = Arc::new(
-        first
-            .take_ports()
-            .pop()
-            .expect("the message holds exactly one port"),
-    );
+    match first.take_ports().pop() {
+        Some(control) => Ok((control, hello.restarts)),
+        None => Err(AttachError::NotSupervised {
+            first,
+            version: Some(hello.version),
+        }),
+    }
+}
+
+async fn attach_inner(
+    port: &ParentPort,
+    probe: Option<ProbeFn>,
+) -> Result<Supervised, AttachError> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| AttachError::NoRuntime)?;
+    let first = port.recv().await.ok_or(AttachError::ParentGone)?;
+    let (control, restarts) = take_control(first)?;
+    let control = Arc::new(control);
     // The supervisor learns the child took the channel; a parent already gone shows later,
     // when the parent port's `recv` returns `None`.
-    let _ = control.post_message(&Reply::Attached);
+    let _ = control.post_message(&Reply::Attached { answers: true });
     runtime.spawn(answer(Arc::clone(&control), probe));
-    Ok(Supervised {
-        control,
-        restarts: hello.restarts,
-    })
+    Ok(Supervised { control, restarts })
 }
 
 /// The answering task: heartbeats and probes, until the supervisor closes the channel.

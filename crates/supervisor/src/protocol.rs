@@ -33,8 +33,11 @@ pub(crate) enum Request {
 /// Child to parent, on the control port.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Reply {
-    /// The child's side took the control port.
-    Attached,
+    /// The child's side took the control port. `answers`: a task answers pings; otherwise
+    /// the child sends [`Reply::Alive`] from its own loop and pings are not sent.
+    Attached { answers: bool },
+    /// A sign of life from the child's own loop ([`Supervised::alive`](crate::child::Supervised::alive)).
+    Alive,
     /// The child says it is ready.
     Ready,
     /// Answer to [`Request::Ping`].

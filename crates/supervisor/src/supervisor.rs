@@ -657,6 +657,8 @@ impl Runner {
         let mut control_open = true;
         let (mut pings_sent, mut pings_answered, mut missed) = (0u64, 0u64, 0u32);
         let mut next_ping: Option<Instant> = None;
+        // A child attached with `attach_blocking` is not pinged: it calls `alive()` itself.
+        let (mut beating, mut alive_seen) = (false, false);
         let (mut probes_sent, mut probe_due): (u64, Option<Instant>) = (0, None);
         let mut probe_answer_by: Option<Instant> = None;
         let far = Instant::now() + Duration::from_secs(86400 * 365);
@@ -683,7 +685,11 @@ impl Runner {
                 Step::Forwarded => {}
                 Step::Control(None) => control_open = false,
                 Step::Control(Some(message)) => match message.data::<Reply>() {
-                    Ok(Reply::Attached) => attached = true,
+                    Ok(Reply::Attached { answers }) => {
+                        attached = true;
+                        beating = !answers;
+                    }
+                    Ok(Reply::Alive) => alive_seen = true,
                     Ok(Reply::Ready) if ready_at.is_none() => {
                         let now = Instant::now();
                         ready_at = Some(now);
@@ -695,6 +701,8 @@ impl Runner {
                             let _ = first.send(Ok(pid));
                         }
                         if heartbeat.is_some() {
+                            // Saying ready is a sign of life: the first check passes.
+                            alive_seen = true;
                             next_ping = Some(now);
                         }
                         if let Some(p) = probe {
@@ -760,7 +768,9 @@ impl Runner {
                 }
                 Step::Heartbeat => {
                     let Some(hb) = heartbeat else { continue };
-                    if pings_answered < pings_sent {
+                    let answered = alive_seen || (!beating && pings_answered == pings_sent);
+                    alive_seen = false;
+                    if !answered {
                         missed += 1;
                         self.shared.emit(SupervisorEvent::HeartbeatMissed {
                             service: service.clone(),
@@ -781,8 +791,10 @@ impl Runner {
                     } else {
                         missed = 0;
                     }
-                    pings_sent += 1;
-                    let _ = control.post_message(&Request::Ping(pings_sent));
+                    if !beating {
+                        pings_sent += 1;
+                        let _ = control.post_message(&Request::Ping(pings_sent));
+                    }
                     next_ping = Some(Instant::now() + hb.interval);
                 }
                 Step::ProbeTimer => {

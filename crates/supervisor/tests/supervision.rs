@@ -121,6 +121,24 @@ async fn worker(port: ParentPort) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// A worker without a runtime: beats every 20 ms — for 300 ms if `argv[1]` is
+/// `beat-then-stop` (then its loop blocks for good), forever otherwise.
+fn blocking_worker(port: ParentPort) -> Result<(), BoxError> {
+    let supervised = child::attach_blocking(&port)?;
+    supervised.ready()?;
+    let stop_after = match std::env::args().nth(1).as_deref() {
+        Some("beat-then-stop") => Some(std::time::Instant::now() + Duration::from_millis(300)),
+        _ => None,
+    };
+    loop {
+        if stop_after.is_some_and(|at| std::time::Instant::now() >= at) {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        supervised.alive()?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn ignore_sigterm() {
     // SAFETY: SIG_IGN is a valid disposition for SIGTERM, installed before this process
     // starts any thread that could be interrupted by it.
@@ -785,6 +803,71 @@ fn hung_child_is_sent_the_chosen_signal() -> Result<(), Failed> {
     })
 }
 
+fn blocking_child_whose_loop_stops_misses_its_heartbeats() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let mut events = supervisor.events();
+        let first = supervisor
+            .start_child(
+                ChildSpec::entry("b", "blocking")
+                    .args(["beat-then-stop"])
+                    .heartbeat(fast_heartbeat()),
+            )
+            .await?;
+        let seen = collect_until(&mut events, "Exited", |e| {
+            matches!(e, SupervisorEvent::Exited { .. })
+        })
+        .await?;
+        let misses: Vec<u32> = seen
+            .iter()
+            .filter_map(|e| match e {
+                SupervisorEvent::HeartbeatMissed { missed, .. } => Some(*missed),
+                _ => None,
+            })
+            .collect();
+        check(misses == [1, 2, 3], || {
+            format!("expected misses 1, 2, 3: {seen:#?}")
+        })?;
+        check(
+            matches!(seen.last(), Some(SupervisorEvent::Exited { pid: Some(pid), reason: ExitReason::HeartbeatMissed { .. }, .. }) if *pid == first),
+            || format!("expected an exit for missed heartbeats: {seen:#?}"),
+        )?;
+        supervisor.shutdown().await;
+        Ok(())
+    })
+}
+
+fn blocking_child_that_keeps_calling_alive_is_kept() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let mut events = supervisor.events();
+        let heartbeat = Heartbeat::new(Duration::from_millis(200)).misses(3);
+        let pid = supervisor
+            .start_child(
+                ChildSpec::entry("b", "blocking")
+                    .args(["beat"])
+                    .heartbeat(heartbeat),
+            )
+            .await?;
+        let ended = tokio::time::timeout(Duration::from_millis(1500), async {
+            loop {
+                match events.recv().await {
+                    Some(event @ SupervisorEvent::Exited { .. }) => return Some(event),
+                    None => return None,
+                    Some(_) => {}
+                }
+            }
+        })
+        .await;
+        check(ended.is_err(), || {
+            format!("a beating child was ended: {ended:?}")
+        })?;
+        check(supervisor.pid("b") == Some(pid), || "same process".into())?;
+        supervisor.shutdown().await;
+        Ok(())
+    })
+}
+
 fn slow_but_timely_heartbeat_answers_are_not_misses() -> Result<(), Failed> {
     run(|| async {
         let supervisor = Supervisor::new(SupervisorOptions::default());
@@ -991,7 +1074,10 @@ fn stop_child_ends_one_service_and_leaves_the_others() -> Result<(), Failed> {
 type TrialFn = fn() -> Result<(), Failed>;
 
 fn main() {
-    init([Entry::new("worker", worker)]);
+    init([
+        Entry::new("worker", worker),
+        Entry::blocking("blocking", blocking_worker),
+    ]);
     let arguments = Arguments::from_args();
     let trials: Vec<(&str, TrialFn)> = vec![
         (
@@ -1069,6 +1155,14 @@ fn main() {
         (
             "hung_child_is_sent_the_chosen_signal",
             hung_child_is_sent_the_chosen_signal,
+        ),
+        (
+            "blocking_child_whose_loop_stops_misses_its_heartbeats",
+            blocking_child_whose_loop_stops_misses_its_heartbeats,
+        ),
+        (
+            "blocking_child_that_keeps_calling_alive_is_kept",
+            blocking_child_that_keeps_calling_alive_is_kept,
         ),
         (
             "slow_but_timely_heartbeat_answers_are_not_misses",
