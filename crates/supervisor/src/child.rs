@@ -17,6 +17,9 @@
 //! or a lock. It does not prove that a task waiting for something that never comes makes
 //! progress: an application [`Probe`](crate::Probe) can check that. A child that does its work
 //! on blocking threads or a multi-thread runtime proves less; see [`Heartbeat`](crate::Heartbeat).
+//!
+//! A child without a runtime uses [`attach_blocking`] instead and calls [`Supervised::alive`]
+//! from its loop: nothing answers on its behalf, so a heartbeat proves that the loop goes round.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;

@@ -10,7 +10,8 @@
 //!   [`Backoff`], a start timeout, a shutdown timeout, and optionally a [`Heartbeat`] and a
 //!   [`Probe`] — under a supervisor-wide restart [`Intensity`]. Everything it does is a
 //!   [`SupervisorEvent`] on [`Supervisor::events`].
-//! - Child side: [`child::attach`] first, then [`child::Supervised::ready`].
+//! - Child side: [`child::attach`] first (or [`child::attach_blocking`] without a runtime),
+//!   then [`child::Supervised::ready`].
 //!
 //! # How it works
 //!

@@ -188,6 +188,11 @@ fn random_unit() -> f64 {
 /// never comes (an async deadlock) makes progress; use a [`Probe`] for that. On a
 /// multi-thread runtime an answer proves only that one worker thread is free.
 ///
+/// A child without a runtime attaches with
+/// [`attach_blocking`](crate::child::attach_blocking) and is not asked: it must call
+/// [`Supervised::alive`](crate::child::Supervised::alive) from its own loop at least once per
+/// interval (systemd's model), which proves that loop goes round.
+///
 /// # Examples
 ///
 /// ```
