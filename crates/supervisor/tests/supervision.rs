@@ -65,6 +65,15 @@ async fn worker(port: ParentPort) -> Result<(), BoxError> {
             return Ok(());
         }
         "stubborn" => ignore_sigterm(),
+        "hostile-control" => {
+            // Takes the control port by hand and answers nonsense on it.
+            let mut first = port.recv().await.ok_or("no first message")?;
+            let control = first.take_ports().pop().ok_or("no control port")?;
+            control.post_message("this is not a reply")?;
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        }
         _ => {}
     }
     let supervised = child::attach_with_probe(&port, || {
@@ -380,6 +389,59 @@ fn child_that_exits_at_start_fails_its_first_start_and_is_not_restarted() -> Res
         check(more.is_err(), || {
             format!("unexpected event after a failed first start: {more:?}")
         })
+    })
+}
+
+fn program_that_cannot_be_started_fails_its_first_start() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let result = supervisor
+            .start_child(ChildSpec::program("ghost", "/nonexistent/program"))
+            .await;
+        check(
+            matches!(&result, Err(Error::StartFailed { service, reason: ExitReason::SpawnFailed(e) })
+                if service == "ghost" && e.to_string().contains("/nonexistent/program")),
+            || format!("expected a spawn failure naming the program, got {result:?}"),
+        )
+    })
+}
+
+fn child_that_breaks_the_control_protocol_is_killed_with_that_reason() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let result = supervisor
+            .start_child(spec("liar", "hostile-control"))
+            .await;
+        check(
+            matches!(
+                &result,
+                Err(Error::StartFailed {
+                    reason: ExitReason::ControlViolation,
+                    ..
+                })
+            ),
+            || format!("expected a control violation, got {result:?}"),
+        )
+    })
+}
+
+fn slow_event_reader_is_told_how_many_events_it_lost() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default().event_capacity(1));
+        let mut events = supervisor.events();
+        // Started and Ready are sent before `start_child` returns: one too many for the reader.
+        supervisor.start_child(spec("chatty", "normal")).await?;
+        let first = events.recv().await;
+        check(
+            matches!(first, Some(SupervisorEvent::EventsLost { count: 1 })),
+            || format!("expected EventsLost {{ count: 1 }}, got {first:?}"),
+        )?;
+        let next = events.recv().await;
+        check(matches!(next, Some(SupervisorEvent::Ready { .. })), || {
+            format!("the newest event survives: {next:?}")
+        })?;
+        supervisor.shutdown().await;
+        Ok(())
     })
 }
 
@@ -1099,6 +1161,18 @@ fn main() {
         (
             "child_that_exits_at_start_fails_its_first_start_and_is_not_restarted",
             child_that_exits_at_start_fails_its_first_start_and_is_not_restarted,
+        ),
+        (
+            "program_that_cannot_be_started_fails_its_first_start",
+            program_that_cannot_be_started_fails_its_first_start,
+        ),
+        (
+            "child_that_breaks_the_control_protocol_is_killed_with_that_reason",
+            child_that_breaks_the_control_protocol_is_killed_with_that_reason,
+        ),
+        (
+            "slow_event_reader_is_told_how_many_events_it_lost",
+            slow_event_reader_is_told_how_many_events_it_lost,
         ),
         (
             "attach_outside_a_supervisor_hands_the_first_message_back",
