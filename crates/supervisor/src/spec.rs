@@ -147,7 +147,9 @@ impl Backoff {
         let base = (self.initial.as_secs_f64() * self.factor.powi(exponent)).min(max);
         let base = if base.is_finite() { base } else { max };
         let taken = base * self.jitter * random_unit();
-        Duration::from_secs_f64((base - taken).clamp(0.0, max))
+        // `max` itself may not survive the round trip through f64 (Duration::MAX does not).
+        Duration::try_from_secs_f64((base - taken).clamp(0.0, max))
+            .map_or(self.max, |d| d.min(self.max))
     }
 }
 
@@ -521,5 +523,83 @@ impl ChildSpec {
     /// The service name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jittered_delays_stay_between_their_floor_and_the_cap() {
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2)).jitter(0.3);
+        for attempt in 1..=12 {
+            let full = Duration::from_millis(100)
+                .saturating_mul(1 << (attempt - 1))
+                .min(Duration::from_secs(2));
+            for _ in 0..200 {
+                let d = backoff.delay(attempt);
+                assert!(d <= full, "attempt {attempt}: {d:?} over {full:?}");
+                assert!(
+                    d >= full.mul_f64(0.7) - Duration::from_micros(1),
+                    "attempt {attempt}: {d:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn jitter_spreads_delays() {
+        let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(1)).jitter(1.0);
+        let distinct: std::collections::BTreeSet<Duration> =
+            (0..100).map(|_| backoff.delay(1)).collect();
+        assert!(
+            distinct.len() > 50,
+            "only {} distinct delays of 100",
+            distinct.len()
+        );
+    }
+
+    #[test]
+    fn extreme_settings_neither_panic_nor_exceed_the_cap() {
+        let cases = [
+            Backoff::new(Duration::from_secs(1), Duration::MAX).factor(f64::MAX),
+            Backoff::new(Duration::MAX, Duration::MAX).jitter(f64::NAN),
+            Backoff::none().factor(f64::NAN),
+            Backoff::new(Duration::ZERO, Duration::from_secs(5)).jitter(-3.0),
+        ];
+        for backoff in cases {
+            for attempt in [0, 1, 2, 64, 1025, u32::MAX] {
+                assert!(
+                    backoff.delay(attempt) <= backoff.max,
+                    "{backoff:?} attempt {attempt}"
+                );
+            }
+        }
+        assert_eq!(Backoff::none().delay(u32::MAX), Duration::ZERO);
+    }
+
+    #[test]
+    fn settings_are_clamped_to_their_meaningful_range() {
+        assert_eq!(
+            Heartbeat::new(Duration::ZERO).interval(),
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            Heartbeat::new(Duration::from_secs(1))
+                .misses(0)
+                .allowed_misses(),
+            1
+        );
+        assert_eq!(
+            Probe::new(Duration::ZERO).answer_timeout(),
+            Duration::from_millis(1)
+        );
+        let backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(1));
+        assert_eq!(
+            backoff.jitter(0.0).delay(3),
+            Duration::from_secs(5),
+            "max is raised to initial"
+        );
     }
 }

@@ -39,6 +39,9 @@ use crate::event::{Events, ExitReason, GiveUpReason, ProbeFailure, StartStage, S
 use crate::protocol::{Hello, Reply, Request, MAGIC, VERSION};
 use crate::spec::{ChildSpec, Command, Restart, SupervisorOptions};
 
+/// The longest shutdown timeout handed to the core (a year): longer ones mean the same.
+const MAX_GRACE: Duration = Duration::from_secs(365 * 86400);
+
 /// A message a supervised child posted on its parent port.
 #[derive(Debug)]
 pub struct ChildMessage {
@@ -579,7 +582,7 @@ impl Runner {
 
     /// Sleeps through the backoff, answering commands. `false` when asked to stop.
     async fn wait_between_lives(&mut self, delay: Duration) -> bool {
-        let until = Instant::now() + delay;
+        let until = later(Instant::now(), delay);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return true,
@@ -608,7 +611,8 @@ impl Runner {
             .options
             .clone()
             .service_name(spec.name.clone())
-            .kill_grace(spec.shutdown_timeout);
+            // The core adds the grace to `Instant::now()` unchecked: keep it far from overflow.
+            .kill_grace(spec.shutdown_timeout.min(MAX_GRACE));
         match &spec.command {
             Command::Entry(entry) => fork_entry(entry, &spec.args, options),
             Command::Program(program) => fork(program, &spec.args, options),
@@ -645,7 +649,7 @@ impl Runner {
             restarts: self.restarts,
         });
 
-        let start_deadline = Instant::now() + self.spec.start_timeout;
+        let start_deadline = later(Instant::now(), self.spec.start_timeout);
         let heartbeat = self.spec.heartbeat;
         let probe = self.spec.probe;
         let mut attached = false;
@@ -661,7 +665,7 @@ impl Runner {
         let (mut beating, mut alive_seen) = (false, false);
         let (mut probes_sent, mut probe_due): (u64, Option<Instant>) = (0, None);
         let mut probe_answer_by: Option<Instant> = None;
-        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        let far = later(Instant::now(), Duration::MAX);
 
         let status = loop {
             let alive = killing.is_none();
@@ -706,7 +710,7 @@ impl Runner {
                             next_ping = Some(now);
                         }
                         if let Some(p) = probe {
-                            probe_due = Some(now + p.every);
+                            probe_due = Some(later(now, p.every));
                         }
                     }
                     Ok(Reply::Ready) => {}
@@ -795,7 +799,7 @@ impl Runner {
                         pings_sent += 1;
                         let _ = control.post_message(&Request::Ping(pings_sent));
                     }
-                    next_ping = Some(Instant::now() + hb.interval);
+                    next_ping = Some(later(Instant::now(), hb.interval));
                 }
                 Step::ProbeTimer => {
                     let Some(p) = probe else { continue };
@@ -808,8 +812,8 @@ impl Runner {
                     } else if probe_answer_by.is_none() && probe_due.is_some_and(|at| now >= at) {
                         probes_sent += 1;
                         let _ = control.post_message(&Request::Probe(probes_sent));
-                        probe_answer_by = Some(now + p.timeout);
-                        probe_due = Some(now + p.every);
+                        probe_answer_by = Some(later(now, p.timeout));
+                        probe_due = Some(later(now, p.every));
                     }
                 }
             }
@@ -849,6 +853,13 @@ impl Runner {
             Err(error) => Err(error),
         }
     }
+}
+
+/// `from + after`, or about thirty years from now when that would overflow: any duration,
+/// however large, is accepted and means "not in this process's lifetime".
+fn later(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after)
+        .unwrap_or_else(|| from + Duration::from_secs(30 * 365 * 86400))
 }
 
 fn open_pidfd(pid: u32) -> Option<OwnedFd> {

@@ -445,6 +445,27 @@ fn slow_event_reader_is_told_how_many_events_it_lost() -> Result<(), Failed> {
     })
 }
 
+fn huge_durations_mean_never_and_do_not_overflow() -> Result<(), Failed> {
+    run(|| async {
+        let mut supervisor = Supervisor::new(SupervisorOptions::default());
+        let spec = spec("patient", "normal")
+            .start_timeout(Duration::MAX)
+            .shutdown_timeout(Duration::MAX)
+            .heartbeat(Heartbeat::new(Duration::MAX))
+            .probe(Probe::new(Duration::MAX))
+            .backoff(Backoff::new(Duration::MAX, Duration::MAX));
+        supervisor.start_child(spec).await?;
+        supervisor.post_message("patient", &5u64).await?;
+        let reply = tokio::time::timeout(TIMEOUT, supervisor.recv_message()).await;
+        check(
+            matches!(&reply, Ok(Some(m)) if m.message.data::<u64>().ok() == Some(5)),
+            || format!("no echo: {reply:?}"),
+        )?;
+        supervisor.shutdown().await;
+        Ok(())
+    })
+}
+
 fn attach_outside_a_supervisor_hands_the_first_message_back() -> Result<(), Failed> {
     run(|| async {
         let mut child = fork_entry("worker", ["unsupervised"], ForkOptions::default())?;
@@ -1173,6 +1194,10 @@ fn main() {
         (
             "slow_event_reader_is_told_how_many_events_it_lost",
             slow_event_reader_is_told_how_many_events_it_lost,
+        ),
+        (
+            "huge_durations_mean_never_and_do_not_overflow",
+            huge_durations_mean_never_and_do_not_overflow,
         ),
         (
             "attach_outside_a_supervisor_hands_the_first_message_back",
