@@ -142,8 +142,11 @@ struct ChildEntry {
     task: AbortHandle,
 }
 
+type PostFn = Box<dyn FnOnce(&UtilityProcess) -> Result<(), utility_process::Error> + Send>;
+
 enum Cmd {
-    Post(Vec<u8>, oneshot::Sender<Result<(), Error>>),
+    /// Runs the post on the current process; the reply says how it went.
+    Post(PostFn, oneshot::Sender<Result<(), Error>>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -293,13 +296,76 @@ impl Supervisor {
     ///
     /// As [`post_message`](Self::post_message).
     pub async fn post_bytes(&self, service: &str, bytes: Vec<u8>) -> Result<(), Error> {
+        self.post_with(service, Box::new(move |child| child.post_bytes(&bytes)))
+            .await
+    }
+
+    /// Posts `value` with `ports` to the service's current process: from then on whoever
+    /// holds the ports' other ends talks to that process directly (and sees them close when
+    /// it ends). Ports that could not be delivered are closed.
+    ///
+    /// # Errors
+    ///
+    /// As [`post_message`](Self::post_message).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use utility_process::{init, Entry, MessageChannel, ParentPort};
+    /// use utility_process_supervisor::{child, ChildSpec, Supervisor, SupervisorOptions};
+    ///
+    /// /// Says hello on every port it is given.
+    /// async fn greeter(port: ParentPort) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ///     child::attach(&port).await?.ready()?;
+    ///     while let Some(mut message) = port.recv().await {
+    ///         for peer in message.take_ports() {
+    ///             peer.post_message("hello")?;
+    ///         }
+    ///     }
+    ///     Ok(())
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     init([Entry::new("greeter", greeter)]);
+    ///     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    ///     runtime.block_on(async {
+    ///         let supervisor = Supervisor::new(SupervisorOptions::default());
+    ///         supervisor.start_child(ChildSpec::entry("greeter", "greeter")).await?;
+    ///         let channel = MessageChannel::new()?;
+    ///         supervisor
+    ///             .post_message_with_ports("greeter", "meet", vec![channel.port2])
+    ///             .await?;
+    ///         let hello = channel.port1.recv().await.expect("a greeting");
+    ///         assert_eq!(hello.data::<String>()?, "hello");
+    ///         supervisor.shutdown().await;
+    ///         Ok(())
+    ///     })
+    /// }
+    /// ```
+    pub async fn post_message_with_ports<T>(
+        &self,
+        service: &str,
+        value: T,
+        ports: Vec<MessagePort>,
+    ) -> Result<(), Error>
+    where
+        T: Serialize + Send + 'static,
+    {
+        self.post_with(
+            service,
+            Box::new(move |child| child.post_message_with_ports(&value, ports)),
+        )
+        .await
+    }
+
+    async fn post_with(&self, service: &str, post: PostFn) -> Result<(), Error> {
         let commands = self.commands(service)?;
         let (reply_tx, reply) = oneshot::channel();
         let not_running = || Error::NotRunning {
             service: service.to_owned(),
         };
         commands
-            .send(Cmd::Post(bytes, reply_tx))
+            .send(Cmd::Post(post, reply_tx))
             .await
             .map_err(|_| not_running())?;
         reply.await.map_err(|_| not_running())?
@@ -740,8 +806,8 @@ impl Runner {
                 Step::Child(Some(Event::Error(error))) => core_error = Some(Arc::new(error)),
                 Step::Child(Some(Event::Exit(status))) => break Some(status),
                 Step::Command(None) => self.commands_open = false,
-                Step::Command(Some(Cmd::Post(bytes, reply))) => {
-                    let result = child.post_bytes(&bytes).map_err(|source| match source {
+                Step::Command(Some(Cmd::Post(post, reply))) => {
+                    let result = post(&child).map_err(|source| match source {
                         utility_process::Error::Closed { .. } => Error::NotRunning {
                             service: service.clone(),
                         },

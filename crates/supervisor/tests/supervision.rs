@@ -108,7 +108,10 @@ async fn worker(port: ParentPort) -> Result<(), BoxError> {
         }
         _ => {}
     }
-    while let Some(message) = port.recv().await {
+    while let Some(mut message) = port.recv().await {
+        for peer in message.take_ports() {
+            peer.post_message(&format!("pid {}", std::process::id()))?;
+        }
         if let Ok(n) = message.data::<u64>() {
             port.post_message(&n)?;
             continue;
@@ -316,6 +319,34 @@ fn messages_flow_both_ways_beside_the_control_channel() -> Result<(), Failed> {
                 format!("reply {got}, expected {n}: out of order or lost")
             })?;
         }
+        supervisor.shutdown().await;
+        Ok(())
+    })
+}
+
+fn ports_posted_to_a_service_reach_its_current_process() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let mut events = supervisor.events();
+        let first = supervisor.start_child(spec("porter", "normal")).await?;
+        supervisor.post_message("porter", "crash").await?;
+        let second = wait_for(&mut events, "the restarted Ready", |e| match e {
+            SupervisorEvent::Ready { pid, .. } if *pid != first => Some(*pid),
+            _ => None,
+        })
+        .await?;
+        let channel = utility_process::MessageChannel::new()?;
+        supervisor
+            .post_message_with_ports("porter", 0u64, vec![channel.port2])
+            .await?;
+        let hello = tokio::time::timeout(TIMEOUT, channel.port1.recv())
+            .await
+            .map_err(|_| Failed::from("nothing on the port"))?
+            .ok_or("the port closed")?;
+        let said: String = hello.data()?;
+        check(said == format!("pid {second}"), || {
+            format!("the port should reach the restarted pid {second}, got {said:?}")
+        })?;
         supervisor.shutdown().await;
         Ok(())
     })
@@ -1170,6 +1201,10 @@ fn main() {
         (
             "messages_flow_both_ways_beside_the_control_channel",
             messages_flow_both_ways_beside_the_control_channel,
+        ),
+        (
+            "ports_posted_to_a_service_reach_its_current_process",
+            ports_posted_to_a_service_reach_its_current_process,
         ),
         (
             "child_that_never_attaches_fails_its_start_at_the_attach_stage",
