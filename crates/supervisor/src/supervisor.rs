@@ -13,15 +13,13 @@
 //!
 //! # Signals
 //!
-//! A hung child gets its heartbeat's signal through a pidfd opened right after the fork; the
-//! core's [`kill`](utility_process::UtilityProcess::kill) (SIGTERM, then SIGKILL after the
-//! child's shutdown timeout) follows as a backstop. The pidfd is opened by pid, so there is a
-//! window of a few microseconds after the fork in which a child that died at once and was
-//! reaped could have its pid reused; the core could close it by exposing its own pidfd (see
-//! the crate's report).
+//! A hung child gets its heartbeat's signal with
+//! [`UtilityProcess::signal`](utility_process::UtilityProcess::signal), which goes through the
+//! core's pidfd (never to a recycled pid); the core's
+//! [`kill`](utility_process::UtilityProcess::kill) (SIGTERM, then SIGKILL after the child's
+//! shutdown timeout) follows as a backstop.
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -699,7 +697,6 @@ impl Runner {
             Err(error) => return spawn_failed(error),
         };
         let pid = child.pid().unwrap_or(0);
-        let pidfd = open_pidfd(pid);
         let control = match self.hand_over_control(&child) {
             Ok(control) => control,
             Err(error) => {
@@ -793,7 +790,7 @@ impl Runner {
                     }
                     Err(_) => {
                         if killing.is_none() {
-                            signal(&pidfd, Signal::SIGKILL);
+                            child.signal(Signal::SIGKILL);
                             child.kill();
                             killing = Some(ExitReason::ControlViolation);
                         }
@@ -829,7 +826,7 @@ impl Runner {
                     } else {
                         StartStage::Attach
                     };
-                    signal(&pidfd, Signal::SIGKILL);
+                    child.signal(Signal::SIGKILL);
                     child.kill();
                     killing = Some(ExitReason::StartTimeout {
                         stage,
@@ -849,7 +846,7 @@ impl Runner {
                             allowed: hb.misses,
                         });
                         if missed >= hb.misses {
-                            signal(&pidfd, hb.signal);
+                            child.signal(hb.signal);
                             child.kill();
                             killing = Some(ExitReason::HeartbeatMissed {
                                 missed,
@@ -926,17 +923,4 @@ impl Runner {
 fn later(from: Instant, after: Duration) -> Instant {
     from.checked_add(after)
         .unwrap_or_else(|| from + Duration::from_secs(30 * 365 * 86400))
-}
-
-fn open_pidfd(pid: u32) -> Option<OwnedFd> {
-    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
-    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
-}
-
-/// Sends `signal` through the pidfd; a child already gone is not an error.
-fn signal(pidfd: &Option<OwnedFd>, signal: Signal) {
-    let Some(fd) = pidfd else { return };
-    let sig = rustix::process::Signal::from_named_raw(signal.as_raw())
-        .unwrap_or(rustix::process::Signal::KILL);
-    let _ = rustix::process::pidfd_send_signal(fd, sig);
 }
