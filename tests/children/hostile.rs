@@ -100,7 +100,7 @@ fn main() {
         }
         "bad-flags" => {
             let mut body = hello_body(max_frame_len);
-            body[6] = 1;
+            body[7] = 0x80; // a flag no version defines (bit 0 of byte 6 is SANDBOXED)
             send(&mut port, &frame(HELLO, &body));
         }
         "bad-version" => {
