@@ -189,7 +189,10 @@ impl fmt::Display for Stop {
         match self {
             Stop::Cooperatively => f.write_str("it stopped cooperatively"),
             Stop::Killed { grace } => {
-                write!(f, "it ignored the cancellation for {grace:?} and its worker was killed")
+                write!(
+                    f,
+                    "it ignored the cancellation for {grace:?} and its worker was killed"
+                )
             }
             Stop::WorkerEnded => f.write_str("its worker ended before it answered"),
         }

@@ -79,9 +79,9 @@ pub use cancel::CancelToken;
 pub use error::{BuildError, Crash, StartError, StartFailure, Stop, TaskError};
 pub use metrics::{Metrics, Timings};
 pub use options::{
-    PoolBuilder, RunOptions, WhenFull, Worker, DEFAULT_BREAKER_COOLDOWN,
-    DEFAULT_BREAKER_THRESHOLD, DEFAULT_CANCEL_GRACE, DEFAULT_IDLE_TIMEOUT, DEFAULT_POISON_AFTER,
-    DEFAULT_QUEUE_CAPACITY, DEFAULT_START_TIMEOUT, RESTART_BACKOFF,
+    PoolBuilder, RunOptions, WhenFull, Worker, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD,
+    DEFAULT_CANCEL_GRACE, DEFAULT_IDLE_TIMEOUT, DEFAULT_POISON_AFTER, DEFAULT_QUEUE_CAPACITY,
+    DEFAULT_START_TIMEOUT, RESTART_BACKOFF,
 };
 pub use pool::Pool;
 pub use serve::{

@@ -376,10 +376,7 @@ impl<Req, Rep> PoolBuilder<Req, Rep> {
         if c.min_workers > c.max_workers {
             return Err(BuildError::Invalid {
                 option: "min_workers",
-                reason: format!(
-                    "{} is above max_workers ({})",
-                    c.min_workers, c.max_workers
-                ),
+                reason: format!("{} is above max_workers ({})", c.min_workers, c.max_workers),
             });
         }
         for (option, value) in [

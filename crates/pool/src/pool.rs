@@ -63,10 +63,18 @@ use crate::{Crash, StartError, StartFailure, Stop, TaskError};
 ///     })
 /// }
 /// ```
-#[derive(Debug)]
 pub struct Pool<Req, Rep> {
     shared: Arc<Shared>,
     _types: PhantomData<fn(&Req) -> Rep>,
+}
+
+impl<Req, Rep> std::fmt::Debug for Pool<Req, Rep> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("service_name", &self.shared.service_name)
+            .field("closed", &self.shared.closed.load(Ordering::SeqCst))
+            .finish()
+    }
 }
 
 impl<Req, Rep> Clone for Pool<Req, Rep> {
@@ -233,7 +241,12 @@ impl<Req, Rep> Pool<Req, Rep> {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.room.close();
         let (done, finished) = oneshot::channel();
-        if self.shared.commands.send(Cmd::Close { force, done }).is_ok() {
+        if self
+            .shared
+            .commands
+            .send(Cmd::Close { force, done })
+            .is_ok()
+        {
             let _ = finished.await;
         }
     }
@@ -713,7 +726,10 @@ impl Dispatcher {
         for key in task.timers.all() {
             self.timers.remove(&key);
         }
-        if let TaskState::Running { worker, started, .. } = task.state {
+        if let TaskState::Running {
+            worker, started, ..
+        } = task.state
+        {
             self.totals.run.add(started.elapsed());
             if let Some(slot) = self.workers.get_mut(&worker) {
                 slot.running.remove(&id);
@@ -966,7 +982,10 @@ impl Dispatcher {
                 stderr_tail,
             });
         }
-        let retired = matches!(slot.ended_by, Some(EndedBy::Retired | EndedBy::GraceExpired));
+        let retired = matches!(
+            slot.ended_by,
+            Some(EndedBy::Retired | EndedBy::GraceExpired)
+        );
         let cause = cause.or_else(|| {
             // A protocol breach is the cause the core cannot know.
             slot.breach.map(|what| {
@@ -1317,8 +1336,14 @@ impl Dispatcher {
             .count();
         let live = self.live_workers();
         let concurrency = self.config.concurrency;
-        let for_queue = self.queue.len().div_ceil(concurrency).saturating_sub(starting);
-        let for_min = if self.closing.is_some() || (!self.config.prewarm && self.totals.workers_started == 0) {
+        let for_queue = self
+            .queue
+            .len()
+            .div_ceil(concurrency)
+            .saturating_sub(starting);
+        let for_min = if self.closing.is_some()
+            || (!self.config.prewarm && self.totals.workers_started == 0)
+        {
             0
         } else {
             self.config.min_workers.saturating_sub(live)

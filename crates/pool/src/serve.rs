@@ -366,10 +366,20 @@ fn answer<Rep: Serialize, E: Display>(port: &ParentPort, id: u64, outcome: Optio
             Ok(bytes) => {
                 if let Err(error) = port.post_bytes(&bytes) {
                     // Too large, or the parent is gone (then this fails too, harmlessly).
-                    post_text(port, Kind::Failed, id, &format!("cannot post the reply: {error}"));
+                    post_text(
+                        port,
+                        Kind::Failed,
+                        id,
+                        &format!("cannot post the reply: {error}"),
+                    );
                 }
             }
-            Err(error) => post_text(port, Kind::Failed, id, &format!("cannot encode the reply: {error}")),
+            Err(error) => post_text(
+                port,
+                Kind::Failed,
+                id,
+                &format!("cannot encode the reply: {error}"),
+            ),
         },
         Some(Err(error)) => post_text(port, Kind::Failed, id, &error),
     }
