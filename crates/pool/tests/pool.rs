@@ -131,6 +131,13 @@ fn never_ready(_port: ParentPort) -> Result<(), ServeError> {
 /// The role of the process `parent_killed_leaves_no_pool_worker` kills.
 const PARENT_ROLE: &str = "POOL_TEST_PARENT_DIR";
 
+/// The trials, named after their functions.
+macro_rules! trials {
+    ($($name:ident),* $(,)?) => {
+        vec![$(Trial::test(stringify!($name), $name)),*]
+    };
+}
+
 fn main() {
     init([
         Entry::new("worker", worker),
@@ -142,125 +149,37 @@ fn main() {
     if let Some(dir) = std::env::var_os(PARENT_ROLE) {
         pool_parent(Path::new(&dir));
     }
-    let trials: Vec<(&str, fn() -> Result<(), Failed>)> = vec![
-        (
-            "replies_come_back_to_the_task_that_asked",
-            replies_come_back_to_the_task_that_asked,
-        ),
-        (
-            "crash_fails_only_the_tasks_on_that_worker",
-            crash_fails_only_the_tasks_on_that_worker,
-        ),
-        ("retry_is_opt_in_per_task", retry_is_opt_in_per_task),
-        (
-            "a_task_that_keeps_crashing_is_failed_as_poison",
-            a_task_that_keeps_crashing_is_failed_as_poison,
-        ),
-        (
-            "failing_initializer_trips_the_breaker_not_a_respawn_loop",
-            failing_initializer_trips_the_breaker_not_a_respawn_loop,
-        ),
-        (
-            "a_worker_that_dies_before_ready_reports_its_exit_and_stderr",
-            a_worker_that_dies_before_ready_reports_its_exit_and_stderr,
-        ),
-        (
-            "a_worker_not_ready_in_time_is_a_start_failure",
-            a_worker_not_ready_in_time_is_a_start_failure,
-        ),
-        (
-            "an_unknown_entry_point_is_a_start_failure_with_the_fork_error",
-            an_unknown_entry_point_is_a_start_failure_with_the_fork_error,
-        ),
-        (
-            "a_program_that_does_not_serve_is_a_start_failure",
-            a_program_that_does_not_serve_is_a_start_failure,
-        ),
-        (
-            "a_full_queue_rejects_at_once_with_the_reject_policy",
-            a_full_queue_rejects_at_once_with_the_reject_policy,
-        ),
-        (
-            "a_full_queue_makes_the_caller_wait_with_the_wait_policy",
-            a_full_queue_makes_the_caller_wait_with_the_wait_policy,
-        ),
-        (
-            "queue_run_and_total_deadlines_are_reported_apart",
-            queue_run_and_total_deadlines_are_reported_apart,
-        ),
-        (
-            "dropping_the_future_removes_a_queued_task_and_stops_a_running_one",
-            dropping_the_future_removes_a_queued_task_and_stops_a_running_one,
-        ),
-        (
-            "a_cancel_token_removes_a_queued_task_and_stops_a_running_one_cooperatively",
-            a_cancel_token_removes_a_queued_task_and_stops_a_running_one_cooperatively,
-        ),
-        (
-            "a_task_that_ignores_cancellation_has_its_worker_killed_after_the_grace",
-            a_task_that_ignores_cancellation_has_its_worker_killed_after_the_grace,
-        ),
-        (
-            "close_finishes_running_and_queued_tasks_rejects_new_ones_and_leaves_no_worker",
-            close_finishes_running_and_queued_tasks_rejects_new_ones_and_leaves_no_worker,
-        ),
-        (
-            "forced_close_cancels_queued_tasks_and_leaves_no_worker",
-            forced_close_cancels_queued_tasks_and_leaves_no_worker,
-        ),
-        (
-            "parent_killed_leaves_no_pool_worker",
-            parent_killed_leaves_no_pool_worker,
-        ),
-        (
-            "a_worker_is_recycled_after_its_maximum_number_of_tasks",
-            a_worker_is_recycled_after_its_maximum_number_of_tasks,
-        ),
-        (
-            "a_worker_is_recycled_once_it_reaches_its_maximum_age",
-            a_worker_is_recycled_once_it_reaches_its_maximum_age,
-        ),
-        (
-            "workers_above_the_minimum_are_stopped_when_idle",
-            workers_above_the_minimum_are_stopped_when_idle,
-        ),
-        (
-            "without_prewarm_workers_start_with_the_first_task",
-            without_prewarm_workers_start_with_the_first_task,
-        ),
-        (
-            "several_tasks_run_at_once_on_one_worker_when_opted_in",
-            several_tasks_run_at_once_on_one_worker_when_opted_in,
-        ),
-        (
-            "a_reply_that_does_not_decode_is_an_error_and_the_worker_lives_on",
-            a_reply_that_does_not_decode_is_an_error_and_the_worker_lives_on,
-        ),
-        (
-            "a_handler_error_reaches_the_caller_and_the_worker_lives_on",
-            a_handler_error_reaches_the_caller_and_the_worker_lives_on,
-        ),
-        (
-            "a_request_that_cannot_be_encoded_is_an_error_at_once",
-            a_request_that_cannot_be_encoded_is_an_error_at_once,
-        ),
-        (
-            "metrics_show_queue_depth_busy_workers_and_times",
-            metrics_show_queue_depth_busy_workers_and_times,
-        ),
-        (
-            "the_blocking_worker_answers_and_stops_on_cancellation",
-            the_blocking_worker_answers_and_stops_on_cancellation,
-        ),
-        (
-            "build_refuses_contradictory_options_and_a_missing_runtime",
-            build_refuses_contradictory_options_and_a_missing_runtime,
-        ),
+    let trials = trials![
+        replies_come_back_to_the_task_that_asked,
+        crash_fails_only_the_tasks_on_that_worker,
+        retry_is_opt_in_per_task,
+        a_task_that_keeps_crashing_is_failed_as_poison,
+        failing_initializer_trips_the_breaker_not_a_respawn_loop,
+        a_worker_that_dies_before_ready_reports_its_exit_and_stderr,
+        a_worker_not_ready_in_time_is_a_start_failure,
+        an_unknown_entry_point_is_a_start_failure_with_the_fork_error,
+        a_program_that_does_not_serve_is_a_start_failure,
+        a_full_queue_rejects_at_once_with_the_reject_policy,
+        a_full_queue_makes_the_caller_wait_with_the_wait_policy,
+        queue_run_and_total_deadlines_are_reported_apart,
+        dropping_the_future_removes_a_queued_task_and_stops_a_running_one,
+        a_cancel_token_removes_a_queued_task_and_stops_a_running_one_cooperatively,
+        a_task_that_ignores_cancellation_has_its_worker_killed_after_the_grace,
+        close_finishes_running_and_queued_tasks_rejects_new_ones_and_leaves_no_worker,
+        forced_close_cancels_queued_tasks_and_leaves_no_worker,
+        parent_killed_leaves_no_pool_worker,
+        a_worker_is_recycled_after_its_maximum_number_of_tasks,
+        a_worker_is_recycled_once_it_reaches_its_maximum_age,
+        workers_above_the_minimum_are_stopped_when_idle,
+        without_prewarm_workers_start_with_the_first_task,
+        several_tasks_run_at_once_on_one_worker_when_opted_in,
+        a_reply_that_does_not_decode_is_an_error_and_the_worker_lives_on,
+        a_handler_error_reaches_the_caller_and_the_worker_lives_on,
+        a_request_that_cannot_be_encoded_is_an_error_at_once,
+        metrics_show_queue_depth_busy_workers_and_times,
+        the_blocking_worker_answers_and_stops_on_cancellation,
+        build_refuses_contradictory_options_and_a_missing_runtime,
     ];
-    let trials = trials
-        .into_iter()
-        .map(|(name, test)| Trial::test(name, test))
-        .collect();
     libtest_mimic::run(&Arguments::from_args(), trials).exit();
 }
 
@@ -560,7 +479,10 @@ fn retry_is_opt_in_per_task() -> Result<(), Failed> {
 
 fn a_task_that_keeps_crashing_is_failed_as_poison() -> Result<(), Failed> {
     block_on(async {
-        let pool = pool(1).poison_after(2).build()?;
+        let pool = pool(1)
+            .poison_after(2)
+            .fork_options(ForkOptions::default().stderr(Stdio::Ignore))
+            .build()?;
         let job = Job::Crash {
             note: "poison".into(),
         };
@@ -589,6 +511,7 @@ fn failing_initializer_trips_the_breaker_not_a_respawn_loop() -> Result<(), Fail
     block_on(async {
         let pool = Pool::<Job, u64>::builder(Worker::entry("failing_init"))
             .workers(2)
+            .fork_options(ForkOptions::default().stderr(Stdio::Ignore))
             .breaker(3, Duration::from_secs(60))
             .build()?;
         let failure = match pool.ready().await {
