@@ -58,7 +58,8 @@
 //!
 //! # Modules
 //!
-//! - `pool` — [`Pool`] and its dispatcher: the one task that owns all state.
+//! - `pool` — [`Pool`], the handle.
+//! - `dispatch` — the dispatcher: the one task that owns all state.
 //! - `worker` — the parent's side of one worker: owns its process, relays its events.
 //! - `serve` — the worker's side: [`serve`] and its variants, [`TaskContext`].
 //! - `frame` — the pool's small protocol over the parent port (documented there).
@@ -67,6 +68,7 @@
 #![warn(missing_docs)]
 
 mod cancel;
+mod dispatch;
 mod error;
 mod frame;
 mod metrics;

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use utility_process::{init, Entry, ForkOptions, ParentPort, Stdio};
 use utility_process_pool::{
     serve, serve_blocking, serve_with_init, BuildError, CancelToken, Metrics, Pool, RunOptions,
-    ServeError, StartError, Stop, TaskContext, TaskError, WhenFull, Worker,
+    ServeError, StartError, StartFailure, Stop, TaskContext, TaskError, WhenFull, Worker,
 };
 
 /// Longest wait for anything that should "eventually" happen.
@@ -286,6 +287,14 @@ async fn worker_pids(pool: &Pool<Job, u64>, n: usize) -> Result<Vec<u32>, Failed
     Ok(pids)
 }
 
+/// The start failure `ready` ends with.
+async fn start_failure(pool: &Pool<Job, u64>) -> Result<Arc<StartFailure>, Failed> {
+    match pool.ready().await {
+        Err(TaskError::WorkersFailing(failure)) => Ok(failure),
+        other => Err(fail(format!("expected a start failure, got {other:?}"))),
+    }
+}
+
 /// Whether process `pid` is gone: not running, not a zombie, reaped.
 fn is_gone(pid: u32) -> bool {
     !Path::new(&format!("/proc/{pid}")).exists()
@@ -514,10 +523,7 @@ fn failing_initializer_trips_the_breaker_not_a_respawn_loop() -> Result<(), Fail
             .fork_options(ForkOptions::default().stderr(Stdio::Ignore))
             .breaker(3, Duration::from_secs(60))
             .build()?;
-        let failure = match pool.ready().await {
-            Err(failure) => failure,
-            Ok(()) => return Err(fail("workers whose initializer fails got ready")),
-        };
+        let failure = start_failure(&pool).await?;
         assert!(failure.failures >= 3, "{failure}");
         match &failure.reason {
             StartError::Init { message, .. } => assert_eq!(message, INIT_FAILURE),
@@ -550,11 +556,7 @@ fn a_worker_that_dies_before_ready_reports_its_exit_and_stderr() -> Result<(), F
             .fork_options(ForkOptions::default().stderr(Stdio::Pipe))
             .breaker(1, Duration::from_secs(60))
             .build()?;
-        let failure = pool
-            .ready()
-            .await
-            .err()
-            .ok_or_else(|| fail("it got ready"))?;
+        let failure = start_failure(&pool).await?;
         match &failure.reason {
             StartError::Exited {
                 status,
@@ -581,11 +583,7 @@ fn a_worker_not_ready_in_time_is_a_start_failure() -> Result<(), Failed> {
             .fork_options(ForkOptions::default().kill_grace(Duration::from_millis(100)))
             .breaker(1, Duration::from_secs(60))
             .build()?;
-        let failure = pool
-            .ready()
-            .await
-            .err()
-            .ok_or_else(|| fail("it got ready"))?;
+        let failure = start_failure(&pool).await?;
         assert!(
             matches!(failure.reason, StartError::NotReady { .. }),
             "{failure:?}"
@@ -601,11 +599,7 @@ fn an_unknown_entry_point_is_a_start_failure_with_the_fork_error() -> Result<(),
         let pool = Pool::<Job, u64>::builder(Worker::entry("no-such-entry"))
             .workers(1)
             .build()?;
-        let failure = pool
-            .ready()
-            .await
-            .err()
-            .ok_or_else(|| fail("it got ready"))?;
+        let failure = start_failure(&pool).await?;
         match &failure.reason {
             StartError::Fork(error) => {
                 assert!(error.to_string().contains("no-such-entry"), "{error}")
@@ -627,11 +621,7 @@ fn a_program_that_does_not_serve_is_a_start_failure() -> Result<(), Failed> {
             .workers(1)
             .breaker(2, Duration::from_secs(60))
             .build()?;
-        let failure = pool
-            .ready()
-            .await
-            .err()
-            .ok_or_else(|| fail("it got ready"))?;
+        let failure = start_failure(&pool).await?;
         match &failure.reason {
             StartError::Exited { status, .. } => assert_eq!(status.code(), Some(0)),
             other => return Err(fail(format!("expected Exited, got {other:?}"))),
