@@ -188,6 +188,8 @@ struct WorkerSlot {
     /// No new tasks: it ends when its current ones are done.
     retiring: bool,
     idle_since: Option<Instant>,
+    /// An idle timer is pending for it (at most one is).
+    idle_timer: bool,
     ended_by: Option<EndedBy>,
     /// It said it was ready.
     ready: bool,
@@ -345,16 +347,17 @@ impl Dispatcher {
             crashes: 0,
             timers: TaskTimers::default(),
         };
-        if self.closing.is_some() {
-            let _ = task.reply.send(Err(TaskError::Closed {
+        let refusal = if self.closing.is_some() {
+            Some(TaskError::Closed {
                 service_name: self.config.service_name.clone(),
-            }));
-            return;
-        }
-        if let Some(failure) = self.breaker_blocks() {
-            self.totals.failed += 1;
-            let _ = task.reply.send(Err(TaskError::WorkersFailing(failure)));
-            return;
+            })
+        } else {
+            self.breaker_blocks().map(TaskError::WorkersFailing)
+        };
+        if let Some(error) = refusal {
+            // Refused at the door; still answered by `finish`, like every task.
+            self.tasks.insert(id, task);
+            return self.finish(id, Err(error));
         }
         if let Some(limit) = task.options.queue_timeout {
             task.timers.queue = Some(self.add_timer(submitted + limit, Timer::Queue(id)));

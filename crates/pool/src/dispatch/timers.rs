@@ -84,18 +84,23 @@ impl Dispatcher {
             }
             Timer::Idle(worker) => {
                 let idle_timeout = self.config.idle_timeout;
-                let live = self.live_workers();
-                if let Some(slot) = self.workers.get(&worker) {
-                    let idle_long = slot
-                        .idle_since
-                        .is_some_and(|since| now >= since + idle_timeout);
-                    if slot.state == WorkerState::Ready
-                        && slot.running.is_empty()
-                        && idle_long
-                        && live > self.config.min_workers
-                    {
-                        self.end_worker(worker, EndedBy::Retired);
+                let above_minimum = self.live_workers() > self.config.min_workers;
+                let Some(slot) = self.workers.get_mut(&worker) else {
+                    return;
+                };
+                slot.idle_timer = false;
+                let idle = slot.state == WorkerState::Ready && slot.running.is_empty();
+                match slot.idle_since {
+                    Some(since) if idle && above_minimum => {
+                        if now >= since + idle_timeout {
+                            self.end_worker(worker, EndedBy::Retired);
+                        } else {
+                            // Busy for a while since the timer was set: wait out the rest.
+                            self.arm_idle_timer(worker, since + idle_timeout);
+                        }
                     }
+                    // Busy now (the next idle moment arms it again), or needed for the minimum.
+                    _ => {}
                 }
             }
             Timer::MaxAge(worker) => {

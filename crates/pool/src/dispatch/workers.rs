@@ -206,9 +206,17 @@ impl Dispatcher {
         }
         let now = Instant::now();
         slot.idle_since = Some(now);
-        let idle_timeout = self.config.idle_timeout;
-        if self.live_workers() > self.config.min_workers {
-            self.add_timer(now + idle_timeout, Timer::Idle(worker));
+        let armed = slot.idle_timer;
+        if !armed && self.live_workers() > self.config.min_workers {
+            self.arm_idle_timer(worker, now + self.config.idle_timeout);
+        }
+    }
+
+    /// Arms the worker's one idle timer.
+    pub(super) fn arm_idle_timer(&mut self, worker: WorkerId, at: Instant) {
+        if let Some(slot) = self.workers.get_mut(&worker) {
+            slot.idle_timer = true;
+            self.add_timer(at, Timer::Idle(worker));
         }
     }
 
@@ -411,6 +419,7 @@ impl Dispatcher {
                 answered: 0,
                 retiring: false,
                 idle_since: None,
+                idle_timer: false,
                 ended_by: None,
                 ready: false,
                 init_error: None,
