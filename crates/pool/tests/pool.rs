@@ -166,6 +166,8 @@ fn main() {
         dropping_the_future_removes_a_queued_task_and_stops_a_running_one,
         a_cancel_token_removes_a_queued_task_and_stops_a_running_one_cooperatively,
         a_task_that_ignores_cancellation_has_its_worker_killed_after_the_grace,
+        a_task_killed_for_ignoring_cancellation_sends_its_neighbours_back_to_the_queue,
+        a_request_too_large_for_the_port_is_a_send_error_and_the_pool_goes_on,
         close_finishes_running_and_queued_tasks_rejects_new_ones_and_leaves_no_worker,
         forced_close_cancels_queued_tasks_and_leaves_no_worker,
         parent_killed_leaves_no_pool_worker,
@@ -865,6 +867,67 @@ fn a_task_that_ignores_cancellation_has_its_worker_killed_after_the_grace() -> R
         until_gone(&[pid]).await?;
         until(&pool, "a replacement ready", |m| m.idle_workers == 1).await?;
         assert_eq!(pool.run(&Job::Echo(4)).await?, 4);
+        pool.close().await;
+        Ok(())
+    })
+}
+
+fn a_task_killed_for_ignoring_cancellation_sends_its_neighbours_back_to_the_queue(
+) -> Result<(), Failed> {
+    block_on(async {
+        let pool = pool(1)
+            .concurrency_per_worker(2)
+            .cancel_grace(Duration::from_millis(300))
+            .build()?;
+        pool.ready().await.map_err(fail)?;
+        let token = CancelToken::new();
+        let hang = spawn(
+            &pool,
+            Job::HangIgnoringCancel,
+            RunOptions::new().cancel(token.clone()),
+        );
+        until(&pool, "running", |m| m.running == 1).await?;
+        // Sent to the same worker, whose thread the hang blocks: it cannot run there.
+        let neighbour = spawn(&pool, Job::Echo(21), RunOptions::new());
+        until(&pool, "both on the worker", |m| m.running == 2).await?;
+        token.cancel();
+        match join(hang).await? {
+            Err(TaskError::Cancelled {
+                stop: Some(Stop::Killed { .. }),
+                ..
+            }) => {}
+            other => return Err(fail(format!("expected a kill, got {other:?}"))),
+        }
+        assert_eq!(
+            join(neighbour).await?.map_err(fail)?,
+            21,
+            "it ran again, elsewhere"
+        );
+        let metrics = pool.metrics();
+        assert_eq!(
+            metrics.crashes, 0,
+            "the neighbour is not blamed: {metrics:?}"
+        );
+        assert_eq!(metrics.workers_started, 2);
+        pool.close().await;
+        Ok(())
+    })
+}
+
+fn a_request_too_large_for_the_port_is_a_send_error_and_the_pool_goes_on() -> Result<(), Failed> {
+    block_on(async {
+        let pool = pool(1)
+            .fork_options(ForkOptions::default().max_message_size(1024))
+            .build()?;
+        match pool.run(&Job::Fail("x".repeat(4096))).await {
+            Err(TaskError::Send { source, .. }) => assert!(
+                matches!(*source, utility_process::Error::MessageTooLarge { .. }),
+                "{source}"
+            ),
+            other => return Err(fail(format!("expected Send, got {other:?}"))),
+        }
+        assert_eq!(pool.run(&Job::Echo(2)).await?, 2);
+        assert_eq!(pool.metrics().workers_started, 1);
         pool.close().await;
         Ok(())
     })
