@@ -9,6 +9,28 @@ use utility_process::ExitStatus;
 
 /// Why a task did not produce its reply. Every task ends exactly once: with its reply, or
 /// with one of these.
+///
+/// # Examples
+///
+/// What to do with each, in a caller:
+///
+/// ```
+/// use utility_process_pool::{Stop, TaskError};
+///
+/// fn worth_retrying(error: &TaskError) -> bool {
+///     match error {
+///         // The worker died under the task: maybe the task, maybe the machine.
+///         TaskError::WorkerCrashed(crash) => crash.status.signal().is_some(),
+///         // Back-pressure or a busy pool: try again later.
+///         TaskError::QueueFull { .. } | TaskError::QueueTimeout { .. } => true,
+///         // The task itself is the problem, or the caller gave up, or the pool is going.
+///         TaskError::Poisoned { .. } | TaskError::Failed { .. } | TaskError::Cancelled { .. } => false,
+///         TaskError::RunTimeout { stop: Stop::Killed { .. }, .. } => false,
+///         _ => false,
+///     }
+/// }
+/// # let _ = worth_retrying;
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum TaskError {

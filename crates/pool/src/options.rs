@@ -31,6 +31,17 @@ pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(5);
 pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The program a pool's workers run.
+///
+/// # Examples
+///
+/// ```
+/// use utility_process_pool::Worker;
+///
+/// let same_binary = Worker::entry("resizer");            // this executable, relaunched
+/// let other = Worker::program("/usr/local/bin/resizer").args(["--quality", "80"]);
+/// assert!(matches!(other, Worker::Program { ref args, .. } if args.len() == 2));
+/// # let _ = same_binary;
+/// ```
 #[derive(Debug, Clone)]
 pub enum Worker {
     /// A same-binary entry point, started with [`utility_process::fork_entry`]. The program
@@ -108,6 +119,21 @@ pub enum WhenFull {
 
 /// Per-task options for [`Pool::run_with`]. A deadline left unset falls back to the pool's
 /// default ([`PoolBuilder::default_run_options`]); by default there is none.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use utility_process_pool::{CancelToken, RunOptions};
+///
+/// let token = CancelToken::new();
+/// let options = RunOptions::new()
+///     .queue_timeout(Duration::from_secs(1))   // give up if no worker takes it within 1 s
+///     .run_timeout(Duration::from_secs(10))    // stop it after 10 s on a worker
+///     .retries(2)                              // run it again if its worker crashes
+///     .cancel(token.clone());                  // token.cancel() stops it
+/// # drop(options);
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub(crate) queue_timeout: Option<Duration>,

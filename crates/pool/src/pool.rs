@@ -154,6 +154,22 @@ impl<Req, Rep> Pool<Req, Rep> {
     /// Stops taking tasks, lets every queued and running task finish, then ends every
     /// worker. Returns when no worker is left. [`run`](Self::run) fails with
     /// [`TaskError::Closed`] from the moment `close` is called.
+    ///
+    /// It waits as long as the tasks take: a task without a deadline whose handler never
+    /// returns holds it for ever. Give tasks deadlines, or follow with
+    /// [`close_now`](Self::close_now) (from another task, or after a timeout).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # use utility_process_pool::{Pool, Worker};
+    /// # async fn example(pool: Pool<u64, u64>) {
+    /// if tokio::time::timeout(Duration::from_secs(10), pool.close()).await.is_err() {
+    ///     pool.close_now().await; // cancels what is left
+    /// }
+    /// # }
+    /// ```
     pub async fn close(&self) {
         self.close_with(false).await;
     }

@@ -22,6 +22,27 @@ use crate::worker::{lock, STDERR_TAIL};
 use crate::CancelToken;
 
 /// What a handler learns about its task.
+///
+/// # Examples
+///
+/// A handler that computes looks at the flag between steps; one that awaits is stopped at
+/// its next `.await` anyway:
+///
+/// ```
+/// use utility_process_pool::TaskContext;
+///
+/// async fn sum_slowly(numbers: Vec<u64>, ctx: TaskContext) -> Result<u64, String> {
+///     let mut sum = 0;
+///     for chunk in numbers.chunks(1024) {
+///         if ctx.is_cancelled() {
+///             return Err(format!("task {} cancelled", ctx.id()));
+///         }
+///         sum += chunk.iter().sum::<u64>();
+///     }
+///     Ok(sum)
+/// }
+/// # let _ = sum_slowly;
+/// ```
 #[derive(Debug, Clone)]
 pub struct TaskContext {
     id: u64,
@@ -215,6 +236,11 @@ where
 /// [`serve`] for workers without an async runtime: `handler` runs on the calling thread,
 /// one task at a time, while a second thread reads the port (so that a cancellation reaches
 /// the token while the handler runs).
+///
+/// With [`PoolBuilder::concurrency_per_worker`](crate::PoolBuilder::concurrency_per_worker)
+/// above 1, the tasks sent meanwhile wait in the worker, and their run deadline counts from
+/// when they were sent. A cancelled task that has not started yet is answered at once,
+/// without running.
 ///
 /// # Errors
 ///
