@@ -315,7 +315,9 @@ impl Dispatcher {
             } => self.on_submit(id, frame, options, reply, room, submitted),
             Cmd::Cancel { id } | Cmd::Abandon { id } => self.cancel(id, StopReason::Cancel),
             Cmd::Ready { done } => {
-                if let Some(failure) = &self.breaker.open {
+                if self.closing.is_some() {
+                    // Dropped, `done` tells the caller the pool is closed.
+                } else if let Some(failure) = &self.breaker.open {
                     let _ = done.send(Err(Arc::clone(failure)));
                 } else {
                     self.ready_waiters.push(done);

@@ -24,28 +24,44 @@ impl Dispatcher {
                 }
             }
             WorkerEvent::Message(message) => self.on_message(id, message),
-            WorkerEvent::PostFailed { task, error } => {
-                if task == 0 || !self.tasks.contains_key(&task) {
-                    return;
-                }
-                let Some(slot) = self.workers.get(&id) else {
-                    return;
-                };
-                // The worker is gone (its end follows) or cannot take the frame: the task
-                // is not to blame for a crash, but cannot run there either.
-                let error = TaskError::Send {
-                    service_name: slot.service_name.to_string(),
-                    pid: slot.pid.unwrap_or(0),
-                    source: error,
-                };
-                self.finish(task, Err(error));
-            }
+            WorkerEvent::PostFailed { task, error } => self.on_post_failed(id, task, error),
             WorkerEvent::Ended {
                 status,
                 cause,
                 stderr_tail,
             } => self.on_ended(id, status, cause, stderr_tail),
         }
+    }
+
+    /// A frame for `task` could not be posted to `worker`.
+    fn on_post_failed(&mut self, worker: WorkerId, task: u64, error: Arc<utility_process::Error>) {
+        let Some(entry) = self.tasks.get(&task) else {
+            return;
+        };
+        let TaskState::Running {
+            worker: on,
+            stopping: None,
+            ..
+        } = entry.state
+        else {
+            // A cancel that could not be posted: the grace period or the worker's end
+            // settles the task.
+            return;
+        };
+        let Some(slot) = self.workers.get(&worker).filter(|_| on == worker) else {
+            return;
+        };
+        if matches!(*error, utility_process::Error::Closed { .. }) {
+            // The worker ended before it could be handed the task: not the task's doing.
+            return self.requeue(task);
+        }
+        let error = TaskError::Send {
+            service_name: slot.service_name.to_string(),
+            pid: slot.pid.unwrap_or(0),
+            source: error,
+        };
+        self.finish(task, Err(error));
+        self.became_idle(worker);
     }
 
     pub(super) fn on_message(&mut self, worker: WorkerId, message: Message) {
@@ -335,8 +351,14 @@ impl Dispatcher {
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
         };
-        if let TaskState::Running { started, .. } = task.state {
+        if let TaskState::Running {
+            started, worker, ..
+        } = task.state
+        {
             self.totals.run.add(started.elapsed());
+            if let Some(slot) = self.workers.get_mut(&worker) {
+                slot.running.remove(&id);
+            }
         }
         task.state = TaskState::Queued { _room: None };
         let run_timer = task.timers.run.take();
