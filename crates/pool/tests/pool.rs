@@ -123,6 +123,13 @@ fn dies_at_start(_port: ParentPort) -> Result<(), ServeError> {
     std::process::exit(3)
 }
 
+/// Posts something that is not the pool's ready message, then waits.
+fn babbler(port: ParentPort) -> Result<(), utility_process::Error> {
+    port.post_message(&"hello, I am not a pool worker")?;
+    while port.recv_blocking().is_some() {}
+    Ok(())
+}
+
 fn never_ready(_port: ParentPort) -> Result<(), ServeError> {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
@@ -146,6 +153,7 @@ fn main() {
         Entry::new("failing_init", failing_init),
         Entry::blocking("dies_at_start", dies_at_start),
         Entry::blocking("never_ready", never_ready),
+        Entry::blocking("babbler", babbler),
     ]);
     if let Some(dir) = std::env::var_os(PARENT_ROLE) {
         pool_parent(Path::new(&dir));
@@ -160,6 +168,8 @@ fn main() {
         a_worker_not_ready_in_time_is_a_start_failure,
         an_unknown_entry_point_is_a_start_failure_with_the_fork_error,
         a_program_that_does_not_serve_is_a_start_failure,
+        a_worker_that_does_not_speak_the_protocol_is_a_start_failure,
+        dropping_every_handle_ends_the_workers,
         a_full_queue_rejects_at_once_with_the_reject_policy,
         a_full_queue_makes_the_caller_wait_with_the_wait_policy,
         queue_run_and_total_deadlines_are_reported_apart,
@@ -631,6 +641,36 @@ fn a_program_that_does_not_serve_is_a_start_failure() -> Result<(), Failed> {
         assert_eq!(pool.metrics().workers_started, 2);
         pool.close().await;
         Ok(())
+    })
+}
+
+fn a_worker_that_does_not_speak_the_protocol_is_a_start_failure() -> Result<(), Failed> {
+    block_on(async {
+        let pool = Pool::<Job, u64>::builder(Worker::entry("babbler"))
+            .workers(1)
+            .breaker(1, Duration::from_secs(60))
+            .build()?;
+        let failure = start_failure(&pool).await?;
+        match &failure.reason {
+            StartError::Protocol { what, .. } => {
+                assert!(what.contains("not a pool frame"), "{what}")
+            }
+            other => return Err(fail(format!("expected Protocol, got {other:?}"))),
+        }
+        pool.close().await;
+        Ok(())
+    })
+}
+
+fn dropping_every_handle_ends_the_workers() -> Result<(), Failed> {
+    block_on(async {
+        let pool = pool(2).build()?;
+        pool.ready().await.map_err(fail)?;
+        let pids = worker_pids(&pool, 2).await?;
+        let copy = pool.clone();
+        drop(pool);
+        drop(copy);
+        until_gone(&pids).await
     })
 }
 
