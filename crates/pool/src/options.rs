@@ -259,7 +259,8 @@ impl<Req, Rep> PoolBuilder<Req, Rep> {
 
     /// How every worker is started (stdio, cwd, env, kill grace...). Pipe stderr
     /// ([`utility_process::Stdio::Pipe`]) to get the tail of a crashed worker's stderr in
-    /// its error; the pool reads the pipe, so it never fills.
+    /// its error; the pool reads the pipe, so it never fills. A piped stdout is read and
+    /// discarded (nobody else could read it): prefer `Inherit` or `Ignore` for stdout.
     pub fn fork_options(mut self, options: ForkOptions) -> Self {
         self.config.fork_options = options;
         self

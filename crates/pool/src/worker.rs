@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
-use utility_process::{ChildStderr, Event, ExitStatus, Message, UtilityProcess};
+use utility_process::{ChildStderr, ChildStdout, Event, ExitStatus, Message, UtilityProcess};
 
 /// The most of a worker's stderr kept for its crash report.
 pub(crate) const STDERR_TAIL: usize = 4096;
@@ -64,6 +64,11 @@ pub(crate) async fn drive(
         let reader = tokio::spawn(keep_tail(stderr, Arc::clone(&tail)));
         (tail, reader)
     });
+    if let Some(stdout) = child.take_stdout() {
+        // Nobody can read a pool worker's piped stdout: drain it so that the worker never
+        // blocks on a full pipe.
+        tokio::spawn(drain(stdout));
+    }
     let mut cause = None;
     let mut listening = true;
     loop {
@@ -122,6 +127,16 @@ async fn keep_tail(mut stderr: ChildStderr, tail: Arc<Mutex<VecDeque<u8>>>) {
         tail.extend(&buf[..n]);
         let excess = tail.len().saturating_sub(STDERR_TAIL);
         tail.drain(..excess);
+    }
+}
+
+/// Reads `stdout` to its end, discarding it.
+async fn drain(mut stdout: ChildStdout) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stdout.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
     }
 }
 

@@ -50,6 +50,8 @@ async fn handle(job: Job, ctx: TaskContext) -> Result<u64, String> {
         Job::Echo(n) => Ok(n),
         Job::Pid => Ok(u64::from(std::process::id())),
         Job::Crash { note } => {
+            // More than a pipe holds: a pool that does not drain stdout would hang here.
+            println!("{}", "x".repeat(200_000));
             eprintln!("{note}");
             std::process::abort()
         }
@@ -436,7 +438,7 @@ fn a_request_that_cannot_be_encoded_is_an_error_at_once() -> Result<(), Failed> 
 fn crash_fails_only_the_tasks_on_that_worker() -> Result<(), Failed> {
     block_on(async {
         let pool = pool(2)
-            .fork_options(ForkOptions::default().stderr(Stdio::Pipe))
+            .fork_options(ForkOptions::default().stdio(Stdio::Pipe))
             .build()?;
         pool.ready().await.map_err(fail)?;
         let note = "about to crash: marker 7f3a".to_owned();
@@ -502,7 +504,7 @@ fn a_task_that_keeps_crashing_is_failed_as_poison() -> Result<(), Failed> {
     block_on(async {
         let pool = pool(1)
             .poison_after(2)
-            .fork_options(ForkOptions::default().stderr(Stdio::Ignore))
+            .fork_options(ForkOptions::default().stdio(Stdio::Ignore))
             .build()?;
         let job = Job::Crash {
             note: "poison".into(),
