@@ -72,6 +72,7 @@
 mod floor;
 mod ours;
 mod peers;
+mod pool;
 
 use std::cell::RefCell;
 use std::error::Error as StdError;
@@ -91,7 +92,7 @@ pub type Result<T, E = BoxError> = std::result::Result<T, E>;
 
 fn main() {
     // Child roles first: in a child, each of these runs the child and never returns.
-    utility_process::init(ours::entries());
+    utility_process::init(ours::entries().into_iter().chain(pool::entries()));
     procspawn::init();
     peers::ipc_child_main_if_asked();
     floor::child_main_if_asked();
@@ -541,6 +542,7 @@ fn run_phase(args: &Args, placement: Placement) -> i32 {
     floor::run(&ctx);
     ours::run(&ctx);
     peers::run(&ctx);
+    pool::run(&ctx);
 
     let phase = PhaseOutput {
         placement,
