@@ -17,6 +17,10 @@ use utility_process::{
     fork_entry, init, Entry, Error, Event, ForkOptions, Limits, MessageChannel, ParentPort,
     Sandbox, SharedBuffer, Stdio, UtilityProcess,
 };
+use utility_process_pool::{serve, Pool, ServeError, TaskContext, TaskError, Worker};
+use utility_process_supervisor::{
+    child, ChildSpec, Heartbeat, Supervisor, SupervisorEvent, SupervisorOptions,
+};
 
 /// What the parent asks a worker to do.
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,6 +62,8 @@ fn main() -> Result<(), Box<dyn StdError>> {
         Entry::blocking("summer", summer),
         Entry::new("pinger", pinger),
         Entry::blocking("untrusted", untrusted),
+        Entry::new("pool-worker", pool_worker),
+        Entry::new("supervised", supervised),
     ]);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -236,7 +242,12 @@ async fn tour() -> Result<(), Box<dyn StdError>> {
         }
     }
 
-    chapter("9. Kill");
+    chapter("9. A pool of two runs through a crash");
+    pool_chapter().await?;
+
+    supervision_chapter().await?;
+
+    chapter("11. Kill");
     println!("   kill() → {}", worker.kill());
     while let Some(event) = worker.next_event().await {
         if let Event::Exit(status) = event {
@@ -274,6 +285,128 @@ async fn reply(worker: &mut UtilityProcess) -> Result<Reply, Box<dyn StdError>> 
         Some(Event::Message(message)) => Ok(message.data()?),
         other => Err(format!("expected a reply, got {other:?}").into()),
     }
+}
+
+/// What the pool's workers do.
+#[derive(Debug, Serialize, Deserialize)]
+enum PoolJob {
+    /// Count the primes below a bound.
+    CountPrimes { below: u64 },
+    /// Die on the spot (SIGABRT), after a last word on stderr.
+    Crash,
+}
+
+/// The pool's worker: an entry point of this executable that serves tasks.
+async fn pool_worker(port: ParentPort) -> Result<(), ServeError> {
+    serve(port, |job: PoolJob, ctx: TaskContext| async move {
+        match job {
+            PoolJob::CountPrimes { below } => {
+                let mut count = 0u64;
+                for n in 2..below {
+                    if ctx.is_cancelled() {
+                        return Err("cancelled");
+                    }
+                    count += u64::from((2..n).take_while(|d| d * d <= n).all(|d| n % d != 0));
+                }
+                Ok(count)
+            }
+            PoolJob::Crash => {
+                eprintln!("worker {}: giving up on purpose", std::process::id());
+                std::process::abort()
+            }
+        }
+    })
+    .await
+}
+
+/// The chapter: a pool of two, seven tasks, one of which crashes its worker.
+async fn pool_chapter() -> Result<(), Box<dyn StdError>> {
+    let pool = Pool::<PoolJob, u64>::builder(Worker::entry("pool-worker"))
+        .workers(2)
+        .fork_options(ForkOptions::default().stderr(Stdio::Pipe)) // crash reports carry stderr
+        .build()?;
+    pool.ready().await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for below in [10_000, 20_000, 30_000, 40_000, 50_000, 60_000] {
+        let pool = pool.clone();
+        tasks.spawn(async move { (below, pool.run(&PoolJob::CountPrimes { below }).await) });
+    }
+    let crash = pool.run(&PoolJob::Crash).await;
+    match crash {
+        Err(TaskError::WorkerCrashed(crash)) => println!("   the crashing task: {crash}"),
+        other => println!("   the crashing task, unexpectedly: {other:?}"),
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (below, answer) = joined?;
+        println!("   primes below {below}: {}", answer?);
+    }
+    let metrics = pool.metrics();
+    println!(
+        "   {} workers now ({} started in all, {} crash); every other task answered",
+        metrics.workers, metrics.workers_started, metrics.crashes
+    );
+    pool.close().await;
+    println!("   closed: {} workers left", pool.metrics().workers);
+    Ok(())
+}
+
+/// Answers greetings; on "hang" it spins without ever yielding, so it cannot answer its
+/// supervisor's heartbeats either (they are answered from this same runtime thread).
+async fn supervised(port: ParentPort) -> Result<(), Box<dyn StdError + Send + Sync>> {
+    let link = child::attach(&port).await?;
+    link.ready()?;
+    while let Some(message) = port.recv().await {
+        match message.data::<String>()?.as_str() {
+            "hang" => loop {
+                std::hint::spin_loop()
+            },
+            greeting => port.post_message(&format!(
+                "{greeting} (restarts so far: {})",
+                link.restarts()
+            ))?,
+        }
+    }
+    Ok(())
+}
+
+async fn supervision_chapter() -> Result<(), Box<dyn StdError>> {
+    chapter("10. A supervised worker hangs: missed heartbeats, a kill, a restart");
+    let mut supervisor = Supervisor::new(SupervisorOptions::default());
+    let mut events = supervisor.events();
+    let spec = ChildSpec::entry("tour-supervised", "supervised")
+        .heartbeat(Heartbeat::new(Duration::from_millis(200)).misses(3));
+    let pid = supervisor.start_child(spec).await?;
+    println!("   ready as pid {pid}; told to hang in a busy loop");
+    supervisor.post_message("tour-supervised", "hang").await?;
+    let hung_at = Instant::now();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.recv()).await?;
+        match event.ok_or("the supervisor is gone")? {
+            SupervisorEvent::HeartbeatMissed {
+                missed, allowed, ..
+            } => {
+                println!("   heartbeat missed ({missed} of {allowed} allowed)")
+            }
+            SupervisorEvent::Exited { reason, status, .. } => {
+                let (status, after) = (status.ok_or("no status")?, hung_at.elapsed());
+                println!("   {after:.1?} after the hang, pid {pid} ended: {reason} ({status})")
+            }
+            SupervisorEvent::Restarting { attempt, delay, .. } => {
+                println!("   restart #{attempt} in {delay:.0?}")
+            }
+            SupervisorEvent::Ready { pid: new, .. } if new != pid => {
+                println!("   ready again as pid {new}");
+                break;
+            }
+            _ => {}
+        }
+    }
+    supervisor.post_message("tour-supervised", "hello").await?;
+    let reply = supervisor.recv_message().await.ok_or("no reply")?;
+    println!("   it answers: {}", reply.message.data::<String>()?);
+    supervisor.shutdown().await;
+    println!("   shut down: SIGTERM, reaped");
+    Ok(())
 }
 
 // ---- the workers -----------------------------------------------------------------------
