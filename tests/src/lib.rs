@@ -437,3 +437,8 @@ pub fn zombie_children() -> Vec<u32> {
     }
     zombies
 }
+
+/// The README's examples, compiled (and, unless marked `no_run`, run) as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

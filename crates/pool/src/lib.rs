@@ -89,8 +89,3 @@ pub use pool::Pool;
 pub use serve::{
     serve, serve_blocking, serve_blocking_with_init, serve_with_init, ServeError, TaskContext,
 };
-
-/// The README's examples, run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-pub struct ReadmeDoctests;

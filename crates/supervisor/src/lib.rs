@@ -83,8 +83,3 @@ pub use error::{AttachError, Error};
 pub use event::{Events, ExitReason, GiveUpReason, ProbeFailure, StartStage, SupervisorEvent};
 pub use spec::{Backoff, ChildSpec, Heartbeat, Intensity, Probe, Restart, SupervisorOptions};
 pub use supervisor::{ChildMessage, Supervisor};
-
-/// The README's examples, run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-struct ReadmeDoctests;
