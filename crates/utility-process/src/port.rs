@@ -433,6 +433,7 @@ pub(crate) fn raw_payload(
             max: u32::try_from(cap).unwrap_or(u32::MAX),
         });
     }
+    crate::transport::reserve(buf, bytes.len());
     buf.extend_from_slice(bytes);
     Ok(())
 }

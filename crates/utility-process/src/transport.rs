@@ -50,7 +50,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
@@ -121,12 +121,132 @@ pub(crate) enum Incoming {
 
 /// The bytes of a received message: a buffer and where the payload starts in it.
 ///
-/// Large payloads take over the receive buffer itself instead of being copied out of it.
+/// Large payloads take over the receive buffer itself instead of being copied out of it; such
+/// a buffer goes back to its port when the message is dropped (see [`Spare`]), so the next
+/// large message lands in memory that is already mapped.
 #[derive(Debug)]
 pub(crate) struct Payload {
-    pub buf: Vec<u8>,
-    pub start: usize,
+    buf: Vec<u8>,
+    start: usize,
+    home: Option<Weak<Spare>>,
 }
+
+impl Payload {
+    /// A payload of `buf[start..]`, owned outright.
+    pub(crate) fn owned(buf: Vec<u8>, start: usize) -> Payload {
+        Payload {
+            buf,
+            start,
+            home: None,
+        }
+    }
+
+    /// The payload's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// The payload's bytes, as a vector of their own; its buffer no longer goes back to the
+    /// port.
+    pub(crate) fn into_vec(mut self) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.drain(..self.start);
+        buf
+    }
+}
+
+impl Drop for Payload {
+    fn drop(&mut self) {
+        if let Some(spare) = self.home.take().and_then(|home| home.upgrade()) {
+            spare.put(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// One large receive buffer a port keeps for its next large message.
+///
+/// A large message's payload is the receive buffer itself. Without a spare, every large
+/// message is read into fresh memory, and the kernel must find, zero and map every page of it
+/// first: for 64 MiB that costs more than the copy out of the socket. When a large message is
+/// dropped its buffer comes back here and the next large frame is read into it.
+///
+/// The spare is given back to the allocator once no large frame has used it for
+/// [`SPARE_IDLE`] (a timer on the library's thread), and when the port closes; so a port
+/// holds at most one buffer of its message size limit, and only while large messages keep
+/// coming.
+#[derive(Debug, Default)]
+pub(crate) struct Spare {
+    slot: Mutex<SpareSlot>,
+}
+
+#[derive(Debug, Default)]
+struct SpareSlot {
+    buf: Option<Vec<u8>>,
+    /// Bumped whenever a buffer is put or taken, so a release scheduled for an older
+    /// buffer leaves a newer one alone.
+    generation: u64,
+}
+
+impl Spare {
+    fn put(self: Arc<Self>, mut buf: Vec<u8>) {
+        buf.clear();
+        let generation = {
+            let mut slot = lock(&self.slot);
+            if slot
+                .buf
+                .as_ref()
+                .is_some_and(|kept| kept.capacity() >= buf.capacity())
+            {
+                return;
+            }
+            slot.buf = Some(buf);
+            slot.generation += 1;
+            slot.generation
+        };
+        // Release it after a while unless a large frame takes it first.
+        let weak = Arc::downgrade(&self);
+        if let Ok(driver) = crate::driver::driver() {
+            driver.handle().spawn(async move {
+                tokio::time::sleep(SPARE_IDLE).await;
+                if let Some(spare) = weak.upgrade() {
+                    let mut slot = lock(&spare.slot);
+                    if slot.generation == generation {
+                        slot.buf = None;
+                    }
+                }
+            });
+        } else {
+            lock(&self.slot).buf = None;
+        }
+    }
+
+    /// The spare buffer, if it holds at least `capacity` bytes.
+    fn take(&self, capacity: usize) -> Option<Vec<u8>> {
+        let mut slot = lock(&self.slot);
+        if slot
+            .buf
+            .as_ref()
+            .is_some_and(|kept| kept.capacity() >= capacity)
+        {
+            slot.generation += 1;
+            slot.buf.take()
+        } else {
+            None
+        }
+    }
+
+    /// Gives the spare back to the allocator.
+    pub(crate) fn release(&self) {
+        let mut slot = lock(&self.slot);
+        if slot.buf.is_some() {
+            slot.buf = None;
+            slot.generation += 1;
+        }
+    }
+}
+
+/// How long a port keeps a spare large buffer that no frame uses.
+const SPARE_IDLE: Duration = Duration::from_millis(500);
 
 /// Why a receive failed: the peer broke the protocol, or the socket did.
 #[derive(Debug)]
@@ -251,6 +371,8 @@ pub(crate) struct Endpoint {
     outbound: Mutex<Outbound>,
     /// Woken when a flusher has written the whole send queue.
     drained: Notify,
+    /// A large receive buffer kept for the next large message.
+    spare: Arc<Spare>,
     encoder: FrameEncoder,
     decoder: FrameDecoder,
     limits: Limits,
@@ -289,6 +411,7 @@ impl Endpoint {
             }),
             outbound: Mutex::new(Outbound::default()),
             drained: Notify::new(),
+            spare: Arc::default(),
             encoder: FrameEncoder::new(limits.max_frame_len),
             decoder: FrameDecoder::new(limits.max_frame_len),
             limits,
@@ -583,6 +706,7 @@ impl Endpoint {
     /// Closes the port: the peer reads end-of-file, and sends and receives here end.
     pub(crate) fn close(&self) {
         lock(&self.outbound).discard();
+        self.spare.release();
         let mut inbound = lock(&self.inbound);
         inbound.eof = true;
         inbound.batches.clear();
@@ -676,10 +800,7 @@ impl Endpoint {
                             };
                             Incoming::Message {
                                 // Filled in below, once the buffer is no longer borrowed.
-                                payload: Payload {
-                                    buf: Vec::new(),
-                                    start: payload.len(),
-                                },
+                                payload: Payload::owned(Vec::new(), payload.len()),
                                 attachments: if attachments.is_empty() {
                                     Vec::new()
                                 } else {
@@ -689,7 +810,12 @@ impl Endpoint {
                             }
                         }
                     };
-                    return Ok(TryRecv::Frame(take_frame(inbound, frame, consumed)));
+                    return Ok(TryRecv::Frame(take_frame(
+                        inbound,
+                        &self.spare,
+                        frame,
+                        consumed,
+                    )));
                 }
                 Decoded::Incomplete { needed } => needed,
             };
@@ -706,7 +832,15 @@ impl Endpoint {
                 inbound.head = 0;
             }
             let want = needed.max(inbound.buf.len() + READ_CHUNK);
-            inbound.buf.reserve(want - inbound.buf.len());
+            let additional = want - inbound.buf.len();
+            if additional >= HUGE_RESERVE && inbound.buf.capacity() < want {
+                // A large frame: into the buffer the last large message left, if there is one.
+                if let Some(mut spare) = self.spare.take(want) {
+                    spare.extend_from_slice(&inbound.buf);
+                    inbound.buf = spare;
+                }
+            }
+            reserve(&mut inbound.buf, additional);
             // A large frame is read up to its last byte and no further: it then fills the
             // buffer exactly and leaves with it, with no copy and nothing left to move down.
             // Small frames are read many at a time.
@@ -1005,22 +1139,28 @@ fn fill(inbound: &mut Inbound, main: &SharedFd, limit: usize) -> Result<Fill, Re
 
 /// Consumes the frame of `consumed` bytes at the front of the buffer; for a message, moves
 /// its payload (whose length the placeholder's `start` holds) out of the buffer.
-fn take_frame(inbound: &mut Inbound, mut frame: Incoming, consumed: usize) -> Incoming {
+fn take_frame(
+    inbound: &mut Inbound,
+    spare: &Arc<Spare>,
+    mut frame: Incoming,
+    consumed: usize,
+) -> Incoming {
     if let Incoming::Message { payload, .. } = &mut frame {
         let len = payload.start;
         let end = inbound.head + consumed;
         let whole_buffer = inbound.head == 0 && end == inbound.buf.len();
         *payload = if whole_buffer && len >= READ_CHUNK {
-            // The frame is everything in the buffer: hand the buffer over, no copy.
+            // The frame is everything in the buffer: hand the buffer over, no copy. A large
+            // one comes back to the port's spare when the message is dropped.
+            let buf = std::mem::take(&mut inbound.buf);
+            let home = (buf.capacity() >= HUGE_RESERVE).then(|| Arc::downgrade(spare));
             Payload {
-                buf: std::mem::take(&mut inbound.buf),
+                buf,
                 start: end - len,
+                home,
             }
         } else {
-            Payload {
-                buf: inbound.buf[end - len..end].to_vec(),
-                start: 0,
-            }
+            Payload::owned(inbound.buf[end - len..end].to_vec(), 0)
         };
     }
     inbound.decoded += consumed as u64;
@@ -1033,6 +1173,20 @@ fn take_frame(inbound: &mut Inbound, mut frame: Incoming, consumed: usize) -> In
         }
     }
     frame
+}
+
+/// Buffers that grow by at least this much at once are asked to use huge pages.
+const HUGE_RESERVE: usize = 4 * 1024 * 1024;
+
+/// Makes room for `additional` more bytes in `buf`. A large new allocation is advised to use
+/// transparent huge pages: filling fresh memory page by page faults once per 4 KiB, and
+/// those faults, not the copy, were most of the cost of a large message on each side.
+pub(crate) fn reserve(buf: &mut Vec<u8>, additional: usize) {
+    let before = buf.capacity();
+    buf.reserve(additional);
+    if additional >= HUGE_RESERVE && buf.capacity() != before {
+        sys::socket::advise_huge_pages(buf);
+    }
 }
 
 /// Locks a mutex, going on if a panicking thread poisoned it: the buffers stay consistent
