@@ -332,7 +332,10 @@ impl PortCore {
     }
 
     pub(crate) fn recv_blocking(&self) -> Option<Message> {
-        self.start();
+        if self.state.load(Ordering::Acquire) != STARTED {
+            // (Not on every call: waking the waiters takes a lock.)
+            self.start();
+        }
         let received = self.endpoint.recv_blocking();
         self.deliver(received)
     }

@@ -119,46 +119,73 @@ pub(crate) enum Incoming {
     Panic(PanicReport),
 }
 
-/// The bytes of a received message: a buffer and where the payload starts in it.
+/// The bytes of a received message.
 ///
-/// Large payloads take over the receive buffer itself instead of being copied out of it; such
-/// a buffer goes back to its port when the message is dropped (see [`Spare`]), so the next
-/// large message lands in memory that is already mapped.
+/// Three shapes, chosen by the receiver so that no message costs an allocation of its own in
+/// the steady state:
+///
+/// - a small message read in a batch with others **shares** the read buffer (a reference
+///   count, no copy): a stream of small messages is decoded without allocating;
+/// - a large message **takes over** the read buffer (it was read into a buffer of exactly its
+///   size); a very large one goes back to its port when dropped (see [`Spare`]), so the next
+///   large message lands in memory that is already mapped;
+/// - otherwise (a lone small message: a request, a reply) it is **copied** out.
 #[derive(Debug)]
 pub(crate) struct Payload {
-    buf: Vec<u8>,
+    data: Data,
     start: usize,
+    end: usize,
     home: Option<Weak<Spare>>,
+}
+
+/// Where a payload's bytes live.
+#[derive(Debug)]
+enum Data {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>),
 }
 
 impl Payload {
     /// A payload of `buf[start..]`, owned outright.
     pub(crate) fn owned(buf: Vec<u8>, start: usize) -> Payload {
         Payload {
-            buf,
             start,
+            end: buf.len(),
+            data: Data::Owned(buf),
             home: None,
         }
     }
 
     /// The payload's bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
-        &self.buf[self.start..]
+        let buf = match &self.data {
+            Data::Owned(buf) => buf,
+            Data::Shared(chunk) => &**chunk,
+        };
+        &buf[self.start..self.end]
     }
 
     /// The payload's bytes, as a vector of their own; its buffer no longer goes back to the
     /// port.
     pub(crate) fn into_vec(mut self) -> Vec<u8> {
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.drain(..self.start);
-        buf
+        self.home = None;
+        match std::mem::replace(&mut self.data, Data::Owned(Vec::new())) {
+            Data::Owned(mut buf) => {
+                buf.truncate(self.end);
+                buf.drain(..self.start);
+                buf
+            }
+            Data::Shared(chunk) => chunk[self.start..self.end].to_vec(),
+        }
     }
 }
 
 impl Drop for Payload {
     fn drop(&mut self) {
         if let Some(spare) = self.home.take().and_then(|home| home.upgrade()) {
-            spare.put(std::mem::take(&mut self.buf));
+            if let Data::Owned(buf) = &mut self.data {
+                spare.put(std::mem::take(buf));
+            }
         }
     }
 }
@@ -189,6 +216,9 @@ struct SpareSlot {
 
 impl Spare {
     fn put(self: Arc<Self>, mut buf: Vec<u8>) {
+        if buf.capacity() < HUGE_RESERVE {
+            return;
+        }
         buf.clear();
         let generation = {
             let mut slot = lock(&self.slot);
@@ -313,7 +343,9 @@ struct InBatch {
 
 #[derive(Debug, Default)]
 struct Inbound {
-    buf: Vec<u8>,
+    /// What was read and not yet decoded, from `head` on. Shared with the small messages
+    /// decoded from it (see [`Payload`]): written only through [`Inbound::buf_mut`].
+    buf: Arc<Vec<u8>>,
     /// Where the first undecoded byte is.
     head: usize,
     /// The stream offset of `buf[head]`: every byte ever decoded before it.
@@ -340,6 +372,31 @@ struct Outbound {
     closed: bool,
     /// When the last frame was posted, to tell a burst.
     last_post: Option<Instant>,
+}
+
+impl Inbound {
+    /// The read buffer, to write into. If messages still share it, the undecoded bytes move
+    /// to a buffer of their own first (the messages keep the old one).
+    fn buf_mut(&mut self) -> &mut Vec<u8> {
+        if Arc::get_mut(&mut self.buf).is_none() {
+            let pending = &self.buf[self.head..];
+            let mut fresh = Vec::with_capacity(pending.len() + READ_CHUNK);
+            fresh.extend_from_slice(pending);
+            self.buf = Arc::new(fresh);
+            self.head = 0;
+        }
+        Arc::get_mut(&mut self.buf).expect("the read buffer was just made unique")
+    }
+
+    /// The read buffer, to write into, with the decoded bytes removed from its front.
+    fn compact(&mut self) -> &mut Vec<u8> {
+        // (`buf_mut` moves only the undecoded bytes when it makes a buffer of their own.)
+        self.buf_mut();
+        let head = std::mem::take(&mut self.head);
+        let buf = Arc::get_mut(&mut self.buf).expect("buf_mut made the read buffer unique");
+        buf.drain(..head);
+        buf
+    }
 }
 
 impl Outbound {
@@ -387,7 +444,7 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    /// Wraps a connected stream socket, making it non-blocking.
+    /// Wraps a connected stream socket (in blocking mode: see `with_prefix`).
     pub(crate) fn new(fd: OwnedFd, limits: Limits, channel: u64) -> io::Result<Arc<Endpoint>> {
         Endpoint::with_prefix(fd, None, limits, channel)
     }
@@ -399,9 +456,11 @@ impl Endpoint {
         limits: Limits,
         channel: u64,
     ) -> io::Result<Arc<Endpoint>> {
-        sys::set_nonblocking(fd.as_fd(), true)?;
+        // Blocking mode: every read and write says MSG_DONTWAIT itself, except the one read
+        // of a blocking receive, which thus waits in the kernel (see `recv_blocking`).
+        sys::set_nonblocking(fd.as_fd(), false)?;
         if let Some(prefix) = &prefix {
-            sys::set_nonblocking(prefix.as_fd(), true)?;
+            sys::set_nonblocking(prefix.as_fd(), false)?;
         }
         Ok(Arc::new(Endpoint {
             readiness: Mutex::new(None),
@@ -705,16 +764,18 @@ impl Endpoint {
 
     /// Closes the port: the peer reads end-of-file, and sends and receives here end.
     pub(crate) fn close(&self) {
+        // First, before taking the receive lock: a blocking receive waiting in a read holds
+        // it, and the shutdown is what ends that read.
+        sys::socket::shutdown(self.fd.as_fd());
         lock(&self.outbound).discard();
         self.spare.release();
         let mut inbound = lock(&self.inbound);
         inbound.eof = true;
         inbound.batches.clear();
         inbound.prefix = None;
-        inbound.buf.clear();
+        inbound.buf = Arc::default();
         inbound.head = 0;
         drop(inbound);
-        sys::socket::shutdown(self.fd.as_fd());
         // What the peer had already written stays in the socket until the last holder of the
         // descriptor closes it, ports inside it included: read it out and drop it now, so that
         // those ports close and their peers see it.
@@ -733,11 +794,11 @@ impl Endpoint {
 
     /// Decodes the next frame, reading the socket if the buffer holds none, without blocking.
     pub(crate) fn try_recv(&self) -> Result<TryRecv, RecvError> {
-        self.next_frame(true)
+        self.next_frame(Read::Now)
     }
 
     /// Decodes the next frame from what was already read, reading the socket only if `read`.
-    fn next_frame(&self, read: bool) -> Result<TryRecv, RecvError> {
+    fn next_frame(&self, read: Read) -> Result<TryRecv, RecvError> {
         let mut inbound = lock(&self.inbound);
         let inbound = &mut *inbound;
         loop {
@@ -822,25 +883,22 @@ impl Endpoint {
             if inbound.eof {
                 return Ok(TryRecv::Closed);
             }
-            if !read {
+            if read == Read::No {
                 return Ok(TryRecv::WouldBlock);
             }
             // Make room for the whole frame (its size is known and within the limit) or for a
             // read of a useful size, whichever is larger.
-            if inbound.head > 0 {
-                inbound.buf.drain(..inbound.head);
-                inbound.head = 0;
-            }
-            let want = needed.max(inbound.buf.len() + READ_CHUNK);
-            let additional = want - inbound.buf.len();
-            if additional >= HUGE_RESERVE && inbound.buf.capacity() < want {
+            let buf = inbound.compact();
+            let want = needed.max(buf.len() + READ_CHUNK);
+            let additional = want - buf.len();
+            if additional >= HUGE_RESERVE && buf.capacity() < want {
                 // A large frame: into the buffer the last large message left, if there is one.
                 if let Some(mut spare) = self.spare.take(want) {
-                    spare.extend_from_slice(&inbound.buf);
-                    inbound.buf = spare;
+                    spare.extend_from_slice(buf);
+                    *buf = spare;
                 }
             }
-            reserve(&mut inbound.buf, additional);
+            reserve(buf, additional);
             // A large frame is read up to its last byte and no further: it then fills the
             // buffer exactly and leaves with it, with no copy and nothing left to move down.
             // Small frames are read many at a time.
@@ -849,7 +907,7 @@ impl Endpoint {
             } else {
                 usize::MAX
             };
-            match fill(inbound, &self.fd, limit)? {
+            match fill(inbound, &self.fd, limit, read == Read::Waiting)? {
                 Fill::Read | Fill::PrefixEnded => {}
                 Fill::Eof => inbound.eof = true,
                 Fill::WouldBlock => return Ok(TryRecv::WouldBlock),
@@ -895,6 +953,12 @@ impl Endpoint {
     }
 
     /// Waits for the next frame, blocking this thread.
+    ///
+    /// When nothing is buffered it reads with a call that waits in the kernel: one system
+    /// call per message, as a plain blocking read. The receive lock is held meanwhile, so
+    /// [`close`](Self::close) shuts the socket down before it takes that lock: the waiting
+    /// read then returns. (A prefix is waited for with `poll` instead, without the lock: its
+    /// end depends on the previous holder.)
     pub(crate) fn recv_blocking(&self) -> Result<Option<Incoming>, RecvError> {
         loop {
             match self.try_recv_blocking_step()? {
@@ -902,13 +966,15 @@ impl Endpoint {
                 TryRecv::Closed => return Ok(None),
                 TryRecv::WouldBlock => {}
             }
-            let source = self.source();
-            sys::wait_fd(source.as_fd(), sys::Interest::Readable, None).map_err(RecvError::Io)?;
-            match self.try_recv()? {
+            match self.next_frame(Read::Waiting)? {
                 TryRecv::Frame(frame) => return Ok(Some(frame)),
                 TryRecv::Closed => return Ok(None),
                 TryRecv::WouldBlock => {}
             }
+            // Not waited for in the read (a prefix, or a descriptor someone made
+            // non-blocking): wait here.
+            let source = self.source();
+            sys::wait_fd(source.as_fd(), sys::Interest::Readable, None).map_err(RecvError::Io)?;
         }
     }
 
@@ -918,7 +984,7 @@ impl Endpoint {
     /// if bytes are waiting), and reads: two system calls per message where a plain blocking
     /// read takes one, instead of three.
     pub(crate) fn try_recv_blocking_step(&self) -> Result<TryRecv, RecvError> {
-        match self.next_frame(false)? {
+        match self.next_frame(Read::No)? {
             TryRecv::WouldBlock => self.spin(),
             found => Ok(found),
         }
@@ -999,8 +1065,8 @@ impl Endpoint {
         let mut inbound = lock(&self.inbound);
         // A prefix we are still reading ourselves: take the rest of it now.
         while inbound.prefix.is_some() {
-            inbound.buf.reserve(READ_CHUNK);
-            match fill(&mut inbound, &self.fd, usize::MAX) {
+            inbound.buf_mut().reserve(READ_CHUNK);
+            match fill(&mut inbound, &self.fd, usize::MAX, false) {
                 Ok(Fill::Read | Fill::PrefixEnded) => {}
                 Ok(Fill::WouldBlock) => {
                     let prefix = inbound.prefix.clone();
@@ -1056,7 +1122,7 @@ impl Endpoint {
                 }
             }
         }
-        inbound.buf.clear();
+        inbound.buf = Arc::default();
         inbound.head = 0;
         inbound.queued_fds = 0;
         drop(inbound);
@@ -1078,6 +1144,17 @@ impl Endpoint {
     }
 }
 
+/// Whether decoding the next frame may read the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Only what was already read.
+    No,
+    /// What the socket holds now.
+    Now,
+    /// Waiting in the kernel until the socket holds something.
+    Waiting,
+}
+
 /// What one read into the receive buffer did.
 enum Fill {
     Read,
@@ -1089,12 +1166,24 @@ enum Fill {
 
 /// Reads once from the current source into the spare capacity of the receive buffer, noting
 /// any descriptors that came with the bytes.
-fn fill(inbound: &mut Inbound, main: &SharedFd, limit: usize) -> Result<Fill, RecvError> {
+///
+/// `wait`: if nothing is there, wait for bytes in the kernel (the port's own socket only).
+fn fill(
+    inbound: &mut Inbound,
+    main: &SharedFd,
+    limit: usize,
+    wait: bool,
+) -> Result<Fill, RecvError> {
     let source = inbound.prefix.clone();
     let fd = source.as_ref().unwrap_or(main);
-    let before = inbound.buf.len();
+    let before = inbound.buf_mut().len();
     let mut fds = Vec::new();
-    let received = match sys::socket::recv_with_fds(fd.as_fd(), &mut inbound.buf, limit, &mut fds) {
+    let recv = if wait && source.is_none() {
+        sys::socket::recv_with_fds_waiting
+    } else {
+        sys::socket::recv_with_fds
+    };
+    let received = match recv(fd.as_fd(), inbound.buf_mut(), limit, &mut fds) {
         Ok(received) => received,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::WouldBlock),
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
@@ -1137,8 +1226,8 @@ fn fill(inbound: &mut Inbound, main: &SharedFd, limit: usize) -> Result<Fill, Re
     Ok(Fill::Read)
 }
 
-/// Consumes the frame of `consumed` bytes at the front of the buffer; for a message, moves
-/// its payload (whose length the placeholder's `start` holds) out of the buffer.
+/// Consumes the frame of `consumed` bytes at the front of the buffer; for a message, gives
+/// it its payload (whose length the placeholder's `start` holds): see [`Payload`].
 fn take_frame(
     inbound: &mut Inbound,
     spare: &Arc<Spare>,
@@ -1149,15 +1238,27 @@ fn take_frame(
         let len = payload.start;
         let end = inbound.head + consumed;
         let whole_buffer = inbound.head == 0 && end == inbound.buf.len();
-        *payload = if whole_buffer && len >= READ_CHUNK {
+        let handed_over = if whole_buffer && len >= READ_CHUNK {
             // The frame is everything in the buffer: hand the buffer over, no copy. A large
             // one comes back to the port's spare when the message is dropped.
-            let buf = std::mem::take(&mut inbound.buf);
+            Arc::get_mut(&mut inbound.buf).map(std::mem::take)
+        } else {
+            None
+        };
+        *payload = if let Some(buf) = handed_over {
             let home = (buf.capacity() >= HUGE_RESERVE).then(|| Arc::downgrade(spare));
             Payload {
-                buf,
                 start: end - len,
+                end,
+                data: Data::Owned(buf),
                 home,
+            }
+        } else if len <= SHARE_MAX && shareable(&inbound.buf) {
+            Payload {
+                start: end - len,
+                end,
+                data: Data::Shared(Arc::clone(&inbound.buf)),
+                home: None,
             }
         } else {
             Payload::owned(inbound.buf[end - len..end].to_vec(), 0)
@@ -1166,13 +1267,33 @@ fn take_frame(
     inbound.decoded += consumed as u64;
     inbound.head += consumed;
     if inbound.head >= inbound.buf.len() {
-        inbound.head = 0;
-        inbound.buf.clear();
-        if inbound.buf.capacity() > KEEP_CAPACITY {
-            inbound.buf = Vec::new();
+        // Everything read is decoded. A buffer still shared (with the message just decoded,
+        // most often) is left as it is: by the next read its messages are usually gone, and
+        // that read reuses it.
+        if let Some(buf) = Arc::get_mut(&mut inbound.buf) {
+            inbound.head = 0;
+            buf.clear();
+            if buf.capacity() > KEEP_CAPACITY {
+                *buf = Vec::new();
+            }
         }
     }
     frame
+}
+
+/// The largest payload that may share the read buffer rather than be copied out of it.
+const SHARE_MAX: usize = 16 * 1024;
+
+/// The largest read buffer small payloads may share: a message kept alive keeps its whole
+/// read buffer alive, so that buffer must be small.
+const SHARE_BUFFER_MAX: usize = 4 * READ_CHUNK;
+
+/// Whether small payloads may share `buf` instead of being copied out of it: only when it is
+/// small and at least a quarter full. So a message kept alive keeps at most
+/// `SHARE_BUFFER_MAX` of memory alive, and a receiver that keeps every message it gets uses
+/// at most four times their size; a lone message in a large buffer (a reply) is copied.
+fn shareable(buf: &Vec<u8>) -> bool {
+    buf.capacity() <= SHARE_BUFFER_MAX && buf.len() * 4 >= buf.capacity()
 }
 
 /// Buffers that grow by at least this much at once are asked to use huge pages.
@@ -1195,4 +1316,142 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// A receiving endpoint and the raw socket that feeds it.
+    fn receiver() -> (Arc<Endpoint>, UnixStream) {
+        let (ours, theirs) = sys::socket::socketpair().unwrap();
+        let endpoint = Endpoint::new(ours, Limits::default_channel(), 0).unwrap();
+        (endpoint, UnixStream::from(theirs))
+    }
+
+    /// `count` MESSAGE frames, the i-th carrying `len` bytes of value `i % 251`.
+    fn frames(count: usize, len: usize) -> Vec<u8> {
+        let encoder = FrameEncoder::new(Limits::default_channel().max_frame_len);
+        let mut out = Vec::new();
+        for i in 0..count {
+            encoder
+                .message(&mut out, |p| {
+                    p.resize(p.len() + len, (i % 251) as u8);
+                    Ok(())
+                })
+                .unwrap();
+        }
+        out
+    }
+
+    fn payload(incoming: Option<Incoming>) -> Payload {
+        match incoming {
+            Some(Incoming::Message { payload, .. }) => payload,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn messages_kept_alive_keep_their_bytes_while_later_ones_are_read() {
+        let (endpoint, mut peer) = receiver();
+        // 3,000 frames of 64 B in one write: the first read takes a buffer full of them.
+        let count = 3000;
+        peer.write_all(&frames(count, 64)).unwrap();
+        let mut kept = Vec::new();
+        for _ in 0..count {
+            kept.push(payload(endpoint.recv_blocking().unwrap()));
+        }
+        assert!(
+            kept.iter().any(|p| matches!(p.data, Data::Shared(_))),
+            "small messages read together share their buffer"
+        );
+        for (i, payload) in kept.iter().enumerate() {
+            assert_eq!(payload.bytes(), &[(i % 251) as u8; 64][..], "message {i}");
+        }
+        let last = kept.pop().unwrap();
+        assert_eq!(last.into_vec(), vec![((count - 1) % 251) as u8; 64]);
+    }
+
+    #[test]
+    fn a_dropped_large_message_lends_its_buffer_to_the_next_one() {
+        let (endpoint, peer) = receiver();
+        let len = 2 * HUGE_RESERVE;
+        let writer = std::thread::spawn(move || {
+            let mut peer = peer;
+            peer.write_all(&frames(3, len)).unwrap();
+            peer
+        });
+        let first = payload(endpoint.recv_blocking().unwrap());
+        assert_eq!(first.bytes(), &vec![0; len][..]);
+        drop(first);
+        assert!(
+            lock(&endpoint.spare.slot).buf.is_some(),
+            "kept as the spare"
+        );
+
+        let second = payload(endpoint.recv_blocking().unwrap());
+        assert!(
+            lock(&endpoint.spare.slot).buf.is_none(),
+            "the spare was used"
+        );
+        assert_eq!(second.bytes(), &vec![1; len][..]);
+        // A message turned into bytes keeps its buffer.
+        assert_eq!(second.into_vec(), vec![1; len]);
+        assert!(lock(&endpoint.spare.slot).buf.is_none());
+
+        let third = payload(endpoint.recv_blocking().unwrap());
+        assert_eq!(third.bytes(), &vec![2; len][..]);
+        drop(third);
+        drop(writer.join().unwrap());
+        // An unused spare goes back to the allocator (after SPARE_IDLE; generous here).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while lock(&endpoint.spare.slot).buf.is_some() {
+            assert!(Instant::now() < deadline, "the spare was never released");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn closing_ends_a_blocking_receive_that_waits_in_the_kernel() {
+        let (endpoint, _peer) = receiver();
+        let (done, finished) = mpsc::channel();
+        let waiting = Arc::clone(&endpoint);
+        std::thread::spawn(move || {
+            let received = waiting.recv_blocking();
+            done.send(received.map(|r| r.is_none()).unwrap_or(false))
+                .unwrap();
+        });
+        // Whether the receive is already waiting or not, the close must end it (from a thread
+        // of its own: a close that waited for the receive's lock would hang this test).
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            endpoint.close();
+        });
+        let ended = finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the blocking receive never returned");
+        assert!(ended, "it reports the end of the port");
+    }
+
+    #[test]
+    fn a_blocking_receive_waits_for_the_rest_of_a_frame() {
+        let (endpoint, mut peer) = receiver();
+        let bytes = frames(1, 100_000);
+        let tail = bytes[10..].to_vec();
+        peer.write_all(&bytes[..10]).unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            peer.write_all(&tail).unwrap();
+            peer
+        });
+        let got = payload(endpoint.recv_blocking().unwrap());
+        assert_eq!(got.bytes(), &vec![0; 100_000][..]);
+        let peer = writer.join().unwrap();
+        drop(peer);
+        assert!(endpoint.recv_blocking().unwrap().is_none(), "then the end");
+    }
 }
