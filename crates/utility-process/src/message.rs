@@ -68,6 +68,7 @@ impl Message {
     }
 
     /// The message's bytes, as the sender's codec wrote them.
+    #[inline]
     pub fn bytes(&self) -> &[u8] {
         self.payload.bytes()
     }
@@ -95,11 +96,13 @@ impl Message {
     }
 
     /// The number of bytes in the message.
+    #[inline]
     pub fn len(&self) -> usize {
         self.bytes().len()
     }
 
     /// Whether the message has no bytes.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

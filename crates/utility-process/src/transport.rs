@@ -157,6 +157,7 @@ impl Payload {
     }
 
     /// The payload's bytes.
+    #[inline]
     pub(crate) fn bytes(&self) -> &[u8] {
         let buf = match &self.data {
             Data::Owned(buf) => buf,
@@ -181,6 +182,7 @@ impl Payload {
 }
 
 impl Drop for Payload {
+    #[inline]
     fn drop(&mut self) {
         if let Some(spare) = self.home.take().and_then(|home| home.upgrade()) {
             if let Data::Owned(buf) = &mut self.data {
@@ -802,6 +804,35 @@ impl Endpoint {
         let mut inbound = lock(&self.inbound);
         let inbound = &mut *inbound;
         loop {
+            // The common case first: a whole message without attachments, with the same
+            // checks as below and no `Frame` built.
+            if let Some((payload, consumed)) =
+                self.decoder.plain_message(&inbound.buf[inbound.head..])
+            {
+                if payload.len() > self.limits.max_message_size {
+                    return Err(too_large(payload.len(), self.limits.max_message_size));
+                }
+                if inbound
+                    .batches
+                    .front()
+                    .is_some_and(|b| b.end <= inbound.decoded)
+                {
+                    return Err(RecvError::Descriptors(
+                        "descriptors arrived that no message claims",
+                    ));
+                }
+                let frame = Incoming::Message {
+                    payload: Payload::owned(Vec::new(), payload.len()),
+                    attachments: Vec::new(),
+                    fds: Vec::new(),
+                };
+                return Ok(TryRecv::Frame(take_frame(
+                    inbound,
+                    &self.spare,
+                    frame,
+                    consumed,
+                )));
+            }
             let needed = match self
                 .decoder
                 .decode(&inbound.buf[inbound.head..])
@@ -812,12 +843,7 @@ impl Endpoint {
                     // to the message limit, as the sender's is.
                     if let Frame::Message { payload, .. } = &frame {
                         if payload.len() > self.limits.max_message_size {
-                            return Err(RecvError::Protocol(
-                                utility_process_wire::Error::FrameTooLarge {
-                                    len: payload.len() as u64,
-                                    max: self.limits.max_message_size as u32,
-                                },
-                            ));
+                            return Err(too_large(payload.len(), self.limits.max_message_size));
                         }
                     }
                     let at = inbound.decoded;
@@ -920,12 +946,23 @@ impl Endpoint {
     /// Must be called within a tokio runtime; the socket is registered with the runtime of the
     /// first call.
     pub(crate) async fn recv(&self) -> Result<Option<Incoming>, RecvError> {
+        self.recv_after(false).await
+    }
+
+    /// [`recv`](Self::recv) for a caller that has just tried [`try_recv`](Self::try_recv)
+    /// itself (`tried`) and found nothing: it does not read the socket again at once.
+    ///
+    /// The caller's own `try_recv` is the fast path: a frame already there costs no future.
+    pub(crate) async fn recv_after(&self, tried: bool) -> Result<Option<Incoming>, RecvError> {
         let mut retried = false;
+        let mut skip = tried;
         loop {
-            match self.try_recv()? {
-                TryRecv::Frame(frame) => return Ok(Some(frame)),
-                TryRecv::Closed => return Ok(None),
-                TryRecv::WouldBlock => {}
+            if !std::mem::take(&mut skip) {
+                match self.try_recv()? {
+                    TryRecv::Frame(frame) => return Ok(Some(frame)),
+                    TryRecv::Closed => return Ok(None),
+                    TryRecv::WouldBlock => {}
+                }
             }
             match self.spin()? {
                 TryRecv::Frame(frame) => return Ok(Some(frame)),
@@ -1142,6 +1179,14 @@ impl Endpoint {
             vec![Carried::Fd(theirs), Carried::Port(self)],
         ))
     }
+}
+
+/// The error for a payload over the message size limit.
+fn too_large(len: usize, max: usize) -> RecvError {
+    RecvError::Protocol(utility_process_wire::Error::FrameTooLarge {
+        len: len as u64,
+        max: max as u32,
+    })
 }
 
 /// Whether decoding the next frame may read the socket.
