@@ -57,7 +57,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Notify;
 use utility_process_wire::{
-    Attachment, Decoded, Frame, FrameDecoder, FrameEncoder, PanicReport, MAX_ATTACHMENTS,
+    Attachment, Decoded, Frame, FrameDecoder, FrameEncoder, PanicReport, HEADER_LEN,
+    MAX_ATTACHMENTS,
 };
 
 use crate::sys;
@@ -192,17 +193,18 @@ impl Drop for Payload {
     }
 }
 
-/// One large receive buffer a port keeps for its next large message.
+/// One receive buffer a port keeps for its next large message.
 ///
-/// A large message's payload is the receive buffer itself. Without a spare, every large
-/// message is read into fresh memory, and the kernel must find, zero and map every page of it
-/// first: for 64 MiB that costs more than the copy out of the socket. When a large message is
-/// dropped its buffer comes back here and the next large frame is read into it.
+/// A large message (at least [`READ_CHUNK`]) is read into a buffer of its own size, which
+/// becomes its payload. Without a spare, every one is read into fresh memory: an allocation,
+/// and for big ones the kernel must find, zero and map every page first (for 64 MiB that
+/// costs more than the copy out of the socket). When such a message is dropped its buffer
+/// comes back here and the next read that needs room uses it.
 ///
-/// The spare is given back to the allocator once no large frame has used it for
+/// The spare is given back to the allocator once it has not been used for a whole
 /// [`SPARE_IDLE`] (a timer on the library's thread), and when the port closes; so a port
-/// holds at most one buffer of its message size limit, and only while large messages keep
-/// coming.
+/// holds at most one buffer of at most its message size limit, and only while large
+/// messages keep coming.
 #[derive(Debug, Default)]
 pub(crate) struct Spare {
     slot: Mutex<SpareSlot>,
@@ -211,18 +213,20 @@ pub(crate) struct Spare {
 #[derive(Debug, Default)]
 struct SpareSlot {
     buf: Option<Vec<u8>>,
-    /// Bumped whenever a buffer is put or taken, so a release scheduled for an older
-    /// buffer leaves a newer one alone.
+    /// Bumped whenever a buffer is put or taken: the release timer leaves a spare that was
+    /// used since it last looked for another round.
     generation: u64,
+    /// A release timer is running.
+    timer: bool,
 }
 
 impl Spare {
     fn put(self: Arc<Self>, mut buf: Vec<u8>) {
-        if buf.capacity() < HUGE_RESERVE {
+        if buf.capacity() < READ_CHUNK {
             return;
         }
         buf.clear();
-        let generation = {
+        let seen = {
             let mut slot = lock(&self.slot);
             if slot
                 .buf
@@ -233,33 +237,49 @@ impl Spare {
             }
             slot.buf = Some(buf);
             slot.generation += 1;
+            if slot.timer {
+                return;
+            }
+            slot.timer = true;
             slot.generation
         };
-        // Release it after a while unless a large frame takes it first.
+        // Release it once a whole round of SPARE_IDLE passes without it being used.
         let weak = Arc::downgrade(&self);
-        if let Ok(driver) = crate::driver::driver() {
-            driver.handle().spawn(async move {
+        let Ok(driver) = crate::driver::driver() else {
+            let mut slot = lock(&self.slot);
+            slot.buf = None;
+            slot.timer = false;
+            return;
+        };
+        driver.handle().spawn(async move {
+            let mut seen = seen;
+            loop {
                 tokio::time::sleep(SPARE_IDLE).await;
-                if let Some(spare) = weak.upgrade() {
-                    let mut slot = lock(&spare.slot);
-                    if slot.generation == generation {
-                        slot.buf = None;
-                    }
+                let Some(spare) = weak.upgrade() else {
+                    return;
+                };
+                let mut slot = lock(&spare.slot);
+                if slot.buf.is_none() || slot.generation == seen {
+                    let idle = slot.buf.take();
+                    slot.timer = false;
+                    drop(slot);
+                    // Unmapping a large buffer takes a while: not under the lock.
+                    drop(idle);
+                    return;
                 }
-            });
-        } else {
-            lock(&self.slot).buf = None;
-        }
+                seen = slot.generation;
+            }
+        });
     }
 
-    /// The spare buffer, if it holds at least `capacity` bytes.
+    /// The spare buffer, if it holds at least `capacity` bytes and not many times more (a
+    /// buffer kept for 64 MiB messages is not spent on a small read).
     fn take(&self, capacity: usize) -> Option<Vec<u8>> {
         let mut slot = lock(&self.slot);
-        if slot
-            .buf
-            .as_ref()
-            .is_some_and(|kept| kept.capacity() >= capacity)
-        {
+        let fits = |kept: &Vec<u8>| {
+            kept.capacity() >= capacity && kept.capacity() / 4 <= capacity.max(READ_CHUNK)
+        };
+        if slot.buf.as_ref().is_some_and(fits) {
             slot.generation += 1;
             slot.buf.take()
         } else {
@@ -277,7 +297,7 @@ impl Spare {
     }
 }
 
-/// How long a port keeps a spare large buffer that no frame uses.
+/// How long a port keeps a spare buffer that no frame uses (between one and two of these).
 const SPARE_IDLE: Duration = Duration::from_millis(500);
 
 /// Why a receive failed: the peer broke the protocol, or the socket did.
@@ -358,6 +378,8 @@ struct Inbound {
     prefix: Option<SharedFd>,
     /// The peer closed its end.
     eof: bool,
+    /// The last frame decoded was a large message.
+    large_last: bool,
 }
 
 #[derive(Debug, Default)]
@@ -917,8 +939,8 @@ impl Endpoint {
             let buf = inbound.compact();
             let want = needed.max(buf.len() + READ_CHUNK);
             let additional = want - buf.len();
-            if additional >= HUGE_RESERVE && buf.capacity() < want {
-                // A large frame: into the buffer the last large message left, if there is one.
+            if buf.capacity() < want {
+                // Into the buffer the last large message left, if there is one.
                 if let Some(mut spare) = self.spare.take(want) {
                     spare.extend_from_slice(buf);
                     *buf = spare;
@@ -927,9 +949,14 @@ impl Endpoint {
             reserve(buf, additional);
             // A large frame is read up to its last byte and no further: it then fills the
             // buffer exactly and leaves with it, with no copy and nothing left to move down.
-            // Small frames are read many at a time.
+            // Small frames are read many at a time. After a large frame, the next one is
+            // likely large too: its header is read alone first, so that a read does not take
+            // its start with the previous one (whose buffer leaves) and need a copy.
+            let have = inbound.buf.len();
             let limit = if needed >= READ_CHUNK {
-                needed - inbound.buf.len()
+                needed - have
+            } else if inbound.large_last && have < HEADER_LEN {
+                HEADER_LEN - have
             } else {
                 usize::MAX
             };
@@ -1279,24 +1306,39 @@ fn take_frame(
     mut frame: Incoming,
     consumed: usize,
 ) -> Incoming {
+    let end = inbound.head + consumed;
+    let mut moved_rest = false;
+    inbound.large_last = false;
     if let Incoming::Message { payload, .. } = &mut frame {
         let len = payload.start;
-        let end = inbound.head + consumed;
-        let whole_buffer = inbound.head == 0 && end == inbound.buf.len();
-        let handed_over = if whole_buffer && len >= READ_CHUNK {
-            // The frame is everything in the buffer: hand the buffer over, no copy. A large
-            // one comes back to the port's spare when the message is dropped.
-            Arc::get_mut(&mut inbound.buf).map(std::mem::take)
-        } else {
-            None
-        };
+        inbound.large_last = len >= READ_CHUNK;
+        let rest = inbound.buf.len() - end;
+        // A large payload takes the buffer it was read into (unless messages share it, or
+        // the buffer is much larger than the payload); the few bytes read after it, if any,
+        // move to a buffer of their own. It goes back to the port's spare when dropped.
+        let handed_over =
+            if len >= READ_CHUNK && rest <= READ_CHUNK && inbound.buf.capacity() / 4 <= len {
+                Arc::get_mut(&mut inbound.buf).map(|buf| {
+                    if rest == 0 {
+                        return std::mem::take(buf);
+                    }
+                    let room = rest + READ_CHUNK;
+                    let mut next = spare.take(room).unwrap_or_else(|| Vec::with_capacity(room));
+                    next.extend_from_slice(&buf[end..]);
+                    let mut whole = std::mem::replace(buf, next);
+                    whole.truncate(end);
+                    moved_rest = true;
+                    whole
+                })
+            } else {
+                None
+            };
         *payload = if let Some(buf) = handed_over {
-            let home = (buf.capacity() >= HUGE_RESERVE).then(|| Arc::downgrade(spare));
             Payload {
                 start: end - len,
                 end,
                 data: Data::Owned(buf),
-                home,
+                home: Some(Arc::downgrade(spare)),
             }
         } else if len <= SHARE_MAX && shareable(&inbound.buf) {
             Payload {
@@ -1310,7 +1352,12 @@ fn take_frame(
         };
     }
     inbound.decoded += consumed as u64;
-    inbound.head += consumed;
+    if moved_rest {
+        // The buffer now holds only what followed the frame.
+        inbound.head = 0;
+        return frame;
+    }
+    inbound.head = end;
     if inbound.head >= inbound.buf.len() {
         // Everything read is decoded. A buffer still shared (with the message just decoded,
         // most often) is left as it is: by the next read its messages are usually gone, and
@@ -1346,11 +1393,12 @@ const HUGE_RESERVE: usize = 4 * 1024 * 1024;
 
 /// Makes room for `additional` more bytes in `buf`. A large new allocation is advised to use
 /// transparent huge pages: filling fresh memory page by page faults once per 4 KiB, and
-/// those faults, not the copy, were most of the cost of a large message on each side.
+/// those faults, not the copy, were most of the cost of a large message on each side (and of
+/// a send queue that grows to megabytes under a burst).
 pub(crate) fn reserve(buf: &mut Vec<u8>, additional: usize) {
     let before = buf.capacity();
     buf.reserve(additional);
-    if additional >= HUGE_RESERVE && buf.capacity() != before {
+    if buf.capacity() >= HUGE_RESERVE && buf.capacity() != before {
         sys::socket::advise_huge_pages(buf);
     }
 }
@@ -1458,6 +1506,42 @@ mod tests {
             assert!(Instant::now() < deadline, "the spare was never released");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    #[test]
+    fn large_and_small_messages_read_together_all_arrive_intact() {
+        let (endpoint, peer) = receiver();
+        // Sizes around READ_CHUNK, so that reads end inside frames and frames share reads.
+        let sizes = [
+            70_000, 10, 65_000, 100_000, 3, 64, 200_000, 65_536, 1, 80_000,
+        ];
+        let mut bytes = Vec::new();
+        let encoder = FrameEncoder::new(Limits::default_channel().max_frame_len);
+        for (i, &len) in sizes.iter().enumerate() {
+            encoder
+                .message(&mut bytes, |p| {
+                    p.resize(p.len() + len, i as u8);
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let writer = std::thread::spawn(move || {
+            let mut peer = peer;
+            // In uneven pieces, each written whole.
+            for piece in bytes.chunks(47_000) {
+                peer.write_all(piece).unwrap();
+            }
+            peer
+        });
+        let mut kept = Vec::new();
+        for _ in sizes {
+            kept.push(payload(endpoint.recv_blocking().unwrap()));
+        }
+        for (i, (got, &len)) in kept.iter().zip(&sizes).enumerate() {
+            assert_eq!(got.bytes(), &vec![i as u8; len][..], "message {i}");
+        }
+        drop(writer.join().unwrap());
+        assert!(endpoint.recv_blocking().unwrap().is_none(), "then the end");
     }
 
     #[test]
