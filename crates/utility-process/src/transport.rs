@@ -2,7 +2,10 @@
 //!
 //! # Strategy
 //!
-//! An [`Endpoint`] owns one end of a non-blocking Unix stream socket and two buffers.
+//! An [`Endpoint`] owns one end of a Unix stream socket and two buffers. The socket is in
+//! blocking mode, but every read and write on it says `MSG_DONTWAIT`, except the read of a
+//! blocking receive with nothing buffered: that one waits in the kernel, one system call
+//! where `poll` and a read would take two.
 //!
 //! - **Sending** encodes the frame straight into the send buffer and, if nothing is already
 //!   waiting, writes it to the socket at once, from the caller's thread: the common case is
@@ -12,12 +15,16 @@
 //!   the socket; messages posted meanwhile are appended behind it, so order is kept and the
 //!   flusher writes them in as few system calls as the socket allows. The waiting bytes are
 //!   bounded: past [`Limits::max_queued_bytes`] a post fails with `QueueFull` instead of
-//!   growing without end.
+//!   growing without end. A send buffer that grew past `KEEP_CAPACITY` is kept until posts
+//!   stop for a while, so a burst or a large message does not fault in fresh memory.
 //! - **Receiving** happens on the receiver's task: it reads whatever the socket holds into
 //!   the receive buffer (many frames per system call when the peer is fast) and decodes
 //!   frames from its front. A length is checked against the limit before any room is made
 //!   for the frame. Only the receiver's runtime is woken when data arrives; there is no
-//!   reader thread and so no thread hand-off on a message's way in.
+//!   reader thread and so no thread hand-off on a message's way in. Small messages read
+//!   together share the read buffer, large ones take the buffer they were read into, and a
+//!   large one's buffer comes back for the next (see [`Payload`] and [`Spare`]): in the
+//!   steady state a message costs no allocation and no copy in user space.
 //!
 //! Both buffers sit behind their own mutex, so a sender never waits for a receiver; each lock
 //! is held only for the copy or system call, never across an `.await`.
@@ -396,6 +403,10 @@ struct Outbound {
     closed: bool,
     /// When the last frame was posted, to tell a burst.
     last_post: Option<Instant>,
+    /// Frames appended so far: the release timer's sign that the buffer is still in use.
+    posts: u64,
+    /// A timer will give a large empty buffer back to the allocator once posts stop.
+    release_armed: bool,
 }
 
 impl Inbound {
@@ -454,6 +465,8 @@ pub(crate) struct Endpoint {
     drained: Notify,
     /// A large receive buffer kept for the next large message.
     spare: Arc<Spare>,
+    /// This endpoint, for the timer that frees a large idle send buffer.
+    me: Weak<Endpoint>,
     encoder: FrameEncoder,
     decoder: FrameDecoder,
     limits: Limits,
@@ -486,7 +499,8 @@ impl Endpoint {
         if let Some(prefix) = &prefix {
             sys::set_nonblocking(prefix.as_fd(), false)?;
         }
-        Ok(Arc::new(Endpoint {
+        Ok(Arc::new_cyclic(|me| Endpoint {
+            me: me.clone(),
             readiness: Mutex::new(None),
             inbound: Mutex::new(Inbound {
                 prefix: prefix.map(SharedFd::new),
@@ -551,6 +565,7 @@ impl Endpoint {
         let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             build(&self.encoder, &mut out.buf)
         }));
+        out.posts += 1;
         match built {
             Ok(result) => result.map_err(SendError::Frame)?,
             Err(panic) => {
@@ -636,10 +651,47 @@ impl Endpoint {
         }
         out.buf.clear();
         out.sent = 0;
-        if out.buf.capacity() > KEEP_CAPACITY {
-            out.buf = Vec::new();
+        if out.buf.capacity() > KEEP_CAPACITY && !out.release_armed {
+            // Kept for the next burst or large message (refilling fresh memory costs more than
+            // the copy), until a round of SPARE_IDLE passes without a post.
+            out.release_armed = true;
+            self.arm_release(out);
         }
         Ok(Progress::Done)
+    }
+
+    /// Starts the timer that frees the large empty send buffer once posts stop; without the
+    /// library's thread, frees it now.
+    fn arm_release(&self, out: &mut Outbound) {
+        let Ok(driver) = crate::driver::driver() else {
+            out.buf = Vec::new();
+            out.release_armed = false;
+            return;
+        };
+        let me = self.me.clone();
+        let mut seen = out.posts;
+        driver.handle().spawn(async move {
+            loop {
+                tokio::time::sleep(SPARE_IDLE).await;
+                let Some(endpoint) = me.upgrade() else {
+                    return;
+                };
+                let mut out = lock(&endpoint.outbound);
+                if out.buf.capacity() <= KEEP_CAPACITY {
+                    out.release_armed = false;
+                    return;
+                }
+                if out.posts == seen && out.buf.is_empty() {
+                    let idle = std::mem::take(&mut out.buf);
+                    out.release_armed = false;
+                    drop(out);
+                    // Unmapping a large buffer takes a while: not under the lock.
+                    drop(idle);
+                    return;
+                }
+                seen = out.posts;
+            }
+        });
     }
 
     /// Whether nothing waits to be written (or nothing ever will be: the port is closed).
@@ -1542,6 +1594,45 @@ mod tests {
         }
         drop(writer.join().unwrap());
         assert!(endpoint.recv_blocking().unwrap().is_none(), "then the end");
+    }
+
+    #[test]
+    fn a_large_send_buffer_is_kept_for_the_next_burst_then_given_back() {
+        let (ours, theirs) = sys::socket::socketpair().unwrap();
+        let sender = Endpoint::new(ours, Limits::default_channel(), 0).unwrap();
+        let receiver = Endpoint::new(theirs, Limits::default_channel(), 0).unwrap();
+        let len = 2 * KEEP_CAPACITY;
+        sender
+            .send_frame(
+                |encoder, buf| {
+                    encoder.message(buf, |p| {
+                        p.resize(p.len() + len, 7);
+                        Ok(())
+                    })
+                },
+                Vec::new(),
+            )
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        // The flusher writes it all while it is read.
+        assert_eq!(
+            payload(receiver.recv_blocking().unwrap()).bytes().len(),
+            len
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !sender.is_drained() {
+            assert!(Instant::now() < deadline, "the send queue never drained");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Kept, then given back once no post comes (after SPARE_IDLE; generous here).
+        while lock(&sender.outbound).buf.capacity() > KEEP_CAPACITY {
+            assert!(
+                Instant::now() < deadline,
+                "the send buffer was never given back"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!lock(&sender.outbound).release_armed);
     }
 
     #[test]
