@@ -216,29 +216,6 @@ pub(crate) fn recv_with_fds(
     max: usize,
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<Received> {
-    recv_with_fds_flags(fd, buf, max, fds, libc::MSG_DONTWAIT)
-}
-
-/// As [`recv_with_fds`], but waits for bytes (or end-of-file) if none are there: one system
-/// call where a `poll` and a read take two. Blocks only if the descriptor is in blocking
-/// mode (ports are: every other call on them says `MSG_DONTWAIT`); on a non-blocking one it
-/// is `WouldBlock` as usual.
-pub(crate) fn recv_with_fds_waiting(
-    fd: BorrowedFd<'_>,
-    buf: &mut Vec<u8>,
-    max: usize,
-    fds: &mut Vec<OwnedFd>,
-) -> io::Result<Received> {
-    recv_with_fds_flags(fd, buf, max, fds, 0)
-}
-
-fn recv_with_fds_flags(
-    fd: BorrowedFd<'_>,
-    buf: &mut Vec<u8>,
-    max: usize,
-    fds: &mut Vec<OwnedFd>,
-    flags: libc::c_int,
-) -> io::Result<Received> {
     let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
     let mut iov = libc::iovec {
         iov_base: spare.as_mut_ptr().cast(),
@@ -255,7 +232,11 @@ fn recv_with_fds_flags(
             msg.msg_iovlen = 1;
             msg.msg_control = control.0.as_mut_ptr().cast();
             msg.msg_controllen = CMSG_ROOM as _;
-            let n = libc::recvmsg(fd.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC);
+            let n = libc::recvmsg(
+                fd.as_raw_fd(),
+                &mut msg,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            );
             if n < 0 {
                 Err(io::Error::last_os_error())
             } else {
