@@ -51,11 +51,7 @@ impl Message {
     pub fn from_value<T: serde::Serialize + ?Sized>(value: &T) -> Result<Message, Error> {
         let mut buf = Vec::new();
         utility_process_wire::encode_value(&mut buf, value).map_err(Error::Encode)?;
-        Ok(Message::new(
-            Payload { buf, start: 0 },
-            Vec::new(),
-            Vec::new(),
-        ))
+        Ok(Message::new(Payload::owned(buf, 0), Vec::new(), Vec::new()))
     }
 
     /// Decodes the message as a `T`.
@@ -72,8 +68,9 @@ impl Message {
     }
 
     /// The message's bytes, as the sender's codec wrote them.
+    #[inline]
     pub fn bytes(&self) -> &[u8] {
-        &self.payload.buf[self.payload.start..]
+        self.payload.bytes()
     }
 
     /// The ports that travelled with the message, in the order they were posted, handed to
@@ -95,17 +92,17 @@ impl Message {
 
     /// The message's bytes, owned. Ports not taken are closed.
     pub fn into_bytes(self) -> Vec<u8> {
-        let Payload { mut buf, start } = self.payload;
-        buf.drain(..start);
-        buf
+        self.payload.into_vec()
     }
 
     /// The number of bytes in the message.
+    #[inline]
     pub fn len(&self) -> usize {
         self.bytes().len()
     }
 
     /// Whether the message has no bytes.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

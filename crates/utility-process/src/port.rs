@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use utility_process_wire::{Attachment, MAX_ATTACHMENTS};
 
-use crate::transport::{Carried, Endpoint, Incoming, Limits, RecvError, SendError};
+use crate::transport::{Carried, Endpoint, Incoming, Limits, RecvError, SendError, TryRecv};
 use crate::{sys, Error, Message, SharedBuffer};
 
 const NOT_STARTED: u8 = 0;
@@ -312,8 +312,14 @@ impl PortCore {
 
     pub(crate) async fn recv(&self) -> Option<Message> {
         if self.state.load(Ordering::Acquire) == STARTED {
-            // The common case, without the pause machinery.
-            let received = self.endpoint.recv().await;
+            // The common case, without the pause machinery; and a frame already there is
+            // taken without building the waiting future.
+            let received = match self.endpoint.try_recv() {
+                Ok(TryRecv::Frame(frame)) => Ok(Some(frame)),
+                Ok(TryRecv::Closed) => Ok(None),
+                Err(e) => Err(e),
+                Ok(TryRecv::WouldBlock) => self.endpoint.recv_after(true).await,
+            };
             return self.deliver(received);
         }
         loop {
@@ -332,14 +338,34 @@ impl PortCore {
     }
 
     pub(crate) fn recv_blocking(&self) -> Option<Message> {
-        self.start();
+        if self.state.load(Ordering::Acquire) != STARTED {
+            // (Not on every call: waking the waiters takes a lock.)
+            self.start();
+        }
         let received = self.endpoint.recv_blocking();
         self.deliver(received)
     }
 
     /// Turns what the transport received into a message, or closes the port if the peer
     /// broke the protocol.
+    #[inline]
     fn deliver(&self, received: Result<Option<Incoming>, RecvError>) -> Option<Message> {
+        match received {
+            // The common case, kept small enough to inline.
+            Ok(Some(Incoming::Message {
+                payload,
+                attachments,
+                fds,
+            })) if attachments.is_empty() && fds.is_empty() => {
+                Some(Message::new(payload, Vec::new(), Vec::new()))
+            }
+            other => self.deliver_other(other),
+        }
+    }
+
+    /// [`deliver`](Self::deliver) for everything but a plain message.
+    #[cold]
+    fn deliver_other(&self, received: Result<Option<Incoming>, RecvError>) -> Option<Message> {
         let problem = match received {
             Ok(Some(Incoming::Message {
                 payload,
@@ -433,6 +459,7 @@ pub(crate) fn raw_payload(
             max: u32::try_from(cap).unwrap_or(u32::MAX),
         });
     }
+    crate::transport::reserve(buf, bytes.len());
     buf.extend_from_slice(bytes);
     Ok(())
 }

@@ -114,6 +114,51 @@ impl FrameDecoder {
     }
 }
 
+impl FrameDecoder {
+    /// Decodes the frame at the front of `buf` if it is a whole `MESSAGE` without
+    /// attachments, the common case, without building a [`Frame`]: where its payload lies in
+    /// `buf`, and how many bytes the frame covers.
+    ///
+    /// `None` for anything else (another kind, attachments, a frame not all there yet, or
+    /// bytes that are not a frame at all): [`decode`](Self::decode) then says what it is.
+    /// Whatever this accepts, `decode` accepts too, as the same payload.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use utility_process_wire::{FrameDecoder, FrameEncoder};
+    ///
+    /// let mut buf = Vec::new();
+    /// FrameEncoder::new(1024).message(&mut buf, |p| {
+    ///     p.extend_from_slice(b"hi");
+    ///     Ok(())
+    /// })?;
+    /// let decoder = FrameDecoder::new(1024);
+    /// let (payload, consumed) = decoder.plain_message(&buf).expect("a plain message");
+    /// assert_eq!(&buf[payload], b"hi");
+    /// assert_eq!(consumed, buf.len());
+    /// assert!(decoder.plain_message(&buf[..buf.len() - 1]).is_none(), "not all there");
+    /// # Ok::<(), utility_process_wire::Error>(())
+    /// ```
+    #[inline]
+    pub fn plain_message(&self, buf: &[u8]) -> Option<(std::ops::Range<usize>, usize)> {
+        let header: &[u8; HEADER_LEN + 1] = buf.get(..HEADER_LEN + 1)?.try_into().ok()?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        // The kind byte and the attachment count are in the length: at least 2.
+        if len < 2 || len > self.max_frame_len {
+            return None;
+        }
+        if header[4] != FrameKind::Message as u8 || header[5] != 0 {
+            return None;
+        }
+        let total = 4usize.saturating_add(len as usize);
+        if buf.len() < total {
+            return None;
+        }
+        Some((HEADER_LEN + 1..total, total))
+    }
+}
+
 /// Appends frames to a send buffer, enforcing a maximum frame length.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameEncoder {
@@ -344,6 +389,50 @@ mod tests {
         }
         assert_eq!(FrameDecoder::new(17).max_frame_len(), 17);
         assert_eq!(FrameEncoder::new(17).max_frame_len(), 17);
+    }
+
+    #[test]
+    fn plain_messages_decode_as_the_full_decoder_decodes_them() {
+        let encoder = FrameEncoder::new(100);
+        let decoder = FrameDecoder::new(100);
+        let mut plain = Vec::new();
+        encoder
+            .message(&mut plain, |p| {
+                p.extend_from_slice(b"abc");
+                Ok(())
+            })
+            .unwrap();
+        let (range, consumed) = decoder.plain_message(&plain).unwrap();
+        match decoder.decode(&plain) {
+            Ok(Decoded::Frame {
+                frame: Frame::Message { payload, .. },
+                consumed: full,
+            }) => {
+                assert_eq!(&plain[range], payload);
+                assert_eq!(consumed, full);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not plain: attachments, other kinds, partial frames, bad lengths.
+        let mut with_port = Vec::new();
+        encoder
+            .message_with_attachments(&mut with_port, &[Attachment::Port { channel: 1 }], |_| {
+                Ok(())
+            })
+            .unwrap();
+        let mut hello = Vec::new();
+        encoder.hello(&mut hello, &Hello::new(100));
+        for bytes in [
+            &with_port[..],
+            &hello[..],
+            &plain[..plain.len() - 1],
+            &[0, 0, 0, 0, 2, 0][..],
+            &[1, 0, 0, 0, 2, 0][..],
+            &[101, 0, 0, 0, 2, 0][..],
+            &[][..],
+        ] {
+            assert!(decoder.plain_message(bytes).is_none(), "{bytes:?}");
+        }
     }
 
     #[test]

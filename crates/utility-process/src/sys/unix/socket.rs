@@ -10,7 +10,17 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::{cvt, retry};
 
-/// A connected pair of `AF_UNIX` stream sockets, both close-on-exec and blocking.
+/// The send buffer asked for on each end of a pair (the kernel doubles it for its own
+/// bookkeeping and caps it at `net.core.wmem_max`).
+///
+/// The default (about 208 KiB) makes a large message cross in some 300 rounds of "write until
+/// full, wake the reader, wait": with 1 MiB, a 64 KiB stream and a 64 MiB message go two to
+/// four times faster (measured on a 2-vCPU VM, see the README). It is a ceiling, not an
+/// allocation: an idle socket holds nothing.
+const SEND_BUFFER: libc::c_int = 1024 * 1024;
+
+/// A connected pair of `AF_UNIX` stream sockets, both close-on-exec and blocking, each with a
+/// send buffer of [`SEND_BUFFER`].
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [-1; 2];
     // SAFETY: `fds` is a valid array of two ints for socketpair to fill.
@@ -23,7 +33,21 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
         )
     })?;
     // SAFETY: socketpair succeeded: two fresh descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let pair = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    for fd in [&pair.0, &pair.1] {
+        // SAFETY: setsockopt reads one int from the pointer we pass, of the size we pass.
+        // Failure only leaves the kernel's default size, so it is ignored.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&SEND_BUFFER as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    Ok(pair)
 }
 
 /// Sends as much of `buf` as the socket takes now, without blocking and without SIGPIPE.
@@ -246,4 +270,35 @@ pub(crate) fn recv_with_fds(
         bytes: n,
         truncated: flags & libc::MSG_CTRUNC != 0,
     })
+}
+
+/// The size of a transparent huge page on the platforms we run on.
+const HUGE_PAGE: usize = 2 * 1024 * 1024;
+
+/// Asks the kernel to back the spare capacity of `buf` with transparent huge pages where it
+/// can (`MADV_HUGEPAGE`, on the 2 MiB-aligned part of it).
+///
+/// A large message's buffer is fresh memory, and filling 64 MiB of fresh 4 KiB pages takes
+/// 16,384 page faults; with huge pages it takes 32, several times faster end to end. The
+/// advice changes neither the contents nor the size of the buffer, and is only advice: on a
+/// kernel without THP (or with it off), it fails quietly and nothing changes.
+pub(crate) fn advise_huge_pages(buf: &mut Vec<u8>) {
+    let spare = buf.spare_capacity_mut();
+    let start = spare.as_mut_ptr() as usize;
+    let end = start + spare.len();
+    let first = start.next_multiple_of(HUGE_PAGE);
+    let last = end - end % HUGE_PAGE;
+    if last <= first {
+        return;
+    }
+    // SAFETY: `first..last` lies inside the spare capacity of `buf`, memory this Vec owns and
+    // that nothing else refers to; MADV_HUGEPAGE only changes how the kernel backs those pages
+    // (never what they hold, nor whether they are mapped), so no Rust value is affected.
+    unsafe {
+        libc::madvise(
+            first as *mut libc::c_void,
+            last - first,
+            libc::MADV_HUGEPAGE,
+        );
+    }
 }
