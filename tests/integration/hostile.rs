@@ -330,7 +330,6 @@ async fn descriptors_on_a_message_without_attachments_are_a_violation_once_the_n
 /// parent only notices when the next frame arrives, so a child that then stays silent has
 /// its message delivered and the descriptors held.
 #[tokio::test]
-#[ignore = "transport.rs: a MESSAGE without attachments whose first byte brings descriptors is only refused when a later frame arrives (see docs/SECURITY.md)"]
 async fn descriptors_on_a_message_without_attachments_are_a_violation_at_once() {
     violation(
         &["fds-without-attachment"],
@@ -518,7 +517,6 @@ async fn wait_for_fds(baseline: usize) {
 /// into an unbounded buffer, on the posting thread: the post never returns and memory grows
 /// at the child's pace.
 #[test]
-#[ignore = "transport.rs: hand_over reads a received port's prefix without a size or time bound (see docs/SECURITY.md)"]
 fn handing_on_a_port_whose_prefix_never_ends_finishes_with_bounded_memory() {
     in_own_process(
         module_path!(),
@@ -648,7 +646,6 @@ async fn a_frame_cut_short_by_the_childs_exit_is_never_delivered() {
 /// frame silently (`TryRecv::Closed`) and goes on waiting for the child's exit, which does not
 /// come: `next_event` waits until the child ends of its own accord.
 #[tokio::test]
-#[ignore = "transport.rs: end-of-file in the middle of a frame is reported as a clean close, not a violation (see docs/SECURITY.md)"]
 async fn a_frame_cut_short_by_end_of_file_from_a_living_child_is_a_violation() {
     violation(&["truncated-then-shutdown"], default(), |_| true).await;
 }

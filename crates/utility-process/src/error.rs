@@ -286,6 +286,10 @@ pub enum Violation {
     /// Reading the socket failed.
     #[error("reading the port failed: {0}")]
     Read(#[source] io::Error),
+    /// It closed its port in the middle of a frame and went on living (a child that dies
+    /// mid-send is not blamed: only one still alive after its kill grace period).
+    #[error("it closed its port in the middle of a frame and did not exit")]
+    CutShort,
 }
 
 /// A signal number, shown with its name.

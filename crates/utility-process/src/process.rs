@@ -204,6 +204,9 @@ struct EventState {
     refusal_reported: bool,
     /// A message held back while the reports the child wrote before it are reported.
     held: Option<Event>,
+    /// The child closed its port mid-frame: unless it has exited by then, that is a
+    /// violation at this instant.
+    cut_short_deadline: Option<Instant>,
 }
 
 /// Starts `program` as a utility process.
@@ -858,8 +861,10 @@ impl UtilityProcess {
                 let exit = &mut self.exit;
                 let read_port = !self.events.port_done;
                 let reports = &mut self.reports;
+                let cut_short = self.events.cut_short_deadline;
                 tokio::select! {
                     biased;
+                    _ = tokio::time::sleep_until(cut_short.unwrap_or_else(Instant::now)), if cut_short.is_some() => Step::Reported,
                     _ = async {
                         let changed = match reports {
                             Some(reports) => reports.changed().await.is_ok(),
@@ -920,7 +925,11 @@ impl UtilityProcess {
             // library's thread reaps it and publishes its status within moments: look again
             // shortly rather than wait on a pidfd that stays readable.
             let ended = self.child.pidfd.has_exited().unwrap_or(true);
-            let timeout = ended.then_some(Duration::from_micros(100));
+            let mut timeout = ended.then_some(Duration::from_micros(100));
+            if let Some(deadline) = self.events.cut_short_deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
             let port = (!self.events.port_done).then(|| self.port.source());
             let _ = sys::wait_any(
                 port.as_ref().map(|p| p.as_fd()),
@@ -956,6 +965,14 @@ impl UtilityProcess {
         }
         if let Some(event) = self.events.held.take() {
             return Some(Some(event));
+        }
+        if let Some(deadline) = self.events.cut_short_deadline {
+            if self.events.exit.is_some() || self.exit.borrow().is_some() {
+                self.events.cut_short_deadline = None;
+            } else if Instant::now() >= deadline && !self.child.pidfd.has_exited().unwrap_or(true) {
+                self.events.cut_short_deadline = None;
+                return Some(Some(self.violation(Violation::CutShort)));
+            }
         }
         while let Some(status) = self.events.exit {
             // Drain what the child wrote before it ended, then report the end.
@@ -1003,6 +1020,11 @@ impl UtilityProcess {
             Ok(Some(frame)) => frame,
             Ok(None) => {
                 self.events.port_done = true;
+                if self.events.exit.is_none() && self.port.closed_mid_frame() {
+                    // A child that dies mid-send is not to blame; one that lives on is.
+                    self.events.cut_short_deadline =
+                        Instant::now().checked_add(self.child.kill_grace);
+                }
                 return None;
             }
             Err(RecvError::Protocol(e)) => return Some(self.violation(Violation::Frame(e))),

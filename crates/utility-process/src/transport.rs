@@ -865,6 +865,13 @@ impl Endpoint {
     // ---- receiving -----------------------------------------------------------------------
 
     /// Decodes the next frame, reading the socket if the buffer holds none, without blocking.
+    /// The peer closed its end with part of a frame still unread: the partial frame is
+    /// dropped (never delivered), and the caller decides whether that was a violation.
+    pub(crate) fn closed_mid_frame(&self) -> bool {
+        let inbound = lock(&self.inbound);
+        inbound.eof && inbound.head < inbound.buf.len()
+    }
+
     pub(crate) fn try_recv(&self) -> Result<TryRecv, RecvError> {
         self.next_frame(Read::Now)
     }
@@ -882,10 +889,12 @@ impl Endpoint {
                 if payload.len() > self.limits.max_message_size {
                     return Err(too_large(payload.len(), self.limits.max_message_size));
                 }
+                // Descriptors that arrived no later than this frame's end and that no frame
+                // claims: this one declares none, so they are nobody's.
                 if inbound
                     .batches
                     .front()
-                    .is_some_and(|b| b.end <= inbound.decoded)
+                    .is_some_and(|b| b.end <= inbound.decoded + consumed as u64)
                 {
                     return Err(RecvError::Descriptors(
                         "descriptors arrived that no message claims",
@@ -917,7 +926,19 @@ impl Endpoint {
                         }
                     }
                     let at = inbound.decoded;
-                    if inbound.batches.front().is_some_and(|b| b.end <= at) {
+                    let claims_fds = matches!(
+                        &frame,
+                        Frame::Message { attachments, .. }
+                            if !attachments.is_empty() && attachments.fd_count() > 0
+                    );
+                    // Descriptors that came before this frame, or with it when it declares
+                    // none, belong to no frame: found now, not when the next frame comes.
+                    let unclaimed_end = if claims_fds { at } else { at + consumed as u64 };
+                    if inbound
+                        .batches
+                        .front()
+                        .is_some_and(|b| b.end <= unclaimed_end)
+                    {
                         return Err(RecvError::Descriptors(
                             "descriptors arrived that no message claims",
                         ));
@@ -1172,16 +1193,26 @@ impl Endpoint {
     pub(crate) fn hand_over(self: Arc<Self>) -> io::Result<(Attachment, Vec<Carried>)> {
         let channel = self.channel;
         let mut inbound = lock(&self.inbound);
-        // A prefix we are still reading ourselves: take the rest of it now.
+        // A prefix we are still reading ourselves: take the rest of it now — within one
+        // overall deadline and a byte budget, so that a previous holder that never stops
+        // writing into it cannot hold this thread or grow this buffer without end.
+        let deadline = Instant::now() + PREFIX_TIMEOUT;
+        let budget = self.limits.max_frame_len as usize + self.limits.max_queued_bytes;
         while inbound.prefix.is_some() {
+            if Instant::now() >= deadline || inbound.buf.len() - inbound.head > budget {
+                // What it did not pass on in time is lost; the new holder sees a stream cut
+                // short, which it reports as a protocol violation.
+                inbound.prefix = None;
+                break;
+            }
             inbound.buf_mut().reserve(READ_CHUNK);
             match fill(&mut inbound, &self.fd, usize::MAX) {
                 Ok(Fill::Read | Fill::PrefixEnded) => {}
                 Ok(Fill::WouldBlock) => {
                     let prefix = inbound.prefix.clone();
-                    let ready = prefix.map(|p| {
-                        sys::wait_fd(p.as_fd(), sys::Interest::Readable, Some(PREFIX_TIMEOUT))
-                    });
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let ready = prefix
+                        .map(|p| sys::wait_fd(p.as_fd(), sys::Interest::Readable, Some(left)));
                     if !matches!(ready, Some(Ok(true))) {
                         // The previous holder stalls: what it did not pass on is lost.
                         inbound.prefix = None;
