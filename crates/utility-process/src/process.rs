@@ -207,6 +207,8 @@ struct EventState {
     /// The child closed its port mid-frame: unless it has exited by then, that is a
     /// violation at this instant.
     cut_short_deadline: Option<Instant>,
+    /// The blocking event loop saw the child's pidfd readable: it has ended.
+    child_ended: bool,
 }
 
 /// Starts `program` as a utility process.
@@ -923,19 +925,24 @@ impl UtilityProcess {
             }
             // Wait for the port, or for the child's end. Once the child has ended, the
             // library's thread reaps it and publishes its status within moments: look again
-            // shortly rather than wait on a pidfd that stays readable.
-            let ended = self.child.pidfd.has_exited().unwrap_or(true);
+            // shortly rather than wait on a pidfd that stays readable. Whether it has ended is
+            // what the last poll said of its pidfd (no `waitid` per message).
+            let ended = self.events.child_ended;
             let mut timeout = ended.then_some(Duration::from_micros(100));
             if let Some(deadline) = self.events.cut_short_deadline {
                 let left = deadline.saturating_duration_since(Instant::now());
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
             let port = (!self.events.port_done).then(|| self.port.source());
-            let _ = sys::wait_any(
+            match sys::wait_any(
                 port.as_ref().map(|p| p.as_fd()),
                 (!ended).then(|| self.child.pidfd.shared_fd().as_fd()),
                 timeout,
-            );
+            ) {
+                Ok(pidfd_ready) => self.events.child_ended |= pidfd_ready,
+                // A failed poll: fall back to asking the kernel directly.
+                Err(_) => self.events.child_ended = self.child.pidfd.has_exited().unwrap_or(true),
+            }
             if !self.events.port_done {
                 let step = match self.port.try_recv() {
                     Ok(TryRecv::Frame(frame)) => Ok(Some(frame)),

@@ -114,12 +114,12 @@ pub(crate) fn wait_fd(
 }
 
 /// Blocks until `readable` has data (or hangs up), `other` is readable, or `timeout` passes
-/// (`None`: forever). Either descriptor may be absent.
+/// (`None`: forever). Either descriptor may be absent. Returns whether `other` is readable.
 pub(crate) fn wait_any(
     readable: Option<BorrowedFd<'_>>,
     other: Option<BorrowedFd<'_>>,
     timeout: Option<Duration>,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     let mut pfds = [libc::pollfd {
         fd: -1,
         events: libc::POLLIN,
@@ -136,7 +136,8 @@ pub(crate) fn wait_any(
     };
     // SAFETY: `pfds` holds at least `count` valid pollfds for poll to fill in.
     retry(|| cvt(unsafe { libc::poll(pfds.as_mut_ptr(), count as libc::nfds_t, ms) }))?;
-    Ok(())
+    // `other` sits last when it was given.
+    Ok(other.is_some() && pfds[count - 1].revents != 0)
 }
 
 /// Takes the parent port a forked child inherits at `fd`, once per process.
