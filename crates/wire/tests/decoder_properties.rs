@@ -338,6 +338,26 @@ proptest! {
     }
 
     #[test]
+    fn the_plain_message_fast_path_agrees_with_the_full_decoder(
+        buf in decoder_input(),
+        limit in limit(),
+    ) {
+        // Whatever the receiver's fast path accepts, the full decoder decodes as the same
+        // message without attachments, from the same bytes, consuming as many.
+        let decoder = FrameDecoder::new(limit);
+        if let Some((payload, consumed)) = decoder.plain_message(&buf) {
+            match decoder.decode(&buf) {
+                Ok(Decoded::Frame { frame: Frame::Message { attachments, payload: full }, consumed: n }) => {
+                    prop_assert!(attachments.is_empty());
+                    prop_assert_eq!(full, &buf[payload]);
+                    prop_assert_eq!(n, consumed);
+                }
+                other => prop_assert!(false, "fast path accepted, decode said {:?}", other),
+            }
+        }
+    }
+
+    #[test]
     fn bytes_after_a_whole_frame_do_not_change_how_it_decodes(
         buf in decoder_input(),
         tail in vec(any::<u8>(), 1..32),
