@@ -421,6 +421,44 @@ async fn kill_ends_the_child_and_exit_reports_sigterm() {
 }
 
 #[tokio::test]
+async fn kill_with_an_endless_grace_period_sends_sigterm_and_does_not_panic() {
+    let options = ForkOptions::default()
+        .stderr(Stdio::Ignore)
+        .kill_grace(std::time::Duration::MAX);
+    let mut child = fork(CRASH, ["sleep"], options).expect("fork crash");
+    expect_spawn(&mut child).await;
+    assert!(child.kill());
+    match all_events(&mut child).await.as_slice() {
+        [Event::Exit(status)] => assert_signalled(status, Signal::SIGTERM),
+        other => panic!("expected only Exit; got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_signal_the_parent_sent_is_not_a_crash_but_one_it_did_not_send_is() {
+    let mut child = crash(&["sleep"]);
+    expect_spawn(&mut child).await;
+    assert!(child.signal(Signal::from_raw(libc::SIGUSR1)));
+    match all_events(&mut child).await.as_slice() {
+        [Event::Exit(status)] => assert_signalled(status, Signal::from_raw(libc::SIGUSR1)),
+        other => panic!("expected only Exit (the parent asked); got {other:?}"),
+    }
+    // The same signal from elsewhere is a crash.
+    let mut child = crash(&["sleep"]);
+    expect_spawn(&mut child).await;
+    let pid = child.pid().expect("running") as libc::pid_t;
+    // SAFETY: our own unreaped child: the pid cannot have been reused.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    let events = all_events(&mut child).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Error(Error::Crashed { .. }))),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
 async fn kill_after_exit_returns_false() {
     let mut child = crash(&["return"]);
     let events = all_events(&mut child).await;

@@ -21,7 +21,7 @@ use std::fmt;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,11 +133,9 @@ struct Child {
     pid: u32,
     pidfd: Pidfd,
     kill_grace: Duration,
-    /// The parent sent a signal (kill, or a kill for a protocol violation).
-    killed_by_parent: AtomicBool,
-    /// Signals sent with [`UtilityProcess::signal`], one bit each: an end by one of them was
-    /// asked for.
-    signals_sent: std::sync::atomic::AtomicU64,
+    /// The signals the parent sent (`kill()`, a kill for a protocol violation,
+    /// [`UtilityProcess::signal`]), one bit each: an end by one of them was asked for.
+    signals_sent: AtomicU64,
     /// When SIGKILL follows the SIGTERM that `kill()` sent.
     kill_deadline: watch::Sender<Option<Instant>>,
     /// Set once, when the child has been reaped.
@@ -148,6 +146,20 @@ struct Child {
     sandboxed: bool,
     /// The CPU-time limit in force (whole seconds), if any.
     cpu_limit: Option<Duration>,
+}
+
+impl Child {
+    /// Records that the parent sent `signal`: an end by it is not an error.
+    fn mark_sent(&self, signal: i32) {
+        if (1..64).contains(&signal) {
+            self.signals_sent.fetch_or(1 << signal, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the parent sent `signal`.
+    fn was_sent(&self, signal: i32) -> bool {
+        (1..64).contains(&signal) && self.signals_sent.load(Ordering::SeqCst) & (1 << signal) != 0
+    }
 }
 
 /// What a confined child's report pipe said, and what its reaping told.
@@ -400,8 +412,7 @@ where
         pid: spawned.pid as u32,
         pidfd: spawned.pidfd,
         kill_grace: options.kill_grace,
-        killed_by_parent: AtomicBool::new(false),
-        signals_sent: std::sync::atomic::AtomicU64::new(0),
+        signals_sent: AtomicU64::new(0),
         kill_deadline: watch::Sender::new(None),
         exit: exit_tx,
         reports: report_pipe.map(|fd| ReportPipe {
@@ -1072,7 +1083,7 @@ impl UtilityProcess {
         self.events.violated = true;
         self.events.port_done = true;
         self.port.close();
-        self.child.killed_by_parent.store(true, Ordering::SeqCst);
+        self.child.mark_sent(libc::SIGKILL);
         let _ = self.child.pidfd.send_signal(libc::SIGKILL);
         Event::Error(Error::ProtocolViolation {
             service_name: self.service_name.clone(),
@@ -1131,7 +1142,7 @@ impl UtilityProcess {
             libc::SIGXFSZ => Some(Limit::FileSize),
             libc::SIGABRT if reports.out_of_memory => Some(Limit::Memory),
             libc::SIGKILL
-                if !self.child.killed_by_parent.load(Ordering::SeqCst)
+                if !self.child.was_sent(libc::SIGKILL)
                     && self
                         .child
                         .cpu_limit
@@ -1163,12 +1174,7 @@ impl UtilityProcess {
                 syscall: None,
             });
         }
-        let killed_by_parent = self.child.killed_by_parent.load(Ordering::SeqCst);
-        let sent = self.child.signals_sent.load(Ordering::SeqCst);
-        let unasked_signal = status
-            .signal()
-            .filter(|_| !killed_by_parent)
-            .filter(|s| !(1..64).contains(&s.as_raw()) || sent & (1 << s.as_raw()) == 0);
+        let unasked_signal = status.signal().filter(|s| !self.child.was_sent(s.as_raw()));
         let failed = unasked_signal.is_some() || status.code().is_some_and(|c| c != 0);
         match (failed, self.events.last_panic.take(), unasked_signal) {
             (true, Some(panic), _) => Some(Error::Panicked {
@@ -1197,7 +1203,9 @@ impl UtilityProcess {
         if self.exit.borrow().is_some() || self.child.pidfd.has_exited().unwrap_or(true) {
             return false;
         }
-        self.child.killed_by_parent.store(true, Ordering::SeqCst);
+        // SIGTERM now, SIGKILL after the grace period (from the watcher): both asked for.
+        self.child.mark_sent(libc::SIGTERM);
+        self.child.mark_sent(libc::SIGKILL);
         if self.child.pidfd.send_signal(libc::SIGTERM).is_err() {
             return false;
         }
@@ -1242,11 +1250,7 @@ impl UtilityProcess {
         if self.exit.borrow().is_some() || self.child.pidfd.has_exited().unwrap_or(true) {
             return false;
         }
-        if (1..64).contains(&signal.as_raw()) {
-            self.child
-                .signals_sent
-                .fetch_or(1 << signal.as_raw(), Ordering::SeqCst);
-        }
+        self.child.mark_sent(signal.as_raw());
         self.child.pidfd.send_signal(signal.as_raw()).is_ok()
     }
 
