@@ -463,24 +463,37 @@ async fn a_message_with_ports_cut_short_by_a_read_still_brings_them_when_its_por
 async fn a_large_message_half_read_when_its_port_travels_arrives_whole() {
     // port2 has read part of a 16 MiB message when it is sent away: that part travels in a
     // prefix larger than one socket buffer, which the library writes in the background.
-    let mut sender = porter();
-    let mut collector = porter();
-    let (port1, port2) = channel();
     let len = 16 << 20;
-    sender
-        .post_message_with_ports(&PortCommand::PostPattern { len }, vec![port1])
-        .unwrap();
-    assert_eq!(reply_from(&mut sender).await, PortReply::Posted);
-    // The sender has written what its socket holds and waits to write the rest: stop it, so
-    // that port2 can read only a part.
-    let pid = sender.pid().expect("the sender runs") as libc::pid_t;
-    // SAFETY: a signal to our own child, which is alive (it just answered).
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let early = tokio::time::timeout(std::time::Duration::from_millis(50), port2.recv()).await;
-    assert!(
-        early.is_err(),
-        "the whole message arrived from a stopped sender"
-    );
+    // The scenario needs the sender stopped before it has written the whole message; on a
+    // loaded machine it sometimes finishes first (the message then arrives whole, which is
+    // right but tests nothing): try again with a fresh sender, a few times.
+    let mut attempt = 0;
+    let (sender, port2, pid) = loop {
+        attempt += 1;
+        let mut sender = porter();
+        let (port1, port2) = channel();
+        sender
+            .post_message_with_ports(&PortCommand::PostPattern { len }, vec![port1])
+            .unwrap();
+        assert_eq!(reply_from(&mut sender).await, PortReply::Posted);
+        // The sender has written what its socket holds and waits to write the rest: stop it,
+        // so that port2 can read only a part.
+        let pid = sender.pid().expect("the sender runs") as libc::pid_t;
+        // SAFETY: a signal to our own child, which is alive (it just answered).
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let early = tokio::time::timeout(std::time::Duration::from_millis(50), port2.recv()).await;
+        if early.is_err() {
+            break (sender, port2, pid);
+        }
+        assert!(
+            attempt < 5,
+            "the whole message arrived from a stopped sender {attempt} times"
+        );
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        end(sender).await;
+    };
+    let mut collector = porter();
     collector
         .post_message_with_ports(&PortCommand::Collect { count: 1 }, vec![port2])
         .unwrap();
