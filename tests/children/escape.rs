@@ -66,6 +66,31 @@ fn attempt(what: &str, parent: libc::pid_t) -> Attempt {
             }
             outcome(fd.into())
         }
+        "datagram socketpair" => {
+            let mut pair = [0; 2];
+            // SAFETY: see above.
+            let ret =
+                unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, pair.as_mut_ptr()) };
+            outcome(ret.into())
+        }
+        "setsid" => {
+            // SAFETY: see above.
+            outcome(unsafe { libc::setsid() }.into())
+        }
+        "set stdout non-blocking" => {
+            // SAFETY: see above; flags on descriptor 1 only.
+            outcome(unsafe { libc::fcntl(1, libc::F_SETFL, libc::O_NONBLOCK) }.into())
+        }
+        "own session" => {
+            // SAFETY: see above.
+            let leader = unsafe { libc::getsid(0) == libc::getpid() };
+            Attempt::Computed(leader as u64)
+        }
+        _ if what.starts_with("sendto ") => sendto(&what["sendto ".len()..]),
+        _ if what.starts_with("read ") => match std::fs::read(&what["read ".len()..]) {
+            Ok(_) => Attempt::Succeeded,
+            Err(e) => Attempt::Failed(e.raw_os_error().unwrap_or(0)),
+        },
         "exec /bin/sh" => match std::process::Command::new("/bin/sh")
             .args(["-c", "exit 0"])
             .status()
@@ -229,4 +254,34 @@ fn main() {
         let outcome = attempt(&what, parent);
         port.post_message(&outcome).expect("parent is listening");
     }
+}
+
+/// A datagram to the named socket at `path`, from a datagram socket pair.
+fn sendto(path: &str) -> Attempt {
+    let mut pair = [0; 2];
+    // SAFETY: one system call with a pointer to a local array of two ints.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, pair.as_mut_ptr()) } < 0 {
+        return Attempt::Failed(errno());
+    }
+    // SAFETY: the two fresh descriptors are ours alone.
+    let _owned = unsafe { [0, 1].map(|i| std::os::fd::OwnedFd::from_raw_fd(pair[i])) };
+    // SAFETY: a zeroed sockaddr_un is valid; the path is copied in below its size.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(path.bytes().take(100)) {
+        *dst = src as libc::c_char;
+    }
+    let message = b"escaped";
+    // SAFETY: `message` and `addr` are locals alive for the call, with their sizes.
+    let sent = unsafe {
+        libc::sendto(
+            pair[0],
+            message.as_ptr().cast(),
+            message.len(),
+            0,
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    outcome(sent as i64)
 }

@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | (none) | starts itself in `grandchild` mode, posts the grandchild's pid (a `u32`), and reads its port until the parent is gone |
 //! | `grandchild` | sleeps forever (it is not a utility process) |
+//! | `escape` | clears its parent-death signal, moves to a session (and process group) of its own, posts its own pid as the "grandchild", and reads its port until the parent is gone; then lives on as long as it can |
 //! | `fds` | posts the sorted list of the descriptors it was started with (a `Vec<i32>`) |
 
 use std::time::Duration;
@@ -25,6 +26,18 @@ fn main() {
             while port.recv_blocking().is_some() {}
         }
         Some("grandchild") => sleep_forever(),
+        Some("escape") => {
+            let port = parent_port().expect("started by fork");
+            // SAFETY: prctl and setsid with integer arguments only.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0);
+                libc::setsid();
+            }
+            port.post_message(&std::process::id())
+                .expect("parent is listening");
+            while port.recv_blocking().is_some() {}
+            sleep_forever()
+        }
         Some("fds") => {
             // Listed before connecting, so this is exactly what the child inherited.
             let fds = inherited_fds();

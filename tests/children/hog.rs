@@ -1,5 +1,5 @@
-//! Uses up one resource until a limit stops it: `hog memory|cpu|cpu-ignoring-sigxcpu|
-//! file-size|open-files|processes`.
+//! Uses up one resource until a limit stops it: `hog memory|memory-in-large-chunks|memfd|cpu|
+//! cpu-ignoring-sigxcpu|file-size|open-files|processes`.
 //!
 //! The modes that a limit ends (memory, CPU, file size) never return. The ones a limit only
 //! refuses (open files, processes) post how far they got and the errno that stopped them, as
@@ -19,6 +19,36 @@ fn main() {
             loop {
                 hoard.push(vec![1u8; 1 << 20]);
             }
+        }
+        "memory-in-large-chunks" => {
+            // 64 MiB at a time: the allocation that fails asks for far more than is left.
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 64 << 20]);
+            }
+        }
+        "memfd" => {
+            // Memory that is not mapped: a memfd grown 1 MiB at a time, up to 512 MiB.
+            let name = c"hoard";
+            // SAFETY: a NUL-terminated name and flags; returns a new descriptor or -1.
+            let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+            if fd < 0 {
+                let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                port.post_message(&(0u64, errno)).expect("post");
+                return;
+            }
+            let mut mib = 0u64;
+            let errno = loop {
+                // SAFETY: fallocate on our own descriptor.
+                if unsafe { libc::fallocate(fd, 0, (mib << 20) as i64, 1 << 20) } != 0 {
+                    break std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                }
+                mib += 1;
+                if mib == 512 {
+                    break 0;
+                }
+            };
+            port.post_message(&(mib, errno)).expect("post");
         }
         "cpu" | "cpu-ignoring-sigxcpu" => {
             if mode == "cpu-ignoring-sigxcpu" {

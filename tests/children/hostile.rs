@@ -42,6 +42,9 @@
 //! | `flood` | correct 4 KiB `MESSAGE`s (raw bytes: a little-endian `u64` sequence number, then zeros), as fast as the socket takes them, forever |
 //! | `stdout-flood` | (through the library) writes to stdout without end on a thread, and echoes every message on the port |
 //! | `post-until-full` | (through the library) posts 64 KiB raw messages (a little-endian `u64` sequence number, then zeros) without waiting until `post_bytes` fails with `QueueFull`, then writes `full <count> <queued> <limit>` and a newline to stdout, then `send`s 16 more (which wait for room) and the string `"done"`; then waits for the port to close |
+//! | `flood-reports` | (needs a memory limit) writes out-of-memory reports into its report pipe (descriptor 4) without end |
+//! | `impossible-report` | (needs limits without a sandbox) writes a denied-call report into its report pipe |
+//! | `garble-reports` | (needs limits or a sandbox) writes a byte that starts no report into its report pipe |
 //! | `sleep` | nothing more: a correct handshake, then waits to be killed |
 
 use std::io::{Read, Write};
@@ -316,6 +319,27 @@ fn main() {
                     return;
                 }
             }
+        }
+        "flood-reports" => {
+            // Out-of-memory reports (one byte each), more than a life's worth; the pipe is
+            // non-blocking, so keep it full.
+            let reports = [b'M'; 4096];
+            loop {
+                // SAFETY: writes from a local array to descriptor 4.
+                if unsafe { libc::write(4, reports.as_ptr().cast(), reports.len()) } < 0 {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        "impossible-report" => {
+            // A denied-call report from a child that has no sandbox to deny anything.
+            let report = [b'S', 0, 0, 0, 0];
+            // SAFETY: writes 5 bytes from a local array to descriptor 4.
+            unsafe { libc::write(4, report.as_ptr().cast(), report.len()) };
+        }
+        "garble-reports" => {
+            // SAFETY: writes 1 byte from a local array to descriptor 4.
+            unsafe { libc::write(4, b"Z".as_ptr().cast(), 1) };
         }
         "sleep" => {}
         other => panic!("unknown mode {other:?}"),

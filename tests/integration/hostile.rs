@@ -1014,3 +1014,69 @@ fn a_thousand_fork_kill_cycles_leave_no_zombie_descriptor_or_thread() {
         },
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The report pipe of a child under limits (issue 11, item 2)
+// ---------------------------------------------------------------------------------------------
+
+/// Limits alone give a child its report pipe (descriptor 4).
+fn limited() -> ForkOptions {
+    ForkOptions::default().limits(utility_process::Limits::new().cpu_time(Duration::from_secs(600)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_floods_its_report_pipe_is_killed_while_forks_and_other_children_go_on() {
+    let mut bystander = Bystander::start().await;
+    let mut child = hostile(
+        &["flood-reports"],
+        ForkOptions::default().limits(utility_process::Limits::new().memory(1 << 30)),
+    );
+    // While it floods, the library's thread still forks, reaps and reports for others.
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut other = fork(CRASH, ["exit", "3"], ForkOptions::default()).expect("fork");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "fork took {:?}",
+            started.elapsed()
+        );
+        let events = all_events(&mut other).await;
+        assert!(
+            matches!(events.last(), Some(Event::Exit(s)) if s.code() == Some(3)),
+            "{events:?}"
+        );
+        bystander.answers().await;
+    }
+    let events = all_events(&mut child).await;
+    match events.as_slice() {
+        [Event::Spawn, Event::Error(Error::ProtocolViolation {
+            violation: Violation::Reports(why),
+            ..
+        }), Event::Exit(status)] => {
+            assert!(why.contains("flooded"), "{why}");
+            assert_eq!(status.signal(), Some(Signal::SIGKILL), "{status}");
+        }
+        other => panic!("expected Spawn, ProtocolViolation(Reports), Exit; got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_child_that_reports_what_its_confinement_cannot_produce_is_a_protocol_violation() {
+    // No sandbox, so no call can have been denied.
+    violation(
+        &["impossible-report"],
+        limited(),
+        |v| matches!(v, Violation::Reports(why) if why.contains("cannot produce")),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_child_that_garbles_its_report_pipe_is_a_protocol_violation() {
+    violation(
+        &["garble-reports"],
+        limited(),
+        |v| matches!(v, Violation::Reports(why) if why.contains("does not define")),
+    )
+    .await;
+}

@@ -627,8 +627,21 @@ async fn kill_takes_the_grandchild_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parent_killed_with_sigkill_takes_child_and_grandchild_within_one_second() {
+    parent_killed_with_sigkill_takes(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_clears_its_parent_death_signal_and_leaves_its_group_still_dies_with_its_parent(
+) {
+    parent_killed_with_sigkill_takes(&["escape"]).await;
+}
+
+/// Starts the `spawner`, which forks the `grandparent` child in `mode`; SIGKILLs the spawner;
+/// checks that the child and the grandchild it reported are gone within a second.
+async fn parent_killed_with_sigkill_takes(mode: &[&str]) {
     let mut spawner = std::process::Command::new(SPAWNER)
         .arg(GRANDPARENT)
+        .args(mode)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -83,6 +83,69 @@ async fn a_memory_hog_is_stopped_and_reported_as_memory_while_others_carry_on() 
 }
 
 #[tokio::test]
+async fn the_memory_limit_is_reported_when_a_large_allocation_fails_with_backtraces_on() {
+    // RUST_BACKTRACE=1 makes the child print a backtrace between the failed allocation and
+    // its abort, which changes errno; the allocation asks for far more than is left.
+    let child = fork(
+        env!("CARGO_BIN_EXE_hog"),
+        ["memory-in-large-chunks"],
+        ForkOptions::default()
+            .limits(Limits::new().memory(256 << 20))
+            .env("RUST_BACKTRACE", "1")
+            .stderr(Stdio::Ignore),
+    )
+    .expect("fork hog");
+    expect_limit(child, Limit::Memory, libc::SIGABRT).await;
+}
+
+#[tokio::test]
+async fn a_memory_limited_childs_piped_stderr_still_reaches_the_application() {
+    let mut child = fork(
+        env!("CARGO_BIN_EXE_hog"),
+        ["memory-in-large-chunks"],
+        ForkOptions::default()
+            .limits(Limits::new().memory(256 << 20))
+            .stderr(Stdio::Pipe),
+    )
+    .expect("fork hog");
+    let mut stderr = child.take_stderr().expect("piped");
+    let mut said = String::new();
+    stderr.read_to_string(&mut said).await.expect("stderr");
+    assert!(said.contains("memory allocation of"), "{said}");
+    expect_limit(child, Limit::Memory, libc::SIGABRT).await;
+}
+
+#[tokio::test]
+async fn memory_cannot_hide_from_the_limit_in_a_memfd_under_the_sandbox() {
+    let support = utility_process::Sandbox::support();
+    if !support.seccomp || support.landlock_abi < utility_process::sandbox::LANDLOCK_ABI_NEEDED {
+        eprintln!("memory_cannot_hide_from_the_limit_in_a_memfd: skipped, no strict sandbox here: {support:?}");
+        return;
+    }
+    let mut child = fork(
+        env!("CARGO_BIN_EXE_hog"),
+        ["memfd"],
+        ForkOptions::default()
+            .limits(Limits::new().memory(64 << 20))
+            .sandbox(utility_process::Sandbox::strict()),
+    )
+    .expect("fork hog");
+    let events = all_events(&mut child).await;
+    let held = events.iter().find_map(|e| match e {
+        Event::Message(m) => Some(m.data::<(u64, i32)>().expect("(MiB, errno)")),
+        _ => None,
+    });
+    assert_eq!(held, Some((0, libc::EPERM)), "{events:?}");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Error(Error::SandboxViolation { syscall: Some(call), .. }) if call.name == "memfd_create"
+        )),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_cpu_hog_is_stopped_by_sigxcpu_and_reported_as_cpu_time() {
     let mut bystander = echo();
     let child = hog("cpu", Limits::new().cpu_time(Duration::from_secs(1)));

@@ -264,18 +264,10 @@ async fn a_program_that_does_not_confirm_its_sandbox_is_killed() {
     // The Python child speaks the protocol but knows nothing of the sandbox: the layers
     // applied before exec hold, and its unconfirmed HELLO ends it.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/children/echo.py");
-    let options = ForkOptions::default().sandbox(Sandbox::strict());
+    let options = ForkOptions::default().sandbox(python_sandbox(&[script]));
     // The interpreter itself, not a shell shim in front of it (a shim forks, which the
     // sandbox refuses).
-    let python = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 runs");
-    let python = String::from_utf8(python.stdout)
-        .expect("a path")
-        .trim()
-        .to_owned();
-    let mut child = fork(python, [script], options).expect("fork python");
+    let mut child = fork(python(), [script], options).expect("fork python");
     child.post_message("hello").expect("post");
     let mut events = Vec::new();
     while let Some(event) = next_event(&mut child).await {
@@ -321,15 +313,34 @@ async fn a_sandbox_the_kernel_cannot_enforce_is_an_error_at_fork() {
 }
 
 fn python() -> String {
+    python_says("sys.executable").remove(0)
+}
+
+/// What `python3` prints for `expression` (a list of paths, one per line).
+fn python_says(expression: &str) -> Vec<String> {
     // The interpreter itself, not a shell shim in front of it.
     let out = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
+        .args(["-c", &format!("import sys; print({expression})")])
         .output()
         .expect("python3 runs");
     String::from_utf8(out.stdout)
-        .expect("a path")
-        .trim()
-        .to_owned()
+        .expect("paths")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The strict profile, opened to what the Python interpreter reads as it starts (its own
+/// installation) and to `also`: nothing else of the filesystem.
+fn python_sandbox(also: &[&str]) -> Sandbox {
+    let mut sandbox = Sandbox::strict();
+    for prefix in python_says("sys.prefix + '\\n' + sys.base_prefix") {
+        sandbox = sandbox.allow_read(prefix);
+    }
+    for path in also {
+        sandbox = sandbox.allow_read(path);
+    }
+    sandbox
 }
 
 #[tokio::test]
@@ -347,25 +358,35 @@ async fn a_program_without_the_library_still_gets_the_layers_applied_before_exec
     );
     let mut child = fork(
         python(),
-        ["-c", &write],
-        ForkOptions::default().sandbox(Sandbox::strict()),
+        ["-c", &format!("{write}\nprint('not reached')")],
+        ForkOptions::default()
+            .sandbox(python_sandbox(&[]))
+            .stdout(utility_process::Stdio::Pipe)
+            .stderr(utility_process::Stdio::Pipe),
     )
     .expect("fork python");
+    let mut stderr = child.take_stderr().expect("piped");
     let mut events = Vec::new();
     while let Some(event) = next_event(&mut child).await {
         events.push(event);
     }
+    let mut said = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut said)
+        .await
+        .expect("stderr");
     assert!(!target.exists(), "the file was written: {events:?}");
     assert!(
         matches!(events.last(), Some(Event::Exit(s)) if !s.success()),
         "{events:?}"
     );
+    // Python started, and it was the write that failed — not the interpreter's own start.
+    assert!(said.contains("PermissionError"), "{said}");
 
     // seccomp: a socket ends the program with SIGSYS, reported as a sandbox violation.
     let mut child = fork(
         python(),
         ["-c", "import socket; socket.socket()"],
-        ForkOptions::default().sandbox(Sandbox::strict()),
+        ForkOptions::default().sandbox(python_sandbox(&[])),
     )
     .expect("fork python");
     let mut events = Vec::new();
@@ -379,4 +400,213 @@ async fn a_program_without_the_library_still_gets_the_layers_applied_before_exec
         )),
         "{events:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// What attacks found (issue 11): each test failed before its fix.
+// ---------------------------------------------------------------------------------------------
+
+/// A scratch directory of this test's own.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("up-sandbox-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    dir
+}
+
+#[tokio::test]
+async fn a_strict_child_cannot_reach_a_named_datagram_socket() {
+    if !kernel_can_sandbox("a_strict_child_cannot_reach_a_named_datagram_socket") {
+        return;
+    }
+    let dir = scratch("dgram");
+    let path = dir.join("listener");
+    let listener = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+    listener.set_nonblocking(true).unwrap();
+    let sendto = format!("sendto {}", path.display());
+    let received = |listener: &std::os::unix::net::UnixDatagram| {
+        let mut buf = [0u8; 64];
+        listener.recv(&mut buf).is_ok()
+    };
+
+    // The control: without a sandbox the datagram arrives, so the test can tell.
+    let mut free = escape(None);
+    assert_eq!(ask(&mut free, &sendto).await.0, Attempt::Succeeded);
+    assert!(received(&listener), "the control datagram did not arrive");
+    end(free).await;
+
+    // A Rust child under both stages.
+    let mut child = escape(Some(Sandbox::strict()));
+    let (pair, denied) = ask(&mut child, "datagram socketpair").await;
+    assert!(failed(&pair), "{pair:?}");
+    assert_eq!(
+        denied.iter().map(|c| c.name).collect::<Vec<_>>(),
+        ["socketpair"]
+    );
+    assert!(failed(&ask(&mut child, &sendto).await.0));
+    let (works, _) = ask(&mut child, "compute").await;
+    assert!(matches!(works, Attempt::Computed(_)), "{works:?}");
+    end(child).await;
+
+    // A program without the library: stage 1 alone refuses it.
+    let script = format!(
+        "import socket\na, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\na.sendto(b'escaped', {:?})",
+        path.display().to_string()
+    );
+    let mut python = fork(
+        python(),
+        ["-c", &script],
+        ForkOptions::default().sandbox(python_sandbox(&[])),
+    )
+    .expect("fork python");
+    let mut events = Vec::new();
+    while let Some(event) = next_event(&mut python).await {
+        events.push(event);
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Error(Error::SandboxViolation { .. }))),
+        "{events:?}"
+    );
+    assert!(!received(&listener), "a sandboxed child's datagram arrived");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_sandboxed_child_shares_no_open_file_and_no_terminal_with_its_parent() {
+    if !kernel_can_sandbox("a_sandboxed_child_shares_no_open_file_and_no_terminal_with_its_parent")
+    {
+        return;
+    }
+    // SAFETY: F_GETFL on this process's stdout reads its flags.
+    let flags = || unsafe { libc::fcntl(1, libc::F_GETFL) };
+    let before = flags();
+    assert!(before >= 0 && before & libc::O_NONBLOCK == 0, "{before:#x}");
+    // The default stdio, Inherit: the child's output still reaches ours.
+    let mut child = escape(Some(Sandbox::strict()));
+    let (set, _) = ask(&mut child, "set stdout non-blocking").await;
+    let (session, _) = ask(&mut child, "own session").await;
+    end(child).await;
+    let after = flags();
+    // Put it back before asserting, so a failure does not break the rest of the run.
+    // SAFETY: F_SETFL with the flags read above.
+    unsafe { libc::fcntl(1, libc::F_SETFL, before) };
+    // The call went through — on the child's own pipe, not on our stdout.
+    assert_eq!(set, Attempt::Succeeded);
+    assert_eq!(
+        after & libc::O_NONBLOCK,
+        0,
+        "the child made our stdout non-blocking"
+    );
+    // A session of its own: no controlling terminal to push input into (TIOCSTI).
+    assert_eq!(session, Attempt::Computed(1));
+}
+
+#[tokio::test]
+async fn a_sandboxed_childs_inherited_output_still_reaches_the_parents_streams() {
+    if !kernel_can_sandbox("a_sandboxed_childs_inherited_output_still_reaches_the_parents_streams")
+    {
+        return;
+    }
+    // A program whose stdout is the relay's pipe, through a parent whose stdout is a file:
+    // what the child printed lands in the file.
+    let dir = scratch("relay");
+    let out = dir.join("out");
+    let program =
+        format!("import sys\nsys.stdout.write('to stdout\\n')\nsys.stderr.write('to stderr\\n')");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_spawner"))
+        .args(["--python-sandboxed", &python(), &program])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run the spawner");
+    let written = std::fs::read_to_string(&out).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(status.status.success(), "{status:?}");
+    assert_eq!(written, "to stdout\n");
+    assert_eq!(String::from_utf8_lossy(&status.stderr), "to stderr\n");
+}
+
+#[tokio::test]
+async fn a_program_without_the_library_reads_only_what_its_sandbox_allows() {
+    if !kernel_can_sandbox("a_program_without_the_library_reads_only_what_its_sandbox_allows") {
+        return;
+    }
+    let dir = scratch("cat");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "the secret").unwrap();
+    let cat = |sandbox: Sandbox| async {
+        let mut child = fork(
+            "cat",
+            [secret.as_os_str()],
+            ForkOptions::default()
+                .sandbox(sandbox)
+                .stdout(utility_process::Stdio::Pipe)
+                .stderr(utility_process::Stdio::Ignore),
+        )
+        .expect("fork cat");
+        let mut stdout = child.take_stdout().expect("piped");
+        while next_event(&mut child).await.is_some() {}
+        let mut read = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut read)
+            .await
+            .expect("stdout");
+        read
+    };
+    assert_eq!(
+        cat(Sandbox::strict()).await,
+        "",
+        "cat read a file it was not given"
+    );
+    assert_eq!(cat(Sandbox::strict().allow_read(&dir)).await, "the secret");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn code_that_runs_before_the_librarys_constructor_cannot_read_outside_the_allowed_paths() {
+    if !kernel_can_sandbox("code_that_runs_before_the_librarys_constructor") {
+        return;
+    }
+    let dir = scratch("early");
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "the secret").unwrap();
+    let early = |sandbox: Option<Sandbox>| {
+        let mut options = ForkOptions::default().env("EARLY_READ", &secret);
+        if let Some(sandbox) = sandbox {
+            options = options.sandbox(sandbox);
+        }
+        fork(env!("CARGO_BIN_EXE_early"), [] as [&str; 0], options).expect("fork early")
+    };
+    let read = |mut child: UtilityProcess| async move {
+        let attempt = loop {
+            match next_event(&mut child).await {
+                Some(Event::Spawn) => {}
+                Some(Event::Message(m)) => break m.data::<Attempt>().expect("an Attempt"),
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        end(child).await;
+        attempt
+    };
+    // The control: unsandboxed, the early thread reads the file.
+    assert_eq!(read(early(None)).await, Attempt::Succeeded);
+    let attempt = read(early(Some(Sandbox::strict()))).await;
+    assert_eq!(attempt, Attempt::Failed(libc::EACCES), "{attempt:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_sandboxed_child_cannot_leave_its_process_group() {
+    if !kernel_can_sandbox("a_sandboxed_child_cannot_leave_its_process_group") {
+        return;
+    }
+    let mut child = escape(Some(Sandbox::strict()));
+    let (attempt, denied) = ask(&mut child, "setsid").await;
+    assert_eq!(attempt, Attempt::Failed(libc::EPERM));
+    assert_eq!(
+        denied.iter().map(|c| c.name).collect::<Vec<_>>(),
+        ["setsid"]
+    );
+    end(child).await;
 }

@@ -290,6 +290,10 @@ pub enum Violation {
     /// mid-send is not blamed: only one still alive after its kill grace period).
     #[error("it closed its port in the middle of a frame and did not exit")]
     CutShort,
+    /// Its report pipe (through which a confined child's sandbox and limits report) broke
+    /// the rules: more than a child's life of reports, or bytes that are no report.
+    #[error("{0}")]
+    Reports(&'static str),
 }
 
 /// A signal number, shown with its name.

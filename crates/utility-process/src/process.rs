@@ -37,6 +37,7 @@ use crate::sandbox::{Missing, Policy, Syscall};
 use crate::stdio::{ChildStderr, ChildStdout};
 use crate::sys::confine as confine_sys;
 use crate::sys::process::{ChildFd, Pidfd, PreExec, RawExit, SpawnPlan};
+use crate::sys::relay;
 use crate::transport::{Endpoint, Incoming, Limits, RecvError, TryRecv};
 use crate::{driver, sys, Error, Limit, Message, MessagePort};
 
@@ -146,6 +147,16 @@ struct Child {
     sandboxed: bool,
     /// The CPU-time limit in force (whole seconds), if any.
     cpu_limit: Option<Duration>,
+    /// The relay of its output, when the library stands between the child and its streams.
+    relay: Option<Relayed>,
+}
+
+/// What the relay of a child's output found, and whether it has finished.
+#[derive(Debug)]
+struct Relayed {
+    seen: Arc<relay::Seen>,
+    /// `true` once every relayed stream has ended.
+    done: watch::Receiver<bool>,
 }
 
 impl Child {
@@ -173,6 +184,8 @@ struct Reports {
     refused: Option<i32>,
     /// The CPU time it used, once reaped.
     cpu_time: Option<Duration>,
+    /// It broke the report pipe's rules (flooded it, or wrote garbage): how.
+    violation: Option<&'static str>,
 }
 
 /// A child that tries every forbidden call gets each reported once, up to this many.
@@ -291,7 +304,11 @@ where
         })
     };
 
-    let confinement = Confinement::prepare(&options).map_err(|e| match e {
+    let mut env = environment(&options, &service_name);
+    env.remove(OsStr::new(crate::sandbox::ENV));
+    let resolved = resolve_program(program, env.get(OsStr::new("PATH")).map(|p| p.as_os_str()))
+        .map_err(|e| spawn_error(SpawnStep::Lookup, e))?;
+    let confinement = Confinement::prepare(&options, &resolved).map_err(|e| match e {
         ConfineError::Missing(missing) => Error::Unenforceable {
             program: program.to_path_buf(),
             service_name: service_name.clone(),
@@ -299,13 +316,9 @@ where
         },
         ConfineError::Io(e) => spawn_error(SpawnStep::Sandbox, e),
     })?;
-    let mut env = environment(&options, &service_name);
-    env.remove(OsStr::new(crate::sandbox::ENV));
     if let Some(confinement) = &confinement {
         env.insert(crate::sandbox::ENV.into(), confinement.policy.encode());
     }
-    let resolved = resolve_program(program, env.get(OsStr::new("PATH")).map(|p| p.as_os_str()))
-        .map_err(|e| spawn_error(SpawnStep::Lookup, e))?;
     let mut argv = vec![to_c(service_name.as_bytes())?];
     for arg in args {
         argv.push(to_c(arg.as_ref().as_bytes())?);
@@ -343,8 +356,21 @@ where
     )
     .map_err(|_| setup(std::io::Error::other("cannot write the HELLO")))?;
 
-    let (stdout_ours, stdout_theirs) = stdio_pair(options.stdout).map_err(setup)?;
-    let (stderr_ours, stderr_theirs) = stdio_pair(options.stderr).map_err(setup)?;
+    let output = ChildOutput::new(&options).map_err(setup)?;
+    let (stdout_ours, stdout_theirs) = output.stdout;
+    let (stderr_ours, stderr_theirs) = output.stderr;
+    let relay = match output.relayed {
+        streams if streams.is_empty() => None,
+        streams => {
+            let seen = Arc::new(relay::Seen::default());
+            let (done_tx, done) = watch::channel(false);
+            relay::start(streams, Arc::clone(&seen), move || {
+                done_tx.send_replace(true);
+            })
+            .map_err(setup)?;
+            Some(Relayed { seen, done })
+        }
+    };
     let plan = SpawnPlan {
         program: to_c(resolved.as_os_str().as_bytes())?,
         argv,
@@ -371,6 +397,7 @@ where
         plan.confine = Some(PreExec {
             rlimits: confinement.rlimits,
             no_new_privs: sandboxed,
+            new_session: sandboxed,
             namespaces,
             ruleset,
             filter,
@@ -417,11 +444,16 @@ where
         exit: exit_tx,
         reports: report_pipe.map(|fd| ReportPipe {
             fd: sys::reactor::SharedFd::new(fd),
-            parser: std::sync::Mutex::new(ReportParser::default()),
+            parser: std::sync::Mutex::new(ReportParser {
+                sandboxed,
+                memory_limited: options.limits.memory.is_some(),
+                ..ReportParser::default()
+            }),
             reports: watch::Sender::new(Reports::default()),
         }),
         sandboxed,
         cpu_limit,
+        relay,
     });
     let reports = child.reports.as_ref().map(|r| r.reports.subscribe());
     driver.handle().spawn(watch_child(Arc::clone(&child)));
@@ -457,7 +489,7 @@ enum ConfineError {
 impl Confinement {
     /// Checks what the options ask for against the machine and prepares it; `None` for a
     /// child with neither limits nor sandbox.
-    fn prepare(options: &ForkOptions) -> Result<Option<Confinement>, ConfineError> {
+    fn prepare(options: &ForkOptions, program: &Path) -> Result<Option<Confinement>, ConfineError> {
         let limits = &options.limits;
         if limits.is_empty() && options.sandbox.is_none() {
             return Ok(None);
@@ -479,10 +511,12 @@ impl Confinement {
         let memory_limited = limits.memory.is_some();
         let (prepared, policy) = match &options.sandbox {
             Some(sandbox) => {
-                let prepared = sandbox.prepare().map_err(|e| match e {
-                    crate::sandbox::PrepareError::Missing(m) => ConfineError::Missing(m),
-                    crate::sandbox::PrepareError::Io(e) => ConfineError::Io(e),
-                })?;
+                let prepared = sandbox
+                    .prepare(program, memory_limited)
+                    .map_err(|e| match e {
+                        crate::sandbox::PrepareError::Missing(m) => ConfineError::Missing(m),
+                        crate::sandbox::PrepareError::Io(e) => ConfineError::Io(e),
+                    })?;
                 (Some(prepared), sandbox.policy(memory_limited))
             }
             None => (
@@ -565,6 +599,56 @@ fn is_executable_file(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// A child's stdout and stderr: the parent's end (for `Stdio::Pipe`) and the child's, and
+/// the streams the library relays.
+///
+/// A sandboxed child never holds the parent's own stdout or stderr (see `sys::relay`): for
+/// `Stdio::Inherit` it gets a pipe whose output the relay copies to the parent's stream. A
+/// memory-limited child's stderr always goes through the relay, which watches it for Rust's
+/// allocation-failure line and passes it on where `Stdio` says.
+struct ChildOutput {
+    stdout: (Option<OwnedFd>, ChildFd),
+    stderr: (Option<OwnedFd>, ChildFd),
+    relayed: Vec<relay::Stream>,
+}
+
+impl ChildOutput {
+    fn new(options: &ForkOptions) -> std::io::Result<ChildOutput> {
+        let sandboxed = options.sandbox.is_some();
+        let memory_limited = options.limits.memory.is_some();
+        let mut relayed = Vec::new();
+        let mut relay = |sink: relay::Sink, watch: bool| -> std::io::Result<ChildFd> {
+            let (read, write) = sys::pipe()?;
+            relayed.push(relay::Stream {
+                source: read,
+                sink,
+                watch_allocation_failure: watch,
+            });
+            Ok(ChildFd::Fd(write))
+        };
+        let stdout = match options.stdout {
+            Stdio::Inherit if sandboxed => (None, relay(relay::Sink::Parent(1), false)?),
+            other => stdio_pair(other)?,
+        };
+        let stderr = match options.stderr {
+            Stdio::Inherit if sandboxed || memory_limited => {
+                (None, relay(relay::Sink::Parent(2), memory_limited)?)
+            }
+            Stdio::Ignore if memory_limited => (None, relay(relay::Sink::Discard, true)?),
+            Stdio::Pipe if memory_limited => {
+                let (ours, theirs) = sys::pipe()?;
+                (Some(ours), relay(relay::Sink::Pipe(theirs), true)?)
+            }
+            other => stdio_pair(other)?,
+        };
+        Ok(ChildOutput {
+            stdout,
+            stderr,
+            relayed,
+        })
+    }
+}
+
 /// The parent's and the child's ends for one output stream.
 fn stdio_pair(stdio: Stdio) -> std::io::Result<(Option<OwnedFd>, ChildFd)> {
     match stdio {
@@ -588,6 +672,7 @@ async fn watch_child(child: Arc<Child>) {
         .and_then(|pipe| sys::reactor::register(&pipe.fd, tokio::io::Interest::READABLE).ok());
     let mut deadline_rx = child.kill_deadline.subscribe();
     let mut sigkill_sent = false;
+    let mut reports_pending = false;
     let far_future = Instant::now() + Duration::from_secs(86400 * 365);
     loop {
         if child.pidfd.has_exited().unwrap_or(true) {
@@ -625,10 +710,12 @@ async fn watch_child(child: Arc<Child>) {
                     }
                     None => std::future::pending().await,
                 }
-            } => {
-                if let Some(pipe) = &child.reports {
-                    pipe.drain();
-                }
+            }, if !reports_pending => {
+                reports_pending = drain_reports(&child);
+            }
+            // A full pipe is read a bounded slice at a time, other children's work between.
+            _ = tokio::task::yield_now(), if reports_pending => {
+                reports_pending = drain_reports(&child);
             }
         }
     }
@@ -642,7 +729,7 @@ async fn watch_child(child: Arc<Child>) {
             Ok(Some(reaped)) => {
                 // Everything the child wrote into its report pipe is there now.
                 if let Some(pipe) = &child.reports {
-                    pipe.drain();
+                    while pipe.drain() {}
                     pipe.reports
                         .send_modify(|r| r.cpu_time = Some(reaped.cpu_time));
                 }
@@ -657,7 +744,31 @@ async fn watch_child(child: Arc<Child>) {
     if let Some(guardian) = driver::driver().ok().and_then(|d| d.started_guardian()) {
         guardian.forget(child.pid as libc::pid_t);
     }
+    // What the child wrote last (an allocation failure's line, say) is relayed before its
+    // end is told; a descendant that kept the pipe open delays that by a moment at most.
+    if let Some(relay) = &child.relay {
+        let mut done = relay.done.clone();
+        let _ = tokio::time::timeout(RELAY_GRACE, done.wait_for(|done| *done)).await;
+    }
     child.exit.send_replace(Some(status));
+}
+
+/// How long a child's end waits for the relay of its output to finish.
+const RELAY_GRACE: Duration = Duration::from_millis(250);
+
+/// Drains the child's report pipe once; a child that broke its rules is killed at once.
+/// Returns whether more may be waiting.
+fn drain_reports(child: &Child) -> bool {
+    let Some(pipe) = &child.reports else {
+        return false;
+    };
+    let more = pipe.drain();
+    if pipe.reports.borrow().violation.is_some() {
+        child.mark_sent(libc::SIGKILL);
+        let _ = child.pidfd.send_signal(libc::SIGKILL);
+        return false;
+    }
+    more
 }
 
 /// The parent's end of a confined child's report pipe. Both the watcher (to wake the event
@@ -671,59 +782,76 @@ struct ReportPipe {
 }
 
 impl ReportPipe {
-    fn drain(&self) {
+    /// Reads what is there, up to [`REPORT_BYTES_PER_DRAIN`]; `true` when more may be
+    /// waiting (drain again after letting other work run).
+    fn drain(&self) -> bool {
         let mut parser = self.parser.lock().unwrap_or_else(|p| p.into_inner());
-        parser.drain(self.fd.as_fd(), &self.reports);
+        parser.drain(self.fd.as_fd(), &self.reports)
     }
 }
 
+/// The most one drain reads, so that a child that keeps its pipe full cannot keep the
+/// library's thread (which forks, reaps and reports for every child) to itself.
+const REPORT_BYTES_PER_DRAIN: usize = 4096;
+
+/// The most a child may write into its report pipe in its whole life. The library's own
+/// handlers report each denied call once (at most a few kilobytes): a child past this is
+/// flooding, and that is a protocol violation.
+const REPORT_BYTES_PER_LIFE: usize = 64 * 1024;
+
 /// Turns the report pipe's bytes into [`Reports`]; a report cut across two reads is kept.
+/// The bytes come from the child: hostile input, bounded per drain and per life, and a byte
+/// that starts no known report is a violation.
 #[derive(Debug, Default)]
 struct ReportParser {
+    /// The child is sandboxed: denied calls can be reported.
+    sandboxed: bool,
+    /// The child has a memory limit: an allocation failure can be reported.
+    memory_limited: bool,
     partial: Vec<u8>,
+    /// Bytes read so far, over the child's life.
+    total: usize,
+    /// A violation was found: nothing more is read.
+    done: bool,
 }
 
 impl ReportParser {
-    fn drain(&mut self, pipe: std::os::fd::BorrowedFd<'_>, reports: &watch::Sender<Reports>) {
+    fn drain(
+        &mut self,
+        pipe: std::os::fd::BorrowedFd<'_>,
+        reports: &watch::Sender<Reports>,
+    ) -> bool {
         let mut buf = [0u8; 512];
-        let mut changed = false;
         let mut update = Reports::default();
-        while let Ok(n @ 1..) = confine_sys::read_reports(pipe, &mut buf) {
-            self.partial.extend_from_slice(&buf[..n]);
-            // A child that writes garbage here only confuses its own reports: parse what
-            // makes sense, drop the rest, and never hold more than one report's bytes.
-            let mut at = 0;
-            while at < self.partial.len() {
-                let rest = &self.partial[at..];
-                let word = |r: &[u8]| r.get(1..5).map(|b| [b[0], b[1], b[2], b[3]]);
-                match rest[0] {
-                    confine_sys::REPORT_OUT_OF_MEMORY => {
-                        update.out_of_memory = true;
-                        changed = true;
-                        at += 1;
-                    }
-                    confine_sys::REPORT_SYSCALL | confine_sys::REPORT_REFUSED => {
-                        let Some(bytes) = word(rest) else { break };
-                        if rest[0] == confine_sys::REPORT_SYSCALL {
-                            let nr = u32::from_le_bytes(bytes);
-                            if !update.syscalls.contains(&nr) {
-                                update.syscalls.push(nr);
-                            }
-                        } else {
-                            update.refused = Some(i32::from_le_bytes(bytes));
-                        }
-                        changed = true;
-                        at += 5;
-                    }
-                    _ => at += 1,
-                }
+        let mut changed = false;
+        let mut read = 0;
+        let mut more = false;
+        while !self.done {
+            if read >= REPORT_BYTES_PER_DRAIN {
+                more = true;
+                break;
             }
+            let n = match confine_sys::read_reports(pipe, &mut buf) {
+                Ok(n @ 1..) => n,
+                _ => break,
+            };
+            read += n;
+            self.total += n;
+            if self.total > REPORT_BYTES_PER_LIFE {
+                update.violation = Some("it flooded its report pipe");
+                self.done = true;
+                break;
+            }
+            self.partial.extend_from_slice(&buf[..n]);
+            let at = self.parse(&mut update);
             self.partial.drain(..at);
+            changed = true;
         }
-        if changed {
+        if changed || update.violation.is_some() {
             reports.send_modify(|r| {
                 r.out_of_memory |= update.out_of_memory;
                 r.refused = r.refused.or(update.refused);
+                r.violation = r.violation.or(update.violation);
                 for nr in update.syscalls {
                     if r.syscalls.len() < MAX_SYSCALL_REPORTS && !r.syscalls.contains(&nr) {
                         r.syscalls.push(nr);
@@ -731,6 +859,51 @@ impl ReportParser {
                 }
             });
         }
+        more
+    }
+
+    /// Parses the whole reports at the front of `partial` into `update`; returns how many
+    /// bytes it used (a report cut short stays for the next read).
+    fn parse(&mut self, update: &mut Reports) -> usize {
+        let mut at = 0;
+        while at < self.partial.len() {
+            let rest = &self.partial[at..];
+            let word = |r: &[u8]| r.get(1..5).map(|b| [b[0], b[1], b[2], b[3]]);
+            let possible = match rest[0] {
+                confine_sys::REPORT_OUT_OF_MEMORY => self.memory_limited,
+                confine_sys::REPORT_SYSCALL => self.sandboxed,
+                _ => true,
+            };
+            if !possible {
+                update.violation = Some("it reported what its confinement cannot produce");
+                self.done = true;
+                return self.partial.len();
+            }
+            match rest[0] {
+                confine_sys::REPORT_OUT_OF_MEMORY => {
+                    update.out_of_memory = true;
+                    at += 1;
+                }
+                confine_sys::REPORT_SYSCALL | confine_sys::REPORT_REFUSED => {
+                    let Some(bytes) = word(rest) else { break };
+                    if rest[0] == confine_sys::REPORT_SYSCALL {
+                        let nr = u32::from_le_bytes(bytes);
+                        if !update.syscalls.contains(&nr) {
+                            update.syscalls.push(nr);
+                        }
+                    } else {
+                        update.refused = Some(i32::from_le_bytes(bytes));
+                    }
+                    at += 5;
+                }
+                _ => {
+                    update.violation = Some("it wrote a report the library does not define");
+                    self.done = true;
+                    return self.partial.len();
+                }
+            }
+        }
+        at
     }
 }
 
@@ -1108,13 +1281,20 @@ impl UtilityProcess {
             pipe.drain();
         }
         let reports = self.reports.as_mut()?;
-        let (refused, syscall) = {
+        let (refused, syscall, violation) = {
             let reports = reports.borrow_and_update();
             (
                 reports.refused,
                 reports.syscalls.get(self.events.syscalls_reported).copied(),
+                reports.violation,
             )
         };
+        if let (Some(how), false) = (violation, self.events.violated) {
+            return match self.violation(Violation::Reports(how)) {
+                Event::Error(error) => Some(error),
+                _ => None,
+            };
+        }
         if let (Some(errno), false) = (refused, self.events.refusal_reported) {
             self.events.refusal_reported = true;
             self.events.violated = true;
@@ -1123,6 +1303,10 @@ impl UtilityProcess {
                 pid: self.child.pid,
                 errno: Some(errno),
             });
+        }
+        if self.events.violated {
+            // After a violation the child's reports mean nothing.
+            return None;
         }
         let nr = syscall?;
         self.events.syscalls_reported += 1;
@@ -1140,7 +1324,16 @@ impl UtilityProcess {
         match signal.as_raw() {
             libc::SIGXCPU => Some(Limit::CpuTime),
             libc::SIGXFSZ => Some(Limit::FileSize),
-            libc::SIGABRT if reports.out_of_memory => Some(Limit::Memory),
+            libc::SIGABRT
+                if reports.out_of_memory
+                    || self
+                        .child
+                        .relay
+                        .as_ref()
+                        .is_some_and(|r| r.seen.allocation_failure.load(Ordering::SeqCst)) =>
+            {
+                Some(Limit::Memory)
+            }
             libc::SIGKILL
                 if !self.child.was_sent(libc::SIGKILL)
                     && self

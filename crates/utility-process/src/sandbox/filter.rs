@@ -67,6 +67,13 @@ pub(crate) enum Rule {
         then: Action,
         otherwise: Action,
     },
+    /// `then` when every `(argument, test)` pair passes, `otherwise` as soon as one fails.
+    AllOf {
+        nr: u32,
+        tests: Vec<(u8, Test)>,
+        then: Action,
+        otherwise: Action,
+    },
 }
 
 /// The architecture the rules are written for.
@@ -224,11 +231,69 @@ impl Filter {
                 }
                 (*nr, body)
             }
+            Rule::AllOf {
+                nr,
+                tests,
+                then,
+                otherwise,
+            } => (*nr, Self::all_of(tests, *then, *otherwise)?),
         };
         let skip = u8::try_from(body.len()).map_err(|_| CompileError::RuleTooLong)?;
         let mut block = vec![jeq(nr, 0, skip)];
         block.extend(body);
         Ok(block)
+    }
+}
+
+impl Filter {
+    /// The body of an [`Rule::AllOf`]: each test falls through when it passes and jumps to
+    /// the final `ret otherwise` when it fails; after the last, `ret then`.
+    fn all_of(
+        tests: &[(u8, Test)],
+        then: Action,
+        otherwise: Action,
+    ) -> Result<Vec<libc::sock_filter>, CompileError> {
+        let mut body = Vec::new();
+        // Indices of the `ja` instructions that must land on `ret otherwise`.
+        let mut to_fail = Vec::new();
+        for (arg, test) in tests {
+            match test {
+                Test::OneOf(values) => {
+                    body.push(load(arg_low(*arg)));
+                    let n = values.len();
+                    for (i, value) in values.iter().enumerate() {
+                        // A match skips the remaining compares and the `ja`.
+                        let past = u8::try_from(n - i).map_err(|_| CompileError::RuleTooLong)?;
+                        body.push(jeq(*value, past, 0));
+                    }
+                }
+                Test::AllSet(mask) | Test::NoneSet(mask) => {
+                    body.push(load(arg_low(*arg)));
+                    body.push(stmt(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, *mask));
+                    let wanted = if matches!(test, Test::AllSet(_)) {
+                        *mask
+                    } else {
+                        0
+                    };
+                    body.push(jeq(wanted, 1, 0));
+                }
+                Test::Null => {
+                    body.push(load(arg_low(*arg)));
+                    body.push(jeq(0, 0, 2));
+                    body.push(load(arg_high(*arg)));
+                    body.push(jeq(0, 1, 0));
+                }
+            }
+            to_fail.push(body.len());
+            body.push(stmt(libc::BPF_JMP | libc::BPF_JA, 0));
+        }
+        body.push(ret(then));
+        let fail = body.len();
+        body.push(ret(otherwise));
+        for at in to_fail {
+            body[at].k = (fail - at - 1) as u32;
+        }
+        Ok(body)
     }
 }
 
@@ -275,6 +340,8 @@ mod tests {
                 return insn.k;
             } else if code == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K {
                 pc += usize::from(if a == insn.k { insn.jt } else { insn.jf });
+            } else if code == libc::BPF_JMP | libc::BPF_JA {
+                pc += insn.k as usize;
             } else if code == libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K {
                 pc += usize::from(if a & insn.k != 0 { insn.jt } else { insn.jf });
             } else {
@@ -330,6 +397,17 @@ mod tests {
                     test: Test::Null,
                     then: Action::Allow,
                     otherwise: Action::Errno(1),
+                },
+                Rule::AllOf {
+                    nr: 7,
+                    tests: vec![
+                        (0, Test::OneOf(vec![1, 2])),
+                        (1, Test::AllSet(0x3)),
+                        (2, Test::NoneSet(0x8)),
+                        (3, Test::Null),
+                    ],
+                    then: Action::Allow,
+                    otherwise: Action::Trap,
                 },
             ],
             default: Action::Trap,
@@ -387,6 +465,21 @@ mod tests {
             run(&p, &call(5, [0, 1, 0, 0, 0, 0])),
             libc::SECCOMP_RET_ERRNO | 1
         );
+    }
+
+    #[test]
+    fn all_of_allows_only_when_every_argument_passes() {
+        let p = filter();
+        assert_eq!(run(&p, &call(7, [1, 3, 0, 0, 0, 0])), ALLOW);
+        assert_eq!(run(&p, &call(7, [2, 7, 0x7, 0, 0, 0])), ALLOW);
+        // Each test failing alone.
+        assert_eq!(run(&p, &call(7, [3, 3, 0, 0, 0, 0])), TRAP);
+        assert_eq!(run(&p, &call(7, [1, 1, 0, 0, 0, 0])), TRAP);
+        assert_eq!(run(&p, &call(7, [1, 3, 0x8, 0, 0, 0])), TRAP);
+        assert_eq!(run(&p, &call(7, [1, 3, 0, 1 << 32, 0, 0])), TRAP);
+        assert_eq!(run(&p, &call(7, [1, 3, 0, 1, 0, 0])), TRAP);
+        // The rules after it still decide their own calls.
+        assert_eq!(run(&p, &call(1, [0; 6])), ALLOW);
     }
 
     #[test]

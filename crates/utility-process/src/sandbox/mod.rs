@@ -367,11 +367,18 @@ const DENIED: &[&str] = &[
     "process_mrelease",
     "memfd_secret",
     "lsm_set_self_attr",
+    // A process that leaves its process group escapes the group kill that ends every
+    // process a child started when the child ends or its parent dies.
+    "setsid",
+    "setpgid",
 ];
 
 /// Stage 1: the filter installed before exec, over any program. Everything not denied passes,
-/// so that any loader and runtime can start.
-pub(crate) fn exec_filter(network: bool, spawn: bool) -> Filter {
+/// so that any loader and runtime can start. It is the filter the parent itself puts in
+/// place, so every promise the sandbox makes about system calls rests on it alone: stage 2
+/// narrows the kernel's surface further for a child that applies it, but nothing depends on
+/// the child doing so.
+pub(crate) fn exec_filter(network: bool, spawn: bool, memory_limited: bool) -> Filter {
     let mut rules: Vec<Rule> = DENIED
         .iter()
         .map(|name| Rule::Always {
@@ -380,6 +387,13 @@ pub(crate) fn exec_filter(network: bool, spawn: bool) -> Filter {
         })
         .collect();
     rules.extend(process_rules(spawn));
+    rules.push(stream_socketpair());
+    if memory_limited {
+        rules.push(Rule::Always {
+            nr: nr("memfd_create"),
+            action: Action::Trap,
+        });
+    }
     if !network {
         rules.push(Rule::Always {
             nr: nr("socket"),
@@ -423,6 +437,33 @@ fn process_rules(spawn: bool) -> Vec<Rule> {
             action: Action::Errno(libc::ENOSYS as u16),
         },
     ]
+}
+
+/// `socketpair` only for a connected pair of Unix *stream* sockets, what a
+/// [`MessageChannel`](crate::MessageChannel) is made of. A datagram pair would let the child
+/// `sendto` any named datagram socket its user may write (`/dev/log`, journald,
+/// `$NOTIFY_SOCKET`): Landlock does not govern the lookup of a socket's path, and on a
+/// connected stream socket an address is refused (`EISCONN`).
+fn stream_socketpair() -> Rule {
+    let stream = libc::SOCK_STREAM as u32;
+    let (cloexec, nonblock) = (libc::SOCK_CLOEXEC as u32, libc::SOCK_NONBLOCK as u32);
+    Rule::AllOf {
+        nr: nr("socketpair"),
+        tests: vec![
+            (0, Test::OneOf(vec![libc::AF_UNIX as u32])),
+            (
+                1,
+                Test::OneOf(vec![
+                    stream,
+                    stream | cloexec,
+                    stream | nonblock,
+                    stream | cloexec | nonblock,
+                ]),
+            ),
+        ],
+        then: Action::Allow,
+        otherwise: Action::Trap,
+    }
 }
 
 /// Calls the strict profile allows as they are: computing, memory, threads, time, the
@@ -493,7 +534,6 @@ const ALLOWED: &[&str] = &[
     "setsockopt",
     "getsockname",
     "getpeername",
-    "memfd_create",
     // memory
     "mmap",
     "munmap",
@@ -632,12 +672,16 @@ pub(crate) fn strict_filter(policy: &Policy, pid: u32) -> Filter {
     rules.push(only_self("rt_sigqueueinfo", vec![pid]));
     rules.push(only_self("rt_tgsigqueueinfo", vec![pid]));
     rules.push(only_self("sched_getaffinity", vec![pid, 0]));
-    rules.push(Rule::Arg {
-        nr: nr("socketpair"),
-        arg: 0,
-        test: Test::OneOf(vec![libc::AF_UNIX as u32]),
-        then: Action::Allow,
-        otherwise: Action::Trap,
+    rules.push(stream_socketpair());
+    // A memfd's pages are not in the address space until mapped: under a memory limit, a
+    // child that could fill one would hold memory the limit never counts.
+    rules.push(Rule::Always {
+        nr: nr("memfd_create"),
+        action: if policy.memory_limited {
+            Action::Trap
+        } else {
+            Action::Allow
+        },
     });
     rules.push(Rule::Arg {
         nr: nr("prlimit64"),
@@ -729,6 +773,7 @@ const CONDITIONALLY_ALLOWED: &[&str] = &[
     "prlimit64",
     "ioctl",
     "prctl",
+    "memfd_create",
 ];
 
 /// What the child's library must apply before `main` (stage 2), as it travels in [`ENV`].
@@ -835,8 +880,12 @@ pub(crate) enum PrepareError {
 }
 
 impl Sandbox {
-    /// Checks the kernel, and builds stage 1 for a fork.
-    pub(crate) fn prepare(&self) -> Result<Prepared, PrepareError> {
+    /// Checks the kernel, and builds stage 1 for a fork of `program` (its resolved path).
+    pub(crate) fn prepare(
+        &self,
+        program: &Path,
+        memory_limited: bool,
+    ) -> Result<Prepared, PrepareError> {
         let support = Sandbox::support();
         if !support.seccomp {
             // Without seccomp there is no sandbox to speak of: best effort still refuses.
@@ -849,26 +898,13 @@ impl Sandbox {
                 needed: LANDLOCK_ABI_NEEDED,
             }));
         }
-        let filter = exec_filter(self.network, !self.exec.is_empty())
+        let filter = exec_filter(self.network, !self.exec.is_empty(), memory_limited)
             .compile()
             .map_err(|e| PrepareError::Io(std::io::Error::other(format!("{e:?}"))))?;
         let ruleset = if abi == 0 {
             None
         } else {
-            let all = sys::fs_rights(abi);
-            let ruleset = Ruleset::new(all, tcp_rights(abi, self.network), scopes(abi))
-                .map_err(PrepareError::Io)?;
-            // Stage 1 only takes writing away; reading and exec go in stage 2.
-            ruleset
-                .allow_path(
-                    Path::new("/"),
-                    sys::FS_READ_FILE | sys::FS_READ_DIR | sys::FS_EXECUTE,
-                )
-                .map_err(PrepareError::Io)?;
-            for path in &self.write {
-                ruleset.allow_path(path, all).map_err(PrepareError::Io)?;
-            }
-            Some(ruleset)
+            Some(self.exec_ruleset(abi, program).map_err(PrepareError::Io)?)
         };
         // A user namespace of its own takes every host capability away from a root child;
         // a network namespace of its own (no interface but a down loopback) takes the
@@ -885,6 +921,34 @@ impl Sandbox {
         })
     }
 
+    /// Stage 1's Landlock ruleset, which the parent applies before exec and which therefore
+    /// binds every line of code the child runs, its own constructors and threads included:
+    /// the program and its `#!` interpreter may be read and run, the system's shared
+    /// libraries read (the loader needs them), the allowed paths used as allowed, and
+    /// nothing else of the filesystem is open. Stage 2 only takes the libraries away again.
+    fn exec_ruleset(&self, abi: u32, program: &Path) -> std::io::Result<Ruleset> {
+        let all = sys::fs_rights(abi);
+        let ruleset = Ruleset::new(all, tcp_rights(abi, self.network), scopes(abi))?;
+        let run = sys::FS_READ_FILE | sys::FS_EXECUTE;
+        for dir in LIBRARY_DIRS.iter().map(Path::new).filter(|d| d.exists()) {
+            ruleset.allow_path(dir, run | sys::FS_READ_DIR)?;
+        }
+        ruleset.allow_path(program, run)?;
+        if let Some(interpreter) = script_interpreter(program) {
+            ruleset.allow_path(&interpreter, run)?;
+        }
+        for path in &self.read {
+            ruleset.allow_path(path, sys::FS_READ_FILE | sys::FS_READ_DIR)?;
+        }
+        for path in &self.write {
+            ruleset.allow_path(path, all)?;
+        }
+        for program in &self.exec {
+            ruleset.allow_path(program, run)?;
+        }
+        Ok(ruleset)
+    }
+
     /// The stage-2 policy for the child.
     pub(crate) fn policy(&self, memory_limited: bool) -> Policy {
         Policy {
@@ -897,6 +961,19 @@ impl Sandbox {
             memory_limited,
         }
     }
+}
+
+/// The interpreter a script names on its `#!` line, which the kernel runs in its place.
+fn script_interpreter(program: &Path) -> Option<PathBuf> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(program).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = &line[..line.iter().position(|&b| b == b'\n')?];
+    let path = line
+        .split(|b| b.is_ascii_whitespace())
+        .find(|word| !word.is_empty())?;
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(path)))
 }
 
 fn tcp_rights(abi: u32, network: bool) -> u64 {
@@ -1052,7 +1129,7 @@ mod tests {
             exec: vec!["/bin/sh".into()],
             ..Policy::default()
         };
-        assert!(exec_filter(false, false).compile().unwrap().len() < 4096);
+        assert!(exec_filter(false, false, true).compile().unwrap().len() < 4096);
         assert!(strict_filter(&policy, 42).compile().unwrap().len() < 4096);
     }
 

@@ -298,7 +298,21 @@ unsafe fn report(bytes: &[u8]) {
     }
 }
 
-/// SIGSYS from the seccomp filter: report the call, make it fail with EPERM.
+/// The denied calls already reported, one bit per number (numbers past the table share its
+/// last bit): a child reports each call once, so that an honest child's reports stay far
+/// below what the parent accepts from one child in its life.
+static REPORTED: [std::sync::atomic::AtomicU64; 16] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 16];
+
+/// Whether `nr` is reported for the first time (and marks it). Async-signal-safe: one
+/// atomic operation.
+fn first_report_of(nr: i32) -> bool {
+    let bit = usize::try_from(nr).unwrap_or(usize::MAX).min(16 * 64 - 1);
+    let mask = 1u64 << (bit % 64);
+    REPORTED[bit / 64].fetch_or(mask, std::sync::atomic::Ordering::Relaxed) & mask == 0
+}
+
+/// SIGSYS from the seccomp filter: report the call (once), make it fail with EPERM.
 extern "C" fn on_sigsys(
     _signal: libc::c_int,
     info: *mut libc::siginfo_t,
@@ -310,9 +324,11 @@ extern "C" fn on_sigsys(
     // byte 24 on every 64-bit Linux. The saved RAX is what the interrupted call returns.
     unsafe {
         let nr = info.cast::<u8>().add(24).cast::<i32>().read_unaligned();
-        let mut bytes = [REPORT_SYSCALL, 0, 0, 0, 0];
-        bytes[1..].copy_from_slice(&nr.to_le_bytes());
-        report(&bytes);
+        if first_report_of(nr) {
+            let mut bytes = [REPORT_SYSCALL, 0, 0, 0, 0];
+            bytes[1..].copy_from_slice(&nr.to_le_bytes());
+            report(&bytes);
+        }
         #[cfg(target_arch = "x86_64")]
         {
             let context = context.cast::<libc::ucontext_t>();

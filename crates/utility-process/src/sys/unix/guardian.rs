@@ -14,8 +14,19 @@
 //! It sits in its own process group and ignores the terminal's signals, so that a Ctrl-C
 //! aimed at the application does not kill it before it has done its work.
 //!
+//! Each child is killed twice: its group (`kill(-pgid)`), which takes the processes it started,
+//! and the child itself by its pid (equal to the group's number), so that a child that cleared
+//! its parent-death signal and moved to another group or session still dies.
+//!
 //! # Known limits
 //!
+//! - An unsandboxed child runs as the parent's user and can do what that user can: its own
+//!   children may leave its process group (`setsid`, `setpgid`) and then outlive it, and it
+//!   can even kill the guardian before escaping. Closing that needs a container the child
+//!   cannot leave (a cgroup with `cgroup.kill`, or a PID namespace, whose init would change
+//!   the child's signal semantics), which the library does not create. A sandboxed child
+//!   cannot: its filter denies `setsid` and `setpgid` to it and to everything it starts, and
+//!   Landlock's signal scope (ABI 6) keeps it from signalling the guardian.
 //! - It tracks up to [`CAPACITY`] live children at once; beyond that, further children are
 //!   still killed by their parent-death signal, but their own children are not.
 //! - A group is killed a few microseconds after the parent's death; a group whose members have
@@ -160,6 +171,9 @@ unsafe fn guard(channel: RawFd, table: &mut [libc::pid_t]) -> ! {
         for &pgid in &table[..used] {
             if pgid > 0 {
                 libc::kill(-pgid, libc::SIGKILL);
+                // The child itself, by its pid (which is its group's number): a child that
+                // left its group and cleared its parent-death signal is still ended.
+                libc::kill(pgid, libc::SIGKILL);
             }
         }
         libc::_exit(0)

@@ -4,6 +4,7 @@ pub(crate) mod confine;
 pub(crate) mod guardian;
 pub(crate) mod process;
 pub(crate) mod reactor;
+pub(crate) mod relay;
 pub(crate) mod shm;
 pub(crate) mod socket;
 

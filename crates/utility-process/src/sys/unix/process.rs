@@ -76,6 +76,9 @@ pub(crate) struct PreExec {
     pub rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
     /// Set `no_new_privs` (needed by the two below).
     pub no_new_privs: bool,
+    /// Start a session of its own (`setsid`) instead of only a process group: no
+    /// controlling terminal, so no `TIOCSTI` into the parent's terminal.
+    pub new_session: bool,
     /// Namespaces to enter, where the kernel allows it (`CLONE_NEW*` flags; 0: none).
     pub namespaces: libc::c_int,
     /// A Landlock ruleset to restrict the child to.
@@ -166,6 +169,7 @@ pub(crate) fn spawn(plan: SpawnPlan) -> Result<Spawned, (SpawnStep, io::Error)> 
             .as_ptr(),
         rlimit_count: plan.confine.as_ref().map_or(0, |c| c.rlimits.len()),
         no_new_privs: plan.confine.as_ref().is_some_and(|c| c.no_new_privs),
+        new_session: plan.confine.as_ref().is_some_and(|c| c.new_session),
         namespaces: plan.confine.as_ref().map_or(0, |c| c.namespaces),
         ruleset: plan
             .confine
@@ -284,6 +288,7 @@ struct Layout {
     rlimits: *const (libc::__rlimit_resource_t, libc::rlimit),
     rlimit_count: usize,
     no_new_privs: bool,
+    new_session: bool,
     namespaces: libc::c_int,
     ruleset: Option<RawFd>,
     filter: Option<libc::sock_fprog>,
@@ -317,8 +322,14 @@ unsafe fn exec_child(layout: &Layout) -> ! {
         libc::sigemptyset(&mut empty);
         libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
 
-        // 2. Its own process group.
-        if libc::setpgid(0, 0) != 0 {
+        // 2. Its own process group — for a sandboxed child, a session of its own, which
+        //    also leaves the parent's controlling terminal behind.
+        let grouped = if layout.new_session {
+            libc::setsid() >= 0
+        } else {
+            libc::setpgid(0, 0) == 0
+        };
+        if !grouped {
             fail(layout.report, SpawnStep::ProcessGroup);
         }
 
