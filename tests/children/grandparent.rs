@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | (none) | starts itself in `grandchild` mode, posts the grandchild's pid (a `u32`), and reads its port until the parent is gone |
 //! | `grandchild` | sleeps forever (it is not a utility process) |
-//! | `escape` | clears its parent-death signal, moves to a session (and process group) of its own, posts its own pid as the "grandchild", and reads its port until the parent is gone; then lives on as long as it can |
+//! | `escape` | clears its parent-death signal, moves to its parent's process group, posts its own pid as the "grandchild", and reads its port until the parent is gone; then lives on as long as it can |
 //! | `fds` | posts the sorted list of the descriptors it was started with (a `Vec<i32>`) |
 
 use std::time::Duration;
@@ -28,10 +28,12 @@ fn main() {
         Some("grandchild") => sleep_forever(),
         Some("escape") => {
             let port = parent_port().expect("started by fork");
-            // SAFETY: prctl and setsid with integer arguments only.
+            // SAFETY: prctl, getppid, getpgid and setpgid with integer arguments only.
             unsafe {
                 libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0);
-                libc::setsid();
+                // Into the parent's own group: the group kill of ours finds it empty.
+                let theirs = libc::getpgid(libc::getppid());
+                assert_eq!(libc::setpgid(0, theirs), 0, "join the parent's group");
             }
             port.post_message(&std::process::id())
                 .expect("parent is listening");

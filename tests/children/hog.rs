@@ -1,4 +1,4 @@
-//! Uses up one resource until a limit stops it: `hog memory|memory-in-large-chunks|memfd|cpu|
+//! Uses up one resource until a limit stops it: `hog memory|memory-at-once|memfd|cpu|
 //! cpu-ignoring-sigxcpu|file-size|open-files|processes`.
 //!
 //! The modes that a limit ends (memory, CPU, file size) never return. The ones a limit only
@@ -20,12 +20,11 @@ fn main() {
                 hoard.push(vec![1u8; 1 << 20]);
             }
         }
-        "memory-in-large-chunks" => {
-            // 64 MiB at a time: the allocation that fails asks for far more than is left.
-            let mut hoard: Vec<Vec<u8>> = Vec::new();
-            loop {
-                hoard.push(vec![1u8; 64 << 20]);
-            }
+        "memory-at-once" => {
+            // 1 GiB in one allocation: the one that fails asks for far more than is left,
+            // so plenty is still free when the process aborts.
+            let hoard = vec![1u8; 1 << 30];
+            std::hint::black_box(&hoard);
         }
         "memfd" => {
             // Memory that is not mapped: a memfd grown 1 MiB at a time, up to 512 MiB.

@@ -88,7 +88,7 @@ async fn the_memory_limit_is_reported_when_a_large_allocation_fails_with_backtra
     // its abort, which changes errno; the allocation asks for far more than is left.
     let child = fork(
         env!("CARGO_BIN_EXE_hog"),
-        ["memory-in-large-chunks"],
+        ["memory-at-once"],
         ForkOptions::default()
             .limits(Limits::new().memory(256 << 20))
             .env("RUST_BACKTRACE", "1")
@@ -102,7 +102,7 @@ async fn the_memory_limit_is_reported_when_a_large_allocation_fails_with_backtra
 async fn a_memory_limited_childs_piped_stderr_still_reaches_the_application() {
     let mut child = fork(
         env!("CARGO_BIN_EXE_hog"),
-        ["memory-in-large-chunks"],
+        ["memory-at-once"],
         ForkOptions::default()
             .limits(Limits::new().memory(256 << 20))
             .stderr(Stdio::Pipe),

@@ -601,6 +601,7 @@ async fn a_sandboxed_child_cannot_leave_its_process_group() {
     if !kernel_can_sandbox("a_sandboxed_child_cannot_leave_its_process_group") {
         return;
     }
+    // A Rust child: the call fails, reported by name.
     let mut child = escape(Some(Sandbox::strict()));
     let (attempt, denied) = ask(&mut child, "setsid").await;
     assert_eq!(attempt, Attempt::Failed(libc::EPERM));
@@ -609,4 +610,32 @@ async fn a_sandboxed_child_cannot_leave_its_process_group() {
         ["setsid"]
     );
     end(child).await;
+
+    // A program without the library, which only the layers applied before exec bind: moving
+    // to its parent's group (out of the one the library kills) ends it.
+    let script = "import os\nos.setpgid(0, os.getpgid(os.getppid()))\nprint('escaped')";
+    let mut python = fork(
+        python(),
+        ["-c", script],
+        ForkOptions::default()
+            .sandbox(python_sandbox(&[]))
+            .stdout(utility_process::Stdio::Pipe),
+    )
+    .expect("fork python");
+    let mut stdout = python.take_stdout().expect("piped");
+    let mut events = Vec::new();
+    while let Some(event) = next_event(&mut python).await {
+        events.push(event);
+    }
+    let mut said = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut said)
+        .await
+        .expect("stdout");
+    assert_eq!(said, "", "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Error(Error::SandboxViolation { .. }))),
+        "{events:?}"
+    );
 }
