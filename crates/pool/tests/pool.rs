@@ -40,6 +40,8 @@ enum Job {
     HangIgnoringCancel,
     /// Fail with this message.
     Fail(String),
+    /// Panic with this message.
+    Panic(String),
     /// Create a file in `dir`, wait until `dir` holds `count` files, answer the pid: tasks
     /// that can only all finish if they all run at once.
     Rendezvous { dir: PathBuf, count: usize },
@@ -74,6 +76,7 @@ async fn handle(job: Job, ctx: TaskContext) -> Result<u64, String> {
             std::thread::sleep(Duration::from_secs(3600));
         },
         Job::Fail(message) => Err(message),
+        Job::Panic(message) => panic!("{message}"),
         Job::Rendezvous { dir, count } => {
             std::fs::write(
                 dir.join(format!("{}-{}", std::process::id(), ctx.id())),
@@ -99,6 +102,7 @@ async fn worker(port: ParentPort) -> Result<(), ServeError> {
 fn blocking_worker(port: ParentPort) -> Result<(), ServeError> {
     serve_blocking(port, |job: Job, ctx: &TaskContext| match job {
         Job::Echo(n) => Ok(n),
+        Job::Panic(message) => panic!("{message}"),
         Job::UntilCancelled => {
             while !ctx.is_cancelled() {
                 std::thread::sleep(Duration::from_millis(5));
@@ -190,6 +194,8 @@ fn main() {
         several_tasks_run_at_once_on_one_worker_when_opted_in,
         a_reply_that_does_not_decode_is_an_error_and_the_worker_lives_on,
         a_handler_error_reaches_the_caller_and_the_worker_lives_on,
+        a_panicking_async_handler_fails_its_task_as_a_crash_carrying_the_panic,
+        a_panicking_blocking_handler_fails_its_task_as_a_crash_carrying_the_panic,
         a_request_that_cannot_be_encoded_is_an_error_at_once,
         metrics_show_queue_depth_busy_workers_and_times,
         the_blocking_worker_answers_and_stops_on_cancellation,
@@ -385,6 +391,46 @@ fn a_handler_error_reaches_the_caller_and_the_worker_lives_on() -> Result<(), Fa
         pool.close().await;
         Ok(())
     })
+}
+
+/// Runs a panicking task on a one-worker pool of `entry`: it must fail as a crash that
+/// carries the panic's message, and the worker must be replaced.
+async fn panic_is_a_crash(entry: &str) -> Result<(), Failed> {
+    let pool = Pool::<Job, u64>::builder(Worker::entry(entry))
+        .workers(1)
+        .fork_options(ForkOptions::default().stderr(Stdio::Ignore))
+        .build()?;
+    let note = "handler panic: marker 91c2";
+    let outcome = tokio::time::timeout(EVENTUALLY, pool.run(&Job::Panic(note.into())))
+        .await
+        .map_err(|_| fail("the panicking task never resolved"))?;
+    match outcome {
+        Err(TaskError::WorkerCrashed(crash)) => match crash.cause.as_deref() {
+            Some(utility_process::Error::Panicked { panic, .. }) => {
+                assert_eq!(panic.message, note);
+                assert!(crash.to_string().contains(note), "{crash}");
+            }
+            other => {
+                return Err(fail(format!(
+                    "expected a panic as the cause, got {other:?}"
+                )))
+            }
+        },
+        other => return Err(fail(format!("expected WorkerCrashed, got {other:?}"))),
+    }
+    assert_eq!(pool.run(&Job::Echo(6)).await?, 6, "a replacement serves");
+    assert_eq!(pool.metrics().workers_started, 2);
+    pool.close().await;
+    Ok(())
+}
+
+fn a_panicking_async_handler_fails_its_task_as_a_crash_carrying_the_panic() -> Result<(), Failed> {
+    block_on(panic_is_a_crash("worker"))
+}
+
+fn a_panicking_blocking_handler_fails_its_task_as_a_crash_carrying_the_panic() -> Result<(), Failed>
+{
+    block_on(panic_is_a_crash("blocking_worker"))
 }
 
 fn a_reply_that_does_not_decode_is_an_error_and_the_worker_lives_on() -> Result<(), Failed> {
