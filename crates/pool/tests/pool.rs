@@ -34,6 +34,9 @@ enum Job {
     CrashUnlessMarked { marker: PathBuf, value: u64 },
     /// Sleep (an await: a cancellation drops it), then answer `value`.
     Sleep { ms: u64, value: u64 },
+    /// Append a line to `file` (a visible side effect: one line per run), then sleep (an
+    /// await) and answer `value`.
+    AppendThenSleep { file: PathBuf, ms: u64, value: u64 },
     /// Wait for the task's cancellation, then answer 0.
     UntilCancelled,
     /// Block the worker's thread for ever: ignores cancellation.
@@ -65,6 +68,17 @@ async fn handle(job: Job, ctx: TaskContext) -> Result<u64, String> {
             Ok(value)
         }
         Job::Sleep { ms, value } => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(value)
+        }
+        Job::AppendThenSleep { file, ms, value } => {
+            use std::io::Write;
+            let mut out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)
+                .map_err(|e| e.to_string())?;
+            writeln!(out, "ran in {}", std::process::id()).map_err(|e| e.to_string())?;
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok(value)
         }
@@ -182,7 +196,8 @@ fn main() {
         dropping_the_future_removes_a_queued_task_and_stops_a_running_one,
         a_cancel_token_removes_a_queued_task_and_stops_a_running_one_cooperatively,
         a_task_that_ignores_cancellation_has_its_worker_killed_after_the_grace,
-        a_task_killed_for_ignoring_cancellation_sends_its_neighbours_back_to_the_queue,
+        a_started_neighbour_of_a_task_killed_for_ignoring_cancellation_runs_once_and_fails,
+        a_started_neighbour_of_a_task_killed_for_ignoring_cancellation_runs_again_with_retries,
         a_request_too_large_for_the_port_is_a_send_error_and_the_pool_goes_on,
         close_finishes_running_and_queued_tasks_rejects_new_ones_and_leaves_no_worker,
         forced_close_cancels_queued_tasks_and_leaves_no_worker,
@@ -960,44 +975,95 @@ fn a_task_that_ignores_cancellation_has_its_worker_killed_after_the_grace() -> R
     })
 }
 
-fn a_task_killed_for_ignoring_cancellation_sends_its_neighbours_back_to_the_queue(
+/// How many times `file` says its task ran.
+fn runs(file: &Path) -> usize {
+    std::fs::read_to_string(file).map_or(0, |text| text.lines().count())
+}
+
+/// On a one-worker pool with two slots: a neighbour task starts (and says so in a file), then
+/// a task that ignores its cancellation joins it, is cancelled, and has the worker killed
+/// under both. Returns the neighbour's outcome and how many times it ran.
+async fn neighbour_of_a_killed_task(
+    options: RunOptions,
+) -> Result<(Result<u64, TaskError>, usize, Metrics), Failed> {
+    let dir = scratch("neighbour");
+    let file = dir.join("runs");
+    let pool = pool(1)
+        .concurrency_per_worker(2)
+        .cancel_grace(Duration::from_millis(300))
+        .build()?;
+    pool.ready().await.map_err(fail)?;
+    let neighbour = spawn(
+        &pool,
+        Job::AppendThenSleep {
+            file: file.clone(),
+            ms: 500,
+            value: 21,
+        },
+        options,
+    );
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    while runs(&file) == 0 {
+        if tokio::time::Instant::now() > deadline {
+            return Err(fail("the neighbour never started"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let token = CancelToken::new();
+    // Sent to the same worker, whose thread it blocks: the neighbour cannot finish there.
+    let hang = spawn(
+        &pool,
+        Job::HangIgnoringCancel,
+        RunOptions::new().cancel(token.clone()),
+    );
+    until(&pool, "both on the worker", |m| m.running == 2).await?;
+    token.cancel();
+    match join(hang).await? {
+        Err(TaskError::Cancelled {
+            stop: Some(Stop::Killed { .. }),
+            ..
+        }) => {}
+        other => return Err(fail(format!("expected a kill, got {other:?}"))),
+    }
+    let outcome = join(neighbour).await?;
+    // Time for a second run to show, had it been started.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ran = runs(&file);
+    let metrics = pool.metrics();
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((outcome, ran, metrics))
+}
+
+fn a_started_neighbour_of_a_task_killed_for_ignoring_cancellation_runs_once_and_fails(
 ) -> Result<(), Failed> {
     block_on(async {
-        let pool = pool(1)
-            .concurrency_per_worker(2)
-            .cancel_grace(Duration::from_millis(300))
-            .build()?;
-        pool.ready().await.map_err(fail)?;
-        let token = CancelToken::new();
-        let hang = spawn(
-            &pool,
-            Job::HangIgnoringCancel,
-            RunOptions::new().cancel(token.clone()),
-        );
-        until(&pool, "running", |m| m.running == 1).await?;
-        // Sent to the same worker, whose thread the hang blocks: it cannot run there.
-        let neighbour = spawn(&pool, Job::Echo(21), RunOptions::new());
-        until(&pool, "both on the worker", |m| m.running == 2).await?;
-        token.cancel();
-        match join(hang).await? {
-            Err(TaskError::Cancelled {
-                stop: Some(Stop::Killed { .. }),
-                ..
-            }) => {}
-            other => return Err(fail(format!("expected a kill, got {other:?}"))),
+        let (outcome, ran, metrics) = neighbour_of_a_killed_task(RunOptions::new()).await?;
+        assert_eq!(ran, 1, "without retries the neighbour ran {ran} times");
+        match outcome {
+            Err(TaskError::WorkerCrashed(crash)) => assert!(
+                crash.to_string().contains("ignored its cancellation"),
+                "the error says why its worker was killed: {crash}"
+            ),
+            other => return Err(fail(format!("expected WorkerCrashed, got {other:?}"))),
         }
-        assert_eq!(
-            join(neighbour).await?.map_err(fail)?,
-            21,
-            "it ran again, elsewhere"
-        );
-        let metrics = pool.metrics();
         assert_eq!(
             metrics.crashes, 0,
             "the neighbour is not blamed: {metrics:?}"
         );
+        Ok(())
+    })
+}
+
+fn a_started_neighbour_of_a_task_killed_for_ignoring_cancellation_runs_again_with_retries(
+) -> Result<(), Failed> {
+    block_on(async {
+        let (outcome, ran, metrics) =
+            neighbour_of_a_killed_task(RunOptions::new().retries(1)).await?;
+        assert_eq!(outcome.map_err(fail)?, 21, "it ran again, elsewhere");
+        assert_eq!(ran, 2);
+        assert_eq!(metrics.crashes, 0, "not blamed: {metrics:?}");
         assert_eq!(metrics.workers_started, 2);
-        pool.close().await;
         Ok(())
     })
 }

@@ -131,7 +131,11 @@ struct Task {
     /// Time spent queued before its (last) start.
     waited: Duration,
     state: TaskState,
+    /// Workers that crashed under it (for [`PoolBuilder::poison_after`](crate::PoolBuilder::poison_after)).
     crashes: u32,
+    /// Times it was put back in the queue after it had been handed to a worker (for
+    /// [`RunOptions::retries`]).
+    reruns: u32,
     timers: TaskTimers,
 }
 
@@ -170,8 +174,8 @@ enum WorkerState {
 enum EndedBy {
     /// Idle, recycled, too old, closing: its tasks (if any) are not to blame.
     Retired,
-    /// Killed because a task on it ignored its cancellation.
-    GraceExpired,
+    /// Killed because task `task` on it ignored its cancellation for `grace`.
+    GraceExpired { task: u64, grace: Duration },
     /// Killed before it was ready: this is why.
     StartFailed(StartError),
 }
@@ -347,6 +351,7 @@ impl Dispatcher {
             waited: Duration::ZERO,
             state: TaskState::Queued { _room: Some(room) },
             crashes: 0,
+            reruns: 0,
             timers: TaskTimers::default(),
         };
         let refusal = if self.closing.is_some() {
@@ -545,7 +550,12 @@ impl Dispatcher {
             };
             slot.running.insert(id);
             slot.idle_since = None;
-            let _ = slot.tx.send(ToWorker::Post { task: id, frame });
+            if slot.tx.send(ToWorker::Post { task: id, frame }).is_err() {
+                // Its task has returned (the worker has ended, its `Ended` is on the way):
+                // the task never reached it.
+                self.unreachable(worker);
+                self.requeue(id);
+            }
         }
     }
 
