@@ -81,6 +81,9 @@ struct Shared {
     queue_capacity: usize,
     defaults: RunOptions,
     metrics: Arc<Mutex<Metrics>>,
+    /// Replies that did not decode: the dispatcher counted them completed, their callers
+    /// got [`TaskError::Decode`].
+    undecodable: AtomicU64,
 }
 
 impl<Req, Rep> Pool<Req, Rep> {
@@ -119,6 +122,7 @@ impl<Req, Rep> Pool<Req, Rep> {
             queue_capacity: config.queue_capacity,
             defaults: config.defaults.clone(),
             metrics: Arc::clone(&metrics),
+            undecodable: AtomicU64::new(0),
         });
         dispatch::spawn(config, runtime, commands_rx, metrics, room);
         Pool {
@@ -196,8 +200,17 @@ impl<Req, Rep> Pool<Req, Rep> {
     }
 
     /// A snapshot of the pool's gauges and counters.
+    ///
+    /// It is up to date with what the caller has seen: once [`run`](Self::run) has returned,
+    /// its task is counted (in `completed` or `failed`) and no longer `running`; once
+    /// [`ready`](Self::ready) has returned, its workers show as ready.
     pub fn metrics(&self) -> Metrics {
-        lock(&self.shared.metrics).clone()
+        let mut metrics = lock(&self.shared.metrics).clone();
+        // Counted before the caller decodes: a reply that did not decode is a failure.
+        let undecodable = self.shared.undecodable.load(Ordering::SeqCst);
+        metrics.completed = metrics.completed.saturating_sub(undecodable);
+        metrics.failed += undecodable;
+        metrics
     }
 }
 
@@ -296,10 +309,13 @@ where
         guard.armed = false;
         let answer = outcome.map_err(|_| closed())??;
         let body = &answer.message.bytes()[frame::HEADER..];
-        utility_process_wire::decode_value(body).map_err(|source| TaskError::Decode {
-            service_name: answer.service_name.to_string(),
-            pid: answer.pid,
-            source: Arc::new(source),
+        utility_process_wire::decode_value(body).map_err(|source| {
+            shared.undecodable.fetch_add(1, Ordering::SeqCst);
+            TaskError::Decode {
+                service_name: answer.service_name.to_string(),
+                pid: answer.pid,
+                source: Arc::new(source),
+            }
         })
     }
 }

@@ -213,6 +213,8 @@ fn main() {
         a_panicking_blocking_handler_fails_its_task_as_a_crash_carrying_the_panic,
         a_request_that_cannot_be_encoded_is_an_error_at_once,
         metrics_show_queue_depth_busy_workers_and_times,
+        metrics_count_a_task_before_its_caller_has_the_answer,
+        metrics_show_the_ready_workers_once_ready_returns,
         the_blocking_worker_answers_and_stops_on_cancellation,
         build_refuses_contradictory_options_and_a_missing_runtime,
     ];
@@ -235,6 +237,26 @@ where
     runtime.block_on(async {
         match tokio::time::timeout(Duration::from_secs(60), body).await {
             Ok(outcome) => outcome,
+            Err(_) => Err("the trial did not finish within 60 s".into()),
+        }
+    })
+}
+
+/// As [`block_on`], on a runtime with two threads: the caller and the pool's dispatcher
+/// run at the same time, so what the caller sees is not ordered by a single thread.
+fn block_on_threads<F>(body: F) -> Result<(), Failed>
+where
+    F: std::future::Future<Output = Result<(), Failed>> + Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("runtime: {e}")))?;
+    runtime.block_on(async {
+        match tokio::time::timeout(Duration::from_secs(60), tokio::spawn(body)).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => Err(format!("the trial panicked: {e}").into()),
             Err(_) => Err("the trial did not finish within 60 s".into()),
         }
     })
@@ -459,7 +481,13 @@ fn a_reply_that_does_not_decode_is_an_error_and_the_worker_lives_on() -> Result<
                 other => return Err(fail(format!("expected Decode, got {other:?}"))),
             }
         }
-        assert_eq!(pool.metrics().workers_started, 1);
+        let m = pool.metrics();
+        assert_eq!(m.workers_started, 1);
+        assert_eq!(
+            (m.completed, m.failed),
+            (0, 2),
+            "a reply that does not decode is a failure"
+        );
         pool.close().await;
         Ok(())
     })
@@ -1332,6 +1360,59 @@ fn metrics_show_queue_depth_busy_workers_and_times() -> Result<(), Failed> {
         assert_eq!(done.run.count, 3);
         assert!(done.wait.max > Duration::ZERO && done.run.max > Duration::ZERO);
         assert!(done.wait.mean() <= done.wait.max);
+        pool.close().await;
+        Ok(())
+    })
+}
+
+fn metrics_count_a_task_before_its_caller_has_the_answer() -> Result<(), Failed> {
+    block_on_threads(async {
+        let pool = pool(1).build()?;
+        pool.ready().await.map_err(fail)?;
+        let n = 300u64;
+        for i in 0..n {
+            let failing = i % 3 == 0;
+            let job = if failing {
+                Job::Fail("no".into())
+            } else {
+                Job::Echo(i)
+            };
+            let outcome = pool.run(&job).await;
+            assert_eq!(outcome.is_err(), failing, "{outcome:?}");
+            let m = pool.metrics();
+            assert_eq!(
+                m.completed + m.failed,
+                i + 1,
+                "task {i} is counted once its caller has its answer: {m:?}"
+            );
+            assert_eq!(m.running, 0, "task {i} is no longer running: {m:?}");
+            assert_eq!(m.run.count, i + 1, "{m:?}");
+        }
+        let m = pool.metrics();
+        assert_eq!((m.completed, m.failed), (n - n.div_ceil(3), n.div_ceil(3)));
+        pool.close().await;
+        Ok(())
+    })
+}
+
+fn metrics_show_the_ready_workers_once_ready_returns() -> Result<(), Failed> {
+    block_on_threads(async {
+        let pool = pool(1).build()?;
+        // Many callers wait at once: the first ones answered look while the pool is still
+        // answering the others.
+        let waiting: Vec<_> = (0..1000)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    pool.ready().await?;
+                    Ok::<_, TaskError>(pool.metrics())
+                })
+            })
+            .collect();
+        for waiter in waiting {
+            let m = join(waiter).await?.map_err(fail)?;
+            assert_eq!((m.idle_workers, m.starting_workers), (1, 0), "{m:?}");
+        }
         pool.close().await;
         Ok(())
     })

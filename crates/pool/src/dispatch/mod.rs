@@ -474,13 +474,15 @@ impl Dispatcher {
             Ok(_) => self.totals.completed += 1,
             Err(_) => self.totals.failed += 1,
         }
+        // The caller may look at the metrics as soon as it has its answer: they say so first.
+        self.publish();
         let _ = task.reply.send(outcome);
     }
 
     // ---- dispatch and sizing ----
 
-    /// Gives queued tasks to free workers, starts or ends workers as needed, answers
-    /// `ready` waiters, and publishes the metrics.
+    /// Gives queued tasks to free workers, starts or ends workers as needed, publishes the
+    /// metrics, and answers `ready` waiters.
     fn pump(&mut self) {
         self.dispatch();
         self.size();
@@ -498,12 +500,13 @@ impl Dispatcher {
             .count();
         let dormant = !self.config.prewarm && self.totals.workers_started == 0;
         let wanted = if dormant { 0 } else { self.config.min_workers };
+        // Published before `ready` returns, so that its caller sees the ready workers.
+        self.publish();
         if ready >= wanted {
             for waiter in self.ready_waiters.drain(..) {
                 let _ = waiter.send(Ok(()));
             }
         }
-        self.publish();
     }
 
     fn dispatch(&mut self) {

@@ -419,6 +419,7 @@ impl Dispatcher {
         breaker.not_before = Some(now + wait);
         self.add_timer(now + wait, Timer::Wake);
         if self.breaker.open.is_some() {
+            self.publish();
             for waiter in self.ready_waiters.drain(..) {
                 let _ = waiter.send(Err(Arc::clone(&failure)));
             }
