@@ -215,6 +215,7 @@ fn main() {
         metrics_show_queue_depth_busy_workers_and_times,
         metrics_count_a_task_before_its_caller_has_the_answer,
         metrics_show_the_ready_workers_once_ready_returns,
+        worker_pids_are_the_live_workers_and_follow_replacements_and_close,
         the_blocking_worker_answers_and_stops_on_cancellation,
         build_refuses_contradictory_options_and_a_missing_runtime,
     ];
@@ -1414,6 +1415,44 @@ fn metrics_show_the_ready_workers_once_ready_returns() -> Result<(), Failed> {
             assert_eq!((m.idle_workers, m.starting_workers), (1, 0), "{m:?}");
         }
         pool.close().await;
+        Ok(())
+    })
+}
+
+fn worker_pids_are_the_live_workers_and_follow_replacements_and_close() -> Result<(), Failed> {
+    block_on(async {
+        let pool = pool(2)
+            .fork_options(ForkOptions::default().stdio(Stdio::Ignore))
+            .build()?;
+        pool.ready().await.map_err(fail)?;
+        let mut seen = worker_pids(&pool, 2).await?;
+        seen.sort_unstable();
+        let listed = pool.worker_pids();
+        assert_eq!(listed, seen, "the pids the workers report");
+        let crash = Job::Crash {
+            note: "pids".into(),
+        };
+        let _ = pool.run(&crash).await;
+        until(&pool, "a replacement ready", |m| m.idle_workers == 2).await?;
+        let after = pool.worker_pids();
+        assert_eq!(after.len(), 2, "{after:?}");
+        let gone: Vec<u32> = listed
+            .iter()
+            .copied()
+            .filter(|p| !after.contains(p))
+            .collect();
+        assert_eq!(
+            gone.len(),
+            1,
+            "one worker replaced: {listed:?} then {after:?}"
+        );
+        until_gone(&gone).await?;
+        let mut seen = worker_pids(&pool, 2).await?;
+        seen.sort_unstable();
+        assert_eq!(pool.worker_pids(), seen);
+        pool.close().await;
+        assert_eq!(pool.worker_pids(), Vec::<u32>::new(), "none after close");
+        until_gone(&after).await?;
         Ok(())
     })
 }

@@ -70,12 +70,21 @@ pub(crate) enum Cmd {
     },
 }
 
+/// What the dispatcher shows the handles: published after every change, and before any
+/// answer a caller can see.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    pub(crate) metrics: Metrics,
+    /// The pids of the worker processes the pool has and has not reaped, in order.
+    pub(crate) worker_pids: Vec<u32>,
+}
+
 /// Starts the dispatcher of a new pool on `runtime`.
 pub(crate) fn spawn(
     config: Config,
     runtime: tokio::runtime::Handle,
     commands: mpsc::UnboundedReceiver<Cmd>,
-    metrics: Arc<Mutex<Metrics>>,
+    metrics: Arc<Mutex<Published>>,
     room: Arc<Semaphore>,
 ) {
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -260,7 +269,7 @@ struct Dispatcher {
     closing: Option<Closing>,
     close_waiters: Vec<oneshot::Sender<()>>,
     ready_waiters: Vec<oneshot::Sender<Result<(), Arc<StartFailure>>>>,
-    metrics: Arc<Mutex<Metrics>>,
+    metrics: Arc<Mutex<Published>>,
     totals: Totals,
     room: Arc<Semaphore>,
 }
@@ -605,9 +614,14 @@ impl Dispatcher {
     }
 
     fn publish(&self) {
-        let mut metrics = lock(&self.metrics);
+        let mut published = lock(&self.metrics);
         let workers = self.workers.values();
-        *metrics = Metrics {
+        published.worker_pids.clear();
+        published
+            .worker_pids
+            .extend(workers.clone().filter_map(|w| w.pid));
+        published.worker_pids.sort_unstable();
+        published.metrics = Metrics {
             queued: self.queue.len(),
             running: self.workers.values().map(|w| w.running.len()).sum(),
             workers: self.workers.len(),
