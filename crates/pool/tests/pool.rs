@@ -37,6 +37,12 @@ enum Job {
     /// Append a line to `file` (a visible side effect: one line per run), then sleep (an
     /// await) and answer `value`.
     AppendThenSleep { file: PathBuf, ms: u64, value: u64 },
+    /// Hostile: post a reply to a task id it was not given (its own plus `offset`), then
+    /// wait for the task's cancellation.
+    AnswerAnotherTask { offset: u64 },
+    /// Hostile: post a reply of `first` for its own task by hand, then answer `second`
+    /// as usual: two answers to one task.
+    AnswerTwice { first: u8, second: u64 },
     /// Wait for the task's cancellation, then answer 0.
     UntilCancelled,
     /// Block the worker's thread for ever: ignores cancellation.
@@ -82,6 +88,15 @@ async fn handle(job: Job, ctx: TaskContext) -> Result<u64, String> {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok(value)
         }
+        Job::AnswerAnotherTask { offset } => {
+            post_forged_reply(ctx.id() + offset, 1)?;
+            ctx.cancelled().await;
+            Ok(0)
+        }
+        Job::AnswerTwice { first, second } => {
+            post_forged_reply(ctx.id(), first)?;
+            Ok(second)
+        }
         Job::UntilCancelled => {
             ctx.cancelled().await;
             Ok(0)
@@ -107,6 +122,17 @@ async fn handle(job: Job, ctx: TaskContext) -> Result<u64, String> {
             Ok(u64::from(std::process::id()))
         }
     }
+}
+
+/// Posts, by hand, the pool's reply frame for task `id` with the value `value` (below 128,
+/// its MessagePack encoding is the one byte): kind `0x12`, the id little-endian, the body.
+fn post_forged_reply(id: u64, value: u8) -> Result<(), String> {
+    assert!(value < 0x80);
+    let mut frame = vec![0x12];
+    frame.extend_from_slice(&id.to_le_bytes());
+    frame.push(value);
+    let port = utility_process::parent_port().map_err(|e| e.to_string())?;
+    port.post_bytes(&frame).map_err(|e| e.to_string())
 }
 
 async fn worker(port: ParentPort) -> Result<(), ServeError> {
@@ -199,6 +225,8 @@ fn main() {
         a_started_neighbour_of_a_task_killed_for_ignoring_cancellation_runs_once_and_fails,
         a_started_neighbour_of_a_task_killed_for_ignoring_cancellation_runs_again_with_retries,
         a_request_too_large_for_the_port_is_a_send_error_and_the_pool_goes_on,
+        a_worker_that_answers_a_task_it_was_not_given_is_killed_and_its_task_resolves,
+        a_worker_that_answers_a_task_twice_is_killed_and_the_task_resolves_once,
         close_finishes_running_and_queued_tasks_rejects_new_ones_and_leaves_no_worker,
         forced_close_cancels_queued_tasks_and_leaves_no_worker,
         parent_killed_leaves_no_pool_worker,
@@ -1111,6 +1139,59 @@ fn a_request_too_large_for_the_port_is_a_send_error_and_the_pool_goes_on() -> Re
         }
         assert_eq!(pool.run(&Job::Echo(2)).await?, 2);
         assert_eq!(pool.metrics().workers_started, 1);
+        pool.close().await;
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile workers
+// ---------------------------------------------------------------------------------------------
+
+fn a_worker_that_answers_a_task_it_was_not_given_is_killed_and_its_task_resolves(
+) -> Result<(), Failed> {
+    block_on(async {
+        let pool = pool(1).build()?;
+        pool.ready().await.map_err(fail)?;
+        let pid = worker_pids(&pool, 1).await?[0];
+        let outcome = tokio::time::timeout(
+            EVENTUALLY,
+            pool.run(&Job::AnswerAnotherTask { offset: 1_000_000 }),
+        )
+        .await
+        .map_err(|_| fail("the task on the lying worker never resolved"))?;
+        match outcome {
+            Err(TaskError::WorkerCrashed(crash)) => {
+                assert_eq!(crash.pid, pid);
+                assert!(
+                    crash.to_string().contains("broke the pool protocol"),
+                    "{crash}"
+                );
+            }
+            other => return Err(fail(format!("expected WorkerCrashed, got {other:?}"))),
+        }
+        until_gone(&[pid]).await?;
+        assert_eq!(pool.run(&Job::Echo(9)).await?, 9, "a replacement serves");
+        pool.close().await;
+        Ok(())
+    })
+}
+
+fn a_worker_that_answers_a_task_twice_is_killed_and_the_task_resolves_once() -> Result<(), Failed> {
+    block_on(async {
+        let pool = pool(1).build()?;
+        pool.ready().await.map_err(fail)?;
+        let pid = worker_pids(&pool, 1).await?[0];
+        let job = Job::AnswerTwice {
+            first: 5,
+            second: 6,
+        };
+        assert_eq!(pool.run(&job).await?, 5, "the first answer is the one");
+        until_gone(&[pid]).await?;
+        let m = until(&pool, "a replacement ready", |m| m.idle_workers == 1).await?;
+        assert_eq!((m.completed, m.failed), (2, 0), "counted once: {m:?}");
+        assert_eq!(m.workers_started, 2);
+        assert_eq!(pool.run(&Job::Echo(9)).await?, 9);
         pool.close().await;
         Ok(())
     })

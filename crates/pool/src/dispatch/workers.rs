@@ -125,9 +125,24 @@ impl Dispatcher {
             }
             return;
         }
+        if !matches!(
+            kind,
+            Kind::Reply | Kind::Failed | Kind::BadRequest | Kind::Cancelled
+        ) {
+            return self.breach(worker, format!("{kind:?} after ready"));
+        }
         let Some(task) = self.tasks.get(&id) else {
-            // A late answer to a task that has already ended (a stop that was reported).
-            return;
+            if slot.state == WorkerState::Ending {
+                // A late answer to a task that ended when the pool gave up on the worker
+                // (a grace period that ran out): harmless, the worker is on its way out.
+                return;
+            }
+            // A task ends on a live worker only with that worker's answer: this worker
+            // answers a task it was never given, or answers one twice.
+            return self.breach(
+                worker,
+                format!("an answer to task {id}, which it does not run"),
+            );
         };
         let TaskState::Running {
             worker: on,
@@ -173,6 +188,7 @@ impl Dispatcher {
                 pid,
                 message: "the worker cancelled the task by itself".into(),
             }),
+            // Not answers: refused above.
             (None, other) => return self.breach(worker, format!("{other:?} for task {id}")),
         };
         self.finish(id, outcome);
