@@ -109,8 +109,9 @@ pub enum TaskError {
         source: Arc<utility_process::Error>,
     },
 
-    /// Occurs when the worker running the task ended (crash, panic, exit, protocol breach)
-    /// before it answered, and the task may not be retried (see
+    /// Occurs when the worker running the task ended (crash, panic, exit, protocol breach,
+    /// or a kill because another task on it ignored its cancellation) before it answered,
+    /// and the task may not be retried (see
     /// [`RunOptions::retries`](crate::RunOptions::retries)). Only the tasks on that worker
     /// fail; the worker is replaced.
     #[error("{0}")]

@@ -16,6 +16,12 @@
 //! | `0x13` failed | worker → parent | task | the handler's error |
 //! | `0x14` cancelled | worker → parent | task | empty: the handler stopped on cancel |
 //! | `0x15` bad request | worker → parent | task | why the request did not decode |
+//!
+//! A worker answers each task it is given exactly once (`0x12` to `0x15`). A worker that
+//! breaks this — a message that is not a frame, a kind it may not send, an answer to a task
+//! it does not run (never given, or already answered) — is killed as a protocol breach, and
+//! its tasks fail as [`TaskError::WorkerCrashed`](crate::TaskError::WorkerCrashed) with the
+//! breach as the cause. Only a worker the pool is already ending may answer late.
 
 /// What a worker says in its ready message: the protocol it speaks.
 pub(crate) const PROTOCOL: &[u8] = b"utility-process-pool/1";

@@ -36,13 +36,19 @@
 //! # Promises
 //!
 //! - **Every task resolves exactly once**, with its reply or a [`TaskError`] saying what
-//!   happened: the worker crashed (exit status, signal or panic, and the tail of its stderr
-//!   when piped), a deadline passed, it was cancelled, the queue was full, the pool was
-//!   closed, the handler failed, the reply did not decode.
+//!   happened: the worker crashed (exit status, signal or panic — a handler's panic ends its
+//!   worker, with [`serve`] as with [`serve_blocking`] — and the tail of its stderr when
+//!   piped), a deadline passed, it was cancelled, the queue was full, the pool was closed,
+//!   the handler failed, the reply did not decode. A worker that answers a task it does not
+//!   run, or answers twice, is killed for breaking the protocol.
 //! - **A crash fails only the tasks on that worker**; the worker is replaced and the pool
-//!   keeps its size. Retry is opt-in per task ([`RunOptions::retries`]); a task that has
-//!   crashed [`PoolBuilder::poison_after`] workers is failed as [`TaskError::Poisoned`]
-//!   instead of retried for ever.
+//!   keeps its size. A task that was handed to a worker runs again only when its caller
+//!   opted in ([`RunOptions::retries`]): it may not be safe to run twice. Only a task that
+//!   never reached a worker goes back to the queue on its own. A task that has crashed
+//!   [`PoolBuilder::poison_after`] workers is failed as [`TaskError::Poisoned`] instead of
+//!   retried for ever.
+//! - **What you see is current**: [`Pool::metrics`] and [`Pool::worker_pids`] are updated
+//!   before a task's answer reaches its caller and before [`Pool::ready`] returns.
 //! - **Deadlines are kept apart**: time in the queue, time running, total — each with its
 //!   own error. A cancelled (or timed-out) running task gets a cooperative cancellation
 //!   first; if it does not answer within the grace period its worker is killed. The error

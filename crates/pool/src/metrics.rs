@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 /// A snapshot of a pool, from [`Pool::metrics`](crate::Pool::metrics). Gauges say what is
-/// true now; counters and timings add up since the pool was built.
+/// true now; counters and timings add up since the pool was built. A task is counted before
+/// its caller has its answer, so a snapshot taken after [`Pool::run`](crate::Pool::run)
+/// returns includes it.
 ///
 /// # Examples
 ///
@@ -30,7 +32,7 @@ pub struct Metrics {
     pub busy_workers: usize,
     /// Ready workers running nothing.
     pub idle_workers: usize,
-    /// Tasks answered with a reply.
+    /// Tasks answered with a reply that decoded.
     pub completed: u64,
     /// Tasks ended with an error (any [`TaskError`](crate::TaskError)).
     pub failed: u64,

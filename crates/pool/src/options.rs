@@ -171,9 +171,13 @@ impl RunOptions {
         self
     }
 
-    /// Run the task again, on another worker, when its worker crashes under it — at most
+    /// Run the task again, on another worker, when its worker ends under it — a crash, or a
+    /// kill because another task on the same worker ignored its cancellation — at most
     /// `retries` times, and never past [`PoolBuilder::poison_after`] crashes. Off (0) by
-    /// default: a task may not be safe to run twice.
+    /// default: a task may not be safe to run twice, so a task that was handed to a worker
+    /// runs again only when its caller asks for it here. A task that never reached a worker
+    /// (its worker ended before it could be handed over) goes back to the queue whatever
+    /// this says.
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = Some(retries);
         self
@@ -322,7 +326,9 @@ impl<Req, Rep> PoolBuilder<Req, Rep> {
     }
 
     /// Tasks one worker runs at once. Default: 1. More than one suits workers whose
-    /// handlers wait (I/O) rather than compute; a crash then fails every task on the worker.
+    /// handlers wait (I/O) rather than compute; a crash then fails every task on the worker,
+    /// and so does the kill of a worker whose task ignored its cancellation (unless the tasks
+    /// opted into [`RunOptions::retries`]).
     pub fn concurrency_per_worker(mut self, tasks: usize) -> Self {
         self.config.concurrency = tasks;
         self

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
-use crate::dispatch::{self, Cmd};
+use crate::dispatch::{self, Cmd, Published};
 use crate::frame::{self, Kind};
 use crate::metrics::Metrics;
 use crate::options::{Config, PoolBuilder, RunOptions, WhenFull, Worker};
@@ -80,7 +80,10 @@ struct Shared {
     when_full: WhenFull,
     queue_capacity: usize,
     defaults: RunOptions,
-    metrics: Arc<Mutex<Metrics>>,
+    metrics: Arc<Mutex<Published>>,
+    /// Replies that did not decode: the dispatcher counted them completed, their callers
+    /// got [`TaskError::Decode`].
+    undecodable: AtomicU64,
 }
 
 impl<Req, Rep> Pool<Req, Rep> {
@@ -107,7 +110,7 @@ impl<Req, Rep> Pool<Req, Rep> {
 
     pub(crate) fn start(config: Config, runtime: tokio::runtime::Handle) -> Self {
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let metrics = Arc::new(Mutex::new(Metrics::default()));
+        let metrics = Arc::new(Mutex::new(Published::default()));
         let room = Arc::new(Semaphore::new(config.queue_capacity));
         let shared = Arc::new(Shared {
             commands,
@@ -119,6 +122,7 @@ impl<Req, Rep> Pool<Req, Rep> {
             queue_capacity: config.queue_capacity,
             defaults: config.defaults.clone(),
             metrics: Arc::clone(&metrics),
+            undecodable: AtomicU64::new(0),
         });
         dispatch::spawn(config, runtime, commands_rx, metrics, room);
         Pool {
@@ -196,8 +200,56 @@ impl<Req, Rep> Pool<Req, Rep> {
     }
 
     /// A snapshot of the pool's gauges and counters.
+    ///
+    /// It is up to date with what the caller has seen: once [`run`](Self::run) has returned,
+    /// its task is counted (in `completed` or `failed`) and no longer `running`; once
+    /// [`ready`](Self::ready) has returned, its workers show as ready.
     pub fn metrics(&self) -> Metrics {
-        lock(&self.shared.metrics).clone()
+        let mut metrics = lock(&self.shared.metrics).metrics.clone();
+        // Counted before the caller decodes: a reply that did not decode is a failure.
+        let undecodable = self.shared.undecodable.load(Ordering::SeqCst);
+        metrics.completed = metrics.completed.saturating_sub(undecodable);
+        metrics.failed += undecodable;
+        metrics
+    }
+
+    /// The pids of the pool's worker processes, in ascending order: every worker it has
+    /// started and not yet reaped — starting, ready or ending. Like
+    /// [`metrics`](Self::metrics), it is up to date with what the caller has seen (once
+    /// [`ready`](Self::ready) returns, the ready workers are there; once [`close`](Self::close)
+    /// returns, none is).
+    ///
+    /// A pid is only a number: the process may end (and, once reaped, its pid be reused)
+    /// right after the call. Use it to watch or account for the workers (`/proc/<pid>`,
+    /// cgroups, logs), not to signal them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use utility_process::{init, Entry, ParentPort};
+    /// use utility_process_pool::{serve, Pool, TaskContext, Worker};
+    ///
+    /// async fn pid(port: ParentPort) -> Result<(), utility_process_pool::ServeError> {
+    ///     serve(port, |(): (), _ctx: TaskContext| async { Ok::<_, String>(std::process::id()) })
+    ///         .await
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     init([Entry::new("pid", pid)]);
+    ///     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+    ///         let pool = Pool::<(), u32>::builder(Worker::entry("pid")).workers(2).build()?;
+    ///         pool.ready().await?;
+    ///         let pids = pool.worker_pids();
+    ///         assert_eq!(pids.len(), 2);
+    ///         assert!(pids.contains(&pool.run(&()).await?));
+    ///         pool.close().await;
+    ///         assert!(pool.worker_pids().is_empty());
+    ///         Ok(())
+    ///     })
+    /// }
+    /// ```
+    pub fn worker_pids(&self) -> Vec<u32> {
+        lock(&self.shared.metrics).worker_pids.clone()
     }
 }
 
@@ -296,10 +348,13 @@ where
         guard.armed = false;
         let answer = outcome.map_err(|_| closed())??;
         let body = &answer.message.bytes()[frame::HEADER..];
-        utility_process_wire::decode_value(body).map_err(|source| TaskError::Decode {
-            service_name: answer.service_name.to_string(),
-            pid: answer.pid,
-            source: Arc::new(source),
+        utility_process_wire::decode_value(body).map_err(|source| {
+            shared.undecodable.fetch_add(1, Ordering::SeqCst);
+            TaskError::Decode {
+                service_name: answer.service_name.to_string(),
+                pid: answer.pid,
+                source: Arc::new(source),
+            }
         })
     }
 }

@@ -108,6 +108,15 @@ pub enum ServeError {
 ///
 /// [`ServeError::Port`] when the ready message cannot be posted.
 ///
+/// # Panics
+///
+/// When a handler panics, the panic goes on out of `serve` (as in [`serve_blocking`]),
+/// whichever task it happened in: the worker ends rather than serve on in an unknown
+/// state. The core's panic hook has told the parent the panic's message and location, so
+/// the task fails with [`TaskError::WorkerCrashed`](crate::TaskError::WorkerCrashed)
+/// carrying them ([`utility_process::Error::Panicked`]); the other tasks on the worker
+/// fail or are retried as in any crash, and the worker is replaced.
+///
 /// # Examples
 ///
 /// See [`Pool`](crate::Pool) for a whole program; the entry point of a worker is:
@@ -186,10 +195,31 @@ where
     announce(&port)?;
     let handler = Rc::new(handler);
     let tokens: Rc<RefCell<HashMap<u64, CancelToken>>> = Rc::default();
+    // Each task runs as a local task, which the runtime would let panic on its own: the
+    // worker would live on and the task would never be answered. The tasks' handles come
+    // here instead, and a panic is carried on out of `serve`, as in `serve_blocking`.
+    let mut running = tokio::task::JoinSet::new();
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async {
-            while let Some(message) = port.recv().await {
+            loop {
+                let message = tokio::select! {
+                    biased;
+                    ended = running.join_next(), if !running.is_empty() => {
+                        if let Some(Err(ended)) = ended {
+                            if ended.is_panic() {
+                                // The panic hook has already told the parent what and where.
+                                std::panic::resume_unwind(ended.into_panic());
+                            }
+                        }
+                        continue;
+                    }
+                    // Cancel safe: a message is never lost by dropping the future.
+                    message = port.recv() => message,
+                };
+                let Some(message) = message else {
+                    break;
+                };
                 let Some((kind, id, body)) = frame::parse(message.bytes()) else {
                     continue;
                 };
@@ -210,7 +240,7 @@ where
                         };
                         let work = handler(request, context);
                         let (port, tokens) = (port.clone(), Rc::clone(&tokens));
-                        tokio::task::spawn_local(async move {
+                        running.spawn_local(async move {
                             let outcome = tokio::select! {
                                 biased;
                                 outcome = work => Some(outcome),
@@ -245,6 +275,12 @@ where
 /// # Errors
 ///
 /// As [`serve`], and [`ServeError::Thread`].
+///
+/// # Panics
+///
+/// When the handler panics, the panic goes on out of `serve_blocking` and the worker
+/// ends: the task fails with [`TaskError::WorkerCrashed`](crate::TaskError::WorkerCrashed)
+/// carrying the panic's message and location, as with [`serve`].
 ///
 /// # Examples
 ///

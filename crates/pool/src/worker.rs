@@ -38,6 +38,9 @@ pub(crate) enum WorkerEvent {
     Spawned { pid: u32 },
     /// It sent a message.
     Message(Message),
+    /// A frame for task `task` was never posted: the worker had ended first. Sent before
+    /// `Ended`.
+    Unsent { task: u64 },
     /// A frame for task `task` could not be posted.
     PostFailed {
         task: u64,
@@ -92,6 +95,14 @@ pub(crate) async fn drive(
                         }
                         None => None,
                     };
+                    // Frames the dispatcher sent meanwhile never reached the worker: say so,
+                    // so that their tasks are known never to have started there.
+                    commands.close();
+                    while let Ok(command) = commands.try_recv() {
+                        if let ToWorker::Post { task, .. } = command {
+                            let _ = events.send((id, WorkerEvent::Unsent { task }));
+                        }
+                    }
                     let _ = events.send((id, WorkerEvent::Ended { status, cause, stderr_tail }));
                     return;
                 }

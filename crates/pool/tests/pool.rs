@@ -34,12 +34,23 @@ enum Job {
     CrashUnlessMarked { marker: PathBuf, value: u64 },
     /// Sleep (an await: a cancellation drops it), then answer `value`.
     Sleep { ms: u64, value: u64 },
+    /// Append a line to `file` (a visible side effect: one line per run), then sleep (an
+    /// await) and answer `value`.
+    AppendThenSleep { file: PathBuf, ms: u64, value: u64 },
+    /// Hostile: post a reply to a task id it was not given (its own plus `offset`), then
+    /// wait for the task's cancellation.
+    AnswerAnotherTask { offset: u64 },
+    /// Hostile: post a reply of `first` for its own task by hand, then answer `second`
+    /// as usual: two answers to one task.
+    AnswerTwice { first: u8, second: u64 },
     /// Wait for the task's cancellation, then answer 0.
     UntilCancelled,
     /// Block the worker's thread for ever: ignores cancellation.
     HangIgnoringCancel,
     /// Fail with this message.
     Fail(String),
+    /// Panic with this message.
+    Panic(String),
     /// Create a file in `dir`, wait until `dir` holds `count` files, answer the pid: tasks
     /// that can only all finish if they all run at once.
     Rendezvous { dir: PathBuf, count: usize },
@@ -66,6 +77,26 @@ async fn handle(job: Job, ctx: TaskContext) -> Result<u64, String> {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok(value)
         }
+        Job::AppendThenSleep { file, ms, value } => {
+            use std::io::Write;
+            let mut out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)
+                .map_err(|e| e.to_string())?;
+            writeln!(out, "ran in {}", std::process::id()).map_err(|e| e.to_string())?;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(value)
+        }
+        Job::AnswerAnotherTask { offset } => {
+            post_forged_reply(ctx.id() + offset, 1)?;
+            ctx.cancelled().await;
+            Ok(0)
+        }
+        Job::AnswerTwice { first, second } => {
+            post_forged_reply(ctx.id(), first)?;
+            Ok(second)
+        }
         Job::UntilCancelled => {
             ctx.cancelled().await;
             Ok(0)
@@ -74,6 +105,7 @@ async fn handle(job: Job, ctx: TaskContext) -> Result<u64, String> {
             std::thread::sleep(Duration::from_secs(3600));
         },
         Job::Fail(message) => Err(message),
+        Job::Panic(message) => panic!("{message}"),
         Job::Rendezvous { dir, count } => {
             std::fs::write(
                 dir.join(format!("{}-{}", std::process::id(), ctx.id())),
@@ -92,6 +124,17 @@ async fn handle(job: Job, ctx: TaskContext) -> Result<u64, String> {
     }
 }
 
+/// Posts, by hand, the pool's reply frame for task `id` with the value `value` (below 128,
+/// its MessagePack encoding is the one byte): kind `0x12`, the id little-endian, the body.
+fn post_forged_reply(id: u64, value: u8) -> Result<(), String> {
+    assert!(value < 0x80);
+    let mut frame = vec![0x12];
+    frame.extend_from_slice(&id.to_le_bytes());
+    frame.push(value);
+    let port = utility_process::parent_port().map_err(|e| e.to_string())?;
+    port.post_bytes(&frame).map_err(|e| e.to_string())
+}
+
 async fn worker(port: ParentPort) -> Result<(), ServeError> {
     serve(port, handle).await
 }
@@ -99,6 +142,7 @@ async fn worker(port: ParentPort) -> Result<(), ServeError> {
 fn blocking_worker(port: ParentPort) -> Result<(), ServeError> {
     serve_blocking(port, |job: Job, ctx: &TaskContext| match job {
         Job::Echo(n) => Ok(n),
+        Job::Panic(message) => panic!("{message}"),
         Job::UntilCancelled => {
             while !ctx.is_cancelled() {
                 std::thread::sleep(Duration::from_millis(5));
@@ -178,8 +222,11 @@ fn main() {
         dropping_the_future_removes_a_queued_task_and_stops_a_running_one,
         a_cancel_token_removes_a_queued_task_and_stops_a_running_one_cooperatively,
         a_task_that_ignores_cancellation_has_its_worker_killed_after_the_grace,
-        a_task_killed_for_ignoring_cancellation_sends_its_neighbours_back_to_the_queue,
+        a_started_neighbour_of_a_task_killed_for_ignoring_cancellation_runs_once_and_fails,
+        a_started_neighbour_of_a_task_killed_for_ignoring_cancellation_runs_again_with_retries,
         a_request_too_large_for_the_port_is_a_send_error_and_the_pool_goes_on,
+        a_worker_that_answers_a_task_it_was_not_given_is_killed_and_its_task_resolves,
+        a_worker_that_answers_a_task_twice_is_killed_and_the_task_resolves_once,
         close_finishes_running_and_queued_tasks_rejects_new_ones_and_leaves_no_worker,
         forced_close_cancels_queued_tasks_and_leaves_no_worker,
         parent_killed_leaves_no_pool_worker,
@@ -190,8 +237,13 @@ fn main() {
         several_tasks_run_at_once_on_one_worker_when_opted_in,
         a_reply_that_does_not_decode_is_an_error_and_the_worker_lives_on,
         a_handler_error_reaches_the_caller_and_the_worker_lives_on,
+        a_panicking_async_handler_fails_its_task_as_a_crash_carrying_the_panic,
+        a_panicking_blocking_handler_fails_its_task_as_a_crash_carrying_the_panic,
         a_request_that_cannot_be_encoded_is_an_error_at_once,
         metrics_show_queue_depth_busy_workers_and_times,
+        metrics_count_a_task_before_its_caller_has_the_answer,
+        metrics_show_the_ready_workers_once_ready_returns,
+        worker_pids_are_the_live_workers_and_follow_replacements_and_close,
         the_blocking_worker_answers_and_stops_on_cancellation,
         build_refuses_contradictory_options_and_a_missing_runtime,
     ];
@@ -214,6 +266,26 @@ where
     runtime.block_on(async {
         match tokio::time::timeout(Duration::from_secs(60), body).await {
             Ok(outcome) => outcome,
+            Err(_) => Err("the trial did not finish within 60 s".into()),
+        }
+    })
+}
+
+/// As [`block_on`], on a runtime with two threads: the caller and the pool's dispatcher
+/// run at the same time, so what the caller sees is not ordered by a single thread.
+fn block_on_threads<F>(body: F) -> Result<(), Failed>
+where
+    F: std::future::Future<Output = Result<(), Failed>> + Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("runtime: {e}")))?;
+    runtime.block_on(async {
+        match tokio::time::timeout(Duration::from_secs(60), tokio::spawn(body)).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => Err(format!("the trial panicked: {e}").into()),
             Err(_) => Err("the trial did not finish within 60 s".into()),
         }
     })
@@ -387,6 +459,46 @@ fn a_handler_error_reaches_the_caller_and_the_worker_lives_on() -> Result<(), Fa
     })
 }
 
+/// Runs a panicking task on a one-worker pool of `entry`: it must fail as a crash that
+/// carries the panic's message, and the worker must be replaced.
+async fn panic_is_a_crash(entry: &str) -> Result<(), Failed> {
+    let pool = Pool::<Job, u64>::builder(Worker::entry(entry))
+        .workers(1)
+        .fork_options(ForkOptions::default().stderr(Stdio::Ignore))
+        .build()?;
+    let note = "handler panic: marker 91c2";
+    let outcome = tokio::time::timeout(EVENTUALLY, pool.run(&Job::Panic(note.into())))
+        .await
+        .map_err(|_| fail("the panicking task never resolved"))?;
+    match outcome {
+        Err(TaskError::WorkerCrashed(crash)) => match crash.cause.as_deref() {
+            Some(utility_process::Error::Panicked { panic, .. }) => {
+                assert_eq!(panic.message, note);
+                assert!(crash.to_string().contains(note), "{crash}");
+            }
+            other => {
+                return Err(fail(format!(
+                    "expected a panic as the cause, got {other:?}"
+                )))
+            }
+        },
+        other => return Err(fail(format!("expected WorkerCrashed, got {other:?}"))),
+    }
+    assert_eq!(pool.run(&Job::Echo(6)).await?, 6, "a replacement serves");
+    assert_eq!(pool.metrics().workers_started, 2);
+    pool.close().await;
+    Ok(())
+}
+
+fn a_panicking_async_handler_fails_its_task_as_a_crash_carrying_the_panic() -> Result<(), Failed> {
+    block_on(panic_is_a_crash("worker"))
+}
+
+fn a_panicking_blocking_handler_fails_its_task_as_a_crash_carrying_the_panic() -> Result<(), Failed>
+{
+    block_on(panic_is_a_crash("blocking_worker"))
+}
+
 fn a_reply_that_does_not_decode_is_an_error_and_the_worker_lives_on() -> Result<(), Failed> {
     block_on(async {
         let pool = Pool::<Job, String>::builder(Worker::entry("worker"))
@@ -398,7 +510,13 @@ fn a_reply_that_does_not_decode_is_an_error_and_the_worker_lives_on() -> Result<
                 other => return Err(fail(format!("expected Decode, got {other:?}"))),
             }
         }
-        assert_eq!(pool.metrics().workers_started, 1);
+        let m = pool.metrics();
+        assert_eq!(m.workers_started, 1);
+        assert_eq!(
+            (m.completed, m.failed),
+            (0, 2),
+            "a reply that does not decode is a failure"
+        );
         pool.close().await;
         Ok(())
     })
@@ -914,44 +1032,95 @@ fn a_task_that_ignores_cancellation_has_its_worker_killed_after_the_grace() -> R
     })
 }
 
-fn a_task_killed_for_ignoring_cancellation_sends_its_neighbours_back_to_the_queue(
+/// How many times `file` says its task ran.
+fn runs(file: &Path) -> usize {
+    std::fs::read_to_string(file).map_or(0, |text| text.lines().count())
+}
+
+/// On a one-worker pool with two slots: a neighbour task starts (and says so in a file), then
+/// a task that ignores its cancellation joins it, is cancelled, and has the worker killed
+/// under both. Returns the neighbour's outcome and how many times it ran.
+async fn neighbour_of_a_killed_task(
+    options: RunOptions,
+) -> Result<(Result<u64, TaskError>, usize, Metrics), Failed> {
+    let dir = scratch("neighbour");
+    let file = dir.join("runs");
+    let pool = pool(1)
+        .concurrency_per_worker(2)
+        .cancel_grace(Duration::from_millis(300))
+        .build()?;
+    pool.ready().await.map_err(fail)?;
+    let neighbour = spawn(
+        &pool,
+        Job::AppendThenSleep {
+            file: file.clone(),
+            ms: 500,
+            value: 21,
+        },
+        options,
+    );
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    while runs(&file) == 0 {
+        if tokio::time::Instant::now() > deadline {
+            return Err(fail("the neighbour never started"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let token = CancelToken::new();
+    // Sent to the same worker, whose thread it blocks: the neighbour cannot finish there.
+    let hang = spawn(
+        &pool,
+        Job::HangIgnoringCancel,
+        RunOptions::new().cancel(token.clone()),
+    );
+    until(&pool, "both on the worker", |m| m.running == 2).await?;
+    token.cancel();
+    match join(hang).await? {
+        Err(TaskError::Cancelled {
+            stop: Some(Stop::Killed { .. }),
+            ..
+        }) => {}
+        other => return Err(fail(format!("expected a kill, got {other:?}"))),
+    }
+    let outcome = join(neighbour).await?;
+    // Time for a second run to show, had it been started.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ran = runs(&file);
+    let metrics = pool.metrics();
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((outcome, ran, metrics))
+}
+
+fn a_started_neighbour_of_a_task_killed_for_ignoring_cancellation_runs_once_and_fails(
 ) -> Result<(), Failed> {
     block_on(async {
-        let pool = pool(1)
-            .concurrency_per_worker(2)
-            .cancel_grace(Duration::from_millis(300))
-            .build()?;
-        pool.ready().await.map_err(fail)?;
-        let token = CancelToken::new();
-        let hang = spawn(
-            &pool,
-            Job::HangIgnoringCancel,
-            RunOptions::new().cancel(token.clone()),
-        );
-        until(&pool, "running", |m| m.running == 1).await?;
-        // Sent to the same worker, whose thread the hang blocks: it cannot run there.
-        let neighbour = spawn(&pool, Job::Echo(21), RunOptions::new());
-        until(&pool, "both on the worker", |m| m.running == 2).await?;
-        token.cancel();
-        match join(hang).await? {
-            Err(TaskError::Cancelled {
-                stop: Some(Stop::Killed { .. }),
-                ..
-            }) => {}
-            other => return Err(fail(format!("expected a kill, got {other:?}"))),
+        let (outcome, ran, metrics) = neighbour_of_a_killed_task(RunOptions::new()).await?;
+        assert_eq!(ran, 1, "without retries the neighbour ran {ran} times");
+        match outcome {
+            Err(TaskError::WorkerCrashed(crash)) => assert!(
+                crash.to_string().contains("ignored its cancellation"),
+                "the error says why its worker was killed: {crash}"
+            ),
+            other => return Err(fail(format!("expected WorkerCrashed, got {other:?}"))),
         }
-        assert_eq!(
-            join(neighbour).await?.map_err(fail)?,
-            21,
-            "it ran again, elsewhere"
-        );
-        let metrics = pool.metrics();
         assert_eq!(
             metrics.crashes, 0,
             "the neighbour is not blamed: {metrics:?}"
         );
+        Ok(())
+    })
+}
+
+fn a_started_neighbour_of_a_task_killed_for_ignoring_cancellation_runs_again_with_retries(
+) -> Result<(), Failed> {
+    block_on(async {
+        let (outcome, ran, metrics) =
+            neighbour_of_a_killed_task(RunOptions::new().retries(1)).await?;
+        assert_eq!(outcome.map_err(fail)?, 21, "it ran again, elsewhere");
+        assert_eq!(ran, 2);
+        assert_eq!(metrics.crashes, 0, "not blamed: {metrics:?}");
         assert_eq!(metrics.workers_started, 2);
-        pool.close().await;
         Ok(())
     })
 }
@@ -970,6 +1139,59 @@ fn a_request_too_large_for_the_port_is_a_send_error_and_the_pool_goes_on() -> Re
         }
         assert_eq!(pool.run(&Job::Echo(2)).await?, 2);
         assert_eq!(pool.metrics().workers_started, 1);
+        pool.close().await;
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile workers
+// ---------------------------------------------------------------------------------------------
+
+fn a_worker_that_answers_a_task_it_was_not_given_is_killed_and_its_task_resolves(
+) -> Result<(), Failed> {
+    block_on(async {
+        let pool = pool(1).build()?;
+        pool.ready().await.map_err(fail)?;
+        let pid = worker_pids(&pool, 1).await?[0];
+        let outcome = tokio::time::timeout(
+            EVENTUALLY,
+            pool.run(&Job::AnswerAnotherTask { offset: 1_000_000 }),
+        )
+        .await
+        .map_err(|_| fail("the task on the lying worker never resolved"))?;
+        match outcome {
+            Err(TaskError::WorkerCrashed(crash)) => {
+                assert_eq!(crash.pid, pid);
+                assert!(
+                    crash.to_string().contains("broke the pool protocol"),
+                    "{crash}"
+                );
+            }
+            other => return Err(fail(format!("expected WorkerCrashed, got {other:?}"))),
+        }
+        until_gone(&[pid]).await?;
+        assert_eq!(pool.run(&Job::Echo(9)).await?, 9, "a replacement serves");
+        pool.close().await;
+        Ok(())
+    })
+}
+
+fn a_worker_that_answers_a_task_twice_is_killed_and_the_task_resolves_once() -> Result<(), Failed> {
+    block_on(async {
+        let pool = pool(1).build()?;
+        pool.ready().await.map_err(fail)?;
+        let pid = worker_pids(&pool, 1).await?[0];
+        let job = Job::AnswerTwice {
+            first: 5,
+            second: 6,
+        };
+        assert_eq!(pool.run(&job).await?, 5, "the first answer is the one");
+        until_gone(&[pid]).await?;
+        let m = until(&pool, "a replacement ready", |m| m.idle_workers == 1).await?;
+        assert_eq!((m.completed, m.failed), (2, 0), "counted once: {m:?}");
+        assert_eq!(m.workers_started, 2);
+        assert_eq!(pool.run(&Job::Echo(9)).await?, 9);
         pool.close().await;
         Ok(())
     })
@@ -1221,6 +1443,97 @@ fn metrics_show_queue_depth_busy_workers_and_times() -> Result<(), Failed> {
         assert!(done.wait.max > Duration::ZERO && done.run.max > Duration::ZERO);
         assert!(done.wait.mean() <= done.wait.max);
         pool.close().await;
+        Ok(())
+    })
+}
+
+fn metrics_count_a_task_before_its_caller_has_the_answer() -> Result<(), Failed> {
+    block_on_threads(async {
+        let pool = pool(1).build()?;
+        pool.ready().await.map_err(fail)?;
+        let n = 300u64;
+        for i in 0..n {
+            let failing = i % 3 == 0;
+            let job = if failing {
+                Job::Fail("no".into())
+            } else {
+                Job::Echo(i)
+            };
+            let outcome = pool.run(&job).await;
+            assert_eq!(outcome.is_err(), failing, "{outcome:?}");
+            let m = pool.metrics();
+            assert_eq!(
+                m.completed + m.failed,
+                i + 1,
+                "task {i} is counted once its caller has its answer: {m:?}"
+            );
+            assert_eq!(m.running, 0, "task {i} is no longer running: {m:?}");
+            assert_eq!(m.run.count, i + 1, "{m:?}");
+        }
+        let m = pool.metrics();
+        assert_eq!((m.completed, m.failed), (n - n.div_ceil(3), n.div_ceil(3)));
+        pool.close().await;
+        Ok(())
+    })
+}
+
+fn metrics_show_the_ready_workers_once_ready_returns() -> Result<(), Failed> {
+    block_on_threads(async {
+        let pool = pool(1).build()?;
+        // Many callers wait at once: the first ones answered look while the pool is still
+        // answering the others.
+        let waiting: Vec<_> = (0..1000)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    pool.ready().await?;
+                    Ok::<_, TaskError>(pool.metrics())
+                })
+            })
+            .collect();
+        for waiter in waiting {
+            let m = join(waiter).await?.map_err(fail)?;
+            assert_eq!((m.idle_workers, m.starting_workers), (1, 0), "{m:?}");
+        }
+        pool.close().await;
+        Ok(())
+    })
+}
+
+fn worker_pids_are_the_live_workers_and_follow_replacements_and_close() -> Result<(), Failed> {
+    block_on(async {
+        let pool = pool(2)
+            .fork_options(ForkOptions::default().stdio(Stdio::Ignore))
+            .build()?;
+        pool.ready().await.map_err(fail)?;
+        let mut seen = worker_pids(&pool, 2).await?;
+        seen.sort_unstable();
+        let listed = pool.worker_pids();
+        assert_eq!(listed, seen, "the pids the workers report");
+        let crash = Job::Crash {
+            note: "pids".into(),
+        };
+        let _ = pool.run(&crash).await;
+        until(&pool, "a replacement ready", |m| m.idle_workers == 2).await?;
+        let after = pool.worker_pids();
+        assert_eq!(after.len(), 2, "{after:?}");
+        let gone: Vec<u32> = listed
+            .iter()
+            .copied()
+            .filter(|p| !after.contains(p))
+            .collect();
+        assert_eq!(
+            gone.len(),
+            1,
+            "one worker replaced: {listed:?} then {after:?}"
+        );
+        until_gone(&gone).await?;
+        let mut seen = worker_pids(&pool, 2).await?;
+        seen.sort_unstable();
+        assert_eq!(pool.worker_pids(), seen);
+        pool.close().await;
+        assert_eq!(pool.worker_pids(), Vec::<u32>::new(), "none after close");
+        until_gone(&after).await?;
         Ok(())
     })
 }

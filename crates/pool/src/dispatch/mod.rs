@@ -70,12 +70,21 @@ pub(crate) enum Cmd {
     },
 }
 
+/// What the dispatcher shows the handles: published after every change, and before any
+/// answer a caller can see.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    pub(crate) metrics: Metrics,
+    /// The pids of the worker processes the pool has and has not reaped, in order.
+    pub(crate) worker_pids: Vec<u32>,
+}
+
 /// Starts the dispatcher of a new pool on `runtime`.
 pub(crate) fn spawn(
     config: Config,
     runtime: tokio::runtime::Handle,
     commands: mpsc::UnboundedReceiver<Cmd>,
-    metrics: Arc<Mutex<Metrics>>,
+    metrics: Arc<Mutex<Published>>,
     room: Arc<Semaphore>,
 ) {
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -131,7 +140,11 @@ struct Task {
     /// Time spent queued before its (last) start.
     waited: Duration,
     state: TaskState,
+    /// Workers that crashed under it (for [`PoolBuilder::poison_after`](crate::PoolBuilder::poison_after)).
     crashes: u32,
+    /// Times it was put back in the queue after it had been handed to a worker (for
+    /// [`RunOptions::retries`]).
+    reruns: u32,
     timers: TaskTimers,
 }
 
@@ -170,8 +183,8 @@ enum WorkerState {
 enum EndedBy {
     /// Idle, recycled, too old, closing: its tasks (if any) are not to blame.
     Retired,
-    /// Killed because a task on it ignored its cancellation.
-    GraceExpired,
+    /// Killed because task `task` on it ignored its cancellation for `grace`.
+    GraceExpired { task: u64, grace: Duration },
     /// Killed before it was ready: this is why.
     StartFailed(StartError),
 }
@@ -256,7 +269,7 @@ struct Dispatcher {
     closing: Option<Closing>,
     close_waiters: Vec<oneshot::Sender<()>>,
     ready_waiters: Vec<oneshot::Sender<Result<(), Arc<StartFailure>>>>,
-    metrics: Arc<Mutex<Metrics>>,
+    metrics: Arc<Mutex<Published>>,
     totals: Totals,
     room: Arc<Semaphore>,
 }
@@ -347,6 +360,7 @@ impl Dispatcher {
             waited: Duration::ZERO,
             state: TaskState::Queued { _room: Some(room) },
             crashes: 0,
+            reruns: 0,
             timers: TaskTimers::default(),
         };
         let refusal = if self.closing.is_some() {
@@ -469,13 +483,15 @@ impl Dispatcher {
             Ok(_) => self.totals.completed += 1,
             Err(_) => self.totals.failed += 1,
         }
+        // The caller may look at the metrics as soon as it has its answer: they say so first.
+        self.publish();
         let _ = task.reply.send(outcome);
     }
 
     // ---- dispatch and sizing ----
 
-    /// Gives queued tasks to free workers, starts or ends workers as needed, answers
-    /// `ready` waiters, and publishes the metrics.
+    /// Gives queued tasks to free workers, starts or ends workers as needed, publishes the
+    /// metrics, and answers `ready` waiters.
     fn pump(&mut self) {
         self.dispatch();
         self.size();
@@ -493,12 +509,13 @@ impl Dispatcher {
             .count();
         let dormant = !self.config.prewarm && self.totals.workers_started == 0;
         let wanted = if dormant { 0 } else { self.config.min_workers };
+        // Published before `ready` returns, so that its caller sees the ready workers.
+        self.publish();
         if ready >= wanted {
             for waiter in self.ready_waiters.drain(..) {
                 let _ = waiter.send(Ok(()));
             }
         }
-        self.publish();
     }
 
     fn dispatch(&mut self) {
@@ -545,7 +562,12 @@ impl Dispatcher {
             };
             slot.running.insert(id);
             slot.idle_since = None;
-            let _ = slot.tx.send(ToWorker::Post { task: id, frame });
+            if slot.tx.send(ToWorker::Post { task: id, frame }).is_err() {
+                // Its task has returned (the worker has ended, its `Ended` is on the way):
+                // the task never reached it.
+                self.unreachable(worker);
+                self.requeue(id);
+            }
         }
     }
 
@@ -592,9 +614,14 @@ impl Dispatcher {
     }
 
     fn publish(&self) {
-        let mut metrics = lock(&self.metrics);
+        let mut published = lock(&self.metrics);
         let workers = self.workers.values();
-        *metrics = Metrics {
+        published.worker_pids.clear();
+        published
+            .worker_pids
+            .extend(workers.clone().filter_map(|w| w.pid));
+        published.worker_pids.sort_unstable();
+        published.metrics = Metrics {
             queued: self.queue.len(),
             running: self.workers.values().map(|w| w.running.len()).sum(),
             workers: self.workers.len(),

@@ -67,7 +67,7 @@ impl Dispatcher {
                     let grace = self.config.cancel_grace;
                     let error = self.stop_error(id, reason, started, Stop::Killed { grace });
                     self.finish(id, Err(error));
-                    self.end_worker(worker, EndedBy::GraceExpired);
+                    self.end_worker(worker, EndedBy::GraceExpired { task: id, grace });
                 }
             }
             Timer::StartTimeout(worker) => {

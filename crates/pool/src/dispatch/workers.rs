@@ -24,6 +24,7 @@ impl Dispatcher {
                 }
             }
             WorkerEvent::Message(message) => self.on_message(id, message),
+            WorkerEvent::Unsent { task } => self.on_unsent(id, task),
             WorkerEvent::PostFailed { task, error } => self.on_post_failed(id, task, error),
             WorkerEvent::Ended {
                 status,
@@ -33,26 +34,46 @@ impl Dispatcher {
         }
     }
 
+    /// The frame for `task` never reached `worker`, which has ended: the task never started
+    /// there, and goes back to the queue.
+    fn on_unsent(&mut self, worker: WorkerId, task: u64) {
+        if self.running_unstopped_on(task, worker) {
+            self.requeue(task);
+        }
+    }
+
+    /// Whether `task` runs on `worker` and is not being stopped.
+    fn running_unstopped_on(&self, task: u64, worker: WorkerId) -> bool {
+        self.tasks.get(&task).is_some_and(|entry| {
+            matches!(entry.state, TaskState::Running { worker: on, stopping: None, .. } if on == worker)
+        })
+    }
+
+    /// `worker` cannot be handed tasks any more (its port is closed): no new task goes to it,
+    /// and it is ended.
+    pub(super) fn unreachable(&mut self, worker: WorkerId) {
+        if let Some(slot) = self.workers.get_mut(&worker) {
+            if slot.state != WorkerState::Ending {
+                slot.state = WorkerState::Ending;
+                let _ = slot.tx.send(ToWorker::Kill);
+            }
+        }
+    }
+
     /// A frame for `task` could not be posted to `worker`.
     fn on_post_failed(&mut self, worker: WorkerId, task: u64, error: Arc<utility_process::Error>) {
-        let Some(entry) = self.tasks.get(&task) else {
+        if !self.running_unstopped_on(task, worker) {
+            // A cancel that could not be posted (the grace period or the worker's end
+            // settles the task), or a task that has moved on.
             return;
-        };
-        let TaskState::Running {
-            worker: on,
-            stopping: None,
-            ..
-        } = entry.state
-        else {
-            // A cancel that could not be posted: the grace period or the worker's end
-            // settles the task.
-            return;
-        };
-        let Some(slot) = self.workers.get(&worker).filter(|_| on == worker) else {
+        }
+        let Some(slot) = self.workers.get(&worker) else {
             return;
         };
         if matches!(*error, utility_process::Error::Closed { .. }) {
-            // The worker ended before it could be handed the task: not the task's doing.
+            // The worker's port closed before it could be handed the task: the task never
+            // reached it, and no other task will.
+            self.unreachable(worker);
             return self.requeue(task);
         }
         let error = TaskError::Send {
@@ -104,9 +125,24 @@ impl Dispatcher {
             }
             return;
         }
+        if !matches!(
+            kind,
+            Kind::Reply | Kind::Failed | Kind::BadRequest | Kind::Cancelled
+        ) {
+            return self.breach(worker, format!("{kind:?} after ready"));
+        }
         let Some(task) = self.tasks.get(&id) else {
-            // A late answer to a task that has already ended (a stop that was reported).
-            return;
+            if slot.state == WorkerState::Ending {
+                // A late answer to a task that ended when the pool gave up on the worker
+                // (a grace period that ran out): harmless, the worker is on its way out.
+                return;
+            }
+            // A task ends on a live worker only with that worker's answer: this worker
+            // answers a task it was never given, or answers one twice.
+            return self.breach(
+                worker,
+                format!("an answer to task {id}, which it does not run"),
+            );
         };
         let TaskState::Running {
             worker: on,
@@ -152,6 +188,7 @@ impl Dispatcher {
                 pid,
                 message: "the worker cancelled the task by itself".into(),
             }),
+            // Not answers: refused above.
             (None, other) => return self.breach(worker, format!("{other:?} for task {id}")),
         };
         self.finish(id, outcome);
@@ -284,13 +321,21 @@ impl Dispatcher {
                 stderr_tail,
             });
         }
-        let retired = matches!(
+        // What the core could not know: why the pool killed it, when it did.
+        let killed_for = match (&slot.ended_by, slot.breach) {
+            (_, Some(what)) => Some(what),
+            (Some(EndedBy::GraceExpired { task, grace }), None) => Some(format!(
+                "task {task} on it ignored its cancellation for {grace:?}"
+            )),
+            (Some(EndedBy::Retired), None) => Some("the pool retired it".to_owned()),
+            _ => None,
+        };
+        let not_to_blame = matches!(
             slot.ended_by,
-            Some(EndedBy::Retired | EndedBy::GraceExpired)
+            Some(EndedBy::Retired | EndedBy::GraceExpired { .. })
         );
         let cause = cause.or_else(|| {
-            // A protocol breach is the cause the core cannot know.
-            slot.breach.map(|what| {
+            killed_for.map(|what| {
                 Arc::new(utility_process::Error::Io {
                     context: "the worker was killed",
                     source: std::io::Error::other(what),
@@ -321,27 +366,28 @@ impl Dispatcher {
                 self.finish(id, Err(error));
                 continue;
             }
-            if retired {
-                // Not its fault: back to the front of the queue.
-                self.requeue(id);
-                continue;
+            // The task was handed to the worker: it may have started, and may not be safe to
+            // run twice. It runs again only if its caller asked for retries.
+            let mut error = None;
+            if !not_to_blame {
+                self.totals.crashes += 1;
+                task.crashes += 1;
+                if task.crashes >= self.config.poison_after {
+                    error = Some(TaskError::Poisoned {
+                        crashes: task.crashes,
+                        last: Box::new(crash.clone()),
+                    });
+                }
             }
-            self.totals.crashes += 1;
-            task.crashes += 1;
-            let retries = task.options.retries.unwrap_or(0);
-            let error = if task.crashes >= self.config.poison_after {
-                Some(TaskError::Poisoned {
-                    crashes: task.crashes,
-                    last: Box::new(crash.clone()),
-                })
-            } else if task.crashes <= retries {
-                None
-            } else {
-                Some(TaskError::WorkerCrashed(Box::new(crash.clone())))
-            };
+            if error.is_none() && task.reruns >= task.options.retries.unwrap_or(0) {
+                error = Some(TaskError::WorkerCrashed(Box::new(crash.clone())));
+            }
             match error {
                 Some(error) => self.finish(id, Err(error)),
-                None => self.requeue(id),
+                None => {
+                    task.reruns += 1;
+                    self.requeue(id);
+                }
             }
         }
     }
@@ -389,6 +435,7 @@ impl Dispatcher {
         breaker.not_before = Some(now + wait);
         self.add_timer(now + wait, Timer::Wake);
         if self.breaker.open.is_some() {
+            self.publish();
             for waiter in self.ready_waiters.drain(..) {
                 let _ = waiter.send(Err(Arc::clone(&failure)));
             }
