@@ -6,6 +6,8 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use utility_process::{ExitStatus, Signal};
 
+use crate::output::OutputTail;
+
 /// Which part of a start did not finish in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartStage {
@@ -221,6 +223,10 @@ pub enum SupervisorEvent {
         status: Option<ExitStatus>,
         /// How long it had been ready, if it said so.
         uptime: Option<Duration>,
+        /// The last bytes it wrote on its piped stdout and stderr (see
+        /// [`ChildSpec::output_tail`](crate::ChildSpec::output_tail)); empty when they were
+        /// not piped.
+        output: OutputTail,
     },
     /// The service will be started again after `delay`.
     Restarting {

@@ -75,11 +75,13 @@
 pub mod child;
 mod error;
 mod event;
+mod output;
 mod protocol;
 mod spec;
 mod supervisor;
 
 pub use error::{AttachError, Error};
 pub use event::{Events, ExitReason, GiveUpReason, ProbeFailure, StartStage, SupervisorEvent};
+pub use output::{Output, OutputEvent, OutputLine, OutputStream, OutputTail, EOF_GRACE, MAX_LINE};
 pub use spec::{Backoff, ChildSpec, Heartbeat, Intensity, Probe, Restart, SupervisorOptions};
 pub use supervisor::{ChildMessage, Supervisor};

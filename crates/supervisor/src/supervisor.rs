@@ -34,6 +34,7 @@ use utility_process::{
 
 use crate::error::Error;
 use crate::event::{Events, ExitReason, GiveUpReason, ProbeFailure, StartStage, SupervisorEvent};
+use crate::output::{Output, OutputLine, OutputTail, Readers, Writer};
 use crate::protocol::{Hello, Reply, Request, MAGIC, VERSION};
 use crate::spec::{ChildSpec, Command, Restart, SupervisorOptions};
 
@@ -108,6 +109,8 @@ pub struct Supervisor {
 struct Shared {
     options: SupervisorOptions,
     events: broadcast::Sender<SupervisorEvent>,
+    /// The children's piped output, line by line.
+    output: broadcast::Sender<OutputLine>,
     messages: mpsc::Sender<ChildMessage>,
     state: Mutex<State>,
     /// Set once every child has been stopped.
@@ -168,11 +171,13 @@ impl Supervisor {
     /// [`start_child`](Self::start_child).
     pub fn new(options: SupervisorOptions) -> Supervisor {
         let (events, _) = broadcast::channel(options.event_capacity);
+        let (output, _) = broadcast::channel(options.output_capacity);
         let (messages_tx, messages) = mpsc::channel(options.message_capacity);
         Supervisor {
             shared: Arc::new(Shared {
                 options,
                 events,
+                output,
                 messages: messages_tx,
                 state: Mutex::new(State {
                     children: Vec::new(),
@@ -190,6 +195,55 @@ impl Supervisor {
     pub fn events(&self) -> Events {
         Events {
             receiver: self.shared.events.subscribe(),
+        }
+    }
+
+    /// Subscribes to the children's piped output: every line a supervised child writes from
+    /// now on, on a stdout or stderr its spec set to
+    /// [`Stdio::Pipe`](utility_process::Stdio::Pipe), with who wrote it. Those pipes are read
+    /// whether or not anyone subscribes, so a child never blocks on its output; see
+    /// [`Output`] for what a slow subscriber loses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use utility_process::{init, Entry, ForkOptions, ParentPort, Stdio};
+    /// use utility_process_supervisor::{
+    ///     child, ChildSpec, OutputEvent, OutputStream, Supervisor, SupervisorOptions,
+    /// };
+    ///
+    /// async fn chatty(port: ParentPort) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ///     let supervised = child::attach(&port).await?;
+    ///     eprintln!("warming up");
+    ///     supervised.ready()?;
+    ///     while port.recv().await.is_some() {}
+    ///     Ok(())
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     init([Entry::new("chatty", chatty)]);
+    ///     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    ///     runtime.block_on(async {
+    ///         let supervisor = Supervisor::new(SupervisorOptions::default());
+    ///         let mut output = supervisor.output();
+    ///         let spec = ChildSpec::entry("chatty", "chatty")
+    ///             .options(ForkOptions::default().stderr(Stdio::Pipe));
+    ///         supervisor.start_child(spec).await?;
+    ///         match output.recv().await {
+    ///             Some(OutputEvent::Line(line)) => {
+    ///                 assert_eq!((line.service.as_str(), line.stream), ("chatty", OutputStream::Stderr));
+    ///                 assert_eq!(line.text(), "warming up");
+    ///             }
+    ///             other => panic!("expected a line, got {other:?}"),
+    ///         }
+    ///         supervisor.shutdown().await;
+    ///         Ok(())
+    ///     })
+    /// }
+    /// ```
+    pub fn output(&self) -> Output {
+        Output {
+            receiver: self.shared.output.subscribe(),
         }
     }
 
@@ -248,7 +302,11 @@ impl Supervisor {
         }
         match first_rx.await {
             Ok(Ok(pid)) => Ok(pid),
-            Ok(Err((service, reason))) => Err(Error::StartFailed { service, reason }),
+            Ok(Err((service, reason, output))) => Err(Error::StartFailed {
+                service,
+                reason,
+                output,
+            }),
             Err(_) => Err(Error::ShutDown),
         }
     }
@@ -513,7 +571,7 @@ struct Runner {
     commands: mpsc::Receiver<Cmd>,
     commands_open: bool,
     /// Answers `start_child`, until the first life is ready.
-    first: Option<oneshot::Sender<Result<u32, (String, ExitReason)>>>,
+    first: Option<oneshot::Sender<Result<u32, FirstStartFailed>>>,
     pid: Arc<Mutex<Option<u32>>>,
     /// Restarts so far.
     restarts: u32,
@@ -521,12 +579,16 @@ struct Runner {
     consecutive: u32,
 }
 
+/// Why a first start failed: the service, the reason, the child's last output.
+type FirstStartFailed = (String, ExitReason, OutputTail);
+
 /// How a life ended.
 struct LifeEnd {
     pid: Option<u32>,
     reason: ExitReason,
     status: Option<ExitStatus>,
     uptime: Option<Duration>,
+    output: OutputTail,
     /// Set when the supervisor asked for the stop: answered once the event is out.
     stop: Option<oneshot::Sender<()>>,
 }
@@ -554,6 +616,7 @@ impl Runner {
                 reason: end.reason.clone(),
                 status: end.status,
                 uptime: end.uptime,
+                output: end.output.clone(),
             });
             if let Some(done) = end.stop {
                 self.shared.emit(SupervisorEvent::Stopped {
@@ -562,7 +625,7 @@ impl Runner {
                     status: end.status,
                 });
                 if let Some(first) = self.first.take() {
-                    let _ = first.send(Err((self.spec.name.clone(), end.reason)));
+                    let _ = first.send(Err((self.spec.name.clone(), end.reason, end.output)));
                 }
                 let _ = done.send(());
                 return;
@@ -570,7 +633,7 @@ impl Runner {
             if let Some(first) = self.first.take() {
                 // The first start failed: not supervised (Erlang's `start_child` error).
                 self.shared.remove(&service);
-                let _ = first.send(Err((service, end.reason)));
+                let _ = first.send(Err((service, end.reason, end.output)));
                 return;
             }
             let restart = match self.spec.restart {
@@ -690,6 +753,7 @@ impl Runner {
             reason: ExitReason::SpawnFailed(Arc::new(error)),
             status: None,
             uptime: None,
+            output: OutputTail::default(),
             stop: None,
         };
         let mut child = match self.spawn() {
@@ -706,6 +770,18 @@ impl Runner {
         };
         *self.pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(pid);
         let service = self.spec.name.clone();
+        // Read from now on, whatever happens below: a pipe nobody reads stops the child.
+        let writer = Writer {
+            service: service.clone(),
+            pid,
+            restarts: self.restarts,
+        };
+        let readers = Readers::start(
+            &mut child,
+            &writer,
+            &self.shared.output,
+            self.spec.output_tail,
+        );
         self.shared.emit(SupervisorEvent::Started {
             service: service.clone(),
             pid,
@@ -890,11 +966,13 @@ impl Runner {
             status,
             error: core_error,
         });
+        let uptime = ready_at.map(|at| at.elapsed());
         LifeEnd {
             pid: Some(pid),
             reason,
             status: Some(status),
-            uptime: ready_at.map(|at| at.elapsed()),
+            uptime,
+            output: readers.finish().await,
             stop,
         }
     }

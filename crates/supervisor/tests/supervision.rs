@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use utility_process::{fork_entry, init, Entry, Event, ForkOptions, ParentPort, Signal};
+use utility_process::{fork_entry, init, Entry, Event, ForkOptions, ParentPort, Signal, Stdio};
 use utility_process_supervisor::{
     child, AttachError, Backoff, ChildSpec, Error, Events, ExitReason, GiveUpReason, Heartbeat,
-    Intensity, Probe, ProbeFailure, Restart, StartStage, Supervisor, SupervisorEvent,
-    SupervisorOptions,
+    Intensity, OutputEvent, OutputStream, Probe, ProbeFailure, Restart, StartStage, Supervisor,
+    SupervisorEvent, SupervisorOptions, MAX_LINE,
 };
 
 /// How long a trial waits for an event before it fails instead of hanging.
@@ -41,7 +41,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// - `crash-after-ready`: says ready, then exits 2;
 /// - `stubborn`: as `normal`, ignoring SIGTERM;
 /// - `slow`: as `normal`, but its thread is busy 40 ms of every 100 ms;
-/// - `unsupervised`: reports what `attach` says when not started by a supervisor.
+/// - `unsupervised`: reports what `attach` says when not started by a supervisor;
+/// - `chatty`: writes [`CHATTY_STDOUT_LINES`] lines to stdout and [`CHATTY_STDERR_BYTES`]
+///   without a newline to stderr, then [`CHATTY_LAST_WORDS`], before it attaches; then as
+///   `normal`;
+/// - `complain-and-exit`: writes [`COMPLAINT`] to stderr and exits 1 before attaching.
 ///
 /// Messages in `normal`: a number is echoed; `"crash"` exits 3; `"exit"` returns (code 0);
 /// `"spin"` loops without `.await`; `"block"` sleeps its thread; `"unhealthy"` and
@@ -53,6 +57,11 @@ async fn worker(port: ParentPort) -> Result<(), BoxError> {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         },
         "exit-at-start" => std::process::exit(1),
+        "complain-and-exit" => {
+            eprintln!("{COMPLAINT}");
+            std::process::exit(1)
+        }
+        "chatty" => write_megabytes()?,
         "unsupervised" => {
             let answer = match child::attach(&port).await {
                 Err(AttachError::NotSupervised { first, version }) => {
@@ -149,6 +158,29 @@ fn blocking_worker(port: ParentPort) -> Result<(), BoxError> {
         supervised.alive()?;
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Lines of [`CHATTY_LINE`] bytes (plus `\n`) the `chatty` worker writes to stdout: 3 MiB.
+const CHATTY_STDOUT_LINES: usize = 3 * 1024;
+const CHATTY_LINE: usize = 1023;
+/// Bytes the `chatty` worker writes to stderr as one line: 3 MiB, a multiple of `MAX_LINE`.
+const CHATTY_STDERR_BYTES: usize = 3 << 20;
+const CHATTY_LAST_WORDS: &str = "chatty: done writing";
+const COMPLAINT: &str = "cannot open /etc/worker.conf";
+
+fn write_megabytes() -> std::io::Result<()> {
+    use std::io::Write;
+    let mut line = vec![b'o'; CHATTY_LINE];
+    line.push(b'\n');
+    let mut stdout = std::io::stdout().lock();
+    for _ in 0..CHATTY_STDOUT_LINES {
+        stdout.write_all(&line)?;
+    }
+    stdout.flush()?;
+    let mut stderr = std::io::stderr().lock();
+    stderr.write_all(&vec![b'e'; CHATTY_STDERR_BYTES])?;
+    writeln!(stderr, "\n{CHATTY_LAST_WORDS}")?;
+    stderr.flush()
 }
 
 fn ignore_sigterm() {
@@ -359,7 +391,7 @@ fn child_that_never_attaches_fails_its_start_at_the_attach_stage() -> Result<(),
             .start_child(spec("mute", "never-attach").start_timeout(Duration::from_millis(300)))
             .await;
         check(
-            matches!(&result, Err(Error::StartFailed { service, reason: ExitReason::StartTimeout { stage: StartStage::Attach, .. } }) if service == "mute"),
+            matches!(&result, Err(Error::StartFailed { service, reason: ExitReason::StartTimeout { stage: StartStage::Attach, .. }, .. }) if service == "mute"),
             || format!("expected a start timeout at attach, got {result:?}"),
         )?;
         check(supervisor.services().is_empty(), || {
@@ -430,7 +462,7 @@ fn program_that_cannot_be_started_fails_its_first_start() -> Result<(), Failed> 
             .start_child(ChildSpec::program("ghost", "/nonexistent/program"))
             .await;
         check(
-            matches!(&result, Err(Error::StartFailed { service, reason: ExitReason::SpawnFailed(e) })
+            matches!(&result, Err(Error::StartFailed { service, reason: ExitReason::SpawnFailed(e), .. })
                 if service == "ghost" && e.to_string().contains("/nonexistent/program")),
             || format!("expected a spawn failure naming the program, got {result:?}"),
         )
@@ -1184,6 +1216,113 @@ fn stop_child_ends_one_service_and_leaves_the_others() -> Result<(), Failed> {
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Piped output
+// ---------------------------------------------------------------------------------------------
+
+fn piped(spec: ChildSpec) -> ChildSpec {
+    spec.options(ForkOptions::default().stdio(Stdio::Pipe))
+        .start_timeout(Duration::from_secs(5))
+}
+
+fn child_writing_megabytes_to_piped_stdout_and_stderr_still_gets_ready() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let result = supervisor
+            .start_child(piped(spec("chatty", "chatty")))
+            .await;
+        check(result.is_ok(), || {
+            format!("a child that writes 6 MiB to its pipes stalled: {result:?}")
+        })?;
+        supervisor.post_message("chatty", &7u64).await?;
+        supervisor.shutdown().await;
+        Ok(())
+    })
+}
+
+fn piped_output_reaches_subscribers_line_by_line_and_its_tail_the_exit_report() -> Result<(), Failed>
+{
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default().output_capacity(1 << 16));
+        let mut output = supervisor.output();
+        let mut events = supervisor.events();
+        let pid = supervisor
+            .start_child(piped(spec("chatty", "chatty")).restart(Restart::Never))
+            .await?;
+        let (mut stdout_lines, mut stderr_pieces, mut stderr_cut) = (0usize, 0usize, 0usize);
+        let done = tokio::time::timeout(TIMEOUT, async {
+            while let Some(event) = output.recv().await {
+                let line = match event {
+                    OutputEvent::Line(line) => line,
+                    OutputEvent::Lost { count } => return Err(format!("lost {count} lines")),
+                };
+                if line.service != "chatty" || line.pid != pid || line.restarts != 0 {
+                    return Err(format!("a line from the wrong life: {line:?}"));
+                }
+                if line.bytes.len() > MAX_LINE {
+                    return Err(format!("a line of {} bytes", line.bytes.len()));
+                }
+                match line.stream {
+                    OutputStream::Stdout if line.bytes == [b'o'; CHATTY_LINE] && !line.cut => {
+                        stdout_lines += 1
+                    }
+                    OutputStream::Stderr if line.text() == CHATTY_LAST_WORDS => return Ok(()),
+                    OutputStream::Stderr if line.bytes.iter().all(|&b| b == b'e') => {
+                        stderr_pieces += 1;
+                        stderr_cut += usize::from(line.cut);
+                    }
+                    _ => return Err(format!("an unexpected line: {line:?}")),
+                }
+            }
+            Err("the output ended".to_owned())
+        })
+        .await
+        .map_err(|_| Failed::from("the last line never came"))?;
+        done.map_err(Failed::from)?;
+        let pieces = CHATTY_STDERR_BYTES / MAX_LINE;
+        check(
+            stdout_lines == CHATTY_STDOUT_LINES
+                && stderr_pieces == pieces
+                && stderr_cut == pieces - 1,
+            || {
+                format!("{stdout_lines} stdout lines, {stderr_pieces} stderr pieces ({stderr_cut} cut); expected {CHATTY_STDOUT_LINES}, {pieces} ({})", pieces - 1)
+            },
+        )?;
+
+        supervisor.post_message("chatty", "crash").await?;
+        let tail = wait_for(&mut events, "Exited", |e| match e {
+            SupervisorEvent::Exited { output, .. } => Some(output.clone()),
+            _ => None,
+        })
+        .await?;
+        check(
+            tail.stderr_text()
+                .ends_with(&format!("eee\n{CHATTY_LAST_WORDS}\n"))
+                && tail.stderr().len() == 4096
+                && tail.is_truncated(OutputStream::Stderr)
+                && tail.stdout().len() == 4096
+                && tail.stdout().ends_with(b"ooo\n"),
+            || format!("the exit report's tail: {tail:?}"),
+        )?;
+        supervisor.shutdown().await;
+        Ok(())
+    })
+}
+
+fn first_start_failure_carries_the_childs_last_words_on_stderr() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let result = supervisor
+            .start_child(piped(spec("grumpy", "complain-and-exit")))
+            .await;
+        check(
+            matches!(&result, Err(Error::StartFailed { output, .. })
+                if output.stderr_text() == format!("{COMPLAINT}\n") && output.stdout().is_empty()),
+            || format!("expected the complaint in the start failure, got {result:?}"),
+        )
+    })
+}
+
 /// One trial's body.
 type TrialFn = fn() -> Result<(), Failed>;
 
@@ -1325,6 +1464,18 @@ fn main() {
         (
             "child_ignoring_sigterm_is_killed_after_its_shutdown_timeout",
             child_ignoring_sigterm_is_killed_after_its_shutdown_timeout,
+        ),
+        (
+            "child_writing_megabytes_to_piped_stdout_and_stderr_still_gets_ready",
+            child_writing_megabytes_to_piped_stdout_and_stderr_still_gets_ready,
+        ),
+        (
+            "piped_output_reaches_subscribers_line_by_line_and_its_tail_the_exit_report",
+            piped_output_reaches_subscribers_line_by_line_and_its_tail_the_exit_report,
+        ),
+        (
+            "first_start_failure_carries_the_childs_last_words_on_stderr",
+            first_start_failure_carries_the_childs_last_words_on_stderr,
         ),
     ];
     let trials = trials
