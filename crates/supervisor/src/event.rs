@@ -199,6 +199,10 @@ pub enum SupervisorEvent {
         service: String,
         /// Its process.
         pid: u32,
+        /// How many times the service was restarted before this life (0 the first time):
+        /// `restarts > 0` is "ready again". See also
+        /// [`Supervisor::wait_ready_again`](crate::Supervisor::wait_ready_again).
+        restarts: u32,
     },
     /// A heartbeat went unanswered.
     HeartbeatMissed {
@@ -206,6 +210,8 @@ pub enum SupervisorEvent {
         service: String,
         /// Its process.
         pid: u32,
+        /// How many times the service was restarted before this life.
+        restarts: u32,
         /// How many in a row so far.
         missed: u32,
         /// How many in a row are allowed before it is declared hung.
@@ -217,6 +223,8 @@ pub enum SupervisorEvent {
         service: String,
         /// Its process, if one was started.
         pid: Option<u32>,
+        /// How many times the service was restarted before this life.
+        restarts: u32,
         /// Why it ended.
         reason: ExitReason,
         /// How its process ended (its code or signal), if one was started.

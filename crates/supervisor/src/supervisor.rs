@@ -102,7 +102,8 @@ pub struct ChildMessage {
 #[derive(Debug)]
 pub struct Supervisor {
     shared: Arc<Shared>,
-    messages: mpsc::Receiver<ChildMessage>,
+    /// Behind an async mutex so that [`Supervisor::recv_message`] takes `&self`.
+    messages: tokio::sync::Mutex<mpsc::Receiver<ChildMessage>>,
 }
 
 #[derive(Debug)]
@@ -139,8 +140,20 @@ enum Phase {
 struct ChildEntry {
     name: String,
     commands: mpsc::Sender<Cmd>,
-    pid: Arc<Mutex<Option<u32>>>,
+    /// The current life, as its runner sees it; closed when the runner ends.
+    life: watch::Receiver<Life>,
     task: AbortHandle,
+}
+
+/// Where a service is in its current life.
+#[derive(Debug, Clone, Copy, Default)]
+struct Life {
+    /// Its process, while it has one.
+    pid: Option<u32>,
+    /// How many restarts came before this life.
+    restarts: u32,
+    /// It said it was ready, and has not ended.
+    ready: bool,
 }
 
 type PostFn = Box<dyn FnOnce(&UtilityProcess) -> Result<(), utility_process::Error> + Send>;
@@ -187,7 +200,7 @@ impl Supervisor {
                 }),
                 done: watch::Sender::new(false),
             }),
-            messages,
+            messages: tokio::sync::Mutex::new(messages),
         }
     }
 
@@ -280,7 +293,7 @@ impl Supervisor {
                 return Err(Error::DuplicateService { service: spec.name });
             }
             let (commands_tx, commands) = mpsc::channel(64);
-            let pid = Arc::new(Mutex::new(None));
+            let (life_tx, life) = watch::channel(Life::default());
             let name = spec.name.clone();
             let runner = Runner {
                 shared: Arc::clone(&self.shared),
@@ -288,7 +301,7 @@ impl Supervisor {
                 commands,
                 commands_open: true,
                 first: Some(first_tx),
-                pid: Arc::clone(&pid),
+                life: life_tx,
                 restarts: 0,
                 consecutive: 0,
             };
@@ -296,7 +309,7 @@ impl Supervisor {
             state.children.push(ChildEntry {
                 name,
                 commands: commands_tx,
-                pid,
+                life,
                 task,
             });
         }
@@ -435,18 +448,187 @@ impl Supervisor {
     /// messages stay in their sockets — and since a child's exit is reported after its
     /// messages, a child whose messages are never read is not restarted either. Read them.
     ///
+    /// It takes `&self`: one task may wait here while others post, start or stop children
+    /// on the same supervisor (share it by reference, or in an `Arc` across spawned tasks).
+    /// Several tasks may wait at once; each message goes to exactly one of them, in order.
+    ///
     /// # Cancel safety
     ///
-    /// Cancel safe.
-    pub async fn recv_message(&mut self) -> Option<ChildMessage> {
-        self.messages.recv().await
+    /// Cancel safe: a future dropped before it returns (in `tokio::select!`, say) has taken
+    /// no message; the message goes to the next call.
+    ///
+    /// # Examples
+    ///
+    /// Reading replies in one task while another posts, without a mutex of the user's:
+    ///
+    /// ```
+    /// use utility_process::{init, Entry, ParentPort};
+    /// use utility_process_supervisor::{child, ChildSpec, Supervisor, SupervisorOptions};
+    ///
+    /// async fn echo(port: ParentPort) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ///     child::attach(&port).await?.ready()?;
+    ///     while let Some(message) = port.recv().await {
+    ///         port.post_message(&message.data::<u32>()?)?;
+    ///     }
+    ///     Ok(())
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     init([Entry::new("echo", echo)]);
+    ///     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    ///     runtime.block_on(async {
+    ///         let supervisor = Supervisor::new(SupervisorOptions::default());
+    ///         supervisor.start_child(ChildSpec::entry("echo", "echo")).await?;
+    ///         let post = async {
+    ///             for n in 0..10u32 {
+    ///                 supervisor.post_message("echo", &n).await?;
+    ///             }
+    ///             Ok::<_, utility_process_supervisor::Error>(())
+    ///         };
+    ///         let read = async {
+    ///             let mut got = Vec::new();
+    ///             while got.len() < 10 {
+    ///                 let reply = supervisor.recv_message().await.expect("a reply");
+    ///                 got.push(reply.message.data::<u32>().expect("a number"));
+    ///             }
+    ///             got
+    ///         };
+    ///         let (posted, got) = tokio::join!(post, read);
+    ///         posted?;
+    ///         assert_eq!(got, (0..10).collect::<Vec<_>>());
+    ///         supervisor.shutdown().await;
+    ///         Ok(())
+    ///     })
+    /// }
+    /// ```
+    pub async fn recv_message(&self) -> Option<ChildMessage> {
+        // Both awaits are cancel safe: the lock's queue place and `recv` lose nothing.
+        self.messages.lock().await.recv().await
+    }
+
+    /// Waits until the service's current life is ready, and returns its pid: at once if it
+    /// is ready now; otherwise when the life that is starting (or the next one, if the
+    /// service is between lives) says ready.
+    ///
+    /// To wait for the service to be ready *again* after its process ended — a restart —
+    /// use [`wait_ready_again`](Self::wait_ready_again): just after a crash, the supervisor
+    /// may not have seen the exit yet, and the old life still counts as current.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownService`] when the service is not supervised, or stops being
+    /// supervised while this waits (it ended and its policy does not restart it, or it was
+    /// stopped); [`Error::GaveUp`] / [`Error::ShutDown`] when that is why it ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only watches.
+    pub async fn wait_ready(&self, service: &str) -> Result<u32, Error> {
+        self.wait_life(service, |_| true).await
+    }
+
+    /// Waits until a life of the service other than the one whose process was `previous`
+    /// is ready, and returns its pid: "ready again" after a restart. `previous` is a pid the
+    /// supervisor gave for this service ([`start_child`](Self::start_child), an event, a
+    /// [`ChildMessage`]). If the service has already moved on from `previous`, any ready
+    /// life after it will do, including the current one.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait_ready`](Self::wait_ready).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only watches.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use utility_process::{init, Entry, ParentPort};
+    /// use utility_process_supervisor::{child, ChildSpec, Supervisor, SupervisorOptions};
+    ///
+    /// /// Exits with code 1 when told anything.
+    /// async fn fragile(port: ParentPort) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ///     child::attach(&port).await?.ready()?;
+    ///     port.recv().await;
+    ///     std::process::exit(1)
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     init([Entry::new("fragile", fragile)]);
+    ///     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    ///     runtime.block_on(async {
+    ///         let supervisor = Supervisor::new(SupervisorOptions::default());
+    ///         let first = supervisor.start_child(ChildSpec::entry("fragile", "fragile")).await?;
+    ///         supervisor.post_message("fragile", "boom").await?;
+    ///         let second = supervisor.wait_ready_again("fragile", first).await?;
+    ///         assert_ne!(first, second);
+    ///         assert_eq!(supervisor.pid("fragile"), Some(second));
+    ///         supervisor.shutdown().await;
+    ///         Ok(())
+    ///     })
+    /// }
+    /// ```
+    pub async fn wait_ready_again(&self, service: &str, previous: u32) -> Result<u32, Error> {
+        let mut floor = None;
+        self.wait_life(service, |now| {
+            // The lives after `previous` have more restarts before them: that also holds if
+            // the kernel were to hand a later life the same pid again.
+            let floor = *floor.get_or_insert(if now.pid == Some(previous) {
+                now.restarts.saturating_add(1)
+            } else {
+                now.restarts
+            });
+            now.restarts >= floor && now.pid != Some(previous)
+        })
+        .await
+    }
+
+    /// Waits for a ready life that `accept` takes (it first sees the life as it is now).
+    async fn wait_life(
+        &self,
+        service: &str,
+        mut accept: impl FnMut(&Life) -> bool,
+    ) -> Result<u32, Error> {
+        let mut life = self
+            .shared
+            .lock()
+            .children
+            .iter()
+            .find(|c| c.name == service)
+            .map(|c| c.life.clone())
+            .ok_or_else(|| Error::UnknownService {
+                service: service.to_owned(),
+            })?;
+        let mut ready = None;
+        let found = life
+            .wait_for(|now| {
+                // `accept` must see every state: it fixes its floor on the first.
+                let take = accept(now) && now.ready;
+                if take {
+                    ready = now.pid;
+                }
+                take
+            })
+            .await
+            .is_ok();
+        match ready {
+            Some(pid) if found => Ok(pid),
+            _ => Err(match &self.shared.lock().phase {
+                Phase::GaveUp(reason) => Error::GaveUp(reason.clone()),
+                Phase::ShuttingDown => Error::ShutDown,
+                Phase::Running => Error::UnknownService {
+                    service: service.to_owned(),
+                },
+            }),
+        }
     }
 
     /// The pid of the service's current process, if it has one now.
     pub fn pid(&self, service: &str) -> Option<u32> {
         let state = self.shared.lock();
         let entry = state.children.iter().find(|c| c.name == service)?;
-        let pid = *entry.pid.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = entry.life.borrow().pid;
         pid
     }
 
@@ -572,7 +754,7 @@ struct Runner {
     commands_open: bool,
     /// Answers `start_child`, until the first life is ready.
     first: Option<oneshot::Sender<Result<u32, FirstStartFailed>>>,
-    pid: Arc<Mutex<Option<u32>>>,
+    life: watch::Sender<Life>,
     /// Restarts so far.
     restarts: u32,
     /// Restarts since the last stable run.
@@ -608,11 +790,15 @@ impl Runner {
     async fn run(mut self) {
         loop {
             let end = self.life().await;
-            *self.pid.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.life.send_modify(|life| {
+                life.pid = None;
+                life.ready = false;
+            });
             let service = self.spec.name.clone();
             self.shared.emit(SupervisorEvent::Exited {
                 service: service.clone(),
                 pid: end.pid,
+                restarts: self.restarts,
                 reason: end.reason.clone(),
                 status: end.status,
                 uptime: end.uptime,
@@ -768,7 +954,11 @@ impl Runner {
                 return spawn_failed(error);
             }
         };
-        *self.pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(pid);
+        self.life.send_replace(Life {
+            pid: Some(pid),
+            restarts: self.restarts,
+            ready: false,
+        });
         let service = self.spec.name.clone();
         // Read from now on, whatever happens below: a pipe nobody reads stops the child.
         let writer = Writer {
@@ -839,7 +1029,9 @@ impl Runner {
                         self.shared.emit(SupervisorEvent::Ready {
                             service: service.clone(),
                             pid,
+                            restarts: self.restarts,
                         });
+                        self.life.send_modify(|life| life.ready = true);
                         if let Some(first) = self.first.take() {
                             let _ = first.send(Ok(pid));
                         }
@@ -918,6 +1110,7 @@ impl Runner {
                         self.shared.emit(SupervisorEvent::HeartbeatMissed {
                             service: service.clone(),
                             pid,
+                            restarts: self.restarts,
                             missed,
                             allowed: hb.misses,
                         });

@@ -294,7 +294,9 @@ where
 
 fn is_ready_of(service: &'static str) -> impl FnMut(&SupervisorEvent) -> Option<u32> {
     move |e| match e {
-        SupervisorEvent::Ready { service: s, pid } if s == service => Some(*pid),
+        SupervisorEvent::Ready {
+            service: s, pid, ..
+        } if s == service => Some(*pid),
         _ => None,
     }
 }
@@ -331,7 +333,7 @@ fn ready_child_is_reported_started_then_ready() -> Result<(), Failed> {
 
 fn messages_flow_both_ways_beside_the_control_channel() -> Result<(), Failed> {
     run(|| async {
-        let mut supervisor = Supervisor::new(SupervisorOptions::default());
+        let supervisor = Supervisor::new(SupervisorOptions::default());
         let pid = supervisor
             .start_child(spec("echo", "normal").heartbeat(fast_heartbeat()))
             .await?;
@@ -510,7 +512,7 @@ fn slow_event_reader_is_told_how_many_events_it_lost() -> Result<(), Failed> {
 
 fn huge_durations_mean_never_and_do_not_overflow() -> Result<(), Failed> {
     run(|| async {
-        let mut supervisor = Supervisor::new(SupervisorOptions::default());
+        let supervisor = Supervisor::new(SupervisorOptions::default());
         let spec = spec("patient", "normal")
             .start_timeout(Duration::MAX)
             .shutdown_timeout(Duration::MAX)
@@ -1217,6 +1219,149 @@ fn stop_child_ends_one_service_and_leaves_the_others() -> Result<(), Failed> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Using one supervisor from several tasks; waiting for a life
+// ---------------------------------------------------------------------------------------------
+
+fn receiving_and_posting_run_concurrently_without_a_user_mutex() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = std::sync::Arc::new(Supervisor::new(SupervisorOptions::default()));
+        supervisor.start_child(spec("echo", "normal")).await?;
+        let reader = {
+            let supervisor = std::sync::Arc::clone(&supervisor);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while got.len() < 50 {
+                    match supervisor.recv_message().await {
+                        Some(reply) => got.push(reply.message.data::<u64>().unwrap_or(u64::MAX)),
+                        None => break,
+                    }
+                }
+                got
+            })
+        };
+        // The reader is parked in `recv_message` while this task posts.
+        tokio::task::yield_now().await;
+        for n in 0..50u64 {
+            supervisor.post_message("echo", &n).await?;
+        }
+        let got = tokio::time::timeout(TIMEOUT, reader)
+            .await
+            .map_err(|_| Failed::from("the reader never got its 50 replies"))?
+            .map_err(|e| Failed::from(format!("the reader: {e}")))?;
+        check(got == (0..50).collect::<Vec<_>>(), || {
+            format!("replies out of order or lost: {got:?}")
+        })?;
+        supervisor.shutdown().await;
+        Ok(())
+    })
+}
+
+fn recv_message_cancelled_by_a_timer_loses_no_message() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        supervisor.start_child(spec("echo", "normal")).await?;
+        for n in 0..20u64 {
+            supervisor.post_message("echo", &n).await?;
+        }
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while got.len() < 20 && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                reply = supervisor.recv_message() => {
+                    got.push(reply.ok_or("messages ended")?.message.data::<u64>()?);
+                }
+                _ = tokio::time::sleep(Duration::from_micros(50)) => {}
+            }
+        }
+        check(got == (0..20).collect::<Vec<_>>(), || {
+            format!("replies lost to cancellation: {got:?}")
+        })?;
+        supervisor.shutdown().await;
+        Ok(())
+    })
+}
+
+fn wait_ready_again_right_after_a_crash_returns_the_next_life_not_the_crashed_one(
+) -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let mut events = supervisor.events();
+        let first = supervisor.start_child(spec("phoenix", "normal")).await?;
+        check(supervisor.wait_ready("phoenix").await? == first, || {
+            "wait_ready on a ready service returns its current pid".into()
+        })?;
+        supervisor.post_message("phoenix", "crash").await?;
+        // The supervisor has not seen the exit yet: the crashed life is still current.
+        let second = supervisor.wait_ready_again("phoenix", first).await?;
+        check(
+            second != first && supervisor.pid("phoenix") == Some(second),
+            || {
+                format!(
+                    "ready again as {second} (first {first}, now {:?})",
+                    supervisor.pid("phoenix")
+                )
+            },
+        )?;
+        check(
+            supervisor.wait_ready_again("phoenix", first).await? == second,
+            || "a service that already moved on is ready again at once".into(),
+        )?;
+        let lives = collect_until(&mut events, "the second Ready", |e| {
+            matches!(e, SupervisorEvent::Ready { restarts: 1, .. })
+        })
+        .await?;
+        let said = |e: &SupervisorEvent| match e {
+            SupervisorEvent::Ready { pid, restarts, .. } => Some(("ready", *pid, *restarts)),
+            SupervisorEvent::Exited {
+                pid: Some(pid),
+                restarts,
+                ..
+            } => Some(("exited", *pid, *restarts)),
+            _ => None,
+        };
+        let lives: Vec<_> = lives.iter().filter_map(said).collect();
+        check(
+            lives
+                == [
+                    ("ready", first, 0),
+                    ("exited", first, 0),
+                    ("ready", second, 1),
+                ],
+            || format!("each event should name its life: {lives:?}"),
+        )?;
+        supervisor.shutdown().await;
+        Ok(())
+    })
+}
+
+fn wait_ready_fails_when_the_service_ends_for_good() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let first = supervisor
+            .start_child(spec("mortal", "normal").restart(Restart::Never))
+            .await?;
+        supervisor.post_message("mortal", "crash").await?;
+        let again = tokio::time::timeout(TIMEOUT, supervisor.wait_ready_again("mortal", first))
+            .await
+            .map_err(|_| Failed::from("wait_ready_again outlived the service"))?;
+        check(
+            matches!(&again, Err(Error::UnknownService { service }) if service == "mortal"),
+            || format!("expected UnknownService, got {again:?}"),
+        )?;
+        let unknown = supervisor.wait_ready("nobody").await;
+        check(matches!(unknown, Err(Error::UnknownService { .. })), || {
+            format!("expected UnknownService, got {unknown:?}")
+        })?;
+        supervisor.start_child(spec("last", "normal")).await?;
+        supervisor.shutdown().await;
+        let late = supervisor.wait_ready("last").await;
+        check(matches!(late, Err(Error::UnknownService { .. })), || {
+            format!("after a shutdown: {late:?}")
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // Piped output
 // ---------------------------------------------------------------------------------------------
 
@@ -1464,6 +1609,22 @@ fn main() {
         (
             "child_ignoring_sigterm_is_killed_after_its_shutdown_timeout",
             child_ignoring_sigterm_is_killed_after_its_shutdown_timeout,
+        ),
+        (
+            "receiving_and_posting_run_concurrently_without_a_user_mutex",
+            receiving_and_posting_run_concurrently_without_a_user_mutex,
+        ),
+        (
+            "recv_message_cancelled_by_a_timer_loses_no_message",
+            recv_message_cancelled_by_a_timer_loses_no_message,
+        ),
+        (
+            "wait_ready_again_right_after_a_crash_returns_the_next_life_not_the_crashed_one",
+            wait_ready_again_right_after_a_crash_returns_the_next_life_not_the_crashed_one,
+        ),
+        (
+            "wait_ready_fails_when_the_service_ends_for_good",
+            wait_ready_fails_when_the_service_ends_for_good,
         ),
         (
             "child_writing_megabytes_to_piped_stdout_and_stderr_still_gets_ready",
