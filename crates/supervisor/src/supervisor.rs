@@ -38,6 +38,12 @@ use crate::output::{Output, OutputLine, OutputTail, Readers, Writer};
 use crate::protocol::{Hello, Reply, Request, MAGIC, VERSION};
 use crate::spec::{ChildSpec, Command, Restart, SupervisorOptions};
 
+/// How many control messages in a row a life reads before its other work (the child's
+/// messages and exit, commands, timers) gets a turn; also how many steps a life takes before
+/// it yields to the runtime. A child flooding its control channel can then neither starve its
+/// own supervision nor the runtime's other tasks.
+const BURST: u32 = 32;
+
 /// The longest shutdown timeout handed to the core (a year): longer ones mean the same.
 const MAX_GRACE: Duration = Duration::from_secs(365 * 86400);
 
@@ -780,6 +786,8 @@ enum Step {
     Control(Option<Message>),
     Child(Option<Event>),
     Forwarded,
+    /// Nothing but the control channel had anything: its burst is over.
+    Idle,
     Command(Option<Cmd>),
     StartTimeout,
     Heartbeat,
@@ -995,13 +1003,25 @@ impl Runner {
         let (mut probes_sent, mut probe_due): (u64, Option<Instant>) = (0, None);
         let mut probe_answer_by: Option<Instant> = None;
         let far = later(Instant::now(), Duration::MAX);
+        let (mut control_streak, mut since_yield) = (0u32, 0u32);
 
         let status = loop {
+            since_yield += 1;
+            if since_yield >= BURST {
+                // Every branch below may be ready for ever (a flooding child): let the
+                // runtime's other tasks run.
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
             let alive = killing.is_none();
             let probe_at = probe_answer_by.or(probe_due);
+            // The control channel goes first (an answer that came in time counts before the
+            // timer that would miss it; `Ready` before an `Exit` that follows it), but only
+            // for `BURST` messages in a row.
+            let control_turn = control_open && control_streak < BURST;
             let step = tokio::select! {
                 biased;
-                message = control.recv(), if control_open => Step::Control(message),
+                message = control.recv(), if control_turn => Step::Control(message),
                 event = child.next_event(), if pending.is_none() => Step::Child(event),
                 permit = self.shared.messages.reserve(), if pending.is_some() => {
                     if let (Ok(permit), Some(message)) = (permit, pending.take()) {
@@ -1013,9 +1033,15 @@ impl Runner {
                 _ = tokio::time::sleep_until(start_deadline), if alive && ready_at.is_none() => Step::StartTimeout,
                 _ = tokio::time::sleep_until(next_ping.unwrap_or(far)), if alive && next_ping.is_some() => Step::Heartbeat,
                 _ = tokio::time::sleep_until(probe_at.unwrap_or(far)), if alive && probe_at.is_some() => Step::ProbeTimer,
+                // Nothing else was ready: the control channel's turn again.
+                () = std::future::ready(()), if control_open && !control_turn => Step::Idle,
+            };
+            control_streak = match step {
+                Step::Control(_) => control_streak + 1,
+                _ => 0,
             };
             match step {
-                Step::Forwarded => {}
+                Step::Forwarded | Step::Idle => {}
                 Step::Control(None) => control_open = false,
                 Step::Control(Some(message)) => match message.data::<Reply>() {
                     Ok(Reply::Attached { answers }) => {

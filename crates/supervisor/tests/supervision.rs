@@ -45,6 +45,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// - `chatty`: writes [`CHATTY_STDOUT_LINES`] lines to stdout and [`CHATTY_STDERR_BYTES`]
 ///   without a newline to stderr, then [`CHATTY_LAST_WORDS`], before it attaches; then as
 ///   `normal`;
+/// - `alive-flood`: as `normal`, but a thread calls `alive()` as fast as it can, for good;
 /// - `complain-and-exit`: writes [`COMPLAINT`] to stderr and exits 1 before attaching.
 ///
 /// Messages in `normal`: a number is echoed; `"crash"` exits 3; `"exit"` returns (code 0);
@@ -107,6 +108,12 @@ async fn worker(port: ParentPort) -> Result<(), BoxError> {
     supervised.ready()?;
     match mode.as_str() {
         "crash-after-ready" => std::process::exit(2),
+        "alive-flood" => {
+            let flooder = supervised.clone();
+            std::thread::spawn(move || loop {
+                let _ = flooder.alive();
+            });
+        }
         "slow" => {
             tokio::spawn(async {
                 loop {
@@ -1362,6 +1369,35 @@ fn wait_ready_fails_when_the_service_ends_for_good() -> Result<(), Failed> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A hostile child
+// ---------------------------------------------------------------------------------------------
+
+fn child_flooding_its_control_channel_is_still_heard_and_stopped() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let mut events = supervisor.events();
+        let pid = supervisor
+            .start_child(spec("flood", "alive-flood").shutdown_timeout(Duration::from_millis(500)))
+            .await?;
+        // Its messages, its timers and the supervisor's commands still get their turn.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        supervisor.post_message("flood", &5u64).await?;
+        let reply = tokio::time::timeout(TIMEOUT, supervisor.recv_message())
+            .await
+            .map_err(|_| Failed::from("the flooding child's reply was never forwarded"))?;
+        check(reply.is_some(), || "messages ended".into())?;
+        tokio::time::timeout(TIMEOUT, supervisor.stop_child("flood"))
+            .await
+            .map_err(|_| Failed::from("stop_child never returned"))??;
+        wait_for(&mut events, "Stopped", |e| {
+            matches!(e, SupervisorEvent::Stopped { .. }).then_some(())
+        })
+        .await?;
+        check(!is_alive(pid), || format!("pid {pid} outlived its stop"))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // Piped output
 // ---------------------------------------------------------------------------------------------
 
@@ -1625,6 +1661,10 @@ fn main() {
         (
             "wait_ready_fails_when_the_service_ends_for_good",
             wait_ready_fails_when_the_service_ends_for_good,
+        ),
+        (
+            "child_flooding_its_control_channel_is_still_heard_and_stopped",
+            child_flooding_its_control_channel_is_still_heard_and_stopped,
         ),
         (
             "child_writing_megabytes_to_piped_stdout_and_stderr_still_gets_ready",
