@@ -8,8 +8,23 @@
 //! heartbeat and probe answers), the child's own events (its messages, forwarded to
 //! [`Supervisor::recv_message`], and its exit), the handle's commands (post, stop), and its
 //! timers (start timeout, next heartbeat, next probe). Everything a life does is reported as
-//! a [`SupervisorEvent`]. When the child has exited, the restart policy, the backoff and the
-//! supervisor-wide restart intensity decide what comes next.
+//! a [`SupervisorEvent`], and its state (pid, restarts, ready) is published on a `watch`
+//! channel that [`Supervisor::pid`] and [`Supervisor::wait_ready`] read. When the child has
+//! exited, the restart policy, the backoff and the supervisor-wide restart intensity decide
+//! what comes next.
+//!
+//! Beside the `select!`, two tasks per life read the child's piped stdout and stderr (see
+//! the `output` module): a pipe must be read whatever the life is waiting for.
+//!
+//! # A hostile child
+//!
+//! The child is not trusted. Garbage on the control channel kills it
+//! ([`ExitReason::ControlViolation`]); answers are matched by number and clamped, so a flood
+//! of them proves nothing more than one; the control channel is read first but only for
+//! `BURST` messages in a row, and a life yields to the runtime every `BURST` steps, so a flood
+//! starves neither the child's own supervision (stop, timers, its exit) nor other tasks. Every
+//! queue is bounded: one pending message, [`SupervisorOptions::message_capacity`] forwarded
+//! ones, and the output's line buffer and tail (see [`crate::Output`]).
 //!
 //! # Signals
 //!
