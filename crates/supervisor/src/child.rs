@@ -103,7 +103,7 @@ impl Supervised {
 ///     init([Entry::new("worker", worker)]);
 ///     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 ///     runtime.block_on(async {
-///         let mut supervisor = Supervisor::new(SupervisorOptions::default());
+///         let supervisor = Supervisor::new(SupervisorOptions::default());
 ///         supervisor.start_child(ChildSpec::entry("adder", "worker")).await?;
 ///         supervisor.post_message("adder", &41u32).await?;
 ///         let reply = supervisor.recv_message().await.expect("a reply");

@@ -4,6 +4,7 @@
 use utility_process::Message;
 
 use crate::event::{ExitReason, GiveUpReason};
+use crate::output::OutputTail;
 
 /// An error from a [`Supervisor`](crate::Supervisor) call.
 ///
@@ -44,6 +45,9 @@ pub enum Error {
         service: String,
         /// What happened.
         reason: ExitReason,
+        /// The last bytes the child wrote on its piped stdout and stderr, often the best
+        /// explanation (see [`ChildSpec::output_tail`](crate::ChildSpec::output_tail)).
+        output: OutputTail,
     },
     /// Occurs when a message is posted to a service that is between two lives (restarting),
     /// or that ended before the message could be handed to it.

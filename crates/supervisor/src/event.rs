@@ -6,6 +6,8 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use utility_process::{ExitStatus, Signal};
 
+use crate::output::OutputTail;
+
 /// Which part of a start did not finish in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartStage {
@@ -197,6 +199,10 @@ pub enum SupervisorEvent {
         service: String,
         /// Its process.
         pid: u32,
+        /// How many times the service was restarted before this life (0 the first time):
+        /// `restarts > 0` is "ready again". See also
+        /// [`Supervisor::wait_ready_again`](crate::Supervisor::wait_ready_again).
+        restarts: u32,
     },
     /// A heartbeat went unanswered.
     HeartbeatMissed {
@@ -204,6 +210,8 @@ pub enum SupervisorEvent {
         service: String,
         /// Its process.
         pid: u32,
+        /// How many times the service was restarted before this life.
+        restarts: u32,
         /// How many in a row so far.
         missed: u32,
         /// How many in a row are allowed before it is declared hung.
@@ -215,12 +223,18 @@ pub enum SupervisorEvent {
         service: String,
         /// Its process, if one was started.
         pid: Option<u32>,
+        /// How many times the service was restarted before this life.
+        restarts: u32,
         /// Why it ended.
         reason: ExitReason,
         /// How its process ended (its code or signal), if one was started.
         status: Option<ExitStatus>,
         /// How long it had been ready, if it said so.
         uptime: Option<Duration>,
+        /// The last bytes it wrote on its piped stdout and stderr (see
+        /// [`ChildSpec::output_tail`](crate::ChildSpec::output_tail)); empty when they were
+        /// not piped.
+        output: OutputTail,
     },
     /// The service will be started again after `delay`.
     Restarting {

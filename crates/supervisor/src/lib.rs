@@ -9,7 +9,12 @@
 //! - Parent side: a [`Supervisor`] runs [`ChildSpec`]s — each with a [`Restart`] policy, a
 //!   [`Backoff`], a start timeout, a shutdown timeout, and optionally a [`Heartbeat`] and a
 //!   [`Probe`] — under a supervisor-wide restart [`Intensity`]. Everything it does is a
-//!   [`SupervisorEvent`] on [`Supervisor::events`].
+//!   [`SupervisorEvent`] on [`Supervisor::events`], and each event of a life says which life
+//!   (its pid and how many restarts came before it); [`Supervisor::wait_ready`] and
+//!   [`Supervisor::wait_ready_again`] wait for a service to be ready (again). Children's
+//!   messages come from [`Supervisor::recv_message`] and their piped stdout and stderr from
+//!   [`Supervisor::output`]; every method takes `&self`, so one task can read while others
+//!   post.
 //! - Child side: [`child::attach`] first (or [`child::attach_blocking`] without a runtime),
 //!   then [`child::Supervised::ready`].
 //!
@@ -55,12 +60,15 @@
 //!
 //!         supervisor.post_message("doubler", "hang").await?;
 //!         // Three heartbeats go unanswered; the child is killed and started again.
+//!         let second = supervisor.wait_ready_again("doubler", first).await?;
+//!         assert_ne!(first, second);
+//!         // The events tell the story, each naming the life it belongs to.
 //!         loop {
 //!             match events.recv().await.expect("the supervisor is alive") {
-//!                 SupervisorEvent::Exited { reason: ExitReason::HeartbeatMissed { missed, .. }, .. } => {
+//!                 SupervisorEvent::Exited { reason: ExitReason::HeartbeatMissed { missed, .. }, restarts: 0, .. } => {
 //!                     assert_eq!(missed, 3)
 //!                 }
-//!                 SupervisorEvent::Ready { pid, .. } if pid != first => break,
+//!                 SupervisorEvent::Ready { pid, restarts: 1, .. } => break assert_eq!(pid, second),
 //!                 _ => {}
 //!             }
 //!         }
@@ -75,11 +83,13 @@
 pub mod child;
 mod error;
 mod event;
+mod output;
 mod protocol;
 mod spec;
 mod supervisor;
 
 pub use error::{AttachError, Error};
 pub use event::{Events, ExitReason, GiveUpReason, ProbeFailure, StartStage, SupervisorEvent};
+pub use output::{Output, OutputEvent, OutputLine, OutputStream, OutputTail, EOF_GRACE, MAX_LINE};
 pub use spec::{Backoff, ChildSpec, Heartbeat, Intensity, Probe, Restart, SupervisorOptions};
 pub use supervisor::{ChildMessage, Supervisor};

@@ -11,7 +11,11 @@
 //! | [`ChildSpec::shutdown_timeout`] | 5 s from SIGTERM to SIGKILL | Erlang's shutdown timeout |
 //! | [`ChildSpec::heartbeat`] | none | systemd's `WatchdogSec` |
 //! | [`ChildSpec::probe`] | none | an application-level check |
+//! | [`ChildSpec::output_tail`] | the last 4 KiB of each piped stream, in the exit report | systemd's journal excerpt in `systemctl status` |
 //! | [`SupervisorOptions::intensity`] | 5 restarts in 10 s | Erlang's `intensity`/`period`, systemd's `StartLimitBurst` |
+//! | [`SupervisorOptions::message_capacity`] | 256 messages waiting to be read | |
+//! | [`SupervisorOptions::event_capacity`] | 1024 events per subscriber | |
+//! | [`SupervisorOptions::output_capacity`] | 1024 output lines per subscriber | |
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -348,13 +352,15 @@ impl Default for Intensity {
 /// let options = SupervisorOptions::default()
 ///     .intensity(Intensity::new(10, Duration::from_secs(60)))
 ///     .message_capacity(1024)
-///     .event_capacity(4096);
+///     .event_capacity(4096)
+///     .output_capacity(256);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SupervisorOptions {
     pub(crate) intensity: Intensity,
     pub(crate) message_capacity: usize,
     pub(crate) event_capacity: usize,
+    pub(crate) output_capacity: usize,
 }
 
 impl Default for SupervisorOptions {
@@ -363,6 +369,7 @@ impl Default for SupervisorOptions {
             intensity: Intensity::default(),
             message_capacity: 256,
             event_capacity: 1024,
+            output_capacity: 1024,
         }
     }
 }
@@ -390,6 +397,15 @@ impl SupervisorOptions {
     /// at least 1.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// How many lines of the children's piped output each [`Output`](crate::Output)
+    /// subscriber may fall behind before it loses the oldest ones (it is told how many, with
+    /// [`OutputEvent::Lost`](crate::OutputEvent::Lost)); default 1024, at least 1. Each
+    /// line is at most [`MAX_LINE`](crate::MAX_LINE) bytes.
+    pub fn output_capacity(mut self, capacity: usize) -> Self {
+        self.output_capacity = capacity.max(1);
         self
     }
 }
@@ -436,6 +452,7 @@ pub struct ChildSpec {
     pub(crate) probe: Option<Probe>,
     pub(crate) start_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) output_tail: usize,
 }
 
 impl ChildSpec {
@@ -451,6 +468,7 @@ impl ChildSpec {
             probe: None,
             start_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
+            output_tail: 4096,
         }
     }
 
@@ -478,6 +496,11 @@ impl ChildSpec {
 
     /// How the child is started. The service name is always the spec's name, and the kill
     /// grace is always the [`shutdown_timeout`](Self::shutdown_timeout).
+    ///
+    /// A stream set to [`Stdio::Pipe`](utility_process::Stdio::Pipe) is read by the
+    /// supervisor for as long as the child lives, so the child never blocks writing to it:
+    /// its lines go to [`Supervisor::output`](crate::Supervisor::output), and its last bytes
+    /// to the exit report (see [`output_tail`](Self::output_tail)).
     pub fn options(mut self, options: ForkOptions) -> ChildSpec {
         self.options = options;
         self
@@ -517,6 +540,16 @@ impl ChildSpec {
     /// How long a child asked to stop has between SIGTERM and SIGKILL (default 5 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> ChildSpec {
         self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How many of the last bytes of each piped stream (stdout, stderr) a life keeps for its
+    /// exit report: [`SupervisorEvent::Exited`](crate::SupervisorEvent::Exited) and a failed
+    /// first start's [`Error::StartFailed`](crate::Error::StartFailed) carry them as an
+    /// [`OutputTail`](crate::OutputTail). Default 4096; 0 keeps nothing. Streams that are not
+    /// [`Stdio::Pipe`](utility_process::Stdio::Pipe) have no tail.
+    pub fn output_tail(mut self, bytes: usize) -> ChildSpec {
+        self.output_tail = bytes;
         self
     }
 

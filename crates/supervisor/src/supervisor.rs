@@ -8,8 +8,23 @@
 //! heartbeat and probe answers), the child's own events (its messages, forwarded to
 //! [`Supervisor::recv_message`], and its exit), the handle's commands (post, stop), and its
 //! timers (start timeout, next heartbeat, next probe). Everything a life does is reported as
-//! a [`SupervisorEvent`]. When the child has exited, the restart policy, the backoff and the
-//! supervisor-wide restart intensity decide what comes next.
+//! a [`SupervisorEvent`], and its state (pid, restarts, ready) is published on a `watch`
+//! channel that [`Supervisor::pid`] and [`Supervisor::wait_ready`] read. When the child has
+//! exited, the restart policy, the backoff and the supervisor-wide restart intensity decide
+//! what comes next.
+//!
+//! Beside the `select!`, two tasks per life read the child's piped stdout and stderr (see
+//! the `output` module): a pipe must be read whatever the life is waiting for.
+//!
+//! # A hostile child
+//!
+//! The child is not trusted. Garbage on the control channel kills it
+//! ([`ExitReason::ControlViolation`]); answers are matched by number and clamped, so a flood
+//! of them proves nothing more than one; the control channel is read first but only for
+//! `BURST` messages in a row, and a life yields to the runtime every `BURST` steps, so a flood
+//! starves neither the child's own supervision (stop, timers, its exit) nor other tasks. Every
+//! queue is bounded: one pending message, [`SupervisorOptions::message_capacity`] forwarded
+//! ones, and the output's line buffer and tail (see [`crate::Output`]).
 //!
 //! # Signals
 //!
@@ -34,8 +49,15 @@ use utility_process::{
 
 use crate::error::Error;
 use crate::event::{Events, ExitReason, GiveUpReason, ProbeFailure, StartStage, SupervisorEvent};
+use crate::output::{Output, OutputLine, OutputTail, Readers, Writer};
 use crate::protocol::{Hello, Reply, Request, MAGIC, VERSION};
 use crate::spec::{ChildSpec, Command, Restart, SupervisorOptions};
+
+/// How many control messages in a row a life reads before its other work (the child's
+/// messages and exit, commands, timers) gets a turn; also how many steps a life takes before
+/// it yields to the runtime. A child flooding its control channel can then neither starve its
+/// own supervision nor the runtime's other tasks.
+const BURST: u32 = 32;
 
 /// The longest shutdown timeout handed to the core (a year): longer ones mean the same.
 const MAX_GRACE: Duration = Duration::from_secs(365 * 86400);
@@ -101,13 +123,16 @@ pub struct ChildMessage {
 #[derive(Debug)]
 pub struct Supervisor {
     shared: Arc<Shared>,
-    messages: mpsc::Receiver<ChildMessage>,
+    /// Behind an async mutex so that [`Supervisor::recv_message`] takes `&self`.
+    messages: tokio::sync::Mutex<mpsc::Receiver<ChildMessage>>,
 }
 
 #[derive(Debug)]
 struct Shared {
     options: SupervisorOptions,
     events: broadcast::Sender<SupervisorEvent>,
+    /// The children's piped output, line by line.
+    output: broadcast::Sender<OutputLine>,
     messages: mpsc::Sender<ChildMessage>,
     state: Mutex<State>,
     /// Set once every child has been stopped.
@@ -136,8 +161,20 @@ enum Phase {
 struct ChildEntry {
     name: String,
     commands: mpsc::Sender<Cmd>,
-    pid: Arc<Mutex<Option<u32>>>,
+    /// The current life, as its runner sees it; closed when the runner ends.
+    life: watch::Receiver<Life>,
     task: AbortHandle,
+}
+
+/// Where a service is in its current life.
+#[derive(Debug, Clone, Copy, Default)]
+struct Life {
+    /// Its process, while it has one.
+    pid: Option<u32>,
+    /// How many restarts came before this life.
+    restarts: u32,
+    /// It said it was ready, and has not ended.
+    ready: bool,
 }
 
 type PostFn = Box<dyn FnOnce(&UtilityProcess) -> Result<(), utility_process::Error> + Send>;
@@ -168,11 +205,13 @@ impl Supervisor {
     /// [`start_child`](Self::start_child).
     pub fn new(options: SupervisorOptions) -> Supervisor {
         let (events, _) = broadcast::channel(options.event_capacity);
+        let (output, _) = broadcast::channel(options.output_capacity);
         let (messages_tx, messages) = mpsc::channel(options.message_capacity);
         Supervisor {
             shared: Arc::new(Shared {
                 options,
                 events,
+                output,
                 messages: messages_tx,
                 state: Mutex::new(State {
                     children: Vec::new(),
@@ -182,7 +221,7 @@ impl Supervisor {
                 }),
                 done: watch::Sender::new(false),
             }),
-            messages,
+            messages: tokio::sync::Mutex::new(messages),
         }
     }
 
@@ -190,6 +229,55 @@ impl Supervisor {
     pub fn events(&self) -> Events {
         Events {
             receiver: self.shared.events.subscribe(),
+        }
+    }
+
+    /// Subscribes to the children's piped output: every line a supervised child writes from
+    /// now on, on a stdout or stderr its spec set to
+    /// [`Stdio::Pipe`](utility_process::Stdio::Pipe), with who wrote it. Those pipes are read
+    /// whether or not anyone subscribes, so a child never blocks on its output; see
+    /// [`Output`] for what a slow subscriber loses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use utility_process::{init, Entry, ForkOptions, ParentPort, Stdio};
+    /// use utility_process_supervisor::{
+    ///     child, ChildSpec, OutputEvent, OutputStream, Supervisor, SupervisorOptions,
+    /// };
+    ///
+    /// async fn chatty(port: ParentPort) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ///     let supervised = child::attach(&port).await?;
+    ///     eprintln!("warming up");
+    ///     supervised.ready()?;
+    ///     while port.recv().await.is_some() {}
+    ///     Ok(())
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     init([Entry::new("chatty", chatty)]);
+    ///     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    ///     runtime.block_on(async {
+    ///         let supervisor = Supervisor::new(SupervisorOptions::default());
+    ///         let mut output = supervisor.output();
+    ///         let spec = ChildSpec::entry("chatty", "chatty")
+    ///             .options(ForkOptions::default().stderr(Stdio::Pipe));
+    ///         supervisor.start_child(spec).await?;
+    ///         match output.recv().await {
+    ///             Some(OutputEvent::Line(line)) => {
+    ///                 assert_eq!((line.service.as_str(), line.stream), ("chatty", OutputStream::Stderr));
+    ///                 assert_eq!(line.text(), "warming up");
+    ///             }
+    ///             other => panic!("expected a line, got {other:?}"),
+    ///         }
+    ///         supervisor.shutdown().await;
+    ///         Ok(())
+    ///     })
+    /// }
+    /// ```
+    pub fn output(&self) -> Output {
+        Output {
+            receiver: self.shared.output.subscribe(),
         }
     }
 
@@ -226,7 +314,7 @@ impl Supervisor {
                 return Err(Error::DuplicateService { service: spec.name });
             }
             let (commands_tx, commands) = mpsc::channel(64);
-            let pid = Arc::new(Mutex::new(None));
+            let (life_tx, life) = watch::channel(Life::default());
             let name = spec.name.clone();
             let runner = Runner {
                 shared: Arc::clone(&self.shared),
@@ -234,7 +322,7 @@ impl Supervisor {
                 commands,
                 commands_open: true,
                 first: Some(first_tx),
-                pid: Arc::clone(&pid),
+                life: life_tx,
                 restarts: 0,
                 consecutive: 0,
             };
@@ -242,13 +330,17 @@ impl Supervisor {
             state.children.push(ChildEntry {
                 name,
                 commands: commands_tx,
-                pid,
+                life,
                 task,
             });
         }
         match first_rx.await {
             Ok(Ok(pid)) => Ok(pid),
-            Ok(Err((service, reason))) => Err(Error::StartFailed { service, reason }),
+            Ok(Err((service, reason, output))) => Err(Error::StartFailed {
+                service,
+                reason,
+                output,
+            }),
             Err(_) => Err(Error::ShutDown),
         }
     }
@@ -377,18 +469,187 @@ impl Supervisor {
     /// messages stay in their sockets — and since a child's exit is reported after its
     /// messages, a child whose messages are never read is not restarted either. Read them.
     ///
+    /// It takes `&self`: one task may wait here while others post, start or stop children
+    /// on the same supervisor (share it by reference, or in an `Arc` across spawned tasks).
+    /// Several tasks may wait at once; each message goes to exactly one of them, in order.
+    ///
     /// # Cancel safety
     ///
-    /// Cancel safe.
-    pub async fn recv_message(&mut self) -> Option<ChildMessage> {
-        self.messages.recv().await
+    /// Cancel safe: a future dropped before it returns (in `tokio::select!`, say) has taken
+    /// no message; the message goes to the next call.
+    ///
+    /// # Examples
+    ///
+    /// Reading replies in one task while another posts, without a mutex of the user's:
+    ///
+    /// ```
+    /// use utility_process::{init, Entry, ParentPort};
+    /// use utility_process_supervisor::{child, ChildSpec, Supervisor, SupervisorOptions};
+    ///
+    /// async fn echo(port: ParentPort) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ///     child::attach(&port).await?.ready()?;
+    ///     while let Some(message) = port.recv().await {
+    ///         port.post_message(&message.data::<u32>()?)?;
+    ///     }
+    ///     Ok(())
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     init([Entry::new("echo", echo)]);
+    ///     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    ///     runtime.block_on(async {
+    ///         let supervisor = Supervisor::new(SupervisorOptions::default());
+    ///         supervisor.start_child(ChildSpec::entry("echo", "echo")).await?;
+    ///         let post = async {
+    ///             for n in 0..10u32 {
+    ///                 supervisor.post_message("echo", &n).await?;
+    ///             }
+    ///             Ok::<_, utility_process_supervisor::Error>(())
+    ///         };
+    ///         let read = async {
+    ///             let mut got = Vec::new();
+    ///             while got.len() < 10 {
+    ///                 let reply = supervisor.recv_message().await.expect("a reply");
+    ///                 got.push(reply.message.data::<u32>().expect("a number"));
+    ///             }
+    ///             got
+    ///         };
+    ///         let (posted, got) = tokio::join!(post, read);
+    ///         posted?;
+    ///         assert_eq!(got, (0..10).collect::<Vec<_>>());
+    ///         supervisor.shutdown().await;
+    ///         Ok(())
+    ///     })
+    /// }
+    /// ```
+    pub async fn recv_message(&self) -> Option<ChildMessage> {
+        // Both awaits are cancel safe: the lock's queue place and `recv` lose nothing.
+        self.messages.lock().await.recv().await
+    }
+
+    /// Waits until the service's current life is ready, and returns its pid: at once if it
+    /// is ready now; otherwise when the life that is starting (or the next one, if the
+    /// service is between lives) says ready.
+    ///
+    /// To wait for the service to be ready *again* after its process ended — a restart —
+    /// use [`wait_ready_again`](Self::wait_ready_again): just after a crash, the supervisor
+    /// may not have seen the exit yet, and the old life still counts as current.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownService`] when the service is not supervised, or stops being
+    /// supervised while this waits (it ended and its policy does not restart it, or it was
+    /// stopped); [`Error::GaveUp`] / [`Error::ShutDown`] when that is why it ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only watches.
+    pub async fn wait_ready(&self, service: &str) -> Result<u32, Error> {
+        self.wait_life(service, |_| true).await
+    }
+
+    /// Waits until a life of the service other than the one whose process was `previous`
+    /// is ready, and returns its pid: "ready again" after a restart. `previous` is a pid the
+    /// supervisor gave for this service ([`start_child`](Self::start_child), an event, a
+    /// [`ChildMessage`]). If the service has already moved on from `previous`, any ready
+    /// life after it will do, including the current one.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait_ready`](Self::wait_ready).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only watches.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use utility_process::{init, Entry, ParentPort};
+    /// use utility_process_supervisor::{child, ChildSpec, Supervisor, SupervisorOptions};
+    ///
+    /// /// Exits with code 1 when told anything.
+    /// async fn fragile(port: ParentPort) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ///     child::attach(&port).await?.ready()?;
+    ///     port.recv().await;
+    ///     std::process::exit(1)
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     init([Entry::new("fragile", fragile)]);
+    ///     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    ///     runtime.block_on(async {
+    ///         let supervisor = Supervisor::new(SupervisorOptions::default());
+    ///         let first = supervisor.start_child(ChildSpec::entry("fragile", "fragile")).await?;
+    ///         supervisor.post_message("fragile", "boom").await?;
+    ///         let second = supervisor.wait_ready_again("fragile", first).await?;
+    ///         assert_ne!(first, second);
+    ///         assert_eq!(supervisor.pid("fragile"), Some(second));
+    ///         supervisor.shutdown().await;
+    ///         Ok(())
+    ///     })
+    /// }
+    /// ```
+    pub async fn wait_ready_again(&self, service: &str, previous: u32) -> Result<u32, Error> {
+        let mut floor = None;
+        self.wait_life(service, |now| {
+            // The lives after `previous` have more restarts before them: that also holds if
+            // the kernel were to hand a later life the same pid again.
+            let floor = *floor.get_or_insert(if now.pid == Some(previous) {
+                now.restarts.saturating_add(1)
+            } else {
+                now.restarts
+            });
+            now.restarts >= floor && now.pid != Some(previous)
+        })
+        .await
+    }
+
+    /// Waits for a ready life that `accept` takes (it first sees the life as it is now).
+    async fn wait_life(
+        &self,
+        service: &str,
+        mut accept: impl FnMut(&Life) -> bool,
+    ) -> Result<u32, Error> {
+        let mut life = self
+            .shared
+            .lock()
+            .children
+            .iter()
+            .find(|c| c.name == service)
+            .map(|c| c.life.clone())
+            .ok_or_else(|| Error::UnknownService {
+                service: service.to_owned(),
+            })?;
+        let mut ready = None;
+        let found = life
+            .wait_for(|now| {
+                // `accept` must see every state: it fixes its floor on the first.
+                let take = accept(now) && now.ready;
+                if take {
+                    ready = now.pid;
+                }
+                take
+            })
+            .await
+            .is_ok();
+        match ready {
+            Some(pid) if found => Ok(pid),
+            _ => Err(match &self.shared.lock().phase {
+                Phase::GaveUp(reason) => Error::GaveUp(reason.clone()),
+                Phase::ShuttingDown => Error::ShutDown,
+                Phase::Running => Error::UnknownService {
+                    service: service.to_owned(),
+                },
+            }),
+        }
     }
 
     /// The pid of the service's current process, if it has one now.
     pub fn pid(&self, service: &str) -> Option<u32> {
         let state = self.shared.lock();
         let entry = state.children.iter().find(|c| c.name == service)?;
-        let pid = *entry.pid.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = entry.life.borrow().pid;
         pid
     }
 
@@ -513,13 +774,16 @@ struct Runner {
     commands: mpsc::Receiver<Cmd>,
     commands_open: bool,
     /// Answers `start_child`, until the first life is ready.
-    first: Option<oneshot::Sender<Result<u32, (String, ExitReason)>>>,
-    pid: Arc<Mutex<Option<u32>>>,
+    first: Option<oneshot::Sender<Result<u32, FirstStartFailed>>>,
+    life: watch::Sender<Life>,
     /// Restarts so far.
     restarts: u32,
     /// Restarts since the last stable run.
     consecutive: u32,
 }
+
+/// Why a first start failed: the service, the reason, the child's last output.
+type FirstStartFailed = (String, ExitReason, OutputTail);
 
 /// How a life ended.
 struct LifeEnd {
@@ -527,6 +791,7 @@ struct LifeEnd {
     reason: ExitReason,
     status: Option<ExitStatus>,
     uptime: Option<Duration>,
+    output: OutputTail,
     /// Set when the supervisor asked for the stop: answered once the event is out.
     stop: Option<oneshot::Sender<()>>,
 }
@@ -536,6 +801,8 @@ enum Step {
     Control(Option<Message>),
     Child(Option<Event>),
     Forwarded,
+    /// Nothing but the control channel had anything: its burst is over.
+    Idle,
     Command(Option<Cmd>),
     StartTimeout,
     Heartbeat,
@@ -546,14 +813,19 @@ impl Runner {
     async fn run(mut self) {
         loop {
             let end = self.life().await;
-            *self.pid.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.life.send_modify(|life| {
+                life.pid = None;
+                life.ready = false;
+            });
             let service = self.spec.name.clone();
             self.shared.emit(SupervisorEvent::Exited {
                 service: service.clone(),
                 pid: end.pid,
+                restarts: self.restarts,
                 reason: end.reason.clone(),
                 status: end.status,
                 uptime: end.uptime,
+                output: end.output.clone(),
             });
             if let Some(done) = end.stop {
                 self.shared.emit(SupervisorEvent::Stopped {
@@ -562,7 +834,7 @@ impl Runner {
                     status: end.status,
                 });
                 if let Some(first) = self.first.take() {
-                    let _ = first.send(Err((self.spec.name.clone(), end.reason)));
+                    let _ = first.send(Err((self.spec.name.clone(), end.reason, end.output)));
                 }
                 let _ = done.send(());
                 return;
@@ -570,7 +842,7 @@ impl Runner {
             if let Some(first) = self.first.take() {
                 // The first start failed: not supervised (Erlang's `start_child` error).
                 self.shared.remove(&service);
-                let _ = first.send(Err((service, end.reason)));
+                let _ = first.send(Err((service, end.reason, end.output)));
                 return;
             }
             let restart = match self.spec.restart {
@@ -690,6 +962,7 @@ impl Runner {
             reason: ExitReason::SpawnFailed(Arc::new(error)),
             status: None,
             uptime: None,
+            output: OutputTail::default(),
             stop: None,
         };
         let mut child = match self.spawn() {
@@ -704,8 +977,24 @@ impl Runner {
                 return spawn_failed(error);
             }
         };
-        *self.pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(pid);
+        self.life.send_replace(Life {
+            pid: Some(pid),
+            restarts: self.restarts,
+            ready: false,
+        });
         let service = self.spec.name.clone();
+        // Read from now on, whatever happens below: a pipe nobody reads stops the child.
+        let writer = Writer {
+            service: service.clone(),
+            pid,
+            restarts: self.restarts,
+        };
+        let readers = Readers::start(
+            &mut child,
+            &writer,
+            &self.shared.output,
+            self.spec.output_tail,
+        );
         self.shared.emit(SupervisorEvent::Started {
             service: service.clone(),
             pid,
@@ -729,13 +1018,25 @@ impl Runner {
         let (mut probes_sent, mut probe_due): (u64, Option<Instant>) = (0, None);
         let mut probe_answer_by: Option<Instant> = None;
         let far = later(Instant::now(), Duration::MAX);
+        let (mut control_streak, mut since_yield) = (0u32, 0u32);
 
         let status = loop {
+            since_yield += 1;
+            if since_yield >= BURST {
+                // Every branch below may be ready for ever (a flooding child): let the
+                // runtime's other tasks run.
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
             let alive = killing.is_none();
             let probe_at = probe_answer_by.or(probe_due);
+            // The control channel goes first (an answer that came in time counts before the
+            // timer that would miss it; `Ready` before an `Exit` that follows it), but only
+            // for `BURST` messages in a row.
+            let control_turn = control_open && control_streak < BURST;
             let step = tokio::select! {
                 biased;
-                message = control.recv(), if control_open => Step::Control(message),
+                message = control.recv(), if control_turn => Step::Control(message),
                 event = child.next_event(), if pending.is_none() => Step::Child(event),
                 permit = self.shared.messages.reserve(), if pending.is_some() => {
                     if let (Ok(permit), Some(message)) = (permit, pending.take()) {
@@ -747,9 +1048,15 @@ impl Runner {
                 _ = tokio::time::sleep_until(start_deadline), if alive && ready_at.is_none() => Step::StartTimeout,
                 _ = tokio::time::sleep_until(next_ping.unwrap_or(far)), if alive && next_ping.is_some() => Step::Heartbeat,
                 _ = tokio::time::sleep_until(probe_at.unwrap_or(far)), if alive && probe_at.is_some() => Step::ProbeTimer,
+                // Nothing else was ready: the control channel's turn again.
+                () = std::future::ready(()), if control_open && !control_turn => Step::Idle,
+            };
+            control_streak = match step {
+                Step::Control(_) => control_streak + 1,
+                _ => 0,
             };
             match step {
-                Step::Forwarded => {}
+                Step::Forwarded | Step::Idle => {}
                 Step::Control(None) => control_open = false,
                 Step::Control(Some(message)) => match message.data::<Reply>() {
                     Ok(Reply::Attached { answers }) => {
@@ -763,7 +1070,9 @@ impl Runner {
                         self.shared.emit(SupervisorEvent::Ready {
                             service: service.clone(),
                             pid,
+                            restarts: self.restarts,
                         });
+                        self.life.send_modify(|life| life.ready = true);
                         if let Some(first) = self.first.take() {
                             let _ = first.send(Ok(pid));
                         }
@@ -842,6 +1151,7 @@ impl Runner {
                         self.shared.emit(SupervisorEvent::HeartbeatMissed {
                             service: service.clone(),
                             pid,
+                            restarts: self.restarts,
                             missed,
                             allowed: hb.misses,
                         });
@@ -890,11 +1200,13 @@ impl Runner {
             status,
             error: core_error,
         });
+        let uptime = ready_at.map(|at| at.elapsed());
         LifeEnd {
             pid: Some(pid),
             reason,
             status: Some(status),
-            uptime: ready_at.map(|at| at.elapsed()),
+            uptime,
+            output: readers.finish().await,
             stop,
         }
     }

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use utility_process::{fork_entry, init, Entry, Event, ForkOptions, ParentPort, Signal};
+use utility_process::{fork_entry, init, Entry, Event, ForkOptions, ParentPort, Signal, Stdio};
 use utility_process_supervisor::{
     child, AttachError, Backoff, ChildSpec, Error, Events, ExitReason, GiveUpReason, Heartbeat,
-    Intensity, Probe, ProbeFailure, Restart, StartStage, Supervisor, SupervisorEvent,
-    SupervisorOptions,
+    Intensity, OutputEvent, OutputStream, Probe, ProbeFailure, Restart, StartStage, Supervisor,
+    SupervisorEvent, SupervisorOptions, MAX_LINE,
 };
 
 /// How long a trial waits for an event before it fails instead of hanging.
@@ -41,7 +41,12 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// - `crash-after-ready`: says ready, then exits 2;
 /// - `stubborn`: as `normal`, ignoring SIGTERM;
 /// - `slow`: as `normal`, but its thread is busy 40 ms of every 100 ms;
-/// - `unsupervised`: reports what `attach` says when not started by a supervisor.
+/// - `unsupervised`: reports what `attach` says when not started by a supervisor;
+/// - `chatty`: writes [`CHATTY_STDOUT_LINES`] lines to stdout and [`CHATTY_STDERR_BYTES`]
+///   without a newline to stderr, then [`CHATTY_LAST_WORDS`], before it attaches; then as
+///   `normal`;
+/// - `alive-flood`: as `normal`, but a thread calls `alive()` as fast as it can, for good;
+/// - `complain-and-exit`: writes [`COMPLAINT`] to stderr and exits 1 before attaching.
 ///
 /// Messages in `normal`: a number is echoed; `"crash"` exits 3; `"exit"` returns (code 0);
 /// `"spin"` loops without `.await`; `"block"` sleeps its thread; `"unhealthy"` and
@@ -53,6 +58,11 @@ async fn worker(port: ParentPort) -> Result<(), BoxError> {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         },
         "exit-at-start" => std::process::exit(1),
+        "complain-and-exit" => {
+            eprintln!("{COMPLAINT}");
+            std::process::exit(1)
+        }
+        "chatty" => write_megabytes()?,
         "unsupervised" => {
             let answer = match child::attach(&port).await {
                 Err(AttachError::NotSupervised { first, version }) => {
@@ -98,6 +108,12 @@ async fn worker(port: ParentPort) -> Result<(), BoxError> {
     supervised.ready()?;
     match mode.as_str() {
         "crash-after-ready" => std::process::exit(2),
+        "alive-flood" => {
+            let flooder = supervised.clone();
+            std::thread::spawn(move || loop {
+                let _ = flooder.alive();
+            });
+        }
         "slow" => {
             tokio::spawn(async {
                 loop {
@@ -149,6 +165,29 @@ fn blocking_worker(port: ParentPort) -> Result<(), BoxError> {
         supervised.alive()?;
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Lines of [`CHATTY_LINE`] bytes (plus `\n`) the `chatty` worker writes to stdout: 3 MiB.
+const CHATTY_STDOUT_LINES: usize = 3 * 1024;
+const CHATTY_LINE: usize = 1023;
+/// Bytes the `chatty` worker writes to stderr as one line: 3 MiB, a multiple of `MAX_LINE`.
+const CHATTY_STDERR_BYTES: usize = 3 << 20;
+const CHATTY_LAST_WORDS: &str = "chatty: done writing";
+const COMPLAINT: &str = "cannot open /etc/worker.conf";
+
+fn write_megabytes() -> std::io::Result<()> {
+    use std::io::Write;
+    let mut line = vec![b'o'; CHATTY_LINE];
+    line.push(b'\n');
+    let mut stdout = std::io::stdout().lock();
+    for _ in 0..CHATTY_STDOUT_LINES {
+        stdout.write_all(&line)?;
+    }
+    stdout.flush()?;
+    let mut stderr = std::io::stderr().lock();
+    stderr.write_all(&vec![b'e'; CHATTY_STDERR_BYTES])?;
+    writeln!(stderr, "\n{CHATTY_LAST_WORDS}")?;
+    stderr.flush()
 }
 
 fn ignore_sigterm() {
@@ -262,7 +301,9 @@ where
 
 fn is_ready_of(service: &'static str) -> impl FnMut(&SupervisorEvent) -> Option<u32> {
     move |e| match e {
-        SupervisorEvent::Ready { service: s, pid } if s == service => Some(*pid),
+        SupervisorEvent::Ready {
+            service: s, pid, ..
+        } if s == service => Some(*pid),
         _ => None,
     }
 }
@@ -299,7 +340,7 @@ fn ready_child_is_reported_started_then_ready() -> Result<(), Failed> {
 
 fn messages_flow_both_ways_beside_the_control_channel() -> Result<(), Failed> {
     run(|| async {
-        let mut supervisor = Supervisor::new(SupervisorOptions::default());
+        let supervisor = Supervisor::new(SupervisorOptions::default());
         let pid = supervisor
             .start_child(spec("echo", "normal").heartbeat(fast_heartbeat()))
             .await?;
@@ -359,7 +400,7 @@ fn child_that_never_attaches_fails_its_start_at_the_attach_stage() -> Result<(),
             .start_child(spec("mute", "never-attach").start_timeout(Duration::from_millis(300)))
             .await;
         check(
-            matches!(&result, Err(Error::StartFailed { service, reason: ExitReason::StartTimeout { stage: StartStage::Attach, .. } }) if service == "mute"),
+            matches!(&result, Err(Error::StartFailed { service, reason: ExitReason::StartTimeout { stage: StartStage::Attach, .. }, .. }) if service == "mute"),
             || format!("expected a start timeout at attach, got {result:?}"),
         )?;
         check(supervisor.services().is_empty(), || {
@@ -430,7 +471,7 @@ fn program_that_cannot_be_started_fails_its_first_start() -> Result<(), Failed> 
             .start_child(ChildSpec::program("ghost", "/nonexistent/program"))
             .await;
         check(
-            matches!(&result, Err(Error::StartFailed { service, reason: ExitReason::SpawnFailed(e) })
+            matches!(&result, Err(Error::StartFailed { service, reason: ExitReason::SpawnFailed(e), .. })
                 if service == "ghost" && e.to_string().contains("/nonexistent/program")),
             || format!("expected a spawn failure naming the program, got {result:?}"),
         )
@@ -478,7 +519,7 @@ fn slow_event_reader_is_told_how_many_events_it_lost() -> Result<(), Failed> {
 
 fn huge_durations_mean_never_and_do_not_overflow() -> Result<(), Failed> {
     run(|| async {
-        let mut supervisor = Supervisor::new(SupervisorOptions::default());
+        let supervisor = Supervisor::new(SupervisorOptions::default());
         let spec = spec("patient", "normal")
             .start_timeout(Duration::MAX)
             .shutdown_timeout(Duration::MAX)
@@ -1184,6 +1225,285 @@ fn stop_child_ends_one_service_and_leaves_the_others() -> Result<(), Failed> {
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Using one supervisor from several tasks; waiting for a life
+// ---------------------------------------------------------------------------------------------
+
+fn receiving_and_posting_run_concurrently_without_a_user_mutex() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = std::sync::Arc::new(Supervisor::new(SupervisorOptions::default()));
+        supervisor.start_child(spec("echo", "normal")).await?;
+        let reader = {
+            let supervisor = std::sync::Arc::clone(&supervisor);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while got.len() < 50 {
+                    match supervisor.recv_message().await {
+                        Some(reply) => got.push(reply.message.data::<u64>().unwrap_or(u64::MAX)),
+                        None => break,
+                    }
+                }
+                got
+            })
+        };
+        // The reader is parked in `recv_message` while this task posts.
+        tokio::task::yield_now().await;
+        for n in 0..50u64 {
+            supervisor.post_message("echo", &n).await?;
+        }
+        let got = tokio::time::timeout(TIMEOUT, reader)
+            .await
+            .map_err(|_| Failed::from("the reader never got its 50 replies"))?
+            .map_err(|e| Failed::from(format!("the reader: {e}")))?;
+        check(got == (0..50).collect::<Vec<_>>(), || {
+            format!("replies out of order or lost: {got:?}")
+        })?;
+        supervisor.shutdown().await;
+        Ok(())
+    })
+}
+
+fn recv_message_cancelled_by_a_timer_loses_no_message() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        supervisor.start_child(spec("echo", "normal")).await?;
+        for n in 0..20u64 {
+            supervisor.post_message("echo", &n).await?;
+        }
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while got.len() < 20 && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                reply = supervisor.recv_message() => {
+                    got.push(reply.ok_or("messages ended")?.message.data::<u64>()?);
+                }
+                _ = tokio::time::sleep(Duration::from_micros(50)) => {}
+            }
+        }
+        check(got == (0..20).collect::<Vec<_>>(), || {
+            format!("replies lost to cancellation: {got:?}")
+        })?;
+        supervisor.shutdown().await;
+        Ok(())
+    })
+}
+
+fn wait_ready_again_right_after_a_crash_returns_the_next_life_not_the_crashed_one(
+) -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let mut events = supervisor.events();
+        let first = supervisor.start_child(spec("phoenix", "normal")).await?;
+        check(supervisor.wait_ready("phoenix").await? == first, || {
+            "wait_ready on a ready service returns its current pid".into()
+        })?;
+        supervisor.post_message("phoenix", "crash").await?;
+        // The supervisor has not seen the exit yet: the crashed life is still current.
+        let second = supervisor.wait_ready_again("phoenix", first).await?;
+        check(
+            second != first && supervisor.pid("phoenix") == Some(second),
+            || {
+                format!(
+                    "ready again as {second} (first {first}, now {:?})",
+                    supervisor.pid("phoenix")
+                )
+            },
+        )?;
+        check(
+            supervisor.wait_ready_again("phoenix", first).await? == second,
+            || "a service that already moved on is ready again at once".into(),
+        )?;
+        let lives = collect_until(&mut events, "the second Ready", |e| {
+            matches!(e, SupervisorEvent::Ready { restarts: 1, .. })
+        })
+        .await?;
+        let said = |e: &SupervisorEvent| match e {
+            SupervisorEvent::Ready { pid, restarts, .. } => Some(("ready", *pid, *restarts)),
+            SupervisorEvent::Exited {
+                pid: Some(pid),
+                restarts,
+                ..
+            } => Some(("exited", *pid, *restarts)),
+            _ => None,
+        };
+        let lives: Vec<_> = lives.iter().filter_map(said).collect();
+        check(
+            lives
+                == [
+                    ("ready", first, 0),
+                    ("exited", first, 0),
+                    ("ready", second, 1),
+                ],
+            || format!("each event should name its life: {lives:?}"),
+        )?;
+        supervisor.shutdown().await;
+        Ok(())
+    })
+}
+
+fn wait_ready_fails_when_the_service_ends_for_good() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let first = supervisor
+            .start_child(spec("mortal", "normal").restart(Restart::Never))
+            .await?;
+        supervisor.post_message("mortal", "crash").await?;
+        let again = tokio::time::timeout(TIMEOUT, supervisor.wait_ready_again("mortal", first))
+            .await
+            .map_err(|_| Failed::from("wait_ready_again outlived the service"))?;
+        check(
+            matches!(&again, Err(Error::UnknownService { service }) if service == "mortal"),
+            || format!("expected UnknownService, got {again:?}"),
+        )?;
+        let unknown = supervisor.wait_ready("nobody").await;
+        check(matches!(unknown, Err(Error::UnknownService { .. })), || {
+            format!("expected UnknownService, got {unknown:?}")
+        })?;
+        supervisor.start_child(spec("last", "normal")).await?;
+        supervisor.shutdown().await;
+        let late = supervisor.wait_ready("last").await;
+        check(matches!(late, Err(Error::UnknownService { .. })), || {
+            format!("after a shutdown: {late:?}")
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// A hostile child
+// ---------------------------------------------------------------------------------------------
+
+fn child_flooding_its_control_channel_is_still_heard_and_stopped() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let mut events = supervisor.events();
+        let pid = supervisor
+            .start_child(spec("flood", "alive-flood").shutdown_timeout(Duration::from_millis(500)))
+            .await?;
+        // Its messages, its timers and the supervisor's commands still get their turn.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        supervisor.post_message("flood", &5u64).await?;
+        let reply = tokio::time::timeout(TIMEOUT, supervisor.recv_message())
+            .await
+            .map_err(|_| Failed::from("the flooding child's reply was never forwarded"))?;
+        check(reply.is_some(), || "messages ended".into())?;
+        tokio::time::timeout(TIMEOUT, supervisor.stop_child("flood"))
+            .await
+            .map_err(|_| Failed::from("stop_child never returned"))??;
+        wait_for(&mut events, "Stopped", |e| {
+            matches!(e, SupervisorEvent::Stopped { .. }).then_some(())
+        })
+        .await?;
+        check(!is_alive(pid), || format!("pid {pid} outlived its stop"))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Piped output
+// ---------------------------------------------------------------------------------------------
+
+fn piped(spec: ChildSpec) -> ChildSpec {
+    spec.options(ForkOptions::default().stdio(Stdio::Pipe))
+        .start_timeout(Duration::from_secs(5))
+}
+
+fn child_writing_megabytes_to_piped_stdout_and_stderr_still_gets_ready() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let result = supervisor
+            .start_child(piped(spec("chatty", "chatty")))
+            .await;
+        check(result.is_ok(), || {
+            format!("a child that writes 6 MiB to its pipes stalled: {result:?}")
+        })?;
+        supervisor.post_message("chatty", &7u64).await?;
+        supervisor.shutdown().await;
+        Ok(())
+    })
+}
+
+fn piped_output_reaches_subscribers_line_by_line_and_its_tail_the_exit_report() -> Result<(), Failed>
+{
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default().output_capacity(1 << 16));
+        let mut output = supervisor.output();
+        let mut events = supervisor.events();
+        let pid = supervisor
+            .start_child(piped(spec("chatty", "chatty")).restart(Restart::Never))
+            .await?;
+        let (mut stdout_lines, mut stderr_pieces, mut stderr_cut) = (0usize, 0usize, 0usize);
+        let done = tokio::time::timeout(TIMEOUT, async {
+            while let Some(event) = output.recv().await {
+                let line = match event {
+                    OutputEvent::Line(line) => line,
+                    OutputEvent::Lost { count } => return Err(format!("lost {count} lines")),
+                };
+                if line.service != "chatty" || line.pid != pid || line.restarts != 0 {
+                    return Err(format!("a line from the wrong life: {line:?}"));
+                }
+                if line.bytes.len() > MAX_LINE {
+                    return Err(format!("a line of {} bytes", line.bytes.len()));
+                }
+                match line.stream {
+                    OutputStream::Stdout if line.bytes == [b'o'; CHATTY_LINE] && !line.cut => {
+                        stdout_lines += 1
+                    }
+                    OutputStream::Stderr if line.text() == CHATTY_LAST_WORDS => return Ok(()),
+                    OutputStream::Stderr if line.bytes.iter().all(|&b| b == b'e') => {
+                        stderr_pieces += 1;
+                        stderr_cut += usize::from(line.cut);
+                    }
+                    _ => return Err(format!("an unexpected line: {line:?}")),
+                }
+            }
+            Err("the output ended".to_owned())
+        })
+        .await
+        .map_err(|_| Failed::from("the last line never came"))?;
+        done.map_err(Failed::from)?;
+        let pieces = CHATTY_STDERR_BYTES / MAX_LINE;
+        check(
+            stdout_lines == CHATTY_STDOUT_LINES
+                && stderr_pieces == pieces
+                && stderr_cut == pieces - 1,
+            || {
+                format!("{stdout_lines} stdout lines, {stderr_pieces} stderr pieces ({stderr_cut} cut); expected {CHATTY_STDOUT_LINES}, {pieces} ({})", pieces - 1)
+            },
+        )?;
+
+        supervisor.post_message("chatty", "crash").await?;
+        let tail = wait_for(&mut events, "Exited", |e| match e {
+            SupervisorEvent::Exited { output, .. } => Some(output.clone()),
+            _ => None,
+        })
+        .await?;
+        check(
+            tail.stderr_text()
+                .ends_with(&format!("eee\n{CHATTY_LAST_WORDS}\n"))
+                && tail.stderr().len() == 4096
+                && tail.is_truncated(OutputStream::Stderr)
+                && tail.stdout().len() == 4096
+                && tail.stdout().ends_with(b"ooo\n"),
+            || format!("the exit report's tail: {tail:?}"),
+        )?;
+        supervisor.shutdown().await;
+        Ok(())
+    })
+}
+
+fn first_start_failure_carries_the_childs_last_words_on_stderr() -> Result<(), Failed> {
+    run(|| async {
+        let supervisor = Supervisor::new(SupervisorOptions::default());
+        let result = supervisor
+            .start_child(piped(spec("grumpy", "complain-and-exit")))
+            .await;
+        check(
+            matches!(&result, Err(Error::StartFailed { output, .. })
+                if output.stderr_text() == format!("{COMPLAINT}\n") && output.stdout().is_empty()),
+            || format!("expected the complaint in the start failure, got {result:?}"),
+        )
+    })
+}
+
 /// One trial's body.
 type TrialFn = fn() -> Result<(), Failed>;
 
@@ -1325,6 +1645,38 @@ fn main() {
         (
             "child_ignoring_sigterm_is_killed_after_its_shutdown_timeout",
             child_ignoring_sigterm_is_killed_after_its_shutdown_timeout,
+        ),
+        (
+            "receiving_and_posting_run_concurrently_without_a_user_mutex",
+            receiving_and_posting_run_concurrently_without_a_user_mutex,
+        ),
+        (
+            "recv_message_cancelled_by_a_timer_loses_no_message",
+            recv_message_cancelled_by_a_timer_loses_no_message,
+        ),
+        (
+            "wait_ready_again_right_after_a_crash_returns_the_next_life_not_the_crashed_one",
+            wait_ready_again_right_after_a_crash_returns_the_next_life_not_the_crashed_one,
+        ),
+        (
+            "wait_ready_fails_when_the_service_ends_for_good",
+            wait_ready_fails_when_the_service_ends_for_good,
+        ),
+        (
+            "child_flooding_its_control_channel_is_still_heard_and_stopped",
+            child_flooding_its_control_channel_is_still_heard_and_stopped,
+        ),
+        (
+            "child_writing_megabytes_to_piped_stdout_and_stderr_still_gets_ready",
+            child_writing_megabytes_to_piped_stdout_and_stderr_still_gets_ready,
+        ),
+        (
+            "piped_output_reaches_subscribers_line_by_line_and_its_tail_the_exit_report",
+            piped_output_reaches_subscribers_line_by_line_and_its_tail_the_exit_report,
+        ),
+        (
+            "first_start_failure_carries_the_childs_last_words_on_stderr",
+            first_start_failure_carries_the_childs_last_words_on_stderr,
         ),
     ];
     let trials = trials
