@@ -371,7 +371,7 @@ async fn supervised(port: ParentPort) -> Result<(), Box<dyn StdError + Send + Sy
 
 async fn supervision_chapter() -> Result<(), Box<dyn StdError>> {
     chapter("10. A supervised worker hangs: missed heartbeats, a kill, a restart");
-    let mut supervisor = Supervisor::new(SupervisorOptions::default());
+    let supervisor = Supervisor::new(SupervisorOptions::default());
     let mut events = supervisor.events();
     let spec = ChildSpec::entry("tour-supervised", "supervised")
         .heartbeat(Heartbeat::new(Duration::from_millis(200)).misses(3));

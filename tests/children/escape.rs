@@ -81,6 +81,11 @@ fn attempt(what: &str, parent: libc::pid_t) -> Attempt {
             // SAFETY: see above; flags on descriptor 1 only.
             outcome(unsafe { libc::fcntl(1, libc::F_SETFL, libc::O_NONBLOCK) }.into())
         }
+        "make the parent the owner of our port's signals" => {
+            // SAFETY: see above; on descriptor 3, the port, which the test never makes
+            // asynchronous (no O_ASYNC), so no signal would be sent even if this succeeded.
+            outcome(unsafe { libc::fcntl(3, libc::F_SETOWN, parent) }.into())
+        }
         "own session" => {
             // SAFETY: see above.
             let leader = unsafe { libc::getsid(0) == libc::getpid() };

@@ -6,7 +6,7 @@
 
 use utility_process::sandbox::{Missing, Syscall};
 use utility_process::{fork, Error, Event, ForkOptions, Sandbox, UtilityProcess};
-use utility_process_tests::{next_event, Attempt};
+use utility_process_tests::{in_own_process, next_event, pretend_the_kernel_lacks, Attempt};
 
 /// Whether this kernel can run the strict profile; prints why not.
 fn kernel_can_sandbox(test: &str) -> bool {
@@ -261,13 +261,16 @@ async fn a_program_that_does_not_confirm_its_sandbox_is_killed() {
     if !kernel_can_sandbox("a_program_that_does_not_confirm_its_sandbox_is_killed") {
         return;
     }
+    let Some(python) = python("a_program_that_does_not_confirm_its_sandbox_is_killed") else {
+        return;
+    };
     // The Python child speaks the protocol but knows nothing of the sandbox: the layers
     // applied before exec hold, and its unconfirmed HELLO ends it.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/children/echo.py");
-    let options = ForkOptions::default().sandbox(python_sandbox(&[script]));
+    let options = ForkOptions::default().sandbox(python_sandbox(&python, &[script]));
     // The interpreter itself, not a shell shim in front of it (a shim forks, which the
     // sandbox refuses).
-    let mut child = fork(python(), [script], options).expect("fork python");
+    let mut child = fork(&python, [script], options).expect("fork python");
     child.post_message("hello").expect("post");
     let mut events = Vec::new();
     while let Some(event) = next_event(&mut child).await {
@@ -286,55 +289,106 @@ async fn a_program_that_does_not_confirm_its_sandbox_is_killed() {
     );
 }
 
-#[tokio::test]
-async fn a_sandbox_the_kernel_cannot_enforce_is_an_error_at_fork() {
-    let support = Sandbox::support();
-    if support.landlock_abi >= utility_process::sandbox::LANDLOCK_ABI_NEEDED && support.seccomp {
-        // Nothing is missing here, so fork must work; the error path is covered by the
-        // Missing formatting below and by kernels without Landlock.
-        let child = escape(Some(Sandbox::strict()));
-        end(child).await;
-        eprintln!("a_sandbox_the_kernel_cannot_enforce_is_an_error_at_fork: this kernel enforces everything; only the success path ran");
-        return;
-    }
+/// On a kernel that lacks a layer, the real refusal; on one that has them all, the same
+/// refusal with the layer taken away from this test's own process (a seccomp filter makes
+/// the kernel answer as one without it would), so the error path runs on every machine.
+#[test]
+fn a_sandbox_the_kernel_cannot_enforce_is_an_error_at_fork() {
+    in_own_process(
+        module_path!(),
+        "a_sandbox_the_kernel_cannot_enforce_is_an_error_at_fork",
+        || async {
+            if kernel_can_sandbox("a_sandbox_the_kernel_cannot_enforce_is_an_error_at_fork") {
+                // landlock_create_ruleset: "not implemented", as on a kernel without it.
+                pretend_the_kernel_lacks(444, None, libc::ENOSYS);
+            }
+            let support = Sandbox::support();
+            assert!(
+                support.landlock_abi < utility_process::sandbox::LANDLOCK_ABI_NEEDED
+                    || !support.seccomp,
+                "{support:?}"
+            );
+            refused_at_fork(Sandbox::strict());
+            if support.seccomp {
+                // Best effort applies what there is, and the child can see what holds.
+                let mut child = escape(Some(Sandbox::strict().best_effort()));
+                let (status, _) = ask(&mut child, "status").await;
+                let Attempt::Status(status) = status else {
+                    panic!("{status:?}")
+                };
+                assert!(status.contains("seccomp: true"), "{status}");
+                assert!(status.contains("filesystem: false"), "{status}");
+                end(child).await;
+            }
+        },
+    );
+}
+
+#[test]
+fn a_sandbox_without_seccomp_is_refused_even_as_best_effort() {
+    in_own_process(
+        module_path!(),
+        "a_sandbox_without_seccomp_is_refused_even_as_best_effort",
+        || async {
+            // prctl(PR_GET_SECCOMP): EINVAL, as on a kernel without seccomp.
+            pretend_the_kernel_lacks(157, Some(libc::PR_GET_SECCOMP as u32), libc::EINVAL);
+            assert!(!Sandbox::support().seccomp);
+            for sandbox in [Sandbox::strict(), Sandbox::strict().best_effort()] {
+                match refused_at_fork(sandbox) {
+                    Missing::Seccomp => {}
+                    other => panic!("expected Missing::Seccomp, got {other:?}"),
+                }
+            }
+        },
+    );
+}
+
+/// Forks the escape child under `sandbox`, which must be refused; returns what is missing.
+fn refused_at_fork(sandbox: Sandbox) -> Missing {
     match fork(
         env!("CARGO_BIN_EXE_escape"),
         [] as [&str; 0],
-        ForkOptions::default().sandbox(Sandbox::strict()),
+        ForkOptions::default().sandbox(sandbox),
     ) {
-        Err(Error::Unenforceable { missing, .. }) => {
-            assert!(matches!(
-                missing,
-                Missing::Landlock { .. } | Missing::Seccomp
-            ));
+        Err(error @ Error::Unenforceable { .. }) => {
+            let text = error.to_string();
+            let Error::Unenforceable { missing, .. } = error else {
+                unreachable!()
+            };
+            assert!(text.contains("escape"), "{text}");
+            assert!(
+                matches!(missing, Missing::Landlock { .. } | Missing::Seccomp),
+                "{missing:?}"
+            );
+            missing
         }
         other => panic!("expected Unenforceable, got {other:?}"),
     }
 }
 
-fn python() -> String {
-    python_says("sys.executable").remove(0)
-}
-
-/// What `python3` prints for `expression` (a list of paths, one per line).
-fn python_says(expression: &str) -> Vec<String> {
-    // The interpreter itself, not a shell shim in front of it.
-    let out = std::process::Command::new("python3")
-        .args(["-c", &format!("import sys; print({expression})")])
-        .output()
-        .expect("python3 runs");
-    String::from_utf8(out.stdout)
-        .expect("paths")
-        .lines()
-        .map(str::to_owned)
-        .collect()
+/// The Python interpreter, or `None` after printing why `test` skips what needs it.
+fn python(test: &str) -> Option<String> {
+    match utility_process_tests::python() {
+        Ok(python) => Some(python),
+        Err(why) => {
+            eprintln!("{test}: its Python part is skipped: {why}");
+            None
+        }
+    }
 }
 
 /// The strict profile, opened to what the Python interpreter reads as it starts (its own
 /// installation) and to `also`: nothing else of the filesystem.
-fn python_sandbox(also: &[&str]) -> Sandbox {
+fn python_sandbox(python: &str, also: &[&str]) -> Sandbox {
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sys; print(sys.prefix); print(sys.base_prefix)",
+        ])
+        .output()
+        .expect("python runs");
     let mut sandbox = Sandbox::strict();
-    for prefix in python_says("sys.prefix + '\\n' + sys.base_prefix") {
+    for prefix in String::from_utf8(out.stdout).expect("paths").lines() {
         sandbox = sandbox.allow_read(prefix);
     }
     for path in also {
@@ -345,11 +399,13 @@ fn python_sandbox(also: &[&str]) -> Sandbox {
 
 #[tokio::test]
 async fn a_program_without_the_library_still_gets_the_layers_applied_before_exec() {
-    if !kernel_can_sandbox(
-        "a_program_without_the_library_still_gets_the_layers_applied_before_exec",
-    ) {
+    let test = "a_program_without_the_library_still_gets_the_layers_applied_before_exec";
+    if !kernel_can_sandbox(test) {
         return;
     }
+    let Some(python) = python(test) else {
+        return;
+    };
     // Landlock: no file can be written.
     let target = std::env::temp_dir().join(format!("sandboxed-python-{}", std::process::id()));
     let write = format!(
@@ -357,10 +413,10 @@ async fn a_program_without_the_library_still_gets_the_layers_applied_before_exec
         target.display().to_string()
     );
     let mut child = fork(
-        python(),
+        &python,
         ["-c", &format!("{write}\nprint('not reached')")],
         ForkOptions::default()
-            .sandbox(python_sandbox(&[]))
+            .sandbox(python_sandbox(&python, &[]))
             .stdout(utility_process::Stdio::Pipe)
             .stderr(utility_process::Stdio::Pipe),
     )
@@ -384,9 +440,9 @@ async fn a_program_without_the_library_still_gets_the_layers_applied_before_exec
 
     // seccomp: a socket ends the program with SIGSYS, reported as a sandbox violation.
     let mut child = fork(
-        python(),
+        &python,
         ["-c", "import socket; socket.socket()"],
-        ForkOptions::default().sandbox(python_sandbox(&[])),
+        ForkOptions::default().sandbox(python_sandbox(&python, &[])),
     )
     .expect("fork python");
     let mut events = Vec::new();
@@ -449,14 +505,18 @@ async fn a_strict_child_cannot_reach_a_named_datagram_socket() {
     end(child).await;
 
     // A program without the library: stage 1 alone refuses it.
+    let Some(python) = python("a_strict_child_cannot_reach_a_named_datagram_socket") else {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    };
     let script = format!(
         "import socket\na, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\na.sendto(b'escaped', {:?})",
         path.display().to_string()
     );
     let mut python = fork(
-        python(),
+        &python,
         ["-c", &script],
-        ForkOptions::default().sandbox(python_sandbox(&[])),
+        ForkOptions::default().sandbox(python_sandbox(&python, &[])),
     )
     .expect("fork python");
     let mut events = Vec::new();
@@ -505,18 +565,20 @@ async fn a_sandboxed_child_shares_no_open_file_and_no_terminal_with_its_parent()
 
 #[tokio::test]
 async fn a_sandboxed_childs_inherited_output_still_reaches_the_parents_streams() {
-    if !kernel_can_sandbox("a_sandboxed_childs_inherited_output_still_reaches_the_parents_streams")
-    {
+    let test = "a_sandboxed_childs_inherited_output_still_reaches_the_parents_streams";
+    if !kernel_can_sandbox(test) {
         return;
     }
+    let Some(python) = python(test) else {
+        return;
+    };
     // A program whose stdout is the relay's pipe, through a parent whose stdout is a file:
     // what the child printed lands in the file.
     let dir = scratch("relay");
     let out = dir.join("out");
-    let program =
-        format!("import sys\nsys.stdout.write('to stdout\\n')\nsys.stderr.write('to stderr\\n')");
+    let program = "import sys\nsys.stdout.write('to stdout\\n')\nsys.stderr.write('to stderr\\n')";
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_spawner"))
-        .args(["--python-sandboxed", &python(), &program])
+        .args(["--python-sandboxed", &python, program])
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::process::Stdio::piped())
         .output()
@@ -613,12 +675,15 @@ async fn a_sandboxed_child_cannot_leave_its_process_group() {
 
     // A program without the library, which only the layers applied before exec bind: moving
     // to its parent's group (out of the one the library kills) ends it.
+    let Some(python) = python("a_sandboxed_child_cannot_leave_its_process_group") else {
+        return;
+    };
     let script = "import os\nos.setpgid(0, os.getpgid(os.getppid()))\nprint('escaped')";
     let mut python = fork(
-        python(),
+        &python,
         ["-c", script],
         ForkOptions::default()
-            .sandbox(python_sandbox(&[]))
+            .sandbox(python_sandbox(&python, &[]))
             .stdout(utility_process::Stdio::Pipe),
     )
     .expect("fork python");
@@ -638,4 +703,22 @@ async fn a_sandboxed_child_cannot_leave_its_process_group() {
             .any(|e| matches!(e, Event::Error(Error::SandboxViolation { .. }))),
         "{events:?}"
     );
+}
+
+#[tokio::test]
+async fn a_sandboxed_child_cannot_make_the_parent_the_owner_of_its_io_signals() {
+    if !kernel_can_sandbox("a_sandboxed_child_cannot_make_the_parent_the_owner_of_its_io_signals") {
+        return;
+    }
+    // F_SETOWN to the parent and O_ASYNC would have the kernel send the parent SIGIO, whose
+    // default action ends it.
+    let mut child = escape(Some(Sandbox::strict()));
+    let (attempt, denied) = ask(
+        &mut child,
+        "make the parent the owner of our port's signals",
+    )
+    .await;
+    assert_eq!(attempt, Attempt::Failed(libc::EPERM));
+    assert_eq!(denied.iter().map(|c| c.name).collect::<Vec<_>>(), ["fcntl"]);
+    end(child).await;
 }

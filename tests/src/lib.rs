@@ -442,3 +442,67 @@ pub fn zombie_children() -> Vec<u32> {
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The Python interpreter that tests run their Python children under (its real path, not a
+/// shell shim in front of it), or why none can be used here: no `python3` on `PATH`, or one
+/// that this user cannot run, or child scripts this user cannot read (the unprivileged re-run
+/// of the sandbox tests, in a checkout closed to others).
+pub fn python() -> Result<String, String> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .map_err(|e| format!("python3 does not start: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "python3 fails: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/children/echo.py");
+    std::fs::File::open(script).map_err(|e| format!("cannot read {script}: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Makes this process's kernel look as if it lacked a feature: from now on, system call `nr`
+/// (when `arg0` is given, only with that first argument) fails with `errno`, in this process
+/// and in every process it starts. For tests of what the library does on older kernels; use
+/// it only in a process of the test's own ([`in_own_process`]): it cannot be undone.
+pub fn pretend_the_kernel_lacks(nr: u32, arg0: Option<u32>, errno: i32) {
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let fail = libc::SECCOMP_RET_ERRNO | errno as u32;
+    // nr at offset 0, the low half of argument 0 at offset 16 of `struct seccomp_data`.
+    let mut program = vec![insn(LD_W_ABS, 0, 0, 0)];
+    match arg0 {
+        None => program.extend([insn(JEQ, 0, 1, nr), insn(RET, 0, 0, fail)]),
+        Some(arg) => program.extend([
+            insn(JEQ, 0, 3, nr),
+            insn(LD_W_ABS, 0, 0, 16),
+            insn(JEQ, 0, 1, arg),
+            insn(RET, 0, 0, fail),
+        ]),
+    }
+    program.push(insn(RET, 0, 0, libc::SECCOMP_RET_ALLOW));
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: prctl with integer arguments; seccomp reads `fprog`, which points into
+    // `program`, both alive for the call (the kernel copies the program).
+    let installed = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &fprog as *const libc::sock_fprog,
+            ) == 0
+    };
+    assert!(
+        installed,
+        "install the filter: {}",
+        std::io::Error::last_os_error()
+    );
+}

@@ -388,6 +388,20 @@ pub(crate) fn exec_filter(network: bool, spawn: bool, memory_limited: bool) -> F
         .collect();
     rules.extend(process_rules(spawn));
     rules.push(stream_socketpair());
+    rules.push(Rule::Arg {
+        nr: nr("fcntl"),
+        arg: 1,
+        test: Test::OneOf(FCNTL_DENIED.iter().map(|&c| c as u32).collect()),
+        then: Action::Trap,
+        otherwise: Action::Allow,
+    });
+    rules.push(Rule::Arg {
+        nr: nr("ioctl"),
+        arg: 1,
+        test: Test::OneOf(IOCTL_DENIED.iter().map(|&c| c as u32).collect()),
+        then: Action::Trap,
+        otherwise: Action::Allow,
+    });
     if memory_limited {
         rules.push(Rule::Always {
             nr: nr("memfd_create"),
@@ -439,6 +453,55 @@ fn process_rules(spawn: bool) -> Vec<Rule> {
     ]
 }
 
+// Requests the `libc` crate does not name, from the kernel's `include/uapi/asm-generic/
+// fcntl.h` and `sockios.h` (the values x86_64 uses).
+const F_SETSIG: libc::c_int = 10;
+const F_GETSIG: libc::c_int = 11;
+const F_SETOWN_EX: libc::c_int = 15;
+const F_GETOWN_EX: libc::c_int = 16;
+const FIOSETOWN: libc::c_ulong = 0x8901;
+const SIOCSPGRP: libc::c_ulong = 0x8902;
+
+/// `fcntl` requests no sandboxed child may make: an owner for a descriptor's I/O signals
+/// (`F_SETOWN` to the parent's pid plus `O_ASYNC` makes the kernel send the parent SIGIO,
+/// whose default action ends it), the signal itself, leases and directory notifications.
+const FCNTL_DENIED: &[libc::c_int] = &[
+    libc::F_SETOWN,
+    F_SETOWN_EX,
+    F_SETSIG,
+    libc::F_SETLEASE,
+    libc::F_NOTIFY,
+];
+
+/// `fcntl` requests the strict profile allows: descriptor flags, status flags, locks, pipe
+/// sizes, seals, duplicates, and reading (not setting) a descriptor's signal owner.
+const FCNTL_ALLOWED: &[libc::c_int] = &[
+    libc::F_DUPFD,
+    libc::F_DUPFD_CLOEXEC,
+    libc::F_GETFD,
+    libc::F_SETFD,
+    libc::F_GETFL,
+    libc::F_SETFL,
+    libc::F_GETLK,
+    libc::F_SETLK,
+    libc::F_SETLKW,
+    libc::F_OFD_GETLK,
+    libc::F_OFD_SETLK,
+    libc::F_OFD_SETLKW,
+    libc::F_GETOWN,
+    F_GETOWN_EX,
+    F_GETSIG,
+    libc::F_GETPIPE_SZ,
+    libc::F_SETPIPE_SZ,
+    libc::F_ADD_SEALS,
+    libc::F_GET_SEALS,
+];
+
+/// `ioctl` requests no sandboxed child may make, whatever program it runs: typing into a
+/// terminal (`TIOCSTI`), the console's own requests (`TIOCLINUX`), and making a process the
+/// owner of a socket's signals (`FIOSETOWN`, `SIOCSPGRP`).
+const IOCTL_DENIED: &[libc::c_ulong] = &[libc::TIOCSTI, libc::TIOCLINUX, FIOSETOWN, SIOCSPGRP];
+
 /// `socketpair` only for a connected pair of Unix *stream* sockets, what a
 /// [`MessageChannel`](crate::MessageChannel) is made of. A datagram pair would let the child
 /// `sendto` any named datagram socket its user may write (`/dev/log`, journald,
@@ -485,7 +548,6 @@ const ALLOWED: &[&str] = &[
     "dup",
     "dup2",
     "dup3",
-    "fcntl",
     "lseek",
     "fstat",
     "newfstatat",
@@ -671,7 +733,16 @@ pub(crate) fn strict_filter(policy: &Policy, pid: u32) -> Filter {
     rules.push(only_self("tgkill", vec![pid]));
     rules.push(only_self("rt_sigqueueinfo", vec![pid]));
     rules.push(only_self("rt_tgsigqueueinfo", vec![pid]));
-    rules.push(only_self("sched_getaffinity", vec![pid, 0]));
+    // glibc asks for a thread's affinity by its thread id when a thread looks up its own
+    // stack (`pthread_getattr_np`); no filter can tell a thread of ours from another process,
+    // so any other target is "not implemented", which glibc takes quietly.
+    rules.push(Rule::Arg {
+        nr: nr("sched_getaffinity"),
+        arg: 0,
+        test: Test::OneOf(vec![pid, 0]),
+        then: Action::Allow,
+        otherwise: Action::Errno(libc::ENOSYS as u16),
+    });
     rules.push(stream_socketpair());
     // A memfd's pages are not in the address space until mapped: under a memory limit, a
     // child that could fill one would hold memory the limit never counts.
@@ -684,9 +755,16 @@ pub(crate) fn strict_filter(policy: &Policy, pid: u32) -> Filter {
         },
     });
     rules.push(Rule::Arg {
+        nr: nr("fcntl"),
+        arg: 1,
+        test: Test::OneOf(FCNTL_ALLOWED.iter().map(|&c| c as u32).collect()),
+        then: Action::Allow,
+        otherwise: Action::Trap,
+    });
+    // Its own limits, read only.
+    rules.push(Rule::AllOf {
         nr: nr("prlimit64"),
-        arg: 2,
-        test: Test::Null,
+        tests: vec![(0, Test::OneOf(vec![0, pid])), (2, Test::Null)],
         then: Action::Allow,
         otherwise: Action::Trap,
     });
@@ -764,6 +842,7 @@ pub fn strict_allowed() -> Vec<&'static str> {
 /// Calls `strict_filter` allows only with some arguments.
 const CONDITIONALLY_ALLOWED: &[&str] = &[
     "clone",
+    "fcntl",
     "kill",
     "tgkill",
     "rt_sigqueueinfo",

@@ -123,9 +123,9 @@ fn run(relays: &mut [Relay], seen: &Seen) {
         if pfds.iter().all(|p| p.fd < 0) {
             return;
         }
-        // SAFETY: `pfds` holds `pfds.len()` valid pollfds (a negative fd is ignored).
-        let polled =
-            retry(|| cvt(unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) }));
+        let count = pfds.len() as libc::nfds_t;
+        // SAFETY: `pfds` holds `count` valid pollfds (a negative fd is ignored).
+        let polled = retry(|| cvt(unsafe { libc::poll(pfds.as_mut_ptr(), count, -1) }));
         if polled.is_err() {
             return;
         }
@@ -136,8 +136,8 @@ fn run(relays: &mut [Relay], seen: &Seen) {
             let Some(source) = &relay.source else {
                 continue;
             };
-            // SAFETY: reads at most `buf.len()` bytes into `buf` from a descriptor we own.
             let n = retry(|| {
+                // SAFETY: reads at most `buf.len()` bytes into `buf` from a descriptor we own.
                 let n =
                     unsafe { libc::read(source.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
                 if n < 0 {
