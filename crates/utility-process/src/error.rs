@@ -185,10 +185,13 @@ pub enum Error {
     },
 
     /// Occurs (as [`Event::Error`](crate::Event::Error)) when a child that should be
-    /// sandboxed is not: its library could not apply the sandbox (`errno` says why; the child
-    /// exited without running its code), or it talked on its port without confirming the
-    /// sandbox (a program not built with this library, which only gets the layers applied
-    /// before `execve`). The child was killed.
+    /// sandboxed is not: its library could not apply the sandbox's second stage (`errno` says
+    /// why; the child exited without running its code), or it talked on its port without
+    /// confirming it (a program not built with this library). The child was killed.
+    ///
+    /// This catches mistakes, not attacks: the confirmation is the child's word, and a hostile
+    /// child can give it falsely. What the sandbox promises rests on the first stage, which
+    /// the parent applies before `execve` and which binds every program.
     #[error("{service_name} (pid {pid}) did not apply its sandbox{}", match errno { Some(e) => format!(": {}", io::Error::from_raw_os_error(*e)), None => " (it does not link utility-process's sandbox)".to_string() })]
     SandboxNotApplied {
         /// The child's service name.

@@ -134,7 +134,24 @@ impl Limits {
         Limits::default()
     }
 
-    /// At most `bytes` of address space.
+    /// At most `bytes` of address space (`RLIMIT_AS`).
+    ///
+    /// # What it counts
+    ///
+    /// Every mapping the child makes: its heap, stacks, libraries, and shared buffers it
+    /// maps. It does **not** count memory the kernel holds for the child outside its address
+    /// space: the contents of a memfd or a tmpfs file it never maps, pipe and socket buffers
+    /// (each bounded by the kernel's per-buffer maximum, so in all by about the
+    /// [`open_files`](Self::open_files) limit times 1 MiB), and kernel objects. A child that
+    /// is also sandboxed cannot use the first way round: under a memory limit the sandbox
+    /// denies `memfd_create`, and its filesystem is read-only except the paths given to
+    /// [`Sandbox::allow_write`](crate::Sandbox::allow_write) (bound those with
+    /// [`file_size`](Self::file_size)). An unsandboxed child can.
+    ///
+    /// A Rust child that reaches the limit aborts; the parent reports
+    /// [`Limit::Memory`](crate::Limit::Memory). It learns that from the line Rust's allocation
+    /// error handler writes to stderr (which the library relays for a memory-limited child),
+    /// or from the child's own SIGABRT handler when that line never came.
     pub fn memory(mut self, bytes: u64) -> Limits {
         self.memory = Some(bytes);
         self

@@ -14,29 +14,34 @@
 //!
 //! Three kernel features, applied in two stages:
 //!
-//! 1. **Before `execve`**, in the forked child, for any program: `PR_SET_NO_NEW_PRIVS` (no
-//!    set-user-ID or file-capability gain, ever); a Landlock ruleset under which the whole
-//!    filesystem is read-only (reads and exec are left to stage 2, since the program's loader
-//!    must still open its libraries), TCP bind/connect are denied (Landlock ABI 4) and signals
-//!    and abstract Unix sockets cannot reach outside the sandbox (ABI 6); and a seccomp filter
-//!    that denies the dangerous calls outright (ptrace, io_uring, namespaces, mounts, BPF,
-//!    keyrings, module loading, fork, socket creation…).
+//! 1. **Before `execve`**, by the parent's code in the forked child, for any program:
+//!    `PR_SET_NO_NEW_PRIVS` (no set-user-ID or file-capability gain, ever); a session of its
+//!    own (no controlling terminal); a Landlock ruleset under which nothing of the filesystem
+//!    is open but the program and its `#!` interpreter (read and run), the system's shared
+//!    libraries (`/lib`, `/usr/lib`, …, read: the loader needs them) and the allowed paths, TCP
+//!    bind/connect are denied (Landlock ABI 4) and signals and abstract Unix sockets cannot
+//!    reach outside the sandbox (ABI 6); and a seccomp filter that denies the dangerous calls
+//!    outright (ptrace, io_uring, namespaces, mounts, BPF, keyrings, module loading, fork,
+//!    socket creation, datagram socket pairs, leaving its process group, `F_SETOWN`,
+//!    `TIOCSTI`…, and `memfd_create` under a memory limit). Its stdout and stderr are pipes of
+//!    its own, never the parent's descriptors (`Stdio::Inherit` is relayed).
 //! 2. **Before `main`**, in a Rust child built with this crate: a library constructor (run by
-//!    the loader, before the program's own code) adds a second Landlock ruleset that grants
-//!    no filesystem access at all beyond the paths allowed, and a second seccomp filter that
-//!    allows only the calls listed in the module source (`strict_rules`), with arguments
-//!    checked where they matter (threads but not processes; signals only to itself; `ioctl`
-//!    and `prctl` only for harmless requests). The child confirms it in its handshake; a child
-//!    that talks without confirming is killed ([`Error::SandboxNotApplied`]).
+//!    the loader, before the program's own code) adds a second Landlock ruleset that takes
+//!    the libraries away again, and a second seccomp filter that allows only the calls listed
+//!    in the module source (`strict_rules`), with arguments checked where they matter
+//!    (threads but not processes; signals only to itself; `fcntl`, `ioctl` and `prctl` only
+//!    for harmless requests). The child confirms it in its handshake; a child that talks
+//!    without confirming is killed ([`Error::SandboxNotApplied`]).
 //!
-//! A denied call raises SIGSYS in the child; the library's handler writes the call's number
-//! to the parent (which reports [`Error::SandboxViolation`] naming it) and makes the call fail
-//! with `EPERM`, so the child goes on. A program without the handler (not built with this
-//! crate, or one it was allowed to exec) dies of SIGSYS, which the parent reports the same
-//! way, without the name. Filters and rulesets are inherited by every thread and process the
-//! child starts and can only be tightened, never loosened.
-//!
-//! # Fail closed
+//! **Every promise rests on stage 1.** Code can run in the child before the library's
+//! constructor (another constructor, a thread a native library starts as it loads), and a
+//! hostile program can skip stage 2 and still claim it in its handshake. Neither gets more
+//! than stage 1 allows, because the parent put stage 1 in place before the program's first
+//! instruction: stage 2 narrows the kernel's surface for a child that applies it, and the
+//! confirmation only catches a program that forgot to. A program that does not link this
+//! crate (a Python script, a shell) must be given what its interpreter reads as it starts:
+//! `allow_read` its installation (`sys.prefix` for Python).
+//!//! # Fail closed
 //!
 //! A layer the kernel cannot enforce is an error at fork ([`Error::Unenforceable`], naming the
 //! missing feature) unless the sandbox was made [`best_effort`](Sandbox::best_effort); the
@@ -115,6 +120,10 @@ impl Sandbox {
     }
 
     /// Also lets the child read files and list directories beneath `path`.
+    ///
+    /// A program that does not link this crate needs this for what its runtime reads as it
+    /// starts: for a Python script, the interpreter's installation (`sys.prefix`) and the
+    /// script itself.
     pub fn allow_read(mut self, path: impl Into<PathBuf>) -> Sandbox {
         self.read.push(path.into());
         self
