@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example tour
+//! RUST_LOG=utility_process=debug cargo run --release --example tour   # and the library's story
 //! ```
 //!
 //! The tour is its own worker: `main` registers named entry points with
@@ -49,7 +50,17 @@ struct PingOrder {
 }
 
 fn main() -> Result<(), Box<dyn StdError>> {
-    // First thing in main: in a worker this runs the entry and never returns.
+    // The library never prints: it reports through `tracing`. RUST_LOG chooses what to see
+    // (nothing by default); workers inherit it, so their events show too.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::builder()
+                .with_default_directive(tracing_subscriber::filter::LevelFilter::OFF.into())
+                .from_env_lossy(),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Then, in a worker, this runs the entry and never returns.
     init([
         Entry::blocking("compute", compute),
         Entry::blocking("doomed", |_port| -> Result<(), Error> {

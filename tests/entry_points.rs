@@ -9,7 +9,7 @@ use std::time::Duration;
 use libtest_mimic::{Arguments, Failed, Trial};
 use tokio::io::AsyncReadExt;
 use utility_process::{
-    fork_entry, init, Entry, Error, Event, ForkOptions, Message, MessageChannel, ParentPort,
+    fork, fork_entry, init, Entry, Error, Event, ForkOptions, Message, MessageChannel, ParentPort,
     SpawnStep, Stdio, UtilityProcess,
 };
 
@@ -208,25 +208,78 @@ fn a_blocking_entry_echoes_and_exits_zero_when_it_returns_ok() -> Result<(), Fai
     run(|| echo_round_trips("blocking-echo"))
 }
 
-fn an_entry_returning_err_exits_one_with_the_error_on_stderr() -> Result<(), Failed> {
+fn an_entry_returning_err_is_reported_as_entry_failed_and_nothing_is_printed() -> Result<(), Failed>
+{
     run(|| async {
         let mut child = fork_entry(
             "failing",
             [] as [&str; 0],
             ForkOptions::default().stderr(Stdio::Pipe),
         )?;
+        let pid = child.pid().ok_or("a pid")?;
         let mut stderr = child.take_stderr().ok_or("stderr is piped")?;
         expect_spawn(&mut child).await?;
         match rest_of_events(&mut child).await?.as_slice() {
-            [Event::Exit(status)] if status.code() == Some(1) => {}
-            other => return Err(format!("expected only Exit with code 1, got {other:?}").into()),
+            [Event::Error(Error::EntryFailed {
+                service_name,
+                pid: failed_pid,
+                message,
+            }), Event::Exit(status)]
+                if status.code() == Some(1) =>
+            {
+                check(service_name == "failing" && *failed_pid == pid, || {
+                    format!("the failure names {service_name} (pid {failed_pid})")
+                })?;
+                check(message == FAILURE, || format!("the message is {message:?}"))?;
+            }
+            other => {
+                return Err(
+                    format!("expected EntryFailed, then Exit with code 1, got {other:?}").into(),
+                )
+            }
         }
         let mut text = String::new();
         tokio::time::timeout(EVENT_TIMEOUT, stderr.read_to_string(&mut text))
             .await
             .map_err(|_| "stderr did not end")??;
-        check(text.contains(&format!("failing: {FAILURE}")), || {
-            format!("stderr does not name the entry and its error: {text:?}")
+        check(text.is_empty(), || {
+            format!("the library printed on the child's stderr: {text:?}")
+        })
+    })
+}
+
+fn a_program_started_for_an_entry_it_does_not_have_reports_entry_failed_and_exits_127(
+) -> Result<(), Failed> {
+    run(|| async {
+        let mut child = fork(
+            std::env::current_exe()?,
+            [] as [&str; 0],
+            ForkOptions::default()
+                .env("UTILITY_PROCESS_ENTRY", "no-such-entry")
+                .stderr(Stdio::Pipe),
+        )?;
+        let mut stderr = child.take_stderr().ok_or("stderr is piped")?;
+        expect_spawn(&mut child).await?;
+        match rest_of_events(&mut child).await?.as_slice() {
+            [Event::Error(Error::EntryFailed { message, .. }), Event::Exit(status)]
+                if status.code() == Some(127) =>
+            {
+                check(message.contains("no-such-entry"), || {
+                    format!("the message is {message:?}")
+                })?;
+            }
+            other => {
+                return Err(
+                    format!("expected EntryFailed, then Exit with code 127, got {other:?}").into(),
+                )
+            }
+        }
+        let mut text = String::new();
+        tokio::time::timeout(EVENT_TIMEOUT, stderr.read_to_string(&mut text))
+            .await
+            .map_err(|_| "stderr did not end")??;
+        check(text.is_empty(), || {
+            format!("the library printed on the child's stderr: {text:?}")
         })
     })
 }
@@ -355,8 +408,12 @@ fn main() {
             a_blocking_entry_echoes_and_exits_zero_when_it_returns_ok,
         ),
         Trial::test(
-            "an_entry_returning_err_exits_one_with_the_error_on_stderr",
-            an_entry_returning_err_exits_one_with_the_error_on_stderr,
+            "an_entry_returning_err_is_reported_as_entry_failed_and_nothing_is_printed",
+            an_entry_returning_err_is_reported_as_entry_failed_and_nothing_is_printed,
+        ),
+        Trial::test(
+            "a_program_started_for_an_entry_it_does_not_have_reports_entry_failed_and_exits_127",
+            a_program_started_for_an_entry_it_does_not_have_reports_entry_failed_and_exits_127,
         ),
         Trial::test(
             "a_panicking_entry_reports_the_panic_then_exits_101",

@@ -27,6 +27,7 @@ use libfuzzer_sys::fuzz_target;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use utility_process_wire::{
+    FailureReport,
     decode_value, Attachment, Decoded, Error, Frame, FrameDecoder, FrameEncoder, Hello,
     PanicReport, DEFAULT_MAX_FRAME_LEN, HEADER_LEN, MAX_ATTACHMENTS, MAX_DEPTH, MIN_FRAME_LEN,
 };
@@ -46,6 +47,7 @@ enum Owned {
     Hello(Hello),
     Message(Vec<Attachment>, Vec<u8>),
     Panic(PanicReport),
+    Failure(FailureReport),
 }
 
 fn owned(frame: &Frame<'_>) -> Owned {
@@ -56,6 +58,7 @@ fn owned(frame: &Frame<'_>) -> Owned {
             payload,
         } => Owned::Message(attachments.iter().collect(), payload.to_vec()),
         Frame::Panic(report) => Owned::Panic(report.clone()),
+        Frame::Failure(report) => Owned::Failure(report.clone()),
     }
 }
 
@@ -149,6 +152,22 @@ fn check_frame(decoder: &FrameDecoder, frame: &Frame<'_>, bytes: &[u8]) {
                     assert_eq!(&again, report);
                 }
                 other => panic!("a re-encoded PANIC report decodes to {other:?}"),
+            }
+        }
+        Frame::Failure(report) => {
+            let mut out = Vec::new();
+            FrameEncoder::new(u32::MAX)
+                .failure(&mut out, report)
+                .expect("a decoded FAILURE report re-encodes");
+            match FrameDecoder::new(u32::MAX).decode(&out) {
+                Ok(Decoded::Frame {
+                    frame: Frame::Failure(again),
+                    consumed,
+                }) => {
+                    assert_eq!(consumed, out.len());
+                    assert_eq!(&again, report);
+                }
+                other => panic!("a re-encoded FAILURE report decodes to {other:?}"),
             }
         }
     }

@@ -405,7 +405,8 @@ async fn a_flood_of_descriptors_that_no_frame_claims_is_a_violation() {
 /// frames on it close that port (and are logged on stderr); the parent port and the child
 /// carry on.
 #[tokio::test]
-async fn a_port_from_a_child_that_breaks_the_protocol_or_leads_nowhere_reads_as_closed() {
+async fn a_port_from_a_child_that_breaks_the_protocol_or_leads_nowhere_reads_as_closed_and_says_why(
+) {
     for mode in ["port-then-garbage", "port-is-a-listening-socket"] {
         let mut child = hostile(&[mode], default());
         match next_event(&mut child).await {
@@ -424,6 +425,12 @@ async fn a_port_from_a_child_that_breaks_the_protocol_or_leads_nowhere_reads_as_
             .await
             .unwrap_or_else(|_| panic!("{mode}: recv on the port hangs"));
         assert!(received.is_none(), "{mode}: {received:?}");
+        // Why it closed is the owner's to read, not printed.
+        match (mode, port.violation()) {
+            ("port-then-garbage", Some(Violation::Frame(WireError::FrameTooLarge { .. }))) => {}
+            ("port-is-a-listening-socket", Some(Violation::Read(_))) => {}
+            (_, other) => panic!("{mode}: violation() is {other:?}"),
+        }
         assert!(
             matches!(port.post_message("anyone?"), Err(Error::Closed { .. })),
             "{mode}: a post on the closed port does not fail with Closed"

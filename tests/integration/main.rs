@@ -17,3 +17,5 @@ mod ports;
 mod sandbox;
 /// stdout and stderr; cwd, env, args, the service name.
 mod stdio;
+/// The library's story through `tracing`: the events of a short run and their fields.
+mod tracing;

@@ -302,10 +302,15 @@ where
             WhenFull::Reject => match Arc::clone(&shared.room).try_acquire_owned() {
                 Ok(permit) => permit,
                 Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    tracing::warn!(
+                        pool = %shared.service_name,
+                        capacity = shared.queue_capacity,
+                        "queue full: task refused"
+                    );
                     return Err(TaskError::QueueFull {
                         service_name: shared.service_name.clone(),
                         capacity: shared.queue_capacity,
-                    })
+                    });
                 }
                 Err(tokio::sync::TryAcquireError::Closed) => return Err(closed()),
             },

@@ -187,6 +187,7 @@ enum Cmd {
 
 impl Shared {
     fn emit(&self, event: SupervisorEvent) {
+        trace_event(&event);
         // No subscriber is not an error: events are for whoever listens.
         let _ = self.events.send(event);
     }
@@ -1235,4 +1236,57 @@ impl Runner {
 fn later(from: Instant, after: Duration) -> Instant {
     from.checked_add(after)
         .unwrap_or_else(|| from + Duration::from_secs(30 * 365 * 86400))
+}
+
+/// Records a supervisor event as a `tracing` event, at the level it deserves.
+fn trace_event(event: &SupervisorEvent) {
+    match event {
+        SupervisorEvent::Started {
+            service,
+            pid,
+            restarts,
+        } => tracing::info!(service = %service, pid, restarts, "started"),
+        SupervisorEvent::Ready {
+            service,
+            pid,
+            restarts,
+            ..
+        } => tracing::info!(service = %service, pid, restarts, "ready"),
+        SupervisorEvent::HeartbeatMissed {
+            service,
+            pid,
+            missed,
+            allowed,
+            ..
+        } => tracing::warn!(service = %service, pid, missed, allowed, "heartbeat missed"),
+        SupervisorEvent::Exited {
+            service,
+            pid,
+            reason,
+            ..
+        } => tracing::warn!(service = %service, pid = *pid, reason = %reason, "exited"),
+        SupervisorEvent::Restarting {
+            service,
+            attempt,
+            delay,
+            reason,
+        } => tracing::warn!(
+            service = %service,
+            attempt,
+            delay = ?delay,
+            reason = %reason,
+            "restarting"
+        ),
+        SupervisorEvent::NotRestarted { service, reason } => {
+            tracing::info!(service = %service, reason = %reason, "not restarted")
+        }
+        SupervisorEvent::GaveUp(why) => tracing::error!(reason = %why, "gave up"),
+        SupervisorEvent::Stopped { service, pid, .. } => {
+            tracing::info!(service = %service, pid = *pid, "stopped")
+        }
+        SupervisorEvent::ShutdownComplete => tracing::info!("shutdown complete"),
+        SupervisorEvent::EventsLost { count } => {
+            tracing::warn!(count, "a subscriber fell behind and lost events")
+        }
+    }
 }

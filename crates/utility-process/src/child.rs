@@ -15,12 +15,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use utility_process_wire::{Decoded, Frame, FrameDecoder, Hello, PanicReport, ENVELOPE_ROOM};
+use utility_process_wire::{
+    Decoded, FailureReport, Frame, FrameDecoder, Hello, PanicReport, ENVELOPE_ROOM,
+};
 
 use crate::port::{send_with, PortCore};
 use crate::process::{ENV_PARENT_PID, ENV_PORT_FD, ENV_SERVICE_NAME, PORT_FD};
 use crate::transport::{Endpoint, Limits};
-use crate::{sys, Error, Message, MessagePort, Transferable};
+use crate::{sys, Error, Message, MessagePort, Transferable, Violation};
 
 /// How long `parent_port` waits for the parent's `HELLO`, which is written before the child
 /// starts and so is normally there at once.
@@ -210,6 +212,25 @@ fn install_panic_hook(endpoint: Arc<Endpoint>) {
         });
         previous(info);
     }));
+}
+
+impl ParentPort {
+    /// How the parent broke the protocol, when it did: the library then closed the port, and
+    /// [`recv`](Self::recv) returned `None`. `None` while the port is open, and when the
+    /// parent closed it or is gone.
+    pub fn violation(&self) -> Option<&Violation> {
+        self.shared.core.violation()
+    }
+
+    /// Tells the parent that this child's main work failed with `message` (it ends next):
+    /// the parent reports [`Error::EntryFailed`] if the child then exits unsuccessfully.
+    pub(crate) fn report_failure(&self, message: String) {
+        let report = FailureReport { message };
+        self.shared.core.endpoint.send_last_words(|encoder, buf| {
+            // A report too large for the frame limit is dropped; the exit is still reported.
+            let _ = encoder.failure(buf, &report);
+        });
+    }
 }
 
 extern "C" fn flush_at_exit() {

@@ -147,16 +147,21 @@ where
     };
     std::env::remove_var(ENV_ENTRY);
     let wanted = wanted.to_string_lossy().into_owned();
-    let Some(entry) = entries.into_iter().find(|e| e.name == wanted) else {
-        eprintln!("utility-process: this program has no entry point named {wanted:?}");
-        std::process::exit(127);
-    };
+    // Nothing is printed: what went wrong goes to the parent (a FAILURE report, which it
+    // turns into `Error::EntryFailed`) and to this process's `tracing` subscriber, if any.
     let port = match parent_port() {
         Ok(port) => port,
         Err(e) => {
-            eprintln!("utility-process: entry point {wanted:?}: {e}");
+            // No port: there is no parent to tell.
+            tracing::error!(entry = %wanted, error = %e, "entry point: no parent port");
             std::process::exit(127);
         }
+    };
+    let Some(entry) = entries.into_iter().find(|e| e.name == wanted) else {
+        let message = format!("this program has no entry point named {wanted:?}");
+        tracing::error!(entry = %wanted, "{message}");
+        port.report_failure(message);
+        std::process::exit(127);
     };
     let outcome = match entry.body {
         Body::Blocking(body) => body(port),
@@ -172,7 +177,11 @@ where
         // `exit` runs the library's exit handler, which writes out the port's queue.
         Ok(()) => std::process::exit(0),
         Err(e) => {
-            eprintln!("{wanted}: {e}");
+            tracing::error!(entry = %wanted, error = %e, "entry point failed");
+            // The port moved into the entry point; `parent_port` hands out the same one.
+            if let Ok(port) = parent_port() {
+                port.report_failure(e.to_string());
+            }
             std::process::exit(1);
         }
     }

@@ -128,6 +128,20 @@ pub enum Error {
         panic: PanicInfo,
     },
 
+    /// Occurs (as [`Event::Error`](crate::Event::Error)) when a child's main work failed
+    /// without a panic and the child then exited unsuccessfully: an entry point
+    /// ([`init`](crate::init)) returned an error, or the program was started for an entry
+    /// point it does not have.
+    #[error("{service_name} (pid {pid}) failed: {message}")]
+    EntryFailed {
+        /// The child's service name.
+        service_name: String,
+        /// The child's pid.
+        pid: u32,
+        /// The error, as the child displayed it.
+        message: String,
+    },
+
     /// Occurs (as [`Event::Error`](crate::Event::Error)) when a child sends bytes that break
     /// the protocol. The parent discarded them, closed the port and killed the child.
     #[error("{service_name} (pid {pid}) broke the protocol and was killed: {violation}")]

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use utility_process_wire::{Attachment, MAX_ATTACHMENTS};
 
 use crate::transport::{Carried, Endpoint, Incoming, Limits, RecvError, SendError, TryRecv};
-use crate::{sys, Error, Message, SharedBuffer};
+use crate::{sys, Error, Message, SharedBuffer, Violation};
 
 const NOT_STARTED: u8 = 0;
 const STARTED: u8 = 1;
@@ -236,6 +236,28 @@ impl MessagePort {
     pub fn flush(&self) {
         self.core.endpoint.flush_blocking();
     }
+
+    /// How the other end broke the protocol, when it did: the library then closed this port,
+    /// and [`recv`](Self::recv) returned `None`. `None` while the port is open, and when it
+    /// ended because the other end closed it or its process is gone.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use utility_process::MessageChannel;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), utility_process::Error> {
+    /// let MessageChannel { port1, port2 } = MessageChannel::new()?;
+    /// port1.close();
+    /// assert!(port2.recv().await.is_none());
+    /// assert!(port2.violation().is_none(), "closed, not violated");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn violation(&self) -> Option<&Violation> {
+        self.core.violation()
+    }
 }
 
 /// Something that moves to the receiving process with a message: a port or a shared buffer.
@@ -265,6 +287,8 @@ pub(crate) struct PortCore {
     pub(crate) endpoint: Arc<Endpoint>,
     /// Who is at the other end, for error messages.
     peer: &'static str,
+    /// How the peer broke the protocol, if it did (the port is closed then).
+    violation: OnceLock<Violation>,
     state: AtomicU8,
     resumed: Notify,
 }
@@ -274,9 +298,14 @@ impl PortCore {
         PortCore {
             endpoint,
             peer,
+            violation: OnceLock::new(),
             state: AtomicU8::new(NOT_STARTED),
             resumed: Notify::new(),
         }
+    }
+
+    pub(crate) fn violation(&self) -> Option<&Violation> {
+        self.violation.get()
     }
 
     pub(crate) fn post_value<T: Serialize + ?Sized>(
@@ -366,28 +395,27 @@ impl PortCore {
     /// [`deliver`](Self::deliver) for everything but a plain message.
     #[cold]
     fn deliver_other(&self, received: Result<Option<Incoming>, RecvError>) -> Option<Message> {
-        let problem = match received {
+        let violation = match received {
             Ok(Some(Incoming::Message {
                 payload,
                 attachments,
                 fds,
             })) => match transferred(attachments, fds) {
                 Ok((ports, buffers)) => return Some(Message::new(payload, ports, buffers)),
-                Err(problem) => problem.to_owned(),
+                Err(problem) => Violation::Descriptors(problem),
             },
             Ok(None) => return None,
-            Ok(Some(Incoming::Hello { .. })) => "a HELLO after the first frame".to_owned(),
-            Ok(Some(Incoming::Panic(_))) => "a PANIC frame".to_owned(),
-            Err(RecvError::Protocol(e)) => e.to_string(),
-            Err(RecvError::Descriptors(problem)) => problem.to_owned(),
-            Err(RecvError::Io(e)) => format!("reading failed: {e}"),
+            Ok(Some(Incoming::Hello { .. })) => Violation::DuplicateHello,
+            Ok(Some(Incoming::Panic(_))) => Violation::UnexpectedFrame("PANIC"),
+            Ok(Some(Incoming::Failure(_))) => Violation::UnexpectedFrame("FAILURE"),
+            Err(RecvError::Protocol(e)) => Violation::Frame(e),
+            Err(RecvError::Descriptors(problem)) => Violation::Descriptors(problem),
+            Err(RecvError::Io(e)) => Violation::Read(e),
         };
-        // A peer that breaks the protocol gets nothing more from this port. There is no one
-        // to return an error to from `recv`, so say it on stderr, as Chromium logs a bad message.
-        eprintln!(
-            "utility-process: {} broke the protocol ({problem}); closing the port",
-            self.peer
-        );
+        // A peer that breaks the protocol gets nothing more from this port: `recv` returns
+        // `None`, and the owner finds why in `violation()`.
+        tracing::warn!(peer = self.peer, rule = %violation, "protocol violation on a port: closed");
+        let _ = self.violation.set(violation);
         self.endpoint.close();
         None
     }

@@ -149,6 +149,8 @@ struct Child {
     cpu_limit: Option<Duration>,
     /// The relay of its output, when the library stands between the child and its streams.
     relay: Option<Relayed>,
+    /// The span of this child's life: every event about it is recorded inside it.
+    span: tracing::Span,
 }
 
 /// What the relay of a child's output found, and whether it has finished.
@@ -222,6 +224,8 @@ struct EventState {
     /// A protocol violation was reported: the kill that followed is not another error.
     violated: bool,
     last_panic: Option<PanicInfo>,
+    /// What the child said failed, in a `FAILURE` report.
+    last_failure: Option<String>,
     finished: bool,
     /// How many of the child's denied calls have been reported.
     syscalls_reported: usize,
@@ -431,9 +435,23 @@ where
                 sys::process::SpawnStep::Exec => SpawnStep::Exec,
                 sys::process::SpawnStep::Pidfd => SpawnStep::Pidfd,
             };
-            spawn_error(step, source)
+            let error = spawn_error(step, source);
+            tracing::debug!(service = %service_name, error = %error, "fork failed");
+            error
         })?;
 
+    let span = tracing::info_span!(
+        "utility_process",
+        service = %service_name,
+        pid = spawned.pid,
+    );
+    tracing::info!(
+        parent: &span,
+        program = %resolved.display(),
+        sandboxed,
+        confined = report_pipe.is_some(),
+        "spawned"
+    );
     let (exit_tx, exit_rx) = watch::channel(None);
     let child = Arc::new(Child {
         pid: spawned.pid as u32,
@@ -454,9 +472,13 @@ where
         sandboxed,
         cpu_limit,
         relay,
+        span,
     });
     let reports = child.reports.as_ref().map(|r| r.reports.subscribe());
-    driver.handle().spawn(watch_child(Arc::clone(&child)));
+    driver.handle().spawn(tracing::Instrument::instrument(
+        watch_child(Arc::clone(&child)),
+        child.span.clone(),
+    ));
 
     Ok(UtilityProcess {
         service_name,
@@ -568,6 +590,43 @@ fn environment(
     env.insert(ENV_SERVICE_NAME.into(), service_name.into());
     env.insert(ENV_PARENT_PID.into(), std::process::id().to_string().into());
     env
+}
+
+/// Records an error event about a child, at the level it deserves, with its fields.
+fn trace_error(span: &tracing::Span, error: &Error) {
+    match error {
+        Error::Crashed {
+            signal,
+            core_dumped,
+            ..
+        } => tracing::warn!(parent: span, signal = %signal, core_dumped, "crashed"),
+        Error::Panicked { panic, .. } => tracing::warn!(
+            parent: span,
+            panic = %panic.message,
+            location = %panic.location,
+            "panicked"
+        ),
+        Error::EntryFailed { message, .. } => {
+            tracing::warn!(parent: span, error = %message, "its entry point failed")
+        }
+        // Logged where it was found, with the rule.
+        Error::ProtocolViolation { .. } => {}
+        Error::SandboxViolation { syscall, .. } => tracing::warn!(
+            parent: span,
+            syscall = syscall.map(|s| s.name),
+            number = syscall.map(|s| s.number),
+            "the sandbox denied a system call"
+        ),
+        Error::LimitExceeded { limit, .. } => {
+            tracing::warn!(parent: span, limit = %limit, "stopped by its limit")
+        }
+        Error::SandboxNotApplied { errno, .. } => tracing::error!(
+            parent: span,
+            errno = *errno,
+            "the child did not apply its sandbox: killed"
+        ),
+        other => tracing::warn!(parent: span, error = %other, "error"),
+    }
 }
 
 /// Finds the program as `execvp` would, but in the parent, so a missing program is an error
@@ -696,6 +755,7 @@ async fn watch_child(child: Arc<Child>) {
                 }
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or(far_future)), if deadline.is_some() => {
+                tracing::warn!(grace = ?child.kill_grace, "still alive after the kill grace period: SIGKILL");
                 let _ = child.pidfd.send_signal(libc::SIGKILL);
                 sys::process::kill_process_group(child.pid as libc::pid_t, libc::SIGKILL);
                 sigkill_sent = true;
@@ -763,7 +823,8 @@ fn drain_reports(child: &Child) -> bool {
         return false;
     };
     let more = pipe.drain();
-    if pipe.reports.borrow().violation.is_some() {
+    if let Some(how) = pipe.reports.borrow().violation {
+        tracing::warn!(rule = how, "report pipe violation: SIGKILL");
         child.mark_sent(libc::SIGKILL);
         let _ = child.pidfd.send_signal(libc::SIGKILL);
         return false;
@@ -1040,7 +1101,7 @@ impl UtilityProcess {
     pub async fn next_event(&mut self) -> Option<Event> {
         loop {
             if let Some(answer) = self.event_without_waiting() {
-                return answer;
+                return self.traced(answer);
             }
             let step = {
                 let port = &self.port;
@@ -1070,7 +1131,7 @@ impl UtilityProcess {
             match step {
                 Step::Port(result) => {
                     if let Some(event) = self.on_port(result) {
-                        return Some(event);
+                        return self.traced(Some(event));
                     }
                 }
                 Step::Exited(status) => self.on_exit(status),
@@ -1084,7 +1145,7 @@ impl UtilityProcess {
     pub fn next_event_blocking(&mut self) -> Option<Event> {
         loop {
             if let Some(answer) = self.event_without_waiting() {
-                return answer;
+                return self.traced(answer);
             }
             let published = *self.exit.borrow();
             if let Some(status) = published {
@@ -1102,7 +1163,7 @@ impl UtilityProcess {
                 };
                 if let Some(step) = step {
                     if let Some(event) = self.on_port(step) {
-                        return Some(event);
+                        return self.traced(Some(event));
                     }
                     continue;
                 }
@@ -1135,10 +1196,27 @@ impl UtilityProcess {
                     Err(e) => Err(e),
                 };
                 if let Some(event) = self.on_port(step) {
-                    return Some(event);
+                    return self.traced(Some(event));
                 }
             }
         }
+    }
+
+    /// Records `event` in the child's span (every event but a message, which is the hot
+    /// path), and passes it on.
+    fn traced(&self, event: Option<Event>) -> Option<Event> {
+        let span = &self.child.span;
+        match &event {
+            Some(Event::Exit(status)) => tracing::info!(
+                parent: span,
+                code = status.code(),
+                signal = status.signal().map(|s| s.as_raw()),
+                "exited"
+            ),
+            Some(Event::Error(error)) => trace_error(span, error),
+            _ => {}
+        }
+        event
     }
 
     /// What `next_event` can answer without waiting: `Some(answer)`, or `None` when it must
@@ -1248,11 +1326,16 @@ impl UtilityProcess {
                 self.events.last_panic = Some(report.into());
                 None
             }
+            Incoming::Failure(report) => {
+                self.events.last_failure = Some(report.message);
+                None
+            }
         }
     }
 
     /// The child broke the protocol: stop reading, kill it, and say why.
     fn violation(&mut self, violation: Violation) -> Event {
+        tracing::warn!(parent: &self.child.span, rule = %violation, "protocol violation: SIGKILL");
         self.events.violated = true;
         self.events.port_done = true;
         self.port.close();
@@ -1369,11 +1452,17 @@ impl UtilityProcess {
         }
         let unasked_signal = status.signal().filter(|s| !self.child.was_sent(s.as_raw()));
         let failed = unasked_signal.is_some() || status.code().is_some_and(|c| c != 0);
+        let failure = self.events.last_failure.take();
         match (failed, self.events.last_panic.take(), unasked_signal) {
             (true, Some(panic), _) => Some(Error::Panicked {
                 service_name: self.service_name.clone(),
                 pid: self.child.pid,
                 panic,
+            }),
+            (true, None, None) if failure.is_some() => Some(Error::EntryFailed {
+                service_name: self.service_name.clone(),
+                pid: self.child.pid,
+                message: failure.unwrap_or_default(),
             }),
             (_, _, Some(signal)) => Some(Error::Crashed {
                 service_name: self.service_name.clone(),
@@ -1402,6 +1491,7 @@ impl UtilityProcess {
         if self.child.pidfd.send_signal(libc::SIGTERM).is_err() {
             return false;
         }
+        tracing::debug!(parent: &self.child.span, grace = ?self.child.kill_grace, "kill: sent SIGTERM");
         // A grace period too long to represent means "never SIGKILL".
         let Some(deadline) = Instant::now().checked_add(self.child.kill_grace) else {
             return true;
@@ -1444,6 +1534,7 @@ impl UtilityProcess {
             return false;
         }
         self.child.mark_sent(signal.as_raw());
+        tracing::debug!(parent: &self.child.span, signal = %signal, "signal sent");
         self.child.pidfd.send_signal(signal.as_raw()).is_ok()
     }
 

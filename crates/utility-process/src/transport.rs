@@ -61,7 +61,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Notify;
 use utility_process_wire::{
-    Attachment, Decoded, Frame, FrameDecoder, FrameEncoder, PanicReport, HEADER_LEN,
+    Attachment, Decoded, FailureReport, Frame, FrameDecoder, FrameEncoder, PanicReport, HEADER_LEN,
     MAX_ATTACHMENTS,
 };
 
@@ -125,6 +125,7 @@ pub(crate) enum Incoming {
         fds: Vec<OwnedFd>,
     },
     Panic(PanicReport),
+    Failure(FailureReport),
 }
 
 /// The bytes of a received message.
@@ -948,6 +949,7 @@ impl Endpoint {
                             sandboxed: hello.flags & utility_process_wire::Hello::SANDBOXED != 0,
                         },
                         Frame::Panic(report) => Incoming::Panic(report),
+                        Frame::Failure(report) => Incoming::Failure(report),
                         Frame::Message {
                             attachments,
                             payload,

@@ -27,6 +27,8 @@ pub enum FrameKind {
     Message = 0x02,
     /// A Rust child's panic report.
     Panic = 0x03,
+    /// A child's report that its main work failed (an entry point returned an error).
+    Failure = 0x04,
 }
 
 /// The handshake each side sends first on a parent port.
@@ -216,6 +218,14 @@ pub struct PanicReport {
     pub thread: Option<String>,
 }
 
+/// A child's report that its main work failed without a panic: an entry point returned an
+/// error, or the program was started for an entry point it does not have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureReport {
+    /// What failed, as the error displays itself.
+    pub message: String,
+}
+
 /// A decoded frame, borrowing from the receive buffer.
 #[derive(Debug)]
 pub enum Frame<'a> {
@@ -230,6 +240,8 @@ pub enum Frame<'a> {
     },
     /// A panic report.
     Panic(PanicReport),
+    /// A failure report.
+    Failure(FailureReport),
 }
 
 impl<'a> Frame<'a> {
@@ -265,6 +277,12 @@ impl<'a> Frame<'a> {
                 .map(Frame::Panic)
                 .map_err(|e| match e {
                     Error::Decode(e) => Error::BadPanicReport(e),
+                    other => other,
+                }),
+            k if k == FrameKind::Failure as u8 => crate::decode_value(body)
+                .map(Frame::Failure)
+                .map_err(|e| match e {
+                    Error::Decode(e) => Error::BadFailureReport(e),
                     other => other,
                 }),
             other => Err(Error::UnknownKind(other)),
@@ -440,6 +458,30 @@ mod tests {
         assert!(matches!(
             Frame::parse(3, &body),
             Err(Error::TrailingBytes { count: 2 })
+        ));
+    }
+
+    #[test]
+    fn failure_report_round_trips_and_is_refused_when_malformed() {
+        let report = FailureReport {
+            message: "no model at /srv/model.bin".into(),
+        };
+        let mut out = Vec::new();
+        FrameEncoder::new(1000).failure(&mut out, &report).unwrap();
+        assert_eq!(out[4], 0x04);
+        match FrameDecoder::new(1000).decode(&out).unwrap() {
+            Decoded::Frame {
+                frame: Frame::Failure(r),
+                consumed,
+            } => {
+                assert_eq!(r, report);
+                assert_eq!(consumed, out.len());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            Frame::parse(4, &[0xc1]),
+            Err(Error::BadFailureReport(_))
         ));
     }
 

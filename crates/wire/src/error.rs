@@ -57,6 +57,9 @@ pub enum Error {
     /// Occurs when a `PANIC` body is not the MessagePack map the protocol describes.
     #[error("malformed PANIC report: {0}")]
     BadPanicReport(#[source] rmp_serde::decode::Error),
+    /// Occurs when a `FAILURE` body is not the MessagePack map the protocol describes.
+    #[error("malformed FAILURE report: {0}")]
+    BadFailureReport(#[source] rmp_serde::decode::Error),
     /// Occurs when a value cannot be encoded as MessagePack (for example a map with
     /// non-string keys that serde refuses, or a `Serialize` impl that returns an error).
     #[error("cannot encode the message: {0}")]

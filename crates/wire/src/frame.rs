@@ -10,7 +10,7 @@
 //! Both take a limit on the length field, raised to at least [`MIN_FRAME_LEN`].
 
 use crate::envelope::{
-    Attachment, Frame, FrameKind, Hello, PanicReport, HELLO_LEN, MAX_ATTACHMENTS,
+    Attachment, FailureReport, Frame, FrameKind, Hello, PanicReport, HELLO_LEN, MAX_ATTACHMENTS,
 };
 use crate::Error;
 
@@ -242,7 +242,26 @@ impl FrameEncoder {
     /// Returns [`Error::FrameTooLarge`] when the report (a very long panic message) does not
     /// fit the limit, leaving `out` as it was.
     pub fn panic(&self, out: &mut Vec<u8>, report: &PanicReport) -> Result<(), Error> {
-        let start = begin(out, FrameKind::Panic);
+        self.report(out, FrameKind::Panic, report)
+    }
+
+    /// Appends a `FAILURE` frame carrying `report`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::FrameTooLarge`] when the report does not fit the limit; `out` is then left as
+    /// it was.
+    pub fn failure(&self, out: &mut Vec<u8>, report: &FailureReport) -> Result<(), Error> {
+        self.report(out, FrameKind::Failure, report)
+    }
+
+    fn report<T: serde::Serialize>(
+        &self,
+        out: &mut Vec<u8>,
+        kind: FrameKind,
+        report: &T,
+    ) -> Result<(), Error> {
+        let start = begin(out, kind);
         let filled = crate::encode_value(out, report)
             .and_then(|()| patch_len(out, start, self.max_frame_len));
         if filled.is_err() {

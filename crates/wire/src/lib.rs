@@ -3,8 +3,9 @@
 //! A channel carries **frames**: a little-endian `u32` length, a kind byte, and a body. The
 //! first frame each side writes on a parent port is a [`Hello`]; after it come
 //! [`MESSAGE`](FrameKind::Message) frames (attachments, then an opaque payload) and, from a
-//! Rust child, [`PANIC`](FrameKind::Panic) reports. `docs/PROTOCOL.md` in the repository is
-//! the normative description, precise enough to write a child in another language.
+//! child, [`PANIC`](FrameKind::Panic) and [`FAILURE`](FrameKind::Failure) reports.
+//! `docs/PROTOCOL.md` in the repository is the normative description, precise enough to
+//! write a child in another language.
 //!
 //! This crate does no I/O and holds no `unsafe`: everything here is a function from bytes to
 //! values (or to an [`Error`]), so it can be fuzzed and property-tested on its own. Every
@@ -41,8 +42,8 @@ mod frame;
 
 pub use codec::{decode_value, encode_value, encode_value_capped, MAX_DEPTH};
 pub use envelope::{
-    Attachment, Attachments, Frame, FrameKind, Hello, PanicReport, ATTACHMENT_LEN, MAGIC,
-    MAX_ATTACHMENTS, VERSION,
+    Attachment, Attachments, FailureReport, Frame, FrameKind, Hello, PanicReport, ATTACHMENT_LEN,
+    MAGIC, MAX_ATTACHMENTS, VERSION,
 };
 pub use error::Error;
 pub use frame::{

@@ -16,9 +16,9 @@ use proptest::sample::Index;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize, Serializer};
 use utility_process_wire::{
-    decode_value, encode_value, Attachment, Decoded, Error, Frame, FrameDecoder, FrameEncoder,
-    Hello, PanicReport, ATTACHMENT_LEN, DEFAULT_MAX_FRAME_LEN, HEADER_LEN, MAX_ATTACHMENTS,
-    MAX_DEPTH, MIN_FRAME_LEN,
+    decode_value, encode_value, Attachment, Decoded, Error, FailureReport, Frame, FrameDecoder,
+    FrameEncoder, Hello, PanicReport, ATTACHMENT_LEN, DEFAULT_MAX_FRAME_LEN, HEADER_LEN,
+    MAX_ATTACHMENTS, MAX_DEPTH, MIN_FRAME_LEN,
 };
 
 /// Cases per property. Shrinking keeps failures readable; failures are not persisted to a
@@ -40,6 +40,7 @@ enum Sent {
         payload: Vec<u8>,
     },
     Panic(PanicReport),
+    Failure(FailureReport),
 }
 
 impl Sent {
@@ -54,6 +55,7 @@ impl Sent {
                 payload: payload.to_vec(),
             },
             Frame::Panic(report) => Sent::Panic(report.clone()),
+            Frame::Failure(report) => Sent::Failure(report.clone()),
         }
     }
 
@@ -71,6 +73,7 @@ impl Sent {
                 Ok(())
             }),
             Sent::Panic(report) => encoder.panic(out, report),
+            Sent::Failure(report) => encoder.failure(out, report),
         }
     }
 }
@@ -217,7 +220,8 @@ fn panic_report() -> impl Strategy<Value = PanicReport> {
         })
 }
 
-/// A MESSAGE with 0 to 3 attachments of either kind, a PANIC report, or (rarely) a HELLO.
+/// A MESSAGE with 0 to 3 attachments of either kind, a PANIC or FAILURE report, or (rarely) a
+/// HELLO.
 fn sent_frame() -> impl Strategy<Value = Sent> {
     prop_oneof![
         6 => (vec(attachment(), 0..=3), vec(any::<u8>(), 0..200)).prop_map(|(attachments, payload)| Sent::Message {
@@ -225,6 +229,7 @@ fn sent_frame() -> impl Strategy<Value = Sent> {
             payload,
         }),
         2 => panic_report().prop_map(Sent::Panic),
+        1 => "\\PC{0,40}".prop_map(|message| Sent::Failure(FailureReport { message })),
         1 => any::<u32>().prop_map(|l| Sent::Hello(Hello::new(l))),
     ]
 }

@@ -146,6 +146,8 @@ struct Task {
     /// [`RunOptions::retries`]).
     reruns: u32,
     timers: TaskTimers,
+    /// The span of the task's life, from submission to its answer.
+    span: tracing::Span,
 }
 
 #[derive(Debug, Default)]
@@ -352,6 +354,8 @@ impl Dispatcher {
         room: OwnedSemaphorePermit,
         submitted: Instant,
     ) {
+        let span = tracing::debug_span!("pool_task", pool = %self.config.service_name, task = id);
+        tracing::trace!(parent: &span, "queued");
         let mut task = Task {
             reply,
             frame,
@@ -362,6 +366,7 @@ impl Dispatcher {
             crashes: 0,
             reruns: 0,
             timers: TaskTimers::default(),
+            span,
         };
         let refusal = if self.closing.is_some() {
             Some(TaskError::Closed {
@@ -480,8 +485,14 @@ impl Dispatcher {
             }
         }
         match &outcome {
-            Ok(_) => self.totals.completed += 1,
-            Err(_) => self.totals.failed += 1,
+            Ok(_) => {
+                self.totals.completed += 1;
+                tracing::debug!(parent: &task.span, "completed");
+            }
+            Err(error) => {
+                self.totals.failed += 1;
+                tracing::debug!(parent: &task.span, error = %error, "failed");
+            }
         }
         // The caller may look at the metrics as soon as it has its answer: they say so first.
         self.publish();
@@ -562,6 +573,9 @@ impl Dispatcher {
             };
             slot.running.insert(id);
             slot.idle_since = None;
+            if let Some(task) = self.tasks.get(&id) {
+                tracing::debug!(parent: &task.span, worker = slot.pid, "started on a worker");
+            }
             if slot.tx.send(ToWorker::Post { task: id, frame }).is_err() {
                 // Its task has returned (the worker has ended, its `Ended` is on the way):
                 // the task never reached it.

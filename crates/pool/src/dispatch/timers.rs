@@ -67,6 +67,12 @@ impl Dispatcher {
                     let grace = self.config.cancel_grace;
                     let error = self.stop_error(id, reason, started, Stop::Killed { grace });
                     self.finish(id, Err(error));
+                    tracing::warn!(
+                        pool = %self.config.service_name,
+                        task = id,
+                        grace = ?grace,
+                        "a task ignored its cancellation: killing its worker"
+                    );
                     self.end_worker(worker, EndedBy::GraceExpired { task: id, grace });
                 }
             }

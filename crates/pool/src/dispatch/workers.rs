@@ -104,6 +104,10 @@ impl Dispatcher {
                 Kind::Ready if body == frame::PROTOCOL => {
                     slot.state = WorkerState::Ready;
                     slot.ready = true;
+                    tracing::debug!(pool = %self.config.service_name, worker = slot.pid, "worker ready");
+                    if self.breaker.open.is_some() {
+                        tracing::info!(pool = %self.config.service_name, "breaker closed: a worker got ready");
+                    }
                     // The pool may start workers again; the count of failures in a row
                     // ends only with a task answered (a worker that gets ready and then
                     // dies idle is no success).
@@ -349,6 +353,15 @@ impl Dispatcher {
             cause,
             stderr_tail,
         };
+        if !slot.running.is_empty() {
+            tracing::warn!(
+                pool = %self.config.service_name,
+                worker = pid,
+                status = %crash.status,
+                tasks = slot.running.len(),
+                "worker ended under its tasks"
+            );
+        }
         let mut ids: Vec<u64> = slot.running.into_iter().collect();
         ids.sort_unstable();
         for id in ids.into_iter().rev() {
@@ -373,6 +386,7 @@ impl Dispatcher {
                 self.totals.crashes += 1;
                 task.crashes += 1;
                 if task.crashes >= self.config.poison_after {
+                    tracing::warn!(parent: &task.span, crashes = task.crashes, "poisoned: it crashed too many workers");
                     error = Some(TaskError::Poisoned {
                         crashes: task.crashes,
                         last: Box::new(crash.clone()),
@@ -386,6 +400,7 @@ impl Dispatcher {
                 Some(error) => self.finish(id, Err(error)),
                 None => {
                     task.reruns += 1;
+                    tracing::debug!(parent: &task.span, rerun = task.reruns, "retried after its worker ended");
                     self.requeue(id);
                 }
             }
@@ -424,7 +439,20 @@ impl Dispatcher {
             reason,
         });
         let now = Instant::now();
+        tracing::warn!(
+            pool = %self.config.service_name,
+            failures = breaker.failures,
+            reason = %failure.reason,
+            "a worker failed to start"
+        );
         let wait = if breaker.failures >= self.config.breaker_threshold {
+            if breaker.open.is_none() {
+                tracing::error!(
+                    pool = %self.config.service_name,
+                    cooldown = ?self.config.breaker_cooldown,
+                    "breaker open: workers keep failing to start"
+                );
+            }
             breaker.open = Some(Arc::clone(&failure));
             self.config.breaker_cooldown
         } else {
@@ -473,6 +501,7 @@ impl Dispatcher {
             Err(error) => return self.start_failed(StartError::Fork(Arc::new(error))),
         };
         self.totals.workers_started += 1;
+        tracing::debug!(pool = %self.config.service_name, worker = child.pid(), "worker forked");
         let (tx, rx) = mpsc::unbounded_channel();
         let service_name: Arc<str> = child.service_name().into();
         let now = Instant::now();

@@ -1177,14 +1177,11 @@ fn in_own_user_namespace() -> bool {
     }
 }
 
-/// Stage 2 failed: tell the parent, and never run the program's code unconfined.
+/// Stage 2 failed: tell the parent (which reports `Error::SandboxNotApplied` with the errno),
+/// and never run the program's code unconfined. Nothing is printed: the program's own
+/// output is not the library's to write to, and no `tracing` subscriber exists before `main`.
 fn refuse_to_start(errno: i32) -> ! {
     sys::report_refusal(errno);
-    eprintln!(
-        "utility-process: the sandbox or limits the parent asked for could not be applied \
-         ({}); not starting",
-        std::io::Error::from_raw_os_error(errno)
-    );
     // `_exit` skips atexit handlers and destructors: a process that must not run any more of
     // its own code.
     sys::exit_now(127)
