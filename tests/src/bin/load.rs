@@ -22,14 +22,16 @@
 //! costs the parent two descriptors (its port and its pidfd), so 1,000 children and their
 //! crashing neighbours need more than the usual soft limit of 1,024.
 //!
-//! The children (`echo`, `crash`) are found beside this program, in the same target directory:
-//! build them first (`cargo build --release -p utility-process-tests --bins`).
+//! The children are this same program, relaunched into its entry points (`echo`, `crash`):
+//! nothing else needs to be built first.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use utility_process::{fork, Error, Event, ForkOptions, Signal, Stdio, UtilityProcess};
+use utility_process::{
+    fork_entry, init, Entry, Error, Event, ForkOptions, ParentPort, Signal, Stdio, UtilityProcess,
+};
 use utility_process_tests::{fd_count, proc_status, zombie_children};
 
 /// How many messages a talker leaves unanswered at most.
@@ -37,7 +39,36 @@ const WINDOW: u64 = 64;
 /// How long any one event may take before the run counts it as a hang.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The echo child: sends every message back.
+async fn echo(port: ParentPort) -> Result<(), Error> {
+    while let Some(message) = port.recv().await {
+        port.post_bytes(message.bytes())?;
+    }
+    Ok(())
+}
+
+/// The crashing child, in the mode its first argument names: `return`, `segv` (dies of
+/// SIGSEGV) or `sleep` (until it is killed).
+fn crash(_port: ParentPort) -> Result<(), Error> {
+    match std::env::args().nth(1).as_deref() {
+        Some("segv") => {
+            // SAFETY: back to the default disposition (std's handler only looks for stack
+            // overflows), then raised: no code of ours runs.
+            unsafe {
+                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                libc::raise(libc::SIGSEGV);
+            }
+            unreachable!("SIGSEGV ends the process")
+        }
+        Some("sleep") => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        _ => Ok(()),
+    }
+}
+
 fn main() {
+    init([Entry::new("echo", echo), Entry::blocking("crash", crash)]);
     let mut args = std::env::args().skip(1).map(|a| {
         a.parse::<u64>()
             .unwrap_or_else(|_| panic!("arguments are numbers: CHILDREN MESSAGES CRASHES CYCLES"))
@@ -60,23 +91,8 @@ fn main() {
 }
 
 async fn run(children: u64, messages: u64, crashes: u64, cycles: u64) -> bool {
-    let dir = std::env::current_exe()
-        .expect("this program's path")
-        .parent()
-        .expect("its directory")
-        .to_path_buf();
-    let echo = dir.join("echo");
-    let crash = dir.join("crash");
-    for program in [&echo, &crash] {
-        assert!(
-            program.exists(),
-            "{} is missing: build the test children first",
-            program.display()
-        );
-    }
-
     // Warm up: the library's thread and guardian exist from the first fork on.
-    let mut warm = fork(&crash, ["return"], ForkOptions::default()).expect("fork");
+    let mut warm = fork_entry("crash", ["return"], ForkOptions::default()).expect("fork");
     while next(&mut warm).await.is_some() {}
     drop(warm);
     settle().await;
@@ -95,7 +111,7 @@ async fn run(children: u64, messages: u64, crashes: u64, cycles: u64) -> bool {
     let mut storm_started = started;
     let mut echoed_at_storm = 0;
     for id in 0..children {
-        let child = fork(&echo, [] as [&str; 0], ForkOptions::default())
+        let child = fork_entry("echo", [] as [&str; 0], ForkOptions::default())
             .unwrap_or_else(|e| panic!("fork echo #{id}: {e}"));
         talkers.push(tokio::spawn(talk(
             child,
@@ -109,8 +125,8 @@ async fn run(children: u64, messages: u64, crashes: u64, cycles: u64) -> bool {
             echoed_at_storm = received.load(Ordering::Relaxed);
             storm = (0..crashes)
                 .map(|_| {
-                    let child = fork(
-                        &crash,
+                    let child = fork_entry(
+                        "crash",
                         ["segv"],
                         ForkOptions::default().stderr(Stdio::Ignore),
                     )
@@ -171,8 +187,8 @@ async fn run(children: u64, messages: u64, crashes: u64, cycles: u64) -> bool {
         let batch = (cycles - cycled).min(50);
         let children: Vec<UtilityProcess> = (0..batch)
             .map(|_| {
-                fork(
-                    &crash,
+                fork_entry(
+                    "crash",
                     ["sleep"],
                     ForkOptions::default().stderr(Stdio::Ignore),
                 )
