@@ -216,7 +216,7 @@ impl Limits {
     }
 
     /// The limits that are set, with their values as `setrlimit` takes them.
-    pub(crate) fn rlimits(&self) -> Vec<(Limit, libc::__rlimit_resource_t, libc::rlimit)> {
+    pub(crate) fn rlimits(&self) -> Vec<(Limit, crate::sys::RlimitResource, libc::rlimit)> {
         let same = |value: u64| libc::rlimit {
             rlim_cur: value,
             rlim_max: value,

@@ -495,7 +495,7 @@ where
 
 /// A confined child's limits and sandbox, prepared in the parent.
 struct Confinement {
-    rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    rlimits: Vec<(sys::RlimitResource, libc::rlimit)>,
     prepared: Option<crate::sandbox::Prepared>,
     policy: Policy,
     report_read: OwnedFd,

@@ -509,7 +509,14 @@ const FCNTL_ALLOWED: &[libc::c_int] = &[
 /// `ioctl` requests no sandboxed child may make, whatever program it runs: typing into a
 /// terminal (`TIOCSTI`), the console's own requests (`TIOCLINUX`), and making a process the
 /// owner of a socket's signals (`FIOSETOWN`, `SIOCSPGRP`).
-const IOCTL_DENIED: &[libc::c_ulong] = &[libc::TIOCSTI, libc::TIOCLINUX, FIOSETOWN, SIOCSPGRP];
+// The C libraries disagree on the requests' type (`c_ulong` in glibc, `c_int` in musl).
+#[allow(clippy::unnecessary_cast)]
+const IOCTL_DENIED: &[libc::c_ulong] = &[
+    libc::TIOCSTI as libc::c_ulong,
+    libc::TIOCLINUX as libc::c_ulong,
+    FIOSETOWN,
+    SIOCSPGRP,
+];
 
 /// `socketpair` only for a connected pair of Unix *stream* sockets, what a
 /// [`MessageChannel`](crate::MessageChannel) is made of. A datagram pair would let the child

@@ -107,9 +107,9 @@ unsafe fn guard(channel: RawFd, table: &mut [libc::pid_t]) -> ! {
     unsafe {
         // Only the channel stays open: not the parent's stdio, not its other sockets.
         if channel > 0 {
-            libc::close_range(0, (channel - 1) as libc::c_uint, 0);
+            super::close_range(0, (channel - 1) as libc::c_uint, 0);
         }
-        libc::close_range((channel + 1) as libc::c_uint, libc::c_uint::MAX, 0);
+        super::close_range((channel + 1) as libc::c_uint, libc::c_uint::MAX, 0);
 
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = libc::SIG_DFL;

@@ -12,6 +12,28 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+/// The type `setrlimit` takes its resource as: glibc's own enum type, an `int` elsewhere.
+#[cfg(target_env = "gnu")]
+pub(crate) type RlimitResource = libc::__rlimit_resource_t;
+/// The type `setrlimit` takes its resource as: glibc's own enum type, an `int` elsewhere.
+#[cfg(not(target_env = "gnu"))]
+pub(crate) type RlimitResource = libc::c_int;
+
+/// `close_range(2)` (Linux 5.9), through `syscall`: not every C library wraps it.
+///
+/// # Safety
+///
+/// Closing descriptors others own is the caller's to answer for (async-signal-safe: a raw
+/// system call).
+pub(crate) unsafe fn close_range(
+    first: libc::c_uint,
+    last: libc::c_uint,
+    flags: libc::c_int,
+) -> libc::c_int {
+    // SAFETY: integer arguments only; what closing means for the descriptors is the caller's.
+    unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) as libc::c_int }
+}
+
 /// Turns a `-1` return into the thread's `errno`.
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret == -1 {

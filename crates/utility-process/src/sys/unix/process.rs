@@ -73,7 +73,7 @@ pub(crate) struct SpawnPlan {
 #[derive(Debug)]
 pub(crate) struct PreExec {
     /// `setrlimit` calls: (resource, soft and hard limits).
-    pub rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    pub rlimits: Vec<(super::RlimitResource, libc::rlimit)>,
     /// Set `no_new_privs` (needed by the two below).
     pub no_new_privs: bool,
     /// Start a session of its own (`setsid`) instead of only a process group: no
@@ -285,7 +285,7 @@ struct Layout {
     port: RawFd,
     report: RawFd,
     parent_pid: libc::pid_t,
-    rlimits: *const (libc::__rlimit_resource_t, libc::rlimit),
+    rlimits: *const (super::RlimitResource, libc::rlimit),
     rlimit_count: usize,
     no_new_privs: bool,
     new_session: bool,
@@ -379,7 +379,7 @@ unsafe fn exec_child(layout: &Layout) -> ! {
         // Everything above closes at exec — including descriptors the parent opened
         // without O_CLOEXEC, and our error pipe, whose closing tells the parent exec worked.
         let first_closed = if confine_report.is_some() { 5 } else { 4 };
-        if libc::close_range(
+        if super::close_range(
             first_closed,
             libc::c_uint::MAX,
             libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
