@@ -20,7 +20,7 @@ function connect() {
   if (hub) return hub;
   const native = require('./native').load();
   const h = new Hub(native);
-  const id = native.connect(h.deliver);
+  const id = native.connect(h.deliver, h.deliverBatch);
   parentPort = new ParentPort(h, id);
   hub = h;
   process.on('uncaughtExceptionMonitor', (error, origin) => {

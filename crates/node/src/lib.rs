@@ -12,7 +12,8 @@
 //!
 //! | JS | what it does |
 //! | --- | --- |
-//! | `connect(deliver)` | takes the parent port (descriptor 3) as port id 0; `deliver` receives every message and close |
+//! | `connect(deliver, deliverBatch)` | takes the parent port (descriptor 3) as port id 0; `deliver` receives every message and close of other ports, `deliverBatch` the parent port's |
+//! | `drain()` | the parent port's messages already read, as a batch |
 //! | `post(id, bytes, transfer?)` | posts bytes (MessagePack or raw) on a port, moving the ports listed in `transfer` |
 //! | `start(id)`, `pause(id)`, `close(id)` | port delivery and life |
 //! | `channel()` | a new `MessageChannel`: two port ids |
@@ -28,21 +29,35 @@
 //! [`MessagePort`]: utility_process::MessagePort
 #![deny(unsafe_code)]
 
+mod fast;
 mod panic;
 mod ports;
 mod sys;
 
-use napi::{Env, JsBuffer, JsFunction, Result};
+use napi::{Env, JsBuffer, JsFunction, JsUnknown, Result};
 use napi_derive::napi;
 
 /// Takes the parent port and starts the delivery thread. `deliver(id, payload, ports,
 /// buffers)` is called on the JS thread for each message (`payload` a `Buffer`, `ports` an
 /// array of new port ids or `undefined`, `buffers` an array of `Buffer`s or `undefined`) and
-/// once with `payload === null` when a port's other end is gone. Returns the parent port's id
-/// (0).
+/// once with `payload === null` when a port's other end is gone. The parent port's messages
+/// come in batches instead, to `deliverBatch([id, payload, ports, buffers, …, more])`, read on
+/// node's own thread (see `fast.rs`). Returns the parent port's id (0).
 #[napi]
-pub fn connect(env: Env, deliver: JsFunction) -> Result<u32> {
-    ports::connect(&env, &deliver)
+pub fn connect(env: Env, deliver: JsFunction, deliver_batch: JsFunction) -> Result<u32> {
+    ports::connect(&env, &deliver, &deliver_batch)
+}
+
+/// The parent port's messages already there, as a batch for `deliverBatch`; `undefined` when
+/// the parent port is read on the delivery thread.
+#[napi]
+pub fn drain(env: Env) -> Result<Option<JsUnknown>> {
+    if !fast::active() {
+        return Ok(None);
+    }
+    let state =
+        ports::state_if_connected().ok_or_else(|| napi::Error::from_reason("not connected"))?;
+    fast::drain(&env, state).map(Some)
 }
 
 /// Posts `bytes` on port `id` with the ports listed in `transfer` (which leave this process).

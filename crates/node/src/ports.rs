@@ -26,7 +26,7 @@ use utility_process::{
 const PARENT: u32 = 0;
 
 /// What the delivery thread hands to JS.
-enum Delivery {
+pub(crate) enum Delivery {
     Message {
         port: u32,
         payload: Vec<u8>,
@@ -40,7 +40,7 @@ enum Delivery {
 
 type Deliver = ThreadsafeFunction<Delivery, ErrorStrategy::Fatal>;
 
-struct State {
+pub(crate) struct State {
     runtime: tokio::runtime::Handle,
     deliver: Mutex<Deliver>,
     ports: Mutex<HashMap<u32, Entry>>,
@@ -122,6 +122,10 @@ impl serde::Serialize for Transcoded<'_> {
     }
 }
 
+pub(crate) fn state_if_connected() -> Option<&'static State> {
+    STATE.get()
+}
+
 fn state() -> Result<&'static State> {
     STATE
         .get()
@@ -143,11 +147,14 @@ fn unknown_port(id: u32) -> JsError {
     )
 }
 
-pub(crate) fn connect(env: &Env, deliver: &JsFunction) -> Result<u32> {
+pub(crate) fn connect(env: &Env, deliver: &JsFunction, deliver_batch: &JsFunction) -> Result<u32> {
     if STATE.get().is_some() {
         return Err(js_error("already connected"));
     }
     let parent = parent_port().map_err(js_error)?;
+    if crate::fast::wanted() {
+        crate::fast::connect(env, parent.clone(), deliver_batch)?;
+    }
     let mut deliver: Deliver = deliver.create_threadsafe_function(0, to_js)?;
     // Nothing keeps the worker alive until JS says so (a 'message' listener, a started port).
     deliver.unref(env)?;
@@ -184,8 +191,12 @@ pub(crate) fn connect(env: &Env, deliver: &JsFunction) -> Result<u32> {
 
 /// Builds the JS arguments of one delivery, on the JS thread.
 fn to_js(ctx: ThreadSafeCallContext<Delivery>) -> Result<Vec<JsUnknown>> {
-    let env = ctx.env;
-    match ctx.value {
+    delivery_to_js(&ctx.env, ctx.value)
+}
+
+/// `[id, payload, ports?, buffers?]` for one delivery; `payload` is `null` for a close.
+pub(crate) fn delivery_to_js(env: &Env, delivery: Delivery) -> Result<Vec<JsUnknown>> {
+    match delivery {
         Delivery::Closed { port } => Ok(vec![
             env.create_uint32(port)?.into_unknown(),
             env.get_null()?.into_unknown(),
@@ -198,7 +209,7 @@ fn to_js(ctx: ThreadSafeCallContext<Delivery>) -> Result<Vec<JsUnknown>> {
         } => {
             let mut args = vec![
                 env.create_uint32(port)?.into_unknown(),
-                crate::sys::buffer_from_vec(&env, payload)?,
+                crate::sys::buffer_from_vec(env, payload)?,
             ];
             if !ports.is_empty() || !buffers.is_empty() {
                 let mut array = env.create_array_with_length(ports.len())?;
@@ -210,12 +221,33 @@ fn to_js(ctx: ThreadSafeCallContext<Delivery>) -> Result<Vec<JsUnknown>> {
             if !buffers.is_empty() {
                 let mut array = env.create_array_with_length(buffers.len())?;
                 for (i, buffer) in buffers.into_iter().enumerate() {
-                    array.set_element(i as u32, crate::sys::buffer_from_shared(&env, buffer)?)?;
+                    array.set_element(i as u32, crate::sys::buffer_from_shared(env, buffer)?)?;
                 }
                 args.push(array.into_unknown());
             }
             Ok(args)
         }
+    }
+}
+
+/// A message as a delivery: its ports get ids here.
+pub(crate) fn delivery(state: &State, id: u32, received: Option<Message>) -> Delivery {
+    match received {
+        Some(mut message) => {
+            let ports = message
+                .take_ports()
+                .into_iter()
+                .map(|port| register(state, Handle::Port(Arc::new(port))))
+                .collect();
+            let buffers = message.take_buffers();
+            Delivery::Message {
+                port: id,
+                payload: message.into_bytes(),
+                ports,
+                buffers,
+            }
+        }
+        None => Delivery::Closed { port: id },
     }
 }
 
@@ -241,23 +273,7 @@ async fn watch(id: u32, handle: Handle, mut stop: oneshot::Receiver<()>) {
             _ = &mut stop => return,
             received = handle.recv() => received,
         };
-        let delivery = match received {
-            Some(mut message) => {
-                let ports = message
-                    .take_ports()
-                    .into_iter()
-                    .map(|port| register(state, Handle::Port(Arc::new(port))))
-                    .collect();
-                let buffers = message.take_buffers();
-                Delivery::Message {
-                    port: id,
-                    payload: message.into_bytes(),
-                    ports,
-                    buffers,
-                }
-            }
-            None => Delivery::Closed { port: id },
-        };
+        let delivery = delivery(state, id, received);
         let closed = matches!(delivery, Delivery::Closed { .. });
         deliver.call(delivery, ThreadsafeFunctionCallMode::NonBlocking);
         if closed {
@@ -268,6 +284,10 @@ async fn watch(id: u32, handle: Handle, mut stop: oneshot::Receiver<()>) {
 
 pub(crate) fn start(id: u32) -> Result<()> {
     let state = state()?;
+    if id == PARENT && crate::fast::active() {
+        crate::fast::start();
+        return Ok(());
+    }
     let mut ports = lock(&state.ports);
     let entry = ports.get_mut(&id).ok_or_else(|| unknown_port(id))?;
     entry.handle.start();
@@ -283,6 +303,10 @@ pub(crate) fn start(id: u32) -> Result<()> {
 
 pub(crate) fn pause(id: u32) -> Result<()> {
     let state = state()?;
+    if id == PARENT && crate::fast::active() {
+        crate::fast::pause();
+        return Ok(());
+    }
     let ports = lock(&state.ports);
     ports
         .get(&id)

@@ -73,3 +73,173 @@ pub(crate) fn write_all(fd: i32, mut bytes: &[u8]) {
         }
     }
 }
+
+// ---- the parent port, read on node's own thread ------------------------------------------
+
+use std::ffi::c_void;
+use std::os::raw::c_int;
+
+use napi::sys as napi_sys;
+
+extern "C" {
+    // libuv, exported by the node binary that loads this addon.
+    fn uv_handle_size(kind: c_int) -> usize;
+    fn uv_poll_init(lp: *mut c_void, handle: *mut c_void, fd: c_int) -> c_int;
+    fn uv_poll_start(
+        handle: *mut c_void,
+        events: c_int,
+        cb: extern "C" fn(*mut c_void, c_int, c_int),
+    ) -> c_int;
+    fn uv_poll_stop(handle: *mut c_void) -> c_int;
+}
+
+/// `UV_POLL` in libuv's `uv_handle_type` (stable since libuv 1.0).
+const UV_POLL: c_int = 8;
+/// `UV_READABLE`.
+const UV_READABLE: c_int = 1;
+
+/// A libuv poll handle on one descriptor, on node's loop, calling `on_ready` on the JS thread
+/// whenever the descriptor is readable (level-triggered) while started. It lives as long as
+/// the process: node's loop may hold it until exit.
+#[derive(Debug)]
+pub(crate) struct Poll {
+    handle: *mut c_void,
+    started: bool,
+}
+
+impl Poll {
+    /// A poll handle on `fd`, on the loop of `env`.
+    pub(crate) fn new(env: &Env, fd: i32) -> Result<Poll> {
+        let lp = env.get_uv_event_loop()?;
+        // SAFETY: uv_handle_size only reads its argument.
+        let size = unsafe { uv_handle_size(UV_POLL) };
+        // Leaked on purpose: libuv keeps a pointer to the handle in its loop until it is
+        // closed, and this one is never closed (it is needed until the process ends).
+        let handle = Box::leak(vec![0u64; size.div_ceil(8)].into_boxed_slice())
+            .as_mut_ptr()
+            .cast::<c_void>();
+        // SAFETY: `handle` is zeroed memory of the size libuv says a poll handle needs, aligned
+        // to 8, never freed; `lp` is node's loop, and this runs on its thread.
+        let status = unsafe { uv_poll_init(lp.cast(), handle, fd) };
+        if status != 0 {
+            return Err(napi::Error::from_reason(format!(
+                "uv_poll_init failed ({status})"
+            )));
+        }
+        Ok(Poll {
+            handle,
+            started: false,
+        })
+    }
+
+    pub(crate) fn start(&mut self, on_ready: extern "C" fn(*mut c_void, c_int, c_int)) {
+        if !self.started {
+            // SAFETY: an initialised poll handle, on the loop's thread.
+            self.started = unsafe { uv_poll_start(self.handle, UV_READABLE, on_ready) } == 0;
+        }
+    }
+
+    pub(crate) fn stop(&mut self) {
+        if self.started {
+            // SAFETY: an initialised poll handle, on the loop's thread.
+            unsafe { uv_poll_stop(self.handle) };
+            self.started = false;
+        }
+    }
+}
+
+/// A JS function to call from a libuv callback (no JS on the stack), through
+/// `napi_make_callback` so that `process.nextTick` callbacks and promise jobs run after it, as
+/// they do after any of node's own I/O callbacks.
+#[derive(Debug)]
+pub(crate) struct Callback {
+    env: napi_sys::napi_env,
+    function: napi_sys::napi_ref,
+    context: napi_sys::napi_async_context,
+}
+
+impl Callback {
+    pub(crate) fn new(env: &Env, function: &napi::JsFunction) -> Result<Callback> {
+        use napi::NapiRaw;
+        let raw = env.raw();
+        let mut function_ref = std::ptr::null_mut();
+        let mut name = std::ptr::null_mut();
+        let mut context = std::ptr::null_mut();
+        let mut resource = std::ptr::null_mut();
+        // SAFETY: valid env and values on the JS thread; out-pointers to locals.
+        unsafe {
+            check(napi_sys::napi_create_reference(
+                raw,
+                function.raw(),
+                1,
+                &mut function_ref,
+            ))?;
+            check(napi_sys::napi_create_string_utf8(
+                raw,
+                c"utility-process".as_ptr(),
+                15,
+                &mut name,
+            ))?;
+            // Node 20 refuses a null resource, whatever its documentation says.
+            check(napi_sys::napi_create_object(raw, &mut resource))?;
+            check(napi_sys::napi_async_init(raw, resource, name, &mut context))?;
+        }
+        Ok(Callback {
+            env: raw,
+            function: function_ref,
+            context,
+        })
+    }
+
+    /// Calls the function with the arguments `args` builds, from a libuv callback on the JS
+    /// thread. An exception it throws is handed to node as uncaught.
+    pub(crate) fn call(&self, args: impl FnOnce(&Env) -> Result<Vec<JsUnknown>>) {
+        use napi::NapiRaw;
+        let raw = self.env;
+        // SAFETY: `raw` is the env of node's main thread, on which libuv runs this; the handle
+        // scope frees the values made here when it closes.
+        unsafe {
+            let mut scope = std::ptr::null_mut();
+            if napi_sys::napi_open_handle_scope(raw, &mut scope) != napi_sys::Status::napi_ok {
+                return;
+            }
+            let env = Env::from_raw(raw);
+            let mut function = std::ptr::null_mut();
+            let mut recv = std::ptr::null_mut();
+            if let (Ok(args), napi_sys::Status::napi_ok, napi_sys::Status::napi_ok) = (
+                args(&env),
+                napi_sys::napi_get_reference_value(raw, self.function, &mut function),
+                // make_callback wants an object as `this`: node's own callbacks get one too.
+                napi_sys::napi_get_global(raw, &mut recv),
+            ) {
+                let argv: Vec<napi_sys::napi_value> = args.iter().map(|a| a.raw()).collect();
+                let mut result = std::ptr::null_mut();
+                let status = napi_sys::napi_make_callback(
+                    raw,
+                    self.context,
+                    recv,
+                    function,
+                    argv.len(),
+                    argv.as_ptr(),
+                    &mut result,
+                );
+                if status == napi_sys::Status::napi_pending_exception {
+                    let mut error = std::ptr::null_mut();
+                    napi_sys::napi_get_and_clear_last_exception(raw, &mut error);
+                    napi_sys::napi_fatal_exception(raw, error);
+                }
+            }
+            napi_sys::napi_close_handle_scope(raw, scope);
+        }
+    }
+}
+
+fn check(status: napi_sys::napi_status) -> Result<()> {
+    if status == napi_sys::Status::napi_ok {
+        Ok(())
+    } else {
+        Err(napi::Error::from_reason(format!(
+            "Node-API call failed ({status})"
+        )))
+    }
+}
