@@ -6,6 +6,8 @@
 //   { cmd: 'ping', count } + a port: posts 0..count on it, each after the previous echo, then
 //                          tells the parent { pinged: count }
 //   { cmd: 'forward' }    + [link, ...ports]: sends the other ports over the link
+//   { cmd: 'buffers' }    + shared buffers: answers [{ length, sum }] for each, then writes
+//                          0xff into the first byte of each (read-only ones are copies)
 const { MessageChannelMain } = require('electron');
 
 function echoOn(port, greet) {
@@ -42,6 +44,12 @@ process.parentPort.on('message', (e) => {
     const [link, ...ports] = e.ports;
     link.postMessage('forwarded', ports);
     link.close();
+  } else if (cmd === 'buffers') {
+    const buffers = e.buffers || [];
+    process.parentPort.postMessage(
+      buffers.map((b) => ({ length: b.length, sum: b.reduce((acc, x) => acc + x, 0) })),
+    );
+    for (const b of buffers) b[0] = 0xff;
   } else {
     throw new Error(`unknown command ${cmd}`);
   }

@@ -14,7 +14,8 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use utility_process::{
-    fork, Error, Event, ForkOptions, Message, MessageChannel, MessagePort, Stdio, UtilityProcess,
+    fork, Error, Event, ForkOptions, Message, MessageChannel, MessagePort, SharedBuffer, Stdio,
+    Transferable, UtilityProcess,
 };
 use utility_process_tests::{next_event, PortCommand, EVENT_TIMEOUT};
 
@@ -430,6 +431,58 @@ async fn a_port_passed_from_a_js_worker_to_a_rust_child_carries_their_talk_direc
     assert_eq!(expect_data::<Pinged>(&mut js).await.pinged, 100);
     kill(&mut rust).await;
     kill(&mut js).await;
+}
+
+#[tokio::test]
+async fn shared_buffers_reach_a_js_worker_as_buffers() {
+    if !node_available("shared_buffers_reach_a_js_worker_as_buffers") {
+        return;
+    }
+    let mut child = worker("node_ports.cjs", &[], ForkOptions::default());
+    let bytes: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let writable = SharedBuffer::from_slice(&bytes).unwrap();
+    let read_only = SharedBuffer::from_slice(&bytes[..1000])
+        .unwrap()
+        .freeze()
+        .unwrap();
+    #[derive(Serialize)]
+    struct Cmd {
+        cmd: &'static str,
+    }
+    child
+        .post_message_with_transfer(
+            &Cmd { cmd: "buffers" },
+            vec![
+                Transferable::Buffer(writable),
+                Transferable::Buffer(read_only),
+            ],
+        )
+        .unwrap();
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Seen {
+        length: usize,
+        sum: u64,
+    }
+    let sum = |b: &[u8]| b.iter().map(|&x| u64::from(x)).sum::<u64>();
+    let seen: Vec<Seen> = expect_data(&mut child).await;
+    assert_eq!(
+        seen,
+        [
+            Seen {
+                length: bytes.len(),
+                sum: sum(&bytes)
+            },
+            Seen {
+                length: 1000,
+                sum: sum(&bytes[..1000])
+            }
+        ]
+    );
+    // The worker then writes into both: into the shared mapping, and into its copy of the
+    // read-only one (a write into the read-only mapping itself would have crashed it).
+    child.post_message(&Cmd { cmd: "buffers" }).unwrap();
+    assert_eq!(expect_data::<Vec<Seen>>(&mut child).await, []);
+    kill(&mut child).await;
 }
 
 /// Expects an `Error::Panicked` with `message` at `script`:`line`, then a failed Exit.
