@@ -4,13 +4,20 @@
 //   exit3     process.exit(3), after posting 'bye'
 //   garbage   writes bytes that are no frame to descriptor 3 (the parent port), then waits
 //   stdio     prints a line on stdout and one on stderr, then exits normally
+//   port      starts the port that came with the message, and throws on its first message
 const fs = require('fs');
 
 const mode = process.argv[2];
-const onMessage = () => {
+const onMessage = (e) => {
   switch (mode) {
+    case 'port':
+      e.ports[0].on('message', () => {
+        throw new Error('boom on a port'); // PORT THROW HERE
+      });
+      e.ports[0].start();
+      break;
     case 'throw':
-      throw new TypeError('boom from js'); // THROW HERE
+      throw new TypeError('boom from js'); // TOP THROW HERE
     case 'reject':
       Promise.reject(new RangeError('rejected from js')); // REJECT HERE
       break;

@@ -518,7 +518,7 @@ async fn an_uncaught_exception_is_an_error_with_its_message_and_location_then_ex
     let mut child = worker("node_crash.cjs", &["throw"], ForkOptions::default());
     child.post_message(&"go").unwrap();
     assert!(matches!(next_event(&mut child).await, Some(Event::Spawn)));
-    let line = line_of("node_crash.cjs", "THROW HERE");
+    let line = line_of("node_crash.cjs", "TOP THROW HERE");
     expect_panic(
         &mut child,
         "TypeError: boom from js",
@@ -545,6 +545,20 @@ async fn an_unhandled_rejection_is_an_error_with_its_message_and_location_then_e
         line,
     )
     .await;
+}
+
+#[tokio::test]
+async fn an_exception_in_a_port_listener_is_an_error_with_its_location_too() {
+    if !node_available("an_exception_in_a_port_listener_is_an_error_with_its_location_too") {
+        return;
+    }
+    let mut child = worker("node_crash.cjs", &["port"], ForkOptions::default());
+    let MessageChannel { port1, port2 } = MessageChannel::new().unwrap();
+    child.post_message_with_ports(&"go", vec![port2]).unwrap();
+    port1.post_message(&"trigger").unwrap();
+    assert!(matches!(next_event(&mut child).await, Some(Event::Spawn)));
+    let line = line_of("node_crash.cjs", "PORT THROW HERE");
+    expect_panic(&mut child, "Error: boom on a port", "node_crash.cjs", line).await;
 }
 
 #[tokio::test]
