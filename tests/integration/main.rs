@@ -11,6 +11,8 @@ mod lifecycle;
 mod limits;
 /// Ordering, sizes, queueing before the child connects, raw bytes, the blocking API.
 mod messages;
+/// JS workers written for Electron, run unchanged through the npm package in `js/`.
+mod node;
 /// Message channels, ports sent between processes, child-to-child talk.
 mod ports;
 /// The strict sandbox: escapes fail, denied calls are reported, fail closed.
