@@ -241,12 +241,20 @@ async fn every_kind_of_value_round_trips_through_a_python_child() {
     // integers, which Python reads as a list (section 6).
     child.post_message(&Bytes(vec![1, 2])).unwrap();
     let bin = expect_message(&mut child).await;
-    assert_eq!(bin.bytes(), b"\xc4\x02\x01\x02", "Python writes bytes back as bin");
+    assert_eq!(
+        bin.bytes(),
+        b"\xc4\x02\x01\x02",
+        "Python writes bytes back as bin"
+    );
     assert_eq!(bin.data::<Bytes>().unwrap(), Bytes(vec![1, 2]));
     assert_eq!(bin.data::<Vec<u8>>().unwrap(), vec![1, 2]);
     child.post_message(&vec![1u8, 2]).unwrap();
     let array = expect_message(&mut child).await;
-    assert_eq!(array.bytes(), b"\x92\x01\x02", "a list comes back as an array");
+    assert_eq!(
+        array.bytes(),
+        b"\x92\x01\x02",
+        "a list comes back as an array"
+    );
     // A raw post that is not MessagePack comes back as it was sent.
     let raw = b"\xc1 not MessagePack".to_vec();
     child.post_bytes(&raw).unwrap();
