@@ -25,7 +25,11 @@ while len(hello) < 17:
     if not chunk:
         sys.exit(0)
     hello += chunk
-max_frame_len = struct.unpack_from("<I", hello, 13)[0]
+# Checked as section 3.1 says: the length and kind, magic, version, no unknown flag.
+length, kind, magic, version, flags, max_frame_len = struct.unpack("<IB4sHHI", hello)
+if (length, kind, magic, version) != (13, 0x01, b"UPRC", 1) or flags & ~0x0001:
+    sys.exit(f"bad_buffer.py: the parent's HELLO is invalid: {hello!r}")
+max_frame_len = max(max_frame_len, 16)
 body = struct.pack("<4sHHI", b"UPRC", 1, 0, max_frame_len)
 port.sendall(struct.pack("<IB", 1 + len(body), 0x01) + body)
 

@@ -3,7 +3,8 @@
 
 It reads the parent's HELLO on descriptor 3, answers with its own, then sends every MESSAGE
 payload back as a MESSAGE with no attachments, and exits 0 when the parent closes the port.
-Anything that breaks the protocol ends it with exit code 2 and a line on stderr.
+Anything that breaks the protocol ends it as section 2 says: it closes the port and exits
+with code 2 and a line on stderr.
 Standard library only.
 """
 
@@ -22,6 +23,8 @@ MAGIC = b"UPRC"
 VERSION = 1
 HELLO_BODY = struct.Struct("<4sHHI")  # magic, version, flags, max_frame_len: 12 bytes
 LEN = struct.Struct("<I")
+PRE_HELLO_MAX_FRAME_LEN = 64  # section 2: the frame limit before the parent's HELLO
+ENVELOPE_ROOM = 4096  # section 2: frame limit minus message limit
 
 
 class ProtocolViolation(Exception):
@@ -72,9 +75,10 @@ def parse_hello(kind, body):
         raise ProtocolViolation(f"a HELLO with magic {magic!r}")
     if version != VERSION:
         raise ProtocolViolation(f"a HELLO for version {version}")
-    if flags != 0:
-        raise ProtocolViolation(f"a HELLO with flags {flags:#06x}")
-    return max_frame_len
+    if flags & ~0x0001:
+        # Bit 0 (SANDBOXED) is defined, though a parent sends 0; any other bit is unknown.
+        raise ProtocolViolation(f"a HELLO with unknown flags {flags:#06x}")
+    return max(max_frame_len, 16)  # limits under 16 are raised to 16 (section 3.1)
 
 
 def main():
@@ -84,12 +88,10 @@ def main():
     # Programs we might start must not inherit the port (section 1).
     os.set_inheritable(PORT_FD, False)
     sock = socket.socket(fileno=PORT_FD)
-    # PROTOCOL.md does not say whether descriptor 3 is blocking; this child wants it to be.
-    sock.setblocking(True)
+    sock.setblocking(True)  # it is at start (section 1); this child relies on it
 
-    # Section 5, step 1: the parent's HELLO. Until we know its limit, a frame longer than a
-    # HELLO cannot be a HELLO.
-    first = read_frame(sock, 1 + HELLO_BODY.size)
+    # Section 5, step 1: the parent's HELLO, read under the pre-HELLO limit of 64 (section 2).
+    first = read_frame(sock, PRE_HELLO_MAX_FRAME_LEN)
     if first is None:
         return 0
     max_frame_len = parse_hello(*first)
@@ -114,6 +116,11 @@ def main():
         if body[0] != 0:
             raise ProtocolViolation(f"a MESSAGE announcing {body[0]} attachments")
         payload = body[1:]
+        if len(payload) > max_frame_len - ENVELOPE_ROOM:
+            # The message limit (section 2): a violation however it fits the frame limit.
+            raise ProtocolViolation(
+                f"a payload of {len(payload)} bytes, over {max_frame_len - ENVELOPE_ROOM}"
+            )
         # Same payload, same envelope size: it fits the limit the parent's frame did.
         sock.sendall(frame(KIND_MESSAGE, bytes([0]) + payload))
 
@@ -124,5 +131,6 @@ if __name__ == "__main__":
     except (BrokenPipeError, ConnectionResetError):
         sys.exit(0)  # the parent is gone mid-write: the same as end-of-file
     except ProtocolViolation as violation:
+        os.close(PORT_FD)
         print(f"echo.py: the parent broke the protocol: {violation}", file=sys.stderr)
         sys.exit(2)

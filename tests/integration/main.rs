@@ -15,6 +15,8 @@ mod messages;
 mod node;
 /// Message channels, ports sent between processes, child-to-child talk.
 mod ports;
+/// Python children on the `utility_process` package: values both ways, ports, panics, pool, supervisor.
+mod python;
 /// The strict sandbox: escapes fail, denied calls are reported, fail closed.
 mod sandbox;
 /// stdout and stderr; cwd, env, args, the service name.
