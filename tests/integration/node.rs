@@ -1,8 +1,9 @@
 //! JS workers written for Electron's `utilityProcess`, run unchanged by a Rust parent through
 //! the `utility-process` npm package (`js/`) and its addon (`crates/node`).
 //!
-//! Each test forks `node --require js/lib/bootstrap.cjs tests/children/node_*.{js,mjs,cjs}`
-//! with `UTILITY_PROCESS_NODE_ADDON` naming the addon, which the first test to need it builds
+//! Each test forks `tests/children/node_*.{js,mjs,cjs}` as a Rust parent does (`fork` of the
+//! script's path, which runs `node --require <bootstrap> <script>`), with
+//! `UTILITY_PROCESS_NODE_ADDON` naming the addon, which the first test to need it builds
 //! (`cargo build -p utility-process-node`, into this test's own target directory) unless the
 //! variable is already set. Every test skips, saying why, when `node` is not on `PATH`.
 
@@ -73,12 +74,15 @@ fn node_available(test: &str) -> bool {
     found
 }
 
-/// The exact command line a Rust parent uses for a JS worker (see `js/README.md`).
+/// A JS worker, as a Rust parent starts one: `fork` of the script's path, which runs it with
+/// `node` and the npm package's bootstrap (named here by its variable, since the test
+/// children have no `node_modules` of their own).
 fn worker(script: &str, args: &[&str], options: ForkOptions) -> UtilityProcess {
     let script = format!("{CHILDREN}/{script}");
-    let mut argv = vec!["--require", BOOTSTRAP, script.as_str()];
-    argv.extend_from_slice(args);
-    fork("node", argv, options.env(ADDON_VAR, addon())).expect("node starts")
+    let options = options
+        .env(ADDON_VAR, addon())
+        .env("UTILITY_PROCESS_NODE_BOOTSTRAP", BOOTSTRAP);
+    fork(&script, args, options).expect("node starts")
 }
 
 async fn expect_message(child: &mut UtilityProcess) -> Message {
@@ -693,4 +697,56 @@ async fn round_trip_of_a_64_byte_message_with_a_js_worker_is_measured() {
         samples[samples.len() - 1]
     );
     kill(&mut child).await;
+}
+
+#[tokio::test]
+async fn a_script_whose_interpreter_or_bootstrap_is_missing_is_an_error_at_fork_that_says_how_to_fix_it(
+) {
+    let script = format!("{CHILDREN}/node_echo.js");
+    match fork(
+        &script,
+        [] as [&str; 0],
+        ForkOptions::default().node("/nonexistent/node"),
+    ) {
+        Err(Error::MissingInterpreter {
+            interpreter,
+            how_to_fix,
+            service_name,
+            ..
+        }) => {
+            assert_eq!(interpreter, "node");
+            assert!(how_to_fix.contains("ForkOptions::node"), "{how_to_fix}");
+            assert_eq!(service_name, "node_echo.js");
+        }
+        other => panic!("expected MissingInterpreter, got {other:?}"),
+    }
+    match fork(
+        "model.py",
+        [] as [&str; 0],
+        ForkOptions::default().python("/nonexistent/python"),
+    ) {
+        Err(Error::MissingInterpreter { interpreter, .. }) => assert_eq!(interpreter, "python3"),
+        other => panic!("expected MissingInterpreter, got {other:?}"),
+    }
+    if !node_available("a_script_whose_interpreter_or_bootstrap_is_missing") {
+        return;
+    }
+    // No bootstrap named, and no node_modules above the script.
+    let lonely = std::env::temp_dir().join(format!("up-lonely-{}.js", std::process::id()));
+    std::fs::write(&lonely, "").unwrap();
+    let result = fork(
+        &lonely,
+        [] as [&str; 0],
+        ForkOptions::default().env_remove("UTILITY_PROCESS_NODE_BOOTSTRAP"),
+    );
+    let _ = std::fs::remove_file(&lonely);
+    match result {
+        Err(error @ Error::MissingInterpreter { .. }) => {
+            assert!(
+                error.to_string().contains("npm install utility-process"),
+                "{error}"
+            )
+        }
+        other => panic!("expected MissingInterpreter, got {other:?}"),
+    }
 }

@@ -33,11 +33,11 @@ fn python(test: &str) -> Option<String> {
     }
 }
 
-/// How a Python child is started: today the interpreter with the script as its first
-/// argument. (When the core forks `*.py` under Python on its own, only this changes.)
+/// A Python child, as a Rust parent starts one: `fork` of the script's path, which runs it
+/// with Python 3 (here the interpreter the tests found, named with `ForkOptions::python`).
 fn fork_python(python: &str, args: &[&str], options: ForkOptions) -> UtilityProcess {
-    let argv = std::iter::once(SCRIPT).chain(args.iter().copied());
-    fork(python, argv, options).unwrap_or_else(|e| panic!("cannot start {python} {SCRIPT}: {e}"))
+    fork(SCRIPT, args, options.python(python))
+        .unwrap_or_else(|e| panic!("cannot start {SCRIPT} with {python}: {e}"))
 }
 
 async fn expect_spawn(child: &mut UtilityProcess) {
@@ -502,7 +502,9 @@ async fn a_pool_of_python_workers_answers_every_task_exactly_once_through_a_cras
     else {
         return;
     };
-    let pool = Pool::<Job, u64>::builder(Worker::program(&python).args([SCRIPT, "pool"]))
+    // The worker is the script itself: `fork` runs it with Python.
+    let pool = Pool::<Job, u64>::builder(Worker::program(SCRIPT).args(["pool"]))
+        .fork_options(ForkOptions::default().python(&python))
         .workers(2)
         .build()
         .unwrap();

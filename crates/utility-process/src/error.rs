@@ -128,6 +128,21 @@ pub enum Error {
         panic: PanicInfo,
     },
 
+    /// Occurs at [`fork`](crate::fork) when the program is a script (`.js`, `.mjs`, `.cjs`,
+    /// `.py`) and what runs it cannot be found: the interpreter, or, for JavaScript, the
+    /// `utility-process` npm package's bootstrap. `how_to_fix` says how to point at one.
+    #[error("{service_name} ({}): cannot find {interpreter}: {how_to_fix}", program.display())]
+    MissingInterpreter {
+        /// The script.
+        program: PathBuf,
+        /// The service name the child would have had.
+        service_name: String,
+        /// What is missing (`"node"`, `"python3"`, the npm package's bootstrap).
+        interpreter: &'static str,
+        /// How to point the library at one.
+        how_to_fix: &'static str,
+    },
+
     /// Occurs (as [`Event::Error`](crate::Event::Error)) when a child's main work failed
     /// without a panic and the child then exited unsuccessfully: an entry point
     /// ([`init`](crate::init)) returned an error, or the program was started for an entry

@@ -53,6 +53,7 @@ mod options;
 mod port;
 mod process;
 pub mod sandbox;
+mod script;
 mod shm;
 mod stdio;
 mod sys;

@@ -37,6 +37,7 @@ pub enum Stdio {
 /// | [`kill_grace`](Self::kill_grace) | [`DEFAULT_KILL_GRACE`] (2 s) |
 /// | [`max_message_size`](Self::max_message_size) | [`DEFAULT_MAX_MESSAGE_SIZE`] (64 MiB), both directions |
 /// | [`max_queued_bytes`](Self::max_queued_bytes) | 64 MiB waiting to be written to the child |
+/// | [`node`](Self::node), [`python`](Self::python) | `node`, `python3` on the child's `PATH`, for a `.js`/`.mjs`/`.cjs` or `.py` program |
 ///
 /// # Examples
 ///
@@ -64,6 +65,8 @@ pub struct ForkOptions {
     pub(crate) max_queued_bytes: usize,
     pub(crate) limits: crate::Limits,
     pub(crate) sandbox: Option<crate::Sandbox>,
+    pub(crate) node: Option<PathBuf>,
+    pub(crate) python: Option<PathBuf>,
 }
 
 impl Default for ForkOptions {
@@ -80,6 +83,8 @@ impl Default for ForkOptions {
             max_queued_bytes: DEFAULT_MAX_MESSAGE_SIZE,
             limits: crate::Limits::new(),
             sandbox: None,
+            node: None,
+            python: None,
         }
     }
 }
@@ -175,6 +180,20 @@ impl ForkOptions {
     /// [`Sandbox`]: crate::Sandbox
     pub fn sandbox(mut self, sandbox: crate::Sandbox) -> Self {
         self.sandbox = Some(sandbox);
+        self
+    }
+
+    /// The Node.js that runs a JavaScript child (a program ending in `.js`, `.mjs` or
+    /// `.cjs`), instead of `node` on the child's `PATH`.
+    pub fn node(mut self, interpreter: impl AsRef<Path>) -> Self {
+        self.node = Some(interpreter.as_ref().to_path_buf());
+        self
+    }
+
+    /// The Python that runs a Python child (a program ending in `.py`), instead of `python3`
+    /// on the child's `PATH`.
+    pub fn python(mut self, interpreter: impl AsRef<Path>) -> Self {
+        self.python = Some(interpreter.as_ref().to_path_buf());
         self
     }
 }

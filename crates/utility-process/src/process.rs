@@ -34,6 +34,7 @@ use crate::error::{PanicInfo, Signal, SpawnStep, Violation};
 use crate::options::{ForkOptions, Stdio};
 use crate::port::{post_on, raw_payload, send_with, transferred, Transferable};
 use crate::sandbox::{Missing, Policy, Syscall};
+use crate::script::{self, Language};
 use crate::stdio::{ChildStderr, ChildStdout};
 use crate::sys::confine as confine_sys;
 use crate::sys::process::{ChildFd, Pidfd, PreExec, RawExit, SpawnPlan};
@@ -143,8 +144,11 @@ struct Child {
     exit: watch::Sender<Option<ExitStatus>>,
     /// What the child's limits and sandbox reported, for a confined child.
     reports: Option<ReportPipe>,
-    /// The child should confirm its sandbox in its HELLO.
+    /// The child is sandboxed.
     sandboxed: bool,
+    /// The child should confirm its sandbox's second stage in its HELLO (a program the
+    /// library runs directly, not an interpreter it started for a script).
+    confirms_sandbox: bool,
     /// The CPU-time limit in force (whole seconds), if any.
     cpu_limit: Option<Duration>,
     /// The relay of its output, when the library stands between the child and its streams.
@@ -310,8 +314,23 @@ where
 
     let mut env = environment(&options, &service_name);
     env.remove(OsStr::new(crate::sandbox::ENV));
-    let resolved = resolve_program(program, env.get(OsStr::new("PATH")).map(|p| p.as_os_str()))
-        .map_err(|e| spawn_error(SpawnStep::Lookup, e))?;
+    let search = env.get(OsStr::new("PATH")).map(|p| p.as_os_str());
+    let script = Script::prepare(program, &options, &env, &service_name)?;
+    let resolved = match &script {
+        Some(script) => script.interpreter.clone(),
+        None => resolve_program(program, search).map_err(|e| spawn_error(SpawnStep::Lookup, e))?,
+    };
+    // A sandboxed script may read itself and, for JavaScript, the bootstrap's package.
+    let options = match (&script, &options.sandbox) {
+        (Some(script), Some(sandbox)) => {
+            let mut sandbox = sandbox.clone().allow_read(&script.path);
+            if let Some(package) = script.package_root() {
+                sandbox = sandbox.allow_read(package);
+            }
+            options.clone().sandbox(sandbox)
+        }
+        _ => options,
+    };
     let confinement = Confinement::prepare(&options, &resolved).map_err(|e| match e {
         ConfineError::Missing(missing) => Error::Unenforceable {
             program: program.to_path_buf(),
@@ -324,6 +343,16 @@ where
         env.insert(crate::sandbox::ENV.into(), confinement.policy.encode());
     }
     let mut argv = vec![to_c(service_name.as_bytes())?];
+    if let Some(script) = &script {
+        // Python finds its installation from argv[0]: it keeps its own name there.
+        if script.language == Language::Python {
+            argv[0] = to_c(resolved.as_os_str().as_bytes())?;
+        }
+        for arg in &script.leading {
+            argv.push(to_c(arg.as_bytes())?);
+        }
+        argv.push(to_c(script.path.as_os_str().as_bytes())?);
+    }
     for arg in args {
         argv.push(to_c(arg.as_ref().as_bytes())?);
     }
@@ -470,6 +499,9 @@ where
             reports: watch::Sender::new(Reports::default()),
         }),
         sandboxed,
+        // An interpreter the library started for a script has no second stage to confirm:
+        // its sandbox is the first stage alone, which the parent applied.
+        confirms_sandbox: sandboxed && script.is_none(),
         cpu_limit,
         relay,
         span,
@@ -626,6 +658,90 @@ fn trace_error(span: &tracing::Span, error: &Error) {
             "the child did not apply its sandbox: killed"
         ),
         other => tracing::warn!(parent: span, error = %other, "error"),
+    }
+}
+
+/// A script to run with an interpreter: what runs it, and the arguments before its own.
+struct Script {
+    language: Language,
+    /// The script, absolute.
+    path: PathBuf,
+    /// The interpreter, resolved.
+    interpreter: PathBuf,
+    /// Arguments between the interpreter and the script (Node's bootstrap).
+    leading: Vec<OsString>,
+}
+
+impl Script {
+    /// The npm package whose bootstrap a JavaScript child preloads (`…/lib/bootstrap.cjs`
+    /// lives two levels below it).
+    fn package_root(&self) -> Option<&Path> {
+        let bootstrap = self.leading.last()?;
+        Path::new(bootstrap).parent()?.parent()
+    }
+
+    /// `None` for a program that is not a script the library knows; the interpreter and
+    /// bootstrap for one that is, or why they cannot be found.
+    fn prepare(
+        program: &Path,
+        options: &ForkOptions,
+        env: &std::collections::BTreeMap<OsString, OsString>,
+        service_name: &str,
+    ) -> Result<Option<Script>, Error> {
+        let Some(language) = Language::of(program) else {
+            return Ok(None);
+        };
+        let missing = |interpreter: &'static str, how_to_fix: &'static str| {
+            let error = Error::MissingInterpreter {
+                program: program.to_path_buf(),
+                service_name: service_name.to_owned(),
+                interpreter,
+                how_to_fix,
+            };
+            tracing::debug!(service = %service_name, error = %error, "fork failed");
+            error
+        };
+        let chosen = match language {
+            Language::JavaScript => options.node.as_deref(),
+            Language::Python => options.python.as_deref(),
+        };
+        let name = Path::new(language.interpreter());
+        let search = env.get(OsStr::new("PATH")).map(|p| p.as_os_str());
+        let interpreter = resolve_program(chosen.unwrap_or(name), search)
+            .ok()
+            .filter(|path| is_executable_file(path))
+            .ok_or_else(|| missing(language.interpreter(), language.how_to_fix()))?;
+        let path = if program.is_absolute() {
+            program.to_path_buf()
+        } else {
+            let base = match &options.cwd {
+                Some(cwd) => cwd.clone(),
+                None => std::env::current_dir().map_err(Error::io("finding the script"))?,
+            };
+            base.join(program)
+        };
+        let bootstrap = match language {
+            Language::JavaScript => {
+                let named = env
+                    .get(OsStr::new(script::ENV_NODE_BOOTSTRAP))
+                    .map(OsString::as_os_str);
+                Some(script::node_bootstrap(&path, named).ok_or_else(|| {
+                    missing(
+                        "the utility-process npm package's bootstrap",
+                        "install the package where the script can find it (npm install \
+                         utility-process), or set UTILITY_PROCESS_NODE_BOOTSTRAP to its \
+                         lib/bootstrap.cjs",
+                    )
+                })?)
+            }
+            Language::Python => None,
+        };
+        Ok(Some(Script {
+            language,
+            leading: script::leading_args(language, bootstrap.as_deref()),
+            path,
+            interpreter,
+        }))
     }
 }
 
@@ -1308,7 +1424,7 @@ impl UtilityProcess {
             }
             Incoming::Hello { sandboxed } => {
                 self.events.hello_seen = true;
-                if self.child.sandboxed && !sandboxed {
+                if self.child.confirms_sandbox && !sandboxed {
                     return Some(self.unconfined(None));
                 }
                 None
