@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use utility_process::{
-    fork_entry, init, Entry, Error, Event, ForkOptions, Limits, MessageChannel, ParentPort,
+    fork, fork_entry, init, Entry, Error, Event, ForkOptions, Limits, MessageChannel, ParentPort,
     Sandbox, SharedBuffer, Stdio, UtilityProcess,
 };
 use utility_process_pool::{serve, Pool, ServeError, TaskContext, TaskError, Worker};
@@ -258,7 +258,10 @@ async fn tour() -> Result<(), Box<dyn StdError>> {
 
     supervision_chapter().await?;
 
-    chapter("11. Kill");
+    chapter("11. Workers in JavaScript and Python, talking to each other directly");
+    other_languages_chapter().await?;
+
+    chapter("12. Kill");
     println!("   kill() → {}", worker.kill());
     while let Some(event) = worker.next_event().await {
         if let Event::Exit(status) = event {
@@ -277,6 +280,141 @@ async fn tour() -> Result<(), Box<dyn StdError>> {
 
     println!("\nThe tour is over: every worker has exited and been reaped.");
     Ok(())
+}
+
+/// The repository's own folders, for the scripts and the packages the tour uses.
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// An Electron worker script and a Python worker, a port between them, and a pool of Python
+/// workers through a crash. Skipped, saying why, where Node.js or Python is missing.
+async fn other_languages_chapter() -> Result<(), Box<dyn StdError>> {
+    let has = |program: &str| {
+        std::process::Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has("python3") {
+        println!("   skipped: python3 is not on PATH");
+        return Ok(());
+    }
+    // The packages from this repository, as an application would have them installed.
+    let python_env = |options: ForkOptions| options.env("PYTHONPATH", format!("{REPO}/python/src"));
+    let mut python = fork(
+        format!("{REPO}/examples/workers/python_worker.py"),
+        [] as [&str; 0],
+        python_env(ForkOptions::default()),
+    )?;
+    expect_spawn(&mut python).await?;
+    match node_addon() {
+        Err(why) => println!("   the JavaScript half is skipped: {why}"),
+        Ok(addon) => {
+            let mut js = fork(
+                format!("{REPO}/examples/workers/electron_worker.js"),
+                [] as [&str; 0],
+                ForkOptions::default()
+                    .env(
+                        "UTILITY_PROCESS_NODE_BOOTSTRAP",
+                        format!("{REPO}/js/lib/bootstrap.cjs"),
+                    )
+                    .env("UTILITY_PROCESS_NODE_ADDON", addon),
+            )?;
+            expect_spawn(&mut js).await?;
+            println!(
+                "   forked electron_worker.js (pid {:?}, node) and python_worker.py (pid {:?})",
+                js.pid(),
+                python.pid()
+            );
+            let MessageChannel { port1, port2 } = MessageChannel::new()?;
+            js.post_message_with_ports(&"meet the Python worker", vec![port1])?;
+            python.post_message_with_ports(&"meet the JavaScript worker", vec![port2])?;
+            let event = tokio::time::timeout(Duration::from_secs(30), js.next_event()).await?;
+            match event {
+                Some(Event::Message(message)) => println!("   {}", message.data::<String>()?),
+                other => return Err(format!("the JS worker: {other:?}").into()),
+            }
+            js.kill();
+        }
+    }
+    python.kill();
+
+    let pool = Pool::<u64, u64>::builder(Worker::program(format!(
+        "{REPO}/examples/workers/python_pool_worker.py"
+    )))
+    .fork_options(python_env(ForkOptions::default()))
+    .workers(2)
+    .build()?;
+    let results = run_all(&pool, [2, 3, 13, 4, 5]).await;
+    for (n, result) in [2, 3, 13, 4, 5].iter().zip(results) {
+        match result {
+            Ok(square) => println!("   a Python worker squared {n}: {square}"),
+            Err(TaskError::WorkerCrashed(crash)) => {
+                println!(
+                    "   the task {n} crashed its Python worker: {}",
+                    crash.status
+                )
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    let metrics = pool.metrics();
+    println!(
+        "   every task answered once: {} completed, {} failed; workers started: {}",
+        metrics.completed, metrics.failed, metrics.workers_started
+    );
+    pool.close().await;
+    Ok(())
+}
+
+/// Runs the tasks at once on the pool, answers in the tasks' order.
+async fn run_all<const N: usize>(
+    pool: &Pool<u64, u64>,
+    tasks: [u64; N],
+) -> Vec<Result<u64, TaskError>> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, n) in tasks.into_iter().enumerate() {
+        let pool = pool.clone();
+        set.spawn(async move { (i, pool.run(&n).await) });
+    }
+    let mut results: Vec<Option<Result<u64, TaskError>>> = (0..N).map(|_| None).collect();
+    while let Some(Ok((i, result))) = set.join_next().await {
+        results[i] = Some(result);
+    }
+    results.into_iter().flatten().collect()
+}
+
+/// The Node addon (`crates/node`), built once with cargo into this tour's target directory.
+fn node_addon() -> Result<std::path::PathBuf, String> {
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        return Err("node is not on PATH".into());
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // target/<profile>/examples/tour
+    let profile_dir = exe.ancestors().nth(2).ok_or("no target directory")?;
+    let target = profile_dir.parent().ok_or("no target directory")?;
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    println!("   (building the Node addon with cargo, once)");
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "utility-process-node",
+            "--manifest-path",
+        ])
+        .arg(format!("{REPO}/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", target);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("building the addon failed: {status}"));
+    }
+    Ok(profile_dir.join("libutility_process_node.so"))
 }
 
 fn chapter(title: &str) {
