@@ -43,6 +43,12 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "utility-process has no backend for this target yet: it runs on Linux today; Windows \
+     and macOS backends behind the same API are planned (see the README's Limitations)"
+);
+
 mod child;
 mod driver;
 mod entry;
