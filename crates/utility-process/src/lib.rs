@@ -53,6 +53,7 @@ mod child;
 mod driver;
 mod entry;
 mod error;
+mod event_order;
 mod limits;
 mod message;
 mod options;

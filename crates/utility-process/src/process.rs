@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use utility_process_wire::{Hello, ENVELOPE_ROOM};
 
 use crate::error::{PanicInfo, Signal, SpawnStep, Violation};
+use crate::event_order::{EventOrder, Next};
 use crate::options::{ForkOptions, Stdio};
 use crate::port::{post_on, raw_payload, send_with, transferred, Transferable};
 use crate::sandbox::{Missing, Policy, Syscall};
@@ -74,6 +75,12 @@ pub struct ExitStatus {
 }
 
 impl ExitStatus {
+    /// An exit with `code`, for tests that need a status without a process.
+    #[cfg(test)]
+    pub(crate) fn from_code(code: i32) -> ExitStatus {
+        ExitStatus::from_raw(Some(RawExit::Code(code)))
+    }
+
     fn from_raw(raw: Option<RawExit>) -> ExitStatus {
         match raw {
             Some(RawExit::Code(code)) => ExitStatus {
@@ -214,29 +221,21 @@ pub struct UtilityProcess {
     reports: Option<watch::Receiver<Reports>>,
 }
 
-/// Where `next_event` is in the sequence.
+/// Where `next_event` is: the order of events ([`EventOrder`]), and what the Linux event
+/// loop keeps beside it.
 #[derive(Debug, Default)]
 struct EventState {
-    spawn_reported: bool,
+    order: EventOrder,
     hello_seen: bool,
-    /// Nothing more will be read from the port.
-    port_done: bool,
-    /// The child has been reaped.
-    exit: Option<ExitStatus>,
-    /// An `Event::Error` to report before `Exit`.
-    abnormal_end: Option<Error>,
     /// A protocol violation was reported: the kill that followed is not another error.
     violated: bool,
     last_panic: Option<PanicInfo>,
     /// What the child said failed, in a `FAILURE` report.
     last_failure: Option<String>,
-    finished: bool,
     /// How many of the child's denied calls have been reported.
     syscalls_reported: usize,
     /// The child's refusal to start unconfined has been reported.
     refusal_reported: bool,
-    /// A message held back while the reports the child wrote before it are reported.
-    held: Option<Event>,
     /// The child closed its port mid-frame: unless it has exited by then, that is a
     /// violation at this instant.
     cut_short_deadline: Option<Instant>,
@@ -1098,7 +1097,7 @@ impl UtilityProcess {
     /// then on the number may be given to another process: to signal the child, use
     /// [`kill`](Self::kill), which goes through a pidfd and never reaches a stranger.
     pub fn pid(&self) -> Option<u32> {
-        if self.events.finished {
+        if self.events.order.finished() {
             None
         } else {
             Some(self.child.pid)
@@ -1222,7 +1221,7 @@ impl UtilityProcess {
             let step = {
                 let port = &self.port;
                 let exit = &mut self.exit;
-                let read_port = !self.events.port_done;
+                let read_port = self.events.order.reading_port();
                 let reports = &mut self.reports;
                 let cut_short = self.events.cut_short_deadline;
                 tokio::select! {
@@ -1268,7 +1267,7 @@ impl UtilityProcess {
                 self.on_exit(status);
                 continue;
             }
-            if !self.events.port_done {
+            if self.events.order.reading_port() {
                 // A frame already read (or, in low-latency mode, one that comes during the
                 // spin); otherwise wait below, then read.
                 let step = match self.port.try_recv_blocking_step() {
@@ -1294,7 +1293,7 @@ impl UtilityProcess {
                 let left = deadline.saturating_duration_since(Instant::now());
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
-            let port = (!self.events.port_done).then(|| self.port.source());
+            let port = (self.events.order.reading_port()).then(|| self.port.source());
             match sys::wait_any(
                 port.as_ref().map(|p| p.as_fd()),
                 (!ended).then(|| self.child.pidfd.shared_fd().as_fd()),
@@ -1304,7 +1303,7 @@ impl UtilityProcess {
                 // A failed poll: fall back to asking the kernel directly.
                 Err(_) => self.events.child_ended = self.child.pidfd.has_exited().unwrap_or(true),
             }
-            if !self.events.port_done {
+            if self.events.order.reading_port() {
                 let step = match self.port.try_recv() {
                     Ok(TryRecv::Frame(frame)) => Ok(Some(frame)),
                     Ok(TryRecv::Closed) => Ok(None),
@@ -1338,53 +1337,48 @@ impl UtilityProcess {
     /// What `next_event` can answer without waiting: `Some(answer)`, or `None` when it must
     /// wait for the port or for the child's end.
     fn event_without_waiting(&mut self) -> Option<Option<Event>> {
-        if self.events.finished {
+        if self.events.order.finished() {
             return Some(None);
         }
-        if !self.events.spawn_reported {
-            self.events.spawn_reported = true;
-            return Some(Some(Event::Spawn));
+        if let Some(spawn) = self.events.order.tell_spawn() {
+            return Some(Some(spawn));
         }
+        // What the child's confinement reported comes before what it wrote after.
         if let Some(error) = self.reported_error() {
             return Some(Some(Event::Error(error)));
         }
-        if let Some(event) = self.events.held.take() {
-            return Some(Some(event));
-        }
         if let Some(deadline) = self.events.cut_short_deadline {
-            if self.events.exit.is_some() || self.exit.borrow().is_some() {
+            if self.events.order.end_known() || self.exit.borrow().is_some() {
                 self.events.cut_short_deadline = None;
             } else if Instant::now() >= deadline && !self.child.pidfd.has_exited().unwrap_or(true) {
                 self.events.cut_short_deadline = None;
                 return Some(Some(self.violation(Violation::CutShort)));
             }
         }
-        while let Some(status) = self.events.exit {
-            // Drain what the child wrote before it ended, then report the end.
-            if !self.events.port_done {
-                let step = match self.port.try_recv() {
-                    Ok(TryRecv::Frame(frame)) => Ok(Some(frame)),
-                    Ok(TryRecv::Closed | TryRecv::WouldBlock) => Ok(None),
-                    Err(e) => Err(e),
-                };
-                if let Some(event) = self.on_port(step) {
-                    return Some(Some(event));
+        loop {
+            match self.events.order.next() {
+                Next::Tell(event) => return Some(Some(event)),
+                Next::Finished => return Some(None),
+                Next::Wait => return None,
+                Next::DrainPort => {
+                    // Drain what the child wrote before it ended, then tell the end.
+                    let step = match self.port.try_recv() {
+                        Ok(TryRecv::Frame(frame)) => Ok(Some(frame)),
+                        Ok(TryRecv::Closed | TryRecv::WouldBlock) => Ok(None),
+                        Err(e) => Err(e),
+                    };
+                    if let Some(event) = self.on_port(step) {
+                        return Some(Some(event));
+                    }
                 }
-                continue;
             }
-            if let Some(error) = self.events.abnormal_end.take() {
-                return Some(Some(Event::Error(error)));
-            }
-            self.events.finished = true;
-            return Some(Some(Event::Exit(status)));
         }
-        None
     }
 
     /// The child has ended and been reaped.
     fn on_exit(&mut self, status: ExitStatus) {
-        self.events.abnormal_end = self.abnormal_end(status);
-        self.events.exit = Some(status);
+        let error = self.abnormal_end(status);
+        self.events.order.ended(status, error);
     }
 
     /// Handles what the port gave; returns an event to report, if any. What the child
@@ -1393,7 +1387,7 @@ impl UtilityProcess {
         let event = self.on_frame(result)?;
         if matches!(event, Event::Message(_)) {
             if let Some(error) = self.reported_error() {
-                self.events.held = Some(event);
+                self.events.order.hold(event);
                 return Some(Event::Error(error));
             }
         }
@@ -1404,8 +1398,8 @@ impl UtilityProcess {
         let frame = match result {
             Ok(Some(frame)) => frame,
             Ok(None) => {
-                self.events.port_done = true;
-                if self.events.exit.is_none() && self.port.closed_mid_frame() {
+                self.events.order.port_done();
+                if !self.events.order.end_known() && self.port.closed_mid_frame() {
                     // A child that dies mid-send is not to blame; one that lives on is.
                     self.events.cut_short_deadline =
                         Instant::now().checked_add(self.child.kill_grace);
@@ -1453,7 +1447,7 @@ impl UtilityProcess {
     fn violation(&mut self, violation: Violation) -> Event {
         tracing::warn!(parent: &self.child.span, rule = %violation, "protocol violation: SIGKILL");
         self.events.violated = true;
-        self.events.port_done = true;
+        self.events.order.port_done();
         self.port.close();
         self.child.mark_sent(libc::SIGKILL);
         let _ = self.child.pidfd.send_signal(libc::SIGKILL);
