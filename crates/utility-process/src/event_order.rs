@@ -163,7 +163,7 @@ mod tests {
         assert_eq!(told(&mut order), (vec!["Spawn".into()], "DrainPort".into()));
         // A message found while draining is told before the end.
         order.hold(Event::Spawn);
-        assert_eq!(order.next().is_tell(), true);
+        assert!(order.next().is_tell());
         assert!(matches!(order.next(), Next::DrainPort));
         order.port_done();
         assert_eq!(
