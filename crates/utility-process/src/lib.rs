@@ -43,6 +43,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod buffer_pool;
 mod child;
 mod driver;
 mod entry;
@@ -58,6 +59,7 @@ mod stdio;
 mod sys;
 mod transport;
 
+pub use buffer_pool::{BufferPool, DEFAULT_POOL_LIMIT};
 pub use child::{parent_port, ParentPort};
 pub use entry::{fork_entry, init, Entry};
 pub use error::{Error, Location, PanicInfo, Signal, SpawnStep, Violation};
