@@ -43,15 +43,17 @@
 //!   everything a producer and a consumer pay, timed together: get a buffer, fill it in
 //!   place (`fill`, a memset), post it with `post_message_with_transfer`, and the child reads
 //!   every byte (a sum) and answers with the sum. *First use*: `SharedBuffer::new`, filled,
-//!   `freeze`d, posted; the child reads it as it arrives. *Reused*: `BufferPool::take` (after
+//!   `freeze`d, posted; the child reads it after `BufferPool::adopt` (which, for a frozen
+//!   buffer, only populates its mapping in one call). *Reused*: `BufferPool::take` (after
 //!   a warm-up round, an idle buffer of the pool), filled, posted writable; the child
 //!   `adopt`s it into its own pool, reads it and sends it back with the answer, and the
 //!   parent `put`s it back (timed). Bandwidth of payload; floor `floor.memcpy` (memcpy reads
 //!   and writes each byte once, as fill + read do).
 //! - **Shared buffer hand-over** (`ours.shared.handover.{first,reused}`): 64 MiB, posted and
 //!   answered as soon as the child holds the mapped buffer: a new frozen buffer (its fill not
-//!   timed) that the child drops after answering, or a pool's buffer that the child adopts
-//!   and sends back with the answer and the parent puts back.
+//!   timed) that the child drops after answering, or a pool's buffer that the child adopts,
+//!   answers, and then sends back (untimed) for the parent to put back. A round trip: the
+//!   floor is `floor.rtt`.
 //! - **Spawn** (`ours.spawn.*`): `fork_entry` until `Event::Spawn` (the library reports it
 //!   once the program runs, so this is the fork-and-exec itself; floor `floor.spawn.exec`),
 //!   and until the first message the child posts as soon as its entry starts (floor
@@ -122,14 +124,15 @@ async fn echo_bytes(port: ParentPort) -> Result<(), Error> {
 /// What the parent asks of `buffer-sink` with each shared buffer.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 enum Sink {
-    /// Sum every byte and answer with the sum; drop the buffer afterwards.
+    /// Populate the buffer (`adopt`), sum every byte and answer with the sum; drop the
+    /// buffer afterwards.
     Read,
     /// Answer at once; drop the buffer afterwards.
     Map,
     /// Adopt the buffer into the child's pool, sum every byte, answer with the sum and the
     /// buffer.
     ReadAndReturn,
-    /// Adopt the buffer, answer at once with it.
+    /// Adopt the buffer, answer at once, then send the buffer back in a second message.
     MapAndReturn,
 }
 
@@ -140,24 +143,30 @@ fn buffer_sink(port: ParentPort) -> Result<(), Error> {
         let order: Sink = message.data()?;
         let buffers = message.take_buffers();
         match order {
-            Sink::Read | Sink::Map => {
-                let mut sum = 0u64;
-                if let Sink::Read = order {
-                    sum = buffers.iter().map(|b| byte_sum(b)).sum();
-                }
+            Sink::Read => {
+                // Populated in one call before the read (not a fault per page).
+                let buffers: Vec<_> = buffers.into_iter().map(|b| pool.adopt(b)).collect();
+                let sum: u64 = buffers.iter().map(|b| byte_sum(b)).sum();
                 port.post_message(&sum)?;
                 // Freeing the memory (the last reference to it) takes milliseconds: after the
                 // answer.
                 drop(buffers);
             }
-            Sink::ReadAndReturn | Sink::MapAndReturn => {
+            Sink::Map => {
+                port.post_message(&0u64)?;
+                drop(buffers);
+            }
+            Sink::ReadAndReturn => {
                 let buffers: Vec<_> = buffers.into_iter().map(|b| pool.adopt(b)).collect();
-                let mut sum = 0u64;
-                if let Sink::ReadAndReturn = order {
-                    sum = buffers.iter().map(|b| byte_sum(b)).sum();
-                }
+                let sum: u64 = buffers.iter().map(|b| byte_sum(b)).sum();
                 let back = buffers.into_iter().map(Transferable::from).collect();
                 port.post_message_with_transfer(&sum, back)?;
+            }
+            Sink::MapAndReturn => {
+                let buffers: Vec<_> = buffers.into_iter().map(|b| pool.adopt(b)).collect();
+                port.post_message(&0u64)?;
+                let back = buffers.into_iter().map(Transferable::from).collect();
+                port.post_message_with_transfer(&"back", back)?;
             }
         }
     }
@@ -430,12 +439,14 @@ pub fn run(ctx: &Ctx) {
                 "ours.shared.handover.first",
                 "ours: SharedBuffer hand-over, 64 MiB, new, until the child has it mapped",
                 Kind::Time,
-            ),
+            )
+            .floor(floor::RTT),
             Spec::new(
                 "ours.shared.handover.reused",
-                "ours: SharedBuffer hand-over, 64 MiB, reused, until the child has it mapped (and back)",
+                "ours: SharedBuffer hand-over, 64 MiB, reused, until the child has it mapped",
                 Kind::Time,
-            ),
+            )
+            .floor(floor::RTT),
         ],
         || handover(ctx),
     );
@@ -818,13 +829,16 @@ fn handover(ctx: &Ctx) -> Result<Vec<Vec<f64>>> {
                 };
                 let started = Instant::now();
                 child.post_message_with_transfer(&order, vec![buffer.into()])?;
-                let mut answer = expect_message(&mut child).await?;
-                for back in answer.take_buffers() {
-                    if pool.put(back).is_err() {
-                        return Err("the pool refused its own buffer".into());
+                expect_message(&mut child).await?;
+                let elapsed = started.elapsed().as_secs_f64();
+                if reuse {
+                    let mut back = expect_message(&mut child).await?;
+                    for buffer in back.take_buffers() {
+                        if pool.put(buffer).is_err() {
+                            return Err("the pool refused its own buffer".into());
+                        }
                     }
                 }
-                let elapsed = started.elapsed().as_secs_f64();
                 if round > 0 {
                     if reuse { &mut reused } else { &mut first }.push(elapsed);
                 }
