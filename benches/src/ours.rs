@@ -52,8 +52,8 @@
 //! - **Shared buffer hand-over** (`ours.shared.handover.{first,reused}`): 64 MiB, posted and
 //!   answered as soon as the child holds the mapped buffer: a new frozen buffer (its fill not
 //!   timed) that the child drops after answering, or a pool's buffer that the child adopts,
-//!   answers, and then sends back (untimed) for the parent to put back. A round trip: the
-//!   floor is `floor.rtt`.
+//!   answers, and then sends back (untimed) for the parent to put back. Averaged over 16
+//!   back-to-back hand-overs; a round trip, so the floor is `floor.rtt`.
 //! - **Spawn** (`ours.spawn.*`): `fork_entry` until `Event::Spawn` (the library reports it
 //!   once the program runs, so this is the fork-and-exec itself; floor `floor.spawn.exec`),
 //!   and until the first message the child posts as soon as its entry starts (floor
@@ -127,7 +127,7 @@ enum Sink {
     /// Populate the buffer (`adopt`), sum every byte and answer with the sum; drop the
     /// buffer afterwards.
     Read,
-    /// Answer at once; drop the buffer afterwards.
+    /// Answer at once; drop the buffer when the next order comes.
     Map,
     /// Adopt the buffer into the child's pool, sum every byte, answer with the sum and the
     /// buffer.
@@ -139,6 +139,7 @@ enum Sink {
 /// Answers each shared buffer as its [`Sink`] order says.
 fn buffer_sink(port: ParentPort) -> Result<(), Error> {
     let pool = BufferPool::new();
+    let mut held = Vec::new();
     while let Some(mut message) = port.recv_blocking() {
         let order: Sink = message.data()?;
         let buffers = message.take_buffers();
@@ -153,8 +154,12 @@ fn buffer_sink(port: ParentPort) -> Result<(), Error> {
                 drop(buffers);
             }
             Sink::Map => {
+                // Freed when the next order comes (a ping without buffers in the bench), so
+                // that freeing 64 MiB (milliseconds, by whoever lets go last) is not part of
+                // the hand-over on one CPU.
+                drop(std::mem::take(&mut held));
                 port.post_message(&0u64)?;
-                drop(buffers);
+                held = buffers;
             }
             Sink::ReadAndReturn => {
                 let buffers: Vec<_> = buffers.into_iter().map(|b| pool.adopt(b)).collect();
@@ -809,8 +814,11 @@ fn shared(ctx: &Ctx, size: usize) -> Result<Vec<Vec<f64>>> {
 }
 
 /// 64 MiB handed over and answered at once: a new frozen buffer (filled before the clock
-/// starts), or a pool's buffer that comes back with the answer.
+/// starts), or a pool's buffer that comes back after the answer. Only post-to-answer is
+/// timed, averaged over back-to-back hand-overs (a pause would add the wake-up of an idle
+/// CPU, tens of microseconds on a VM, to every one).
 fn handover(ctx: &Ctx) -> Result<Vec<Vec<f64>>> {
+    const PER_SAMPLE: usize = 16;
     Flavor::CurrentThread.runtime()?.block_on(async {
         let mut child = fork_entry("buffer-sink", NO_ARGS, ForkOptions::default())?;
         expect_spawn(&mut child).await?;
@@ -818,32 +826,37 @@ fn handover(ctx: &Ctx) -> Result<Vec<Vec<f64>>> {
         let (mut first, mut reused) = (Vec::new(), Vec::new());
         for round in 0..=ctx.samples() {
             for reuse in [false, true] {
-                let (buffer, order) = if reuse {
-                    (pool.take(PAYLOAD_64MIB)?, Sink::MapAndReturn)
-                } else {
-                    let mut buffer = SharedBuffer::new(PAYLOAD_64MIB)?;
-                    if let Some(bytes) = buffer.as_mut_slice() {
-                        bytes.fill(0x5A);
-                    }
-                    (buffer.freeze()?, Sink::Map)
-                };
-                let started = Instant::now();
-                child.post_message_with_transfer(&order, vec![buffer.into()])?;
-                expect_message(&mut child).await?;
-                let elapsed = started.elapsed().as_secs_f64();
-                if reuse {
-                    let mut back = expect_message(&mut child).await?;
-                    for buffer in back.take_buffers() {
-                        if pool.put(buffer).is_err() {
-                            return Err("the pool refused its own buffer".into());
+                let mut timed = 0.0;
+                for _ in 0..PER_SAMPLE {
+                    let (buffer, order) = if reuse {
+                        (pool.take(PAYLOAD_64MIB)?, Sink::MapAndReturn)
+                    } else {
+                        let mut buffer = SharedBuffer::new(PAYLOAD_64MIB)?;
+                        if let Some(bytes) = buffer.as_mut_slice() {
+                            bytes.fill(0x5A);
                         }
+                        (buffer.freeze()?, Sink::Map)
+                    };
+                    let started = Instant::now();
+                    child.post_message_with_transfer(&order, vec![buffer.into()])?;
+                    expect_message(&mut child).await?;
+                    timed += started.elapsed().as_secs_f64();
+                    if reuse {
+                        let mut back = expect_message(&mut child).await?;
+                        for buffer in back.take_buffers() {
+                            if pool.put(buffer).is_err() {
+                                return Err("the pool refused its own buffer".into());
+                            }
+                        }
+                    } else {
+                        // The child frees the buffer when this ping comes, outside the clock.
+                        child.post_message(&Sink::Map)?;
+                        expect_message(&mut child).await?;
                     }
                 }
                 if round > 0 {
-                    if reuse { &mut reused } else { &mut first }.push(elapsed);
+                    if reuse { &mut reused } else { &mut first }.push(timed / PER_SAMPLE as f64);
                 }
-                // The child frees a new buffer after answering; let it, outside the clock.
-                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         end(child).await?;

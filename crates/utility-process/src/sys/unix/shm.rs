@@ -168,6 +168,13 @@ impl Mapping {
             writable,
         };
         if populate {
+            if writable {
+                // Where the system allows huge pages for shmem only on request
+                // (`shmem_enabled` = `advise`), this asks for them: 32 allocations for 64 MiB
+                // instead of 16,384. Elsewhere it changes nothing (measured: `never` here).
+                // SAFETY: advice on the region we just mapped; it changes no byte of it.
+                unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
+            }
             mapping.populate();
         }
         Ok(mapping)
