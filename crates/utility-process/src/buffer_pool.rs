@@ -72,9 +72,9 @@ type Key = (u64, u64);
 /// speed. Cloning a pool gives another handle to the same pool.
 ///
 /// A pooled buffer stays writable shared memory: a process it was lent to can keep writing
-/// to it, so its contents are only as trustworthy as that process (see the module docs in
-/// the README, "Shared buffers"). A receiver that must trust what it reads wants a frozen
-/// buffer, which a pool does not reuse.
+/// to it, so its contents are only as trustworthy as that process (the README's "Shared
+/// buffers" says what a pool promises and what it cannot). A receiver that must trust what
+/// it reads wants a frozen buffer, which a pool does not reuse.
 ///
 /// # Examples
 ///
