@@ -200,20 +200,9 @@ impl SharedBuffer {
             len: self.map.as_slice().len() as u64,
             read_only: self.read_only,
         };
-        let SharedBuffer {
-            map,
-            fd,
-            pool,
-            read_only,
-        } = self;
+        let SharedBuffer { map, fd, pool, .. } = self;
         match pool {
             Some(tag) => tag.park(map, fd.as_fd()),
-            // A frozen buffer's mapping is read-only and, unless this process read it, has no
-            // page-table entries to tear down: unmapping it here costs microseconds. Left to
-            // the library's thread, it could be the last reference to the memory once the
-            // receiver let go, and freeing 64 MiB there (milliseconds) would compete with the
-            // caller on a single CPU.
-            None if read_only => drop(map),
             None => unmap_elsewhere(map),
         }
         (attachment, fd)
