@@ -189,10 +189,11 @@ fn byte_sum(bytes: &[u8]) -> u64 {
     for block in &mut blocks {
         let mut lanes = [0u16; LANES];
         for chunk in block.chunks_exact(LANES) {
-            // A fixed length: no bounds check left in the loop.
-            let chunk: &[u8; LANES] = chunk.try_into().unwrap_or(&[0; LANES]);
-            for (lane, &byte) in lanes.iter_mut().zip(chunk) {
-                *lane += u16::from(byte);
+            // A fixed length: no bounds check left in the loop (`unwrap_or` with a fallback
+            // array made it twice as slow).
+            let chunk: &[u8; LANES] = chunk.try_into().expect("chunks_exact gives LANES bytes");
+            for i in 0..LANES {
+                lanes[i] += u16::from(chunk[i]);
             }
         }
         sum += lanes.iter().map(|&lane| u64::from(lane)).sum::<u64>();
