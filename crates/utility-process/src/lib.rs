@@ -49,6 +49,7 @@ compile_error!(
      and macOS backends behind the same API are planned (see the README's Limitations)"
 );
 
+mod buffer_pool;
 mod child;
 mod driver;
 mod entry;
@@ -66,6 +67,7 @@ mod stdio;
 mod sys;
 mod transport;
 
+pub use buffer_pool::{BufferPool, DEFAULT_POOL_LIMIT};
 pub use child::{parent_port, ParentPort};
 pub use entry::{fork_entry, init, Entry};
 pub use error::{Error, Location, PanicInfo, Signal, SpawnStep, Violation};

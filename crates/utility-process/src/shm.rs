@@ -9,11 +9,16 @@
 //! Sending moves the buffer (the sender's mapping is gone), so the receiver holds it alone and
 //! may write to it. [`SharedBuffer::freeze`] seals it against writes for good — in every
 //! process — so that a receiver can trust that nobody changes what it reads.
+//!
+//! A buffer from a [`BufferPool`](crate::BufferPool) is the exception: sending it parks the
+//! sender's mapping in the pool, out of reach of any code, so that when the buffer comes
+//! back it is mapped and populated already (see `buffer_pool.rs` for why and what it costs).
 
 use std::fmt;
 use std::ops::Deref;
 use std::os::fd::{AsFd, OwnedFd};
 
+use crate::buffer_pool::Tag;
 use crate::sys::shm::{self, Mapping};
 use crate::Error;
 
@@ -43,10 +48,17 @@ pub struct SharedBuffer {
     map: Mapping,
     fd: OwnedFd,
     read_only: bool,
+    /// The pool this buffer belongs to or was adopted by, if any (never for a frozen one).
+    pool: Option<Tag>,
 }
 
 impl SharedBuffer {
-    /// A zero-filled, writable buffer of `len` bytes, its memory allocated at once.
+    /// A zero-filled, writable buffer of `len` bytes, its memory allocated and mapped at once
+    /// (in bulk: filling it costs no page faults).
+    ///
+    /// To send buffers of the same size again and again, take them from a
+    /// [`BufferPool`](crate::BufferPool): a new buffer costs about three times as much as
+    /// filling it (the kernel allocates and zeroes every page).
     ///
     /// # Errors
     ///
@@ -59,7 +71,43 @@ impl SharedBuffer {
             map,
             fd,
             read_only: false,
+            pool: None,
         })
+    }
+
+    /// Puts a buffer together from its parts (for the pool).
+    pub(crate) fn from_parts(
+        map: Mapping,
+        fd: OwnedFd,
+        read_only: bool,
+        pool: Option<Tag>,
+    ) -> SharedBuffer {
+        SharedBuffer {
+            map,
+            fd,
+            read_only,
+            pool,
+        }
+    }
+
+    /// Takes a buffer apart (for the pool).
+    pub(crate) fn split(self) -> (Mapping, OwnedFd, bool, Option<Tag>) {
+        (self.map, self.fd, self.read_only, self.pool)
+    }
+
+    /// The pool this buffer belongs to or was adopted by.
+    pub(crate) fn tag(&self) -> Option<&Tag> {
+        self.pool.as_ref()
+    }
+
+    /// The buffer's descriptor.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Pre-faults the whole mapping in one system call (best effort).
+    pub(crate) fn populate(&self) {
+        self.map.populate();
     }
 
     /// A buffer holding a copy of `bytes`.
@@ -81,7 +129,11 @@ impl SharedBuffer {
     ///
     /// [`Error::Io`] when the kernel refuses the seal: another process still has the memory
     /// mapped writable (possible only for a buffer received from a sender that kept a
-    /// mapping of its own).
+    /// mapping of its own, or for a [`BufferPool`](crate::BufferPool)'s buffer that a pool
+    /// on the other side keeps mapped). The seal is all or nothing: a buffer that could still
+    /// change is never returned frozen.
+    ///
+    /// A frozen buffer leaves its pool: it can never be written again.
     pub fn freeze(self) -> Result<SharedBuffer, Error> {
         if self.read_only {
             return Ok(self);
@@ -96,6 +148,7 @@ impl SharedBuffer {
             map,
             fd,
             read_only: true,
+            pool: None,
         })
     }
 
@@ -129,26 +182,40 @@ impl SharedBuffer {
         // never for pages a sender left unallocated.
         let map = Mapping::new(fd.as_fd(), len as usize, !read_only, false)
             .map_err(|_| "a shared buffer that cannot be mapped")?;
-        Ok(SharedBuffer { map, fd, read_only })
+        Ok(SharedBuffer {
+            map,
+            fd,
+            read_only,
+            pool: None,
+        })
     }
 
     /// What goes in the envelope, and the descriptor that goes beside it.
     ///
-    /// The sender's mapping goes away. Unmapping a large one takes milliseconds (the kernel
-    /// tears down a page-table entry per page), so that happens on the library's thread, not
-    /// in the caller's `post`.
+    /// The sender's mapping goes away — parked in its pool, for a pooled buffer. Unmapping a
+    /// large one takes milliseconds (the kernel tears down a page-table entry per page), so
+    /// that happens on the library's thread, not in the caller's `post`.
     pub(crate) fn into_parts(self) -> (utility_process_wire::Attachment, OwnedFd) {
         let attachment = utility_process_wire::Attachment::Buffer {
             len: self.map.as_slice().len() as u64,
             read_only: self.read_only,
         };
-        let SharedBuffer { map, fd, .. } = self;
-        if map.as_slice().len() >= UNMAP_ELSEWHERE {
-            if let Ok(driver) = crate::driver::driver() {
-                driver.handle().spawn_blocking(move || drop(map));
-            }
+        let SharedBuffer { map, fd, pool, .. } = self;
+        match pool {
+            Some(tag) => tag.park(map, fd.as_fd()),
+            None => unmap_elsewhere(map),
         }
         (attachment, fd)
+    }
+}
+
+/// Drops a mapping; a large one on the library's thread (see
+/// [`SharedBuffer::into_parts`]).
+pub(crate) fn unmap_elsewhere(map: Mapping) {
+    if map.as_slice().len() >= UNMAP_ELSEWHERE {
+        if let Ok(driver) = crate::driver::driver() {
+            driver.handle().spawn_blocking(move || drop(map));
+        }
     }
 }
 

@@ -11,6 +11,20 @@
 //! A received descriptor is checked before it is mapped: it must be a memfd (it answers
 //! `F_GET_SEALS`), its size must be the announced one and sealed, and a buffer announced as
 //! frozen must carry the write seal.
+//!
+//! # Populating in bulk
+//!
+//! Touching a fresh mapping page by page costs a fault per 4 KiB page (16,384 for 64 MiB;
+//! shmem gets no huge pages while `/sys/kernel/mm/transparent_hugepage/shmem_enabled` says
+//! `never`, and `MFD_HUGETLB` needs pages reserved by the administrator). [`Mapping::populate`]
+//! asks the kernel to fill the page table in one call instead (`MADV_POPULATE_WRITE` or
+//! `_READ`, Linux 5.14); a kernel without them answers `EINVAL` and the mapping is simply
+//! faulted in on use, as before. Measured on a 2-vCPU VM (Linux 6.18), 64 MiB: a fresh buffer
+//! written by faults 15–27 ms, `MAP_POPULATE` then writing 19–21 ms (a shared mapping is
+//! populated for reading, and the writes fault again), `MADV_POPULATE_WRITE` then writing
+//! 13–16 ms; an allocated buffer read by faults 3.5–7 ms, `MADV_POPULATE_READ` then reading
+//! 3.2 ms. `fallocate` before mapping bought nothing (the pages are zeroed at the first fault
+//! anyway).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -79,6 +93,19 @@ pub(crate) fn check(fd: BorrowedFd<'_>, len: u64, frozen: bool) -> Result<(), &'
     Ok(())
 }
 
+/// Which memory object a descriptor refers to: its device and inode numbers. Two descriptors
+/// with the same identity, both open, refer to the same memory.
+pub(crate) fn identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    // SAFETY: fstat writes into the zeroed stat we own.
+    let stat = unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        cvt(libc::fstat(fd.as_raw_fd(), &mut stat))?;
+        stat
+    };
+    #[allow(clippy::useless_conversion)] // the field types differ between targets
+    Ok((u64::from(stat.st_dev), u64::from(stat.st_ino)))
+}
+
 /// A mapping of a whole buffer into this process.
 #[derive(Debug)]
 pub(crate) struct Mapping {
@@ -95,7 +122,8 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps `len` bytes of `fd`, read-write or read-only; with `populate`, pre-faults the
-    /// pages (allocating them: for a buffer this process creates and is about to fill).
+    /// pages in bulk (allocating them: for a buffer this process creates and is about to
+    /// fill), see [`populate`](Self::populate).
     pub(crate) fn new(
         fd: BorrowedFd<'_>,
         len: usize,
@@ -121,11 +149,7 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 prot,
-                if populate {
-                    libc::MAP_SHARED | libc::MAP_POPULATE
-                } else {
-                    libc::MAP_SHARED
-                },
+                libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,
             )
@@ -138,11 +162,39 @@ impl Mapping {
         // of `freeze` would then fail with EBUSY for as long as that process lives.
         // SAFETY: advice on the region we just mapped.
         unsafe { libc::madvise(ptr, len, libc::MADV_DONTFORK) };
-        Ok(Mapping {
+        let mapping = Mapping {
             ptr: NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?,
             len,
             writable,
-        })
+        };
+        if populate {
+            if writable {
+                // Where the system allows huge pages for shmem only on request
+                // (`shmem_enabled` = `advise`), this asks for them: 32 allocations for 64 MiB
+                // instead of 16,384. Elsewhere it changes nothing (measured: `never` here).
+                // SAFETY: advice on the region we just mapped; it changes no byte of it.
+                unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
+            }
+            mapping.populate();
+        }
+        Ok(mapping)
+    }
+
+    /// Fills the page table of the whole mapping in one system call (allocating the pages the
+    /// memfd does not have yet), so that using it costs no page faults. Best effort: on a
+    /// kernel older than 5.14 (`EINVAL`), or without the memory, the pages are faulted in on
+    /// use instead. Returns whether the kernel did it.
+    pub(crate) fn populate(&self) -> bool {
+        if self.len == 0 {
+            return true;
+        }
+        let advice = if self.writable {
+            libc::MADV_POPULATE_WRITE
+        } else {
+            libc::MADV_POPULATE_READ
+        };
+        // SAFETY: advice on the region this value maps. Populating changes no byte of it.
+        unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, advice) == 0 }
     }
 
     pub(crate) fn as_slice(&self) -> &[u8] {
