@@ -935,3 +935,152 @@ async fn a_supervised_node_child_attaches_answers_heartbeats_and_is_restarted_af
     assert_eq!((answer.value, answer.restarts), (2, 1));
     supervisor.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_node_worker_whose_init_throws_is_a_start_failure_with_its_message() {
+    if !node_available("a_node_worker_whose_init_throws_is_a_start_failure_with_its_message") {
+        return;
+    }
+    let pool = Pool::<Job, u64>::builder(
+        Worker::program(format!("{CHILDREN}/node_pool.js")).args(["init-fail"]),
+    )
+    .fork_options(node_options().stderr(Stdio::Ignore))
+    .workers(1)
+    .breaker(2, Duration::from_secs(60))
+    .build()
+    .unwrap();
+    match tokio::time::timeout(EVENT_TIMEOUT, pool.ready())
+        .await
+        .unwrap()
+    {
+        Err(TaskError::WorkersFailing(failure)) => match &failure.reason {
+            utility_process_pool::StartError::Init { message, .. } => {
+                assert_eq!(message, "Error: no model file")
+            }
+            other => panic!("expected StartError::Init, got {other:?}"),
+        },
+        other => panic!("expected WorkersFailing, got {other:?}"),
+    }
+    pool.close_now().await;
+}
+
+#[tokio::test]
+async fn a_node_task_past_its_deadline_stops_cooperatively_and_its_worker_lives_on() {
+    if !node_available("a_node_task_past_its_deadline_stops_cooperatively_and_its_worker_lives_on")
+    {
+        return;
+    }
+    let pool = node_pool("jobs", 1);
+    tokio::time::timeout(EVENT_TIMEOUT, pool.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let options =
+        utility_process_pool::RunOptions::default().run_timeout(Duration::from_millis(200));
+    match tokio::time::timeout(EVENT_TIMEOUT, pool.run_with(&Job::Sleep(60_000), options))
+        .await
+        .unwrap()
+    {
+        Err(TaskError::RunTimeout { stop, .. }) => {
+            assert_eq!(stop, utility_process_pool::Stop::Cooperatively)
+        }
+        other => panic!("expected RunTimeout, got {other:?}"),
+    }
+    assert_eq!(pool.run(&Job::Double(4)).await.unwrap(), 8);
+    assert_eq!(pool.metrics().crashes, 0, "the worker was not killed");
+    pool.close().await;
+}
+
+/// The supervised JS child, checked every 100 ms, restarted after 10 ms.
+fn supervised_spec() -> ChildSpec {
+    ChildSpec::program("js", format!("{CHILDREN}/node_supervised.js"))
+        .options(node_options())
+        .heartbeat(Heartbeat::new(Duration::from_millis(100)).misses(3))
+        .backoff(Backoff::new(
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+        ))
+        .start_timeout(Duration::from_secs(10))
+}
+
+/// The events until the second life is ready; the reason the first one ended.
+async fn until_restarted(
+    events: &mut utility_process_supervisor::Events,
+) -> (ExitReason, Vec<SupervisorEvent>) {
+    let mut seen = Vec::new();
+    let mut reason = None;
+    loop {
+        let event = tokio::time::timeout(EVENT_TIMEOUT, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no restart; events: {seen:#?}"))
+            .expect("the supervisor is running");
+        match &event {
+            SupervisorEvent::Exited { reason: r, .. } if reason.is_none() => {
+                reason = Some(r.clone())
+            }
+            SupervisorEvent::Ready { restarts: 1, .. } => break,
+            _ => {}
+        }
+        seen.push(event);
+    }
+    (reason.expect("the first life ended"), seen)
+}
+
+#[tokio::test]
+async fn a_supervised_node_child_whose_event_loop_blocks_is_declared_hung_and_restarted() {
+    if !node_available(
+        "a_supervised_node_child_whose_event_loop_blocks_is_declared_hung_and_restarted",
+    ) {
+        return;
+    }
+    let supervisor = Supervisor::new(SupervisorOptions::default());
+    let mut events = supervisor.events();
+    let first = tokio::time::timeout(EVENT_TIMEOUT, supervisor.start_child(supervised_spec()))
+        .await
+        .unwrap()
+        .unwrap();
+    // While its loop turns, its heartbeats are answered: the first life lives on.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    supervisor.post_message("js", &41u64).await.unwrap();
+    let reply = tokio::time::timeout(EVENT_TIMEOUT, supervisor.recv_message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.pid, first, "the first life still answers");
+    supervisor.post_message("js", &"block").await.unwrap();
+    let (reason, seen) = until_restarted(&mut events).await;
+    assert!(
+        matches!(reason, ExitReason::HeartbeatMissed { missed, .. } if missed >= 3),
+        "{reason:?}; events: {seen:#?}"
+    );
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_supervised_node_childs_failing_probe_restarts_it_with_the_probes_words() {
+    if !node_available("a_supervised_node_childs_failing_probe_restarts_it_with_the_probes_words") {
+        return;
+    }
+    let supervisor = Supervisor::new(SupervisorOptions::default());
+    let mut events = supervisor.events();
+    let spec = supervised_spec().probe(utility_process_supervisor::Probe::new(
+        Duration::from_millis(100),
+    ));
+    tokio::time::timeout(EVENT_TIMEOUT, supervisor.start_child(spec))
+        .await
+        .unwrap()
+        .unwrap();
+    // Healthy for a while: ten probes pass.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    supervisor.post_message("js", &"sick").await.unwrap();
+    let (reason, seen) = until_restarted(&mut events).await;
+    assert!(
+        matches!(
+            &reason,
+            ExitReason::ProbeFailed(utility_process_supervisor::ProbeFailure::Unhealthy(words))
+                if words == "told to be sick"
+        ),
+        "{reason:?}; events: {seen:#?}"
+    );
+    supervisor.shutdown().await;
+}
