@@ -114,6 +114,11 @@ class Hub {
     this.native.post(id, bytes, ids.length ? ids : undefined);
     for (const port of transfer || []) port._neuter();
   }
+
+  /** Posts `bytes` as they are (Rust's `post_bytes`): the pool's frames (lib/pool.js). */
+  postBytes(id, bytes) {
+    this.native.post(id, bytes, undefined);
+  }
 }
 
 /**
@@ -125,7 +130,7 @@ class MessagePortMain extends EventEmitter {
     super();
     this[kHub] = hub;
     this[kId] = id;
-    this[kState] = { started: false, gone: false };
+    this[kState] = { started: false, gone: false, unref: false };
   }
 
   /** Starts delivery of the messages queued on the port. */
@@ -134,7 +139,26 @@ class MessagePortMain extends EventEmitter {
     if (state.gone || state.started) return;
     state.started = true;
     this[kHub].native.start(this[kId]);
-    this[kHub].hold(this[kId], true);
+    this[kHub].hold(this[kId], !state.unref);
+  }
+
+  /**
+   * As Node's `MessagePort.unref()` (not in Electron): a started port no longer keeps node's
+   * event loop alive by itself; its messages still come while something else does.
+   */
+  unref() {
+    const state = this[kState];
+    state.unref = true;
+    if (state.started && !state.gone) this[kHub].hold(this[kId], false);
+    return this;
+  }
+
+  /** Undoes `unref()`: a started, open port keeps node's event loop alive again. */
+  ref() {
+    const state = this[kState];
+    state.unref = false;
+    if (state.started && !state.gone) this[kHub].hold(this[kId], true);
+    return this;
   }
 
   /** Disconnects the port: the other end sees 'close'; posting here does nothing. */
@@ -219,6 +243,12 @@ class ParentPort extends EventEmitter {
   postMessage(message, transfer) {
     if (this[kState].gone) return;
     this[kHub].post(this[kId], message, transfer);
+  }
+
+  /** Posts raw bytes, not a MessagePack value (internal: the pool's frames, lib/pool.js). */
+  _postBytes(bytes) {
+    if (this[kState].gone) return;
+    this[kHub].postBytes(this[kId], bytes);
   }
 
   _message(event) {

@@ -146,3 +146,25 @@ test('a started port keeps node alive until it closes', () => {
   assert.equal(native.alive, false);
   assert.deepEqual(native.calls.at(-1), ['close', 20]);
 });
+
+test('an unref()ed port does not keep node alive; ref() makes it do so again', () => {
+  const { native, hub } = fake();
+  const port = hub.adopt(20);
+  port.unref();
+  port.start();
+  assert.equal(native.alive, false);
+  port.ref();
+  assert.equal(native.alive, true);
+  port.unref();
+  assert.equal(native.alive, false);
+  port.ref();
+  port.close();
+  assert.equal(native.alive, false);
+});
+
+test('the parent port posts raw bytes as they are (the pool\'s frames)', () => {
+  const { native, parent } = fake();
+  native.post = (id, bytes) => native.posted.push({ id, bytes });
+  parent._postBytes(Buffer.from([0x10, 0, 0, 0, 0, 0, 0, 0, 0]));
+  assert.deepEqual(native.posted, [{ id: 0, bytes: Buffer.from([0x10, 0, 0, 0, 0, 0, 0, 0, 0]) }]);
+});

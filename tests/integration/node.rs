@@ -750,3 +750,337 @@ async fn a_script_whose_interpreter_or_bootstrap_is_missing_is_an_error_at_fork_
         other => panic!("expected MissingInterpreter, got {other:?}"),
     }
 }
+
+// ---- the pool's and the supervisor's JS sides (`utility-process/pool`, `/supervisor`) -------
+
+use std::time::Duration;
+
+use utility_process_pool::{Pool, TaskError, Worker};
+use utility_process_supervisor::{
+    Backoff, ChildSpec, ExitReason, Heartbeat, Supervisor, SupervisorEvent, SupervisorOptions,
+};
+
+/// The jobs `tests/children/node_pool.js` knows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Job {
+    Double(u64),
+    Crash,
+    Fail(String),
+    Sleep(u64),
+}
+
+/// The options a pool or a supervisor forks JS children with: the addon, the bootstrap.
+fn node_options() -> ForkOptions {
+    ForkOptions::default()
+        .env(ADDON_VAR, addon())
+        .env("UTILITY_PROCESS_NODE_BOOTSTRAP", BOOTSTRAP)
+}
+
+/// A pool of `tests/children/node_pool.js` workers in `mode`.
+fn node_pool(mode: &str, workers: usize) -> Pool<Job, u64> {
+    Pool::<Job, u64>::builder(Worker::program(format!("{CHILDREN}/node_pool.js")).args([mode]))
+        .fork_options(node_options())
+        .workers(workers)
+        .build()
+        .unwrap()
+}
+
+/// Awaits every future, polling them all on this task, in order of the input.
+async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.map(Box::pin).enumerate().collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(out) => {
+                outputs[*i] = Some(out);
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test]
+async fn a_pool_of_node_workers_answers_every_task_exactly_once_through_a_crash() {
+    if !node_available("a_pool_of_node_workers_answers_every_task_exactly_once_through_a_crash") {
+        return;
+    }
+    let pool = node_pool("jobs", 2);
+    tokio::time::timeout(EVENT_TIMEOUT, pool.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let jobs: Vec<Job> = (0..20u64)
+        .map(|n| match n {
+            7 => Job::Crash,
+            11 => Job::Fail("told to fail".into()),
+            n if n % 5 == 0 => Job::Sleep(20),
+            n => Job::Double(n),
+        })
+        .collect();
+    let results = tokio::time::timeout(
+        EVENT_TIMEOUT,
+        join_all(jobs.iter().map(|job| pool.run(job))),
+    )
+    .await
+    .expect("every task answered in time");
+    let mut crashed = 0;
+    for (n, (job, result)) in jobs.iter().zip(&results).enumerate() {
+        match (job, result) {
+            (Job::Double(x), Ok(y)) => assert_eq!(*y, 2 * x),
+            (Job::Sleep(_), Ok(0)) => {}
+            (Job::Crash, Err(TaskError::WorkerCrashed(crash))) => {
+                crashed += 1;
+                assert_eq!(crash.status.code(), Some(3), "{crash}")
+            }
+            (Job::Fail(_), Err(TaskError::Failed { message, .. })) => {
+                assert_eq!(message, "Error: told to fail")
+            }
+            // A task on the crashed worker at the same time fails with it, never twice.
+            (Job::Double(_) | Job::Sleep(_), Err(TaskError::WorkerCrashed(_))) => {}
+            (job, result) => panic!("task {n} {job:?}: unexpected {result:?}"),
+        }
+    }
+    assert_eq!(crashed, 1, "the crashing task failed as a crash");
+    // The crashed worker was replaced: the pool still answers, on every worker.
+    let doubles: Vec<Job> = (0..4u64).map(Job::Double).collect();
+    let again = join_all(doubles.iter().map(|job| pool.run(job))).await;
+    for (n, result) in again.into_iter().enumerate() {
+        assert_eq!(result.unwrap(), 2 * n as u64);
+    }
+    pool.close().await;
+}
+
+/// What `tests/children/node_supervised.js` answers to a number.
+#[derive(Debug, Deserialize)]
+struct Answer {
+    value: u64,
+    restarts: u32,
+}
+
+#[tokio::test]
+async fn a_supervised_node_child_attaches_answers_heartbeats_and_is_restarted_after_a_crash() {
+    if !node_available(
+        "a_supervised_node_child_attaches_answers_heartbeats_and_is_restarted_after_a_crash",
+    ) {
+        return;
+    }
+    let supervisor = Supervisor::new(SupervisorOptions::default());
+    let mut events = supervisor.events();
+    let spec = ChildSpec::program("js", format!("{CHILDREN}/node_supervised.js"))
+        .options(node_options())
+        .heartbeat(Heartbeat::new(Duration::from_millis(100)).misses(3))
+        .backoff(Backoff::new(
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+        ))
+        .start_timeout(Duration::from_secs(10));
+    let first = tokio::time::timeout(EVENT_TIMEOUT, supervisor.start_child(spec))
+        .await
+        .unwrap()
+        .unwrap();
+    // Ten heartbeat intervals: three unanswered in a row would have ended it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    supervisor.post_message("js", &41u64).await.unwrap();
+    let reply = tokio::time::timeout(EVENT_TIMEOUT, supervisor.recv_message())
+        .await
+        .unwrap()
+        .unwrap();
+    let answer: Answer = reply.message.data().unwrap();
+    assert_eq!((answer.value, answer.restarts), (42, 0));
+    assert_eq!(reply.pid, first, "the first life still answers");
+
+    supervisor.post_message("js", &"crash").await.unwrap();
+    let mut seen = Vec::new();
+    let second = loop {
+        let event = tokio::time::timeout(EVENT_TIMEOUT, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no restart; events: {seen:#?}"))
+            .expect("the supervisor is running");
+        match &event {
+            SupervisorEvent::HeartbeatMissed { .. } => {
+                panic!("a heartbeat went unanswered: {event:?}")
+            }
+            SupervisorEvent::Exited { reason, .. }
+                if !seen
+                    .iter()
+                    .any(|e| matches!(e, SupervisorEvent::Exited { .. })) =>
+            {
+                assert!(
+                    matches!(reason, ExitReason::Exited { status, .. } if status.code() == Some(3)),
+                    "{reason:?}"
+                );
+            }
+            SupervisorEvent::Ready {
+                pid, restarts: 1, ..
+            } => break *pid,
+            _ => {}
+        }
+        seen.push(event);
+    };
+    assert_ne!(second, first, "a restart is a new process");
+    supervisor.post_message("js", &1u64).await.unwrap();
+    let reply = tokio::time::timeout(EVENT_TIMEOUT, supervisor.recv_message())
+        .await
+        .unwrap()
+        .unwrap();
+    let answer: Answer = reply.message.data().unwrap();
+    assert_eq!((answer.value, answer.restarts), (2, 1));
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_worker_whose_init_throws_is_a_start_failure_with_its_message() {
+    if !node_available("a_node_worker_whose_init_throws_is_a_start_failure_with_its_message") {
+        return;
+    }
+    let pool = Pool::<Job, u64>::builder(
+        Worker::program(format!("{CHILDREN}/node_pool.js")).args(["init-fail"]),
+    )
+    .fork_options(node_options().stderr(Stdio::Ignore))
+    .workers(1)
+    .breaker(2, Duration::from_secs(60))
+    .build()
+    .unwrap();
+    match tokio::time::timeout(EVENT_TIMEOUT, pool.ready())
+        .await
+        .unwrap()
+    {
+        Err(TaskError::WorkersFailing(failure)) => match &failure.reason {
+            utility_process_pool::StartError::Init { message, .. } => {
+                assert_eq!(message, "Error: no model file")
+            }
+            other => panic!("expected StartError::Init, got {other:?}"),
+        },
+        other => panic!("expected WorkersFailing, got {other:?}"),
+    }
+    pool.close_now().await;
+}
+
+#[tokio::test]
+async fn a_node_task_past_its_deadline_stops_cooperatively_and_its_worker_lives_on() {
+    if !node_available("a_node_task_past_its_deadline_stops_cooperatively_and_its_worker_lives_on")
+    {
+        return;
+    }
+    let pool = node_pool("jobs", 1);
+    tokio::time::timeout(EVENT_TIMEOUT, pool.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let options =
+        utility_process_pool::RunOptions::default().run_timeout(Duration::from_millis(200));
+    match tokio::time::timeout(EVENT_TIMEOUT, pool.run_with(&Job::Sleep(60_000), options))
+        .await
+        .unwrap()
+    {
+        Err(TaskError::RunTimeout { stop, .. }) => {
+            assert_eq!(stop, utility_process_pool::Stop::Cooperatively)
+        }
+        other => panic!("expected RunTimeout, got {other:?}"),
+    }
+    assert_eq!(pool.run(&Job::Double(4)).await.unwrap(), 8);
+    assert_eq!(pool.metrics().crashes, 0, "the worker was not killed");
+    pool.close().await;
+}
+
+/// The supervised JS child, checked every 100 ms, restarted after 10 ms.
+fn supervised_spec() -> ChildSpec {
+    ChildSpec::program("js", format!("{CHILDREN}/node_supervised.js"))
+        .options(node_options())
+        .heartbeat(Heartbeat::new(Duration::from_millis(100)).misses(3))
+        .backoff(Backoff::new(
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+        ))
+        .start_timeout(Duration::from_secs(10))
+}
+
+/// The events until the second life is ready; the reason the first one ended.
+async fn until_restarted(
+    events: &mut utility_process_supervisor::Events,
+) -> (ExitReason, Vec<SupervisorEvent>) {
+    let mut seen = Vec::new();
+    let mut reason = None;
+    loop {
+        let event = tokio::time::timeout(EVENT_TIMEOUT, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no restart; events: {seen:#?}"))
+            .expect("the supervisor is running");
+        match &event {
+            SupervisorEvent::Exited { reason: r, .. } if reason.is_none() => {
+                reason = Some(r.clone())
+            }
+            SupervisorEvent::Ready { restarts: 1, .. } => break,
+            _ => {}
+        }
+        seen.push(event);
+    }
+    (reason.expect("the first life ended"), seen)
+}
+
+#[tokio::test]
+async fn a_supervised_node_child_whose_event_loop_blocks_is_declared_hung_and_restarted() {
+    if !node_available(
+        "a_supervised_node_child_whose_event_loop_blocks_is_declared_hung_and_restarted",
+    ) {
+        return;
+    }
+    let supervisor = Supervisor::new(SupervisorOptions::default());
+    let mut events = supervisor.events();
+    let first = tokio::time::timeout(EVENT_TIMEOUT, supervisor.start_child(supervised_spec()))
+        .await
+        .unwrap()
+        .unwrap();
+    // While its loop turns, its heartbeats are answered: the first life lives on.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    supervisor.post_message("js", &41u64).await.unwrap();
+    let reply = tokio::time::timeout(EVENT_TIMEOUT, supervisor.recv_message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.pid, first, "the first life still answers");
+    supervisor.post_message("js", &"block").await.unwrap();
+    let (reason, seen) = until_restarted(&mut events).await;
+    assert!(
+        matches!(reason, ExitReason::HeartbeatMissed { missed, .. } if missed >= 3),
+        "{reason:?}; events: {seen:#?}"
+    );
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_supervised_node_childs_failing_probe_restarts_it_with_the_probes_words() {
+    if !node_available("a_supervised_node_childs_failing_probe_restarts_it_with_the_probes_words") {
+        return;
+    }
+    let supervisor = Supervisor::new(SupervisorOptions::default());
+    let mut events = supervisor.events();
+    let spec = supervised_spec().probe(utility_process_supervisor::Probe::new(
+        Duration::from_millis(100),
+    ));
+    tokio::time::timeout(EVENT_TIMEOUT, supervisor.start_child(spec))
+        .await
+        .unwrap()
+        .unwrap();
+    // Healthy for a while: ten probes pass.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    supervisor.post_message("js", &"sick").await.unwrap();
+    let (reason, seen) = until_restarted(&mut events).await;
+    assert!(
+        matches!(
+            &reason,
+            ExitReason::ProbeFailed(utility_process_supervisor::ProbeFailure::Unhealthy(words))
+                if words == "told to be sick"
+        ),
+        "{reason:?}; events: {seen:#?}"
+    );
+    supervisor.shutdown().await;
+}
