@@ -216,10 +216,10 @@ fn compare(ctx: &Ctx, ours: &str, peer: &str, peer_name: &str) {
         crate::show(kind, median),
         crate::show(kind, peer_median),
         speedup,
-        if speedup >= 1.0 {
-            "at least as fast"
-        } else {
-            "slower"
+        match speedup {
+            s if s >= 1.05 => "faster",
+            s if s > 0.95 => "within 5%: about as fast",
+            _ => "slower",
         }
     ));
 }
