@@ -70,6 +70,7 @@
 //! so that a hang in the library shows up as a clear failure rather than a stuck run.
 
 mod floor;
+mod lang;
 mod ours;
 mod peers;
 mod pool;
@@ -542,6 +543,7 @@ fn run_phase(args: &Args, placement: Placement) -> i32 {
     floor::run(&ctx);
     ours::run(&ctx);
     peers::run(&ctx);
+    lang::run(&ctx);
     pool::run(&ctx);
 
     let phase = PhaseOutput {
