@@ -208,6 +208,17 @@ fn a_blocking_entry_echoes_and_exits_zero_when_it_returns_ok() -> Result<(), Fai
     run(|| echo_round_trips("blocking-echo"))
 }
 
+/// Reads the child's piped stderr to its end: the library must have printed nothing.
+async fn nothing_printed(mut stderr: utility_process::ChildStderr) -> Result<(), Failed> {
+    let mut text = String::new();
+    tokio::time::timeout(EVENT_TIMEOUT, stderr.read_to_string(&mut text))
+        .await
+        .map_err(|_| "stderr did not end")??;
+    check(text.is_empty(), || {
+        format!("the library printed on the child's stderr: {text:?}")
+    })
+}
+
 fn an_entry_returning_err_is_reported_as_entry_failed_and_nothing_is_printed() -> Result<(), Failed>
 {
     run(|| async {
@@ -217,7 +228,7 @@ fn an_entry_returning_err_is_reported_as_entry_failed_and_nothing_is_printed() -
             ForkOptions::default().stderr(Stdio::Pipe),
         )?;
         let pid = child.pid().ok_or("a pid")?;
-        let mut stderr = child.take_stderr().ok_or("stderr is piped")?;
+        let stderr = child.take_stderr().ok_or("stderr is piped")?;
         expect_spawn(&mut child).await?;
         match rest_of_events(&mut child).await?.as_slice() {
             [Event::Error(Error::EntryFailed {
@@ -238,13 +249,7 @@ fn an_entry_returning_err_is_reported_as_entry_failed_and_nothing_is_printed() -
                 )
             }
         }
-        let mut text = String::new();
-        tokio::time::timeout(EVENT_TIMEOUT, stderr.read_to_string(&mut text))
-            .await
-            .map_err(|_| "stderr did not end")??;
-        check(text.is_empty(), || {
-            format!("the library printed on the child's stderr: {text:?}")
-        })
+        nothing_printed(stderr).await
     })
 }
 
@@ -258,7 +263,7 @@ fn a_program_started_for_an_entry_it_does_not_have_reports_entry_failed_and_exit
                 .env("UTILITY_PROCESS_ENTRY", "no-such-entry")
                 .stderr(Stdio::Pipe),
         )?;
-        let mut stderr = child.take_stderr().ok_or("stderr is piped")?;
+        let stderr = child.take_stderr().ok_or("stderr is piped")?;
         expect_spawn(&mut child).await?;
         match rest_of_events(&mut child).await?.as_slice() {
             [Event::Error(Error::EntryFailed { message, .. }), Event::Exit(status)]
@@ -274,13 +279,7 @@ fn a_program_started_for_an_entry_it_does_not_have_reports_entry_failed_and_exit
                 )
             }
         }
-        let mut text = String::new();
-        tokio::time::timeout(EVENT_TIMEOUT, stderr.read_to_string(&mut text))
-            .await
-            .map_err(|_| "stderr did not end")??;
-        check(text.is_empty(), || {
-            format!("the library printed on the child's stderr: {text:?}")
-        })
+        nothing_printed(stderr).await
     })
 }
 

@@ -13,9 +13,7 @@ use utility_process::{
     Violation,
 };
 use utility_process_pool::{Pool, TaskError, Worker};
-use utility_process_supervisor::{
-    Backoff, ChildSpec, ExitReason, Heartbeat, Supervisor, SupervisorEvent, SupervisorOptions,
-};
+use utility_process_supervisor::{Backoff, ChildSpec, Heartbeat, Supervisor, SupervisorOptions};
 use utility_process_tests::{next_event, PortCommand, EVENT_TIMEOUT};
 
 /// The Python test child (see its docstring for the modes).
@@ -602,33 +600,7 @@ async fn a_supervised_python_child_attaches_answers_heartbeats_and_is_restarted_
     assert_eq!(reply.pid, first, "the first life still answers");
 
     supervisor.post_message("py", &"crash").await.unwrap();
-    let mut seen = Vec::new();
-    let second = loop {
-        let event = tokio::time::timeout(EVENT_TIMEOUT, events.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no restart; events: {seen:#?}"))
-            .expect("the supervisor is running");
-        match &event {
-            SupervisorEvent::HeartbeatMissed { .. } => {
-                panic!("a heartbeat went unanswered: {event:?}")
-            }
-            SupervisorEvent::Exited { reason, .. }
-                if !seen
-                    .iter()
-                    .any(|e| matches!(e, SupervisorEvent::Exited { .. })) =>
-            {
-                assert!(
-                    matches!(reason, ExitReason::Exited { status, .. } if status.code() == Some(3)),
-                    "{reason:?}"
-                );
-            }
-            SupervisorEvent::Ready {
-                pid, restarts: 1, ..
-            } => break *pid,
-            _ => {}
-        }
-        seen.push(event);
-    };
+    let second = utility_process_tests::next_life_after_exit(&mut events, 3).await;
     assert_ne!(second, first, "a restart is a new process");
     supervisor.post_message("py", &1u64).await.unwrap();
     let reply = tokio::time::timeout(EVENT_TIMEOUT, supervisor.recv_message())

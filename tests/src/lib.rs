@@ -506,3 +506,40 @@ pub fn pretend_the_kernel_lacks(nr: u32, arg0: Option<u32>, errno: i32) {
         std::io::Error::last_os_error()
     );
 }
+
+/// Waits, on a supervisor's event stream, for a child's crash with exit code `code` and the
+/// next life's `Ready`; returns that life's pid. Fails if a heartbeat goes unanswered on the
+/// way, or nothing comes within [`EVENT_TIMEOUT`].
+pub async fn next_life_after_exit(
+    events: &mut utility_process_supervisor::Events,
+    code: i32,
+) -> u32 {
+    use utility_process_supervisor::{ExitReason, SupervisorEvent};
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(EVENT_TIMEOUT, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no restart; events: {seen:#?}"))
+            .expect("the supervisor is running");
+        match &event {
+            SupervisorEvent::HeartbeatMissed { .. } => {
+                panic!("a heartbeat went unanswered: {event:?}")
+            }
+            SupervisorEvent::Exited { reason, .. }
+                if !seen
+                    .iter()
+                    .any(|e| matches!(e, SupervisorEvent::Exited { .. })) =>
+            {
+                assert!(
+                    matches!(reason, ExitReason::Exited { status, .. } if status.code() == Some(code)),
+                    "{reason:?}"
+                );
+            }
+            SupervisorEvent::Ready {
+                pid, restarts: 1, ..
+            } => return *pid,
+            _ => {}
+        }
+        seen.push(event);
+    }
+}
