@@ -370,7 +370,6 @@ impl Signal {
             libc::SIGPIPE => "SIGPIPE",
             libc::SIGALRM => "SIGALRM",
             libc::SIGTERM => "SIGTERM",
-            libc::SIGSTKFLT => "SIGSTKFLT",
             libc::SIGCHLD => "SIGCHLD",
             libc::SIGCONT => "SIGCONT",
             libc::SIGSTOP => "SIGSTOP",
@@ -384,9 +383,8 @@ impl Signal {
             libc::SIGPROF => "SIGPROF",
             libc::SIGWINCH => "SIGWINCH",
             libc::SIGIO => "SIGIO",
-            libc::SIGPWR => "SIGPWR",
             libc::SIGSYS => "SIGSYS",
-            _ => return None,
+            other => return crate::sys::signal_name(other),
         })
     }
 }

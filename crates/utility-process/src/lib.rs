@@ -43,10 +43,10 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 compile_error!(
-    "utility-process has no backend for this target yet: it runs on Linux today; Windows \
-     and macOS backends behind the same API are planned (see the README's Limitations)"
+    "utility-process has no backend for this target yet: it runs on Linux and macOS today; \
+     a Windows backend behind the same API is planned (see the README's Limitations)"
 );
 
 mod buffer_pool;

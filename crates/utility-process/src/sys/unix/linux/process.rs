@@ -36,8 +36,8 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::reactor::SharedFd;
-use super::{cvt, retry};
+use crate::sys::unix::reactor::SharedFd;
+use crate::sys::unix::{cvt, retry};
 
 /// Where a child's stdout or stderr goes.
 #[derive(Debug)]
@@ -82,7 +82,7 @@ pub(crate) struct PreExec {
     /// Namespaces to enter, where the kernel allows it (`CLONE_NEW*` flags; 0: none).
     pub namespaces: libc::c_int,
     /// A Landlock ruleset to restrict the child to.
-    pub ruleset: Option<super::confine::Ruleset>,
+    pub ruleset: Option<crate::sys::unix::confine::Ruleset>,
     /// A seccomp filter to install (empty: none).
     pub filter: Vec<libc::sock_filter>,
     /// The write end of the report pipe: fd 4 in the child.
@@ -138,7 +138,7 @@ pub(crate) struct Spawned {
 
 /// Forks and executes `plan`; returns once the program runs, or why it could not.
 pub(crate) fn spawn(plan: SpawnPlan) -> Result<Spawned, (SpawnStep, io::Error)> {
-    let (err_read, err_write) = super::pipe().map_err(|e| (SpawnStep::Fork, e))?;
+    let (err_read, err_write) = crate::sys::unix::pipe().map_err(|e| (SpawnStep::Fork, e))?;
 
     let argv = null_terminated(&plan.argv);
     let envp = null_terminated(&plan.envp);
