@@ -50,8 +50,15 @@
 //! # Platform-specific behavior
 //!
 //! Linux on x86_64 only for now. Landlock does not govern `stat`: a sandboxed child can learn
-//! whether a path exists and its metadata, but not open it. macOS (Seatbelt) and Windows
-//! (job objects, AppContainer) are planned behind the same type.
+//! whether a path exists and its metadata, but not open it.
+//!
+//! On macOS every sandbox, best effort or not, is refused at fork with
+//! [`Error::Unenforceable`] naming [`Missing::Seatbelt`]: Seatbelt (`sandbox_init(3)`, with a
+//! deny-by-default profile as Chromium's renderers use) must be applied by code that runs in
+//! the child before the program does, and the trusted launcher that would do it is not
+//! written yet (see `sys/unix/macos/confine.rs`). [`Sandbox::support`] reports neither
+//! seccomp nor Landlock there, and `strict_allowed` (Linux-only) does not exist. Windows (job objects,
+//! AppContainer) is planned behind the same type.
 //!
 //! [`MessageChannel`]: crate::MessageChannel
 //! [`Error::SandboxNotApplied`]: crate::Error::SandboxNotApplied
@@ -214,6 +221,10 @@ pub enum Missing {
         /// Why it cannot be enforced here.
         why: &'static str,
     },
+    /// A Seatbelt sandbox on macOS (`sandbox_init(3)`): the launcher that would apply it
+    /// before the program's first instruction is not written yet, so the library refuses
+    /// rather than start the child unconfined.
+    Seatbelt,
 }
 
 impl fmt::Display for Missing {
@@ -227,6 +238,10 @@ impl fmt::Display for Missing {
                 write!(f, "Landlock ABI {needed} (the kernel has ABI {found})")
             }
             Missing::Limit { limit, why } => write!(f, "a {limit} limit: {why}"),
+            Missing::Seatbelt => f.write_str(
+                "a Seatbelt sandbox (macOS): not implemented yet, so no child is started \
+                 unconfined",
+            ),
         }
     }
 }
@@ -400,6 +415,7 @@ pub(crate) enum PrepareError {
     /// A kernel feature is missing (and the sandbox is not best effort).
     Missing(Missing),
     /// A system call failed (an allowed path does not exist, say).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // macOS refuses before any I/O
     Io(std::io::Error),
 }
 

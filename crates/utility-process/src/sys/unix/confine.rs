@@ -54,11 +54,6 @@ pub(crate) fn read_reports(fd: std::os::fd::BorrowedFd<'_>, into: &mut [u8]) -> 
 
 
 
-/// This process's pid, for filters that let a child signal only itself.
-pub(crate) fn own_pid() -> u32 {
-    std::process::id()
-}
-
 /// The report of a child whose library could not apply its sandbox or limits: this byte,
 /// then the errno (4 bytes, little endian).
 pub(crate) const REPORT_REFUSED: u8 = b'F';
@@ -79,10 +74,14 @@ pub(crate) fn exit_now(code: i32) -> ! {
 }
 
 /// Runs stage 2 of the sandbox before `main` in every program that links this library (a
-/// no-op unless the parent asked for it), from the ELF `.init_array`, as C constructors run.
-/// `parent_port` and `init` refer to it, so that the linker keeps it.
+/// no-op unless the parent asked for it), as C constructors run: from the ELF `.init_array`
+/// on Linux, and from Mach-O's `__DATA,__mod_init_func` section on macOS (the section dyld
+/// runs initializers from: Apple's "Mach-O Programming Topics", and `<mach-o/loader.h>`'s
+/// `S_MOD_INIT_FUNC_POINTERS`). `parent_port` and `init` refer to it, so that the linker
+/// keeps it.
 #[used]
-#[link_section = ".init_array"]
+#[cfg_attr(target_os = "linux", link_section = ".init_array")]
+#[cfg_attr(target_os = "macos", link_section = "__DATA,__mod_init_func")]
 pub(crate) static APPLY_BEFORE_MAIN: extern "C" fn() = apply_before_main;
 
 extern "C" fn apply_before_main() {

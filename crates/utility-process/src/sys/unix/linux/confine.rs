@@ -387,3 +387,8 @@ const CAP_SYS_ADMIN_AND_RESOURCE: u64 = (1 << 21) | (1 << 24);
 /// An abort with less address space than this left under the memory limit is taken for one
 /// the limit caused.
 const HEADROOM_PROBE: usize = 16 << 20;
+
+/// This process's pid, for filters that let a child signal only itself.
+pub(crate) fn own_pid() -> u32 {
+    std::process::id()
+}
