@@ -32,8 +32,9 @@
 //!
 //! # Modules, inside out
 //!
-//! - `sys` — every system call and every `unsafe` block: sockets, fork and exec, pidfds, the
-//!   guardian process.
+//! - `sys` — every system call and every `unsafe` block: sockets, spawning, watching and
+//!   reaping children (pidfds on Linux, kqueue on macOS), shared memory, the guardian
+//!   process; one module per OS behind one written contract (`sys/mod.rs`).
 //! - `transport` — one socket per port: frames in and out on the caller's thread.
 //! - `driver` — the library's own thread: forking, watching children, flushing full sockets.
 //! - [`fork`], [`UtilityProcess`], [`Event`] — the parent side; [`parent_port`],

@@ -26,6 +26,11 @@
 //! `CAP_SYS_RESOURCE` (root): there it cannot be enforced. cgroup v2 (`memory.max`,
 //! `cpu.max`, `pids.max`) is not used yet — see the README's limitations.
 //!
+//! On macOS, limits are rlimits too, set by the child between `fork` and `execve` (a child
+//! without limits starts with `posix_spawn`). macOS accepts `RLIMIT_AS` but does not enforce
+//! it, so a memory limit is [`Backend::Unavailable`] there ([`Error::Unenforceable`] unless
+//! best effort); `RLIMIT_NPROC` does not bind root.
+//!
 //! [`Error::LimitExceeded`]: crate::Error::LimitExceeded
 //! [`Error::Unenforceable`]: crate::Error::Unenforceable
 
