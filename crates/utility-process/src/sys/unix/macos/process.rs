@@ -44,6 +44,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Mutex;
 
 use crate::sys::unix::reactor::SharedFd;
@@ -154,14 +155,24 @@ impl Sources {
             // SAFETY: as above: fresh, ours.
             Ok(unsafe { OwnedFd::from_raw_fd(raw) })
         };
-        let output = |child: &ChildFd| match child {
-            ChildFd::Inherit => Ok(None),
+        // `Inherit` is a file action too: under POSIX_SPAWN_CLOEXEC_DEFAULT a descriptor that
+        // no action names is closed, the parent's own 1 and 2 included. A parent whose 1 or 2
+        // is closed (EBADF) leaves it closed in the child, as on Linux.
+        let output = |child: &ChildFd, own: RawFd| match child {
+            ChildFd::Inherit => {
+                // SAFETY: F_GETFD only asks whether our descriptor `own` is open.
+                if unsafe { libc::fcntl(own, libc::F_GETFD) } < 0 {
+                    return Ok(None);
+                }
+                // SAFETY: `own` is open (checked just above) and stays open for this call.
+                high(unsafe { std::os::fd::BorrowedFd::borrow_raw(own) }).map(Some)
+            }
             ChildFd::Fd(fd) => high(fd.as_fd()).map(Some),
         };
         Ok(Sources {
             stdin: high(plan.dev_null.as_fd())?,
-            stdout: output(&plan.stdout)?,
-            stderr: output(&plan.stderr)?,
+            stdout: output(&plan.stdout, 1)?,
+            stderr: output(&plan.stderr, 2)?,
             port: high(plan.port.as_fd())?,
             report: match &plan.confine {
                 Some(c) => Some(high(c.report.as_fd())?),
@@ -311,7 +322,15 @@ fn posix_spawn(
             argv.as_ptr().cast(),
             envp.as_ptr().cast(),
         ))
-        .map_err(|e| (SpawnStep::Exec, e))?;
+        .map_err(|e| {
+            // posix_spawn reports a failed chdir action and a failed exec alike: tell them
+            // apart by looking at the directory.
+            let cwd_missing = plan.cwd.as_ref().is_some_and(|cwd| {
+                let cwd = std::ffi::OsStr::from_bytes(cwd.as_bytes());
+                !std::path::Path::new(cwd).is_dir()
+            });
+            (if cwd_missing { SpawnStep::Chdir } else { SpawnStep::Exec }, e)
+        })?;
         Ok(pid)
     }
 }
@@ -529,8 +548,18 @@ pub(crate) struct Pidfd {
     pid: libc::pid_t,
     /// A kqueue with one `EVFILT_PROC` / `NOTE_EXIT` filter on `pid`.
     kqueue: SharedFd,
-    /// Whether the child was reaped; held across every signal and the reap.
-    reaped: Mutex<bool>,
+    /// What is known of the child; held across every signal and the reap.
+    state: Mutex<State>,
+}
+
+/// What a [`Pidfd`] knows of its child.
+#[derive(Debug, Default)]
+struct State {
+    /// The child has exited (it may be a zombie still).
+    exited: bool,
+    /// The child was reaped (by us, or — `ECHILD` — by someone else): its pid is no longer
+    /// ours to signal.
+    reaped: bool,
 }
 
 impl Pidfd {
@@ -560,8 +589,8 @@ impl Pidfd {
         };
         if ret < 0 {
             let e = io::Error::last_os_error();
-            // ESRCH: the child already exited (kevent(2)); `has_exited` finds that without
-            // the kqueue, so the registration is not needed.
+            // ESRCH (kevent(2)): no such process — our child is unreaped, so it has already
+            // exited; no NOTE_EXIT will come, and none is needed.
             if e.raw_os_error() != Some(libc::ESRCH) {
                 return Err(e);
             }
@@ -569,18 +598,21 @@ impl Pidfd {
         Ok(Pidfd {
             pid,
             kqueue: SharedFd::new(kqueue),
-            reaped: Mutex::new(false),
+            state: Mutex::new(State {
+                exited: ret < 0,
+                reaped: false,
+            }),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
-        self.reaped.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sends `signal` to the process; `ESRCH` once it has been reaped.
     pub(crate) fn send_signal(&self, signal: i32) -> io::Result<()> {
-        let reaped = self.lock();
-        if *reaped {
+        let state = self.lock();
+        if state.reaped {
             return Err(io::Error::from_raw_os_error(libc::ESRCH));
         }
         // SAFETY: `pid` is our child and not reaped (we hold the lock the reap takes), so the
@@ -590,51 +622,65 @@ impl Pidfd {
 
     /// Whether the process has ended (it may be a zombie still): does not reap.
     ///
-    /// Drains the kqueue (so that its readiness is consumed), then asks `waitid(2)` with
-    /// `WNOWAIT`, which leaves the child waitable: the answer does not depend on whether
-    /// `NOTE_EXIT` was registered before or after the exit.
+    /// Drains the kqueue (consuming its readiness) and looks for `NOTE_EXIT`; if none came,
+    /// asks `waitid(2)` with `WNOWAIT`, which leaves the child waitable. Never `true` for a
+    /// running child: the watcher takes the whole group down when this says so.
     pub(crate) fn has_exited(&self) -> io::Result<bool> {
-        let reaped = self.lock();
-        if *reaped {
+        let mut state = self.lock();
+        if state.reaped || state.exited {
             return Ok(true);
         }
-        // SAFETY: an all-zero kevent is valid; kevent(2) with a zero timeout writes at most
-        // one event into it and never blocks.
-        unsafe {
-            let mut event: libc::kevent = std::mem::zeroed();
-            let zero = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
+        loop {
+            // SAFETY: an all-zero kevent is valid; kevent(2) with a zero timeout writes at most
+            // one event into it and never blocks.
+            let (n, event) = unsafe {
+                let mut event: libc::kevent = std::mem::zeroed();
+                let zero = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                let n = libc::kevent(
+                    self.kqueue.as_raw_fd(),
+                    std::ptr::null(),
+                    0,
+                    &mut event,
+                    1,
+                    &zero,
+                );
+                (n, event)
             };
-            libc::kevent(
-                self.kqueue.as_raw_fd(),
-                std::ptr::null(),
-                0,
-                &mut event,
-                1,
-                &zero,
-            );
-        }
-        retry(|| {
-            // SAFETY: waitid on our one unreaped child (P_PID), with WNOWAIT so that nothing
-            // is reaped; it fills the zeroed siginfo we own.
-            unsafe {
-                let mut info: libc::siginfo_t = std::mem::zeroed();
-                cvt(libc::waitid(
-                    libc::P_PID,
-                    self.pid as libc::id_t,
-                    &mut info,
-                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-                ))?;
-                Ok(info.si_pid != 0)
+            if n <= 0 {
+                break;
             }
-        })
+            if event.filter == libc::EVFILT_PROC && event.fflags & libc::NOTE_EXIT != 0 {
+                state.exited = true;
+            }
+        }
+        if !state.exited {
+            // A failing waitid (it should not) leaves the answer to the kqueue.
+            state.exited = retry(|| {
+                // SAFETY: waitid on our one unreaped child (P_PID), with WNOWAIT so that
+                // nothing is reaped; it fills the zeroed siginfo we own.
+                unsafe {
+                    let mut info: libc::siginfo_t = std::mem::zeroed();
+                    cvt(libc::waitid(
+                        libc::P_PID,
+                        self.pid as libc::id_t,
+                        &mut info,
+                        libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                    ))?;
+                    Ok(info.si_pid == self.pid)
+                }
+            })
+            .unwrap_or(false);
+        }
+        Ok(state.exited)
     }
 
     /// Reaps the process if it has ended (`wait4(2)` on its pid alone, with `WNOHANG`).
     pub(crate) fn try_reap(&self) -> io::Result<Option<Reaped>> {
-        let mut reaped = self.lock();
-        if *reaped {
+        let mut state = self.lock();
+        if state.reaped {
             return Err(io::Error::from_raw_os_error(libc::ECHILD));
         }
         let mut status = 0;
@@ -650,7 +696,7 @@ impl Pidfd {
             Err(e) => {
                 // ECHILD: someone else reaped it; the pid is no longer ours to signal.
                 if e.raw_os_error() == Some(libc::ECHILD) {
-                    *reaped = true;
+                    state.reaped = true;
                 }
                 return Err(e);
             }
@@ -658,7 +704,8 @@ impl Pidfd {
         if ret == 0 {
             return Ok(None);
         }
-        *reaped = true;
+        state.exited = true;
+        state.reaped = true;
         let exit = if libc::WIFEXITED(status) {
             RawExit::Code(libc::WEXITSTATUS(status))
         } else {
