@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::os::unix::ffi::OsStrExt;
 
 use super::filter::{self, Action, Filter, Rule, Test};
-use super::{syscall_names, Enforcement, Missing, Policy, PrepareError, Sandbox};
 use super::LANDLOCK_ABI_NEEDED;
+use super::{syscall_names, Enforcement, Missing, Policy, PrepareError, Sandbox};
 use crate::sys::confine::{self as sys, Ruleset};
 
 /// What the kernel offers, as [`Sandbox::support`] reports it.

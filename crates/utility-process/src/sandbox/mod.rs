@@ -77,16 +77,15 @@ mod imp;
 mod imp;
 mod syscall_names;
 
-pub(crate) use imp::Prepared;
 #[cfg(target_os = "linux")]
 pub use imp::strict_allowed;
+pub(crate) use imp::Prepared;
 
 use std::ffi::OsString;
 use std::fmt;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::sync::OnceLock;
-
 
 use crate::sys::confine as sys;
 

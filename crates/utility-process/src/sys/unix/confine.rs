@@ -25,7 +25,6 @@ pub(crate) const REPORT_SYSCALL: u8 = b'S';
 /// The report of an abort caused by a failed allocation.
 pub(crate) const REPORT_OUT_OF_MEMORY: u8 = b'M';
 
-
 /// Writes `bytes` to the report pipe, keeping `errno` as it was.
 ///
 /// # Safety
@@ -41,7 +40,6 @@ pub(crate) unsafe fn report(bytes: &[u8]) {
     }
 }
 
-
 /// Reads what the child reported so far, without blocking; `Ok(0)` at end of file.
 pub(crate) fn read_reports(fd: std::os::fd::BorrowedFd<'_>, into: &mut [u8]) -> io::Result<usize> {
     // SAFETY: writes at most `into.len()` bytes into `into`.
@@ -51,8 +49,6 @@ pub(crate) fn read_reports(fd: std::os::fd::BorrowedFd<'_>, into: &mut [u8]) -> 
     }
     Ok(n as usize)
 }
-
-
 
 /// The report of a child whose library could not apply its sandbox or limits: this byte,
 /// then the errno (4 bytes, little endian).

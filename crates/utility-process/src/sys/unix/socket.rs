@@ -183,11 +183,7 @@ pub(crate) fn send_with_fds(
             for (i, fd) in fds.iter().enumerate() {
                 data.add(i).write_unaligned(fd.as_raw_fd());
             }
-            libc::sendmsg(
-                fd.as_raw_fd(),
-                &msg,
-                super::os::SEND_FLAGS,
-            )
+            libc::sendmsg(fd.as_raw_fd(), &msg, super::os::SEND_FLAGS)
         };
         if n < 0 {
             Err(io::Error::last_os_error())
@@ -232,11 +228,7 @@ pub(crate) fn recv_with_fds(
             msg.msg_iovlen = 1;
             msg.msg_control = control.0.as_mut_ptr().cast();
             msg.msg_controllen = CMSG_ROOM as _;
-            let n = libc::recvmsg(
-                fd.as_raw_fd(),
-                &mut msg,
-                super::os::RECV_FLAGS,
-            );
+            let n = libc::recvmsg(fd.as_raw_fd(), &mut msg, super::os::RECV_FLAGS);
             if n < 0 {
                 Err(io::Error::last_os_error())
             } else {

@@ -165,7 +165,9 @@ pub(crate) fn spawn(plan: SpawnPlan) -> Result<Spawned, (SpawnStep, io::Error)> 
         no_new_privs: sandbox.is_some(),
         new_session: sandbox.is_some(),
         namespaces: sandbox.map_or(0, |s| s.namespaces),
-        ruleset: sandbox.and_then(|s| s.ruleset.as_ref()).map(|r| r.as_raw_fd()),
+        ruleset: sandbox
+            .and_then(|s| s.ruleset.as_ref())
+            .map(|r| r.as_raw_fd()),
         filter: sandbox
             .filter(|s| !s.filter.is_empty())
             .map(|s| libc::sock_fprog {

@@ -21,9 +21,10 @@ use crate::sys::unix::confine::REPORT_FD;
 
 /// The address-space limit: unavailable. `setrlimit(2)` accepts `RLIMIT_AS` on macOS, but
 /// the kernel does not enforce it.
-pub(crate) const ADDRESS_SPACE_LIMIT: Result<&str, &str> =
-    Err("macOS accepts RLIMIT_AS but does not enforce it, and no other per-process memory \
-         limit is public API");
+pub(crate) const ADDRESS_SPACE_LIMIT: Result<&str, &str> = Err(
+    "macOS accepts RLIMIT_AS but does not enforce it, and no other per-process memory \
+         limit is public API",
+);
 
 /// Why `RLIMIT_NPROC` would not bind a child of this process, if it would not: XNU does not
 /// apply it to root.

@@ -30,8 +30,9 @@
 //! # Why kqueue, and how pids stay safe without a pidfd
 //!
 //! macOS has no pidfd. A kqueue with an `EVFILT_PROC` / `NOTE_EXIT` filter on the child's pid
-//! (`kqueue(2)`, `kevent(2)`) becomes readable when the child exits; the runtime watches that
-//! kqueue descriptor as it watches a socket. The pid itself is only ever used while it cannot
+//! (`kqueue(2)`, `kevent(2)`) becomes readable when the child exits, and since its event is
+//! never retrieved it stays readable, as a pidfd does: the runtime watches that kqueue
+//! descriptor as it watches a socket, and the blocking event loop `poll`s it. The pid itself is only ever used while it cannot
 //! name anyone else: a pid is not recycled until its process is reaped, and only this module
 //! reaps it (`wait4(2)` on that one pid, never `waitpid(-1)`), after the exit was seen.
 //! Signals go through [`Pidfd::send_signal`], which holds the same lock as the reap: a signal
@@ -198,7 +199,10 @@ pub(crate) fn spawn(plan: SpawnPlan) -> Result<Spawned, (SpawnStep, io::Error)> 
         // The sandbox layer refuses first; this is the second lock on the same door.
         return Err((
             SpawnStep::Sandbox,
-            io::Error::new(io::ErrorKind::Unsupported, "no sandbox can be applied on macOS"),
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no sandbox can be applied on macOS",
+            ),
         ));
     }
     let sources = Sources::new(&plan).map_err(|e| (SpawnStep::Descriptors, e))?;
@@ -291,13 +295,14 @@ fn posix_spawn(
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::sigemptyset(&mut none);
-        check_spawn(libc::posix_spawnattr_setflags(&mut attr.0, flags as libc::c_short))
-            .and_then(|()| check_spawn(libc::posix_spawnattr_setpgroup(&mut attr.0, 0)))
-            .and_then(|()| {
-                check_spawn(libc::posix_spawnattr_setsigdefault(&mut attr.0, &all))
-            })
-            .and_then(|()| check_spawn(libc::posix_spawnattr_setsigmask(&mut attr.0, &none)))
-            .map_err(|e| (SpawnStep::ProcessGroup, e))?;
+        check_spawn(libc::posix_spawnattr_setflags(
+            &mut attr.0,
+            flags as libc::c_short,
+        ))
+        .and_then(|()| check_spawn(libc::posix_spawnattr_setpgroup(&mut attr.0, 0)))
+        .and_then(|()| check_spawn(libc::posix_spawnattr_setsigdefault(&mut attr.0, &all)))
+        .and_then(|()| check_spawn(libc::posix_spawnattr_setsigmask(&mut attr.0, &none)))
+        .map_err(|e| (SpawnStep::ProcessGroup, e))?;
         for (source, target) in sources.placements() {
             check_spawn(libc::posix_spawn_file_actions_adddup2(
                 &mut actions.0,
@@ -329,7 +334,14 @@ fn posix_spawn(
                 let cwd = std::ffi::OsStr::from_bytes(cwd.as_bytes());
                 !std::path::Path::new(cwd).is_dir()
             });
-            (if cwd_missing { SpawnStep::Chdir } else { SpawnStep::Exec }, e)
+            (
+                if cwd_missing {
+                    SpawnStep::Chdir
+                } else {
+                    SpawnStep::Exec
+                },
+                e,
+            )
         })?;
         Ok(pid)
     }
@@ -570,36 +582,32 @@ impl Pidfd {
         // by a forked child; it is marked close-on-exec below as well.)
         let kqueue = unsafe { OwnedFd::from_raw_fd(raw) };
         super::set_cloexec(kqueue.as_fd(), true)?;
-        // SAFETY: an all-zero kevent is a valid value; we fill the fields kevent(2) reads.
-        let mut change: libc::kevent = unsafe { std::mem::zeroed() };
-        change.ident = pid as libc::uintptr_t;
-        change.filter = libc::EVFILT_PROC;
-        change.flags = libc::EV_ADD | libc::EV_CLEAR;
-        change.fflags = libc::NOTE_EXIT;
-        // SAFETY: one change from a local, no event list, on the kqueue we own.
-        let ret = unsafe {
-            libc::kevent(
-                kqueue.as_raw_fd(),
-                &change,
-                1,
-                std::ptr::null_mut(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if ret < 0 {
-            let e = io::Error::last_os_error();
+        // No EV_CLEAR, and the event is never retrieved: once the child exits, the kqueue
+        // stays readable for good, as a pidfd does — what both the runtime's watcher and the
+        // blocking event loop's `poll` rely on.
+        let registered = add_event(
+            kqueue.as_raw_fd(),
+            pid as libc::uintptr_t,
+            libc::EVFILT_PROC,
+            libc::NOTE_EXIT,
+        );
+        let exited = match registered {
+            Ok(()) => false,
             // ESRCH (kevent(2)): no such process — our child is unreaped, so it has already
-            // exited; no NOTE_EXIT will come, and none is needed.
-            if e.raw_os_error() != Some(libc::ESRCH) {
-                return Err(e);
+            // exited and no NOTE_EXIT will come. A user event, triggered at once
+            // (EVFILT_USER, NOTE_TRIGGER: kqueue(2)), makes the kqueue readable all the same.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                add_event(kqueue.as_raw_fd(), 0, libc::EVFILT_USER, 0)?;
+                add_event(kqueue.as_raw_fd(), 0, libc::EVFILT_USER, libc::NOTE_TRIGGER)?;
+                true
             }
-        }
+            Err(e) => return Err(e),
+        };
         Ok(Pidfd {
             pid,
             kqueue: SharedFd::new(kqueue),
             state: Mutex::new(State {
-                exited: ret < 0,
+                exited,
                 reaped: false,
             }),
         })
@@ -622,39 +630,25 @@ impl Pidfd {
 
     /// Whether the process has ended (it may be a zombie still): does not reap.
     ///
-    /// Drains the kqueue (consuming its readiness) and looks for `NOTE_EXIT`; if none came,
-    /// asks `waitid(2)` with `WNOWAIT`, which leaves the child waitable. Never `true` for a
+    /// Looks whether the kqueue is readable (without retrieving its event); if not, asks
+    /// `waitid(2)` with `WNOWAIT`, which leaves the child waitable. Never `true` for a
     /// running child: the watcher takes the whole group down when this says so.
     pub(crate) fn has_exited(&self) -> io::Result<bool> {
         let mut state = self.lock();
         if state.reaped || state.exited {
             return Ok(true);
         }
-        loop {
-            // SAFETY: an all-zero kevent is valid; kevent(2) with a zero timeout writes at most
-            // one event into it and never blocks.
-            let (n, event) = unsafe {
-                let mut event: libc::kevent = std::mem::zeroed();
-                let zero = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                };
-                let n = libc::kevent(
-                    self.kqueue.as_raw_fd(),
-                    std::ptr::null(),
-                    0,
-                    &mut event,
-                    1,
-                    &zero,
-                );
-                (n, event)
-            };
-            if n <= 0 {
-                break;
-            }
-            if event.filter == libc::EVFILT_PROC && event.fflags & libc::NOTE_EXIT != 0 {
-                state.exited = true;
-            }
+        // The kqueue holds only the NOTE_EXIT filter (or the user event standing for it), and
+        // its event is never retrieved: readable means exited. poll(2) only looks.
+        if matches!(
+            crate::sys::unix::wait_fd(
+                self.kqueue.as_fd(),
+                crate::sys::unix::Interest::Readable,
+                Some(std::time::Duration::ZERO),
+            ),
+            Ok(true)
+        ) {
+            state.exited = true;
         }
         if !state.exited {
             // A failing waitid (it should not) leaves the answer to the kqueue.
@@ -728,6 +722,28 @@ impl Pidfd {
     pub(crate) fn shared_fd(&self) -> &SharedFd {
         &self.kqueue
     }
+}
+
+/// Adds one filter to `kqueue` (`kevent(2)`, `EV_ADD`), with no event list.
+fn add_event(kqueue: RawFd, ident: libc::uintptr_t, filter: i16, fflags: u32) -> io::Result<()> {
+    // SAFETY: an all-zero kevent is a valid value; we fill the fields kevent(2) reads.
+    let mut change: libc::kevent = unsafe { std::mem::zeroed() };
+    change.ident = ident;
+    change.filter = filter;
+    change.flags = libc::EV_ADD;
+    change.fflags = fflags;
+    // SAFETY: one change from a local, no event list, on a kqueue the caller owns.
+    cvt(unsafe {
+        libc::kevent(
+            kqueue,
+            &change,
+            1,
+            std::ptr::null_mut(),
+            0,
+            std::ptr::null(),
+        )
+    })
+    .map(drop)
 }
 
 /// Sends `signal` to every process in the group `pgid` (`kill(2)` with a negative pid).
