@@ -40,6 +40,12 @@
 //! and what it sends back, as it can with any message. Data a receiver must be able to trust
 //! goes in a frozen buffer.
 //!
+//! # Platform-specific behavior
+//!
+//! Linux only: on macOS, a POSIX shared memory object has no device and inode to recognise it
+//! by when it comes back, so making a pool's first buffer fails there with an
+//! [`Error::Io`](crate::Error::Io) of kind `Unsupported`.
+//!
 //! # Costs and limits
 //!
 //! A pool holds on to memory: idle buffers, and the parked mapping of every buffer that is

@@ -272,7 +272,8 @@ pub enum SpawnStep {
     Sandbox,
     /// Executing the program.
     Exec,
-    /// Opening a pidfd on the new child.
+    /// Opening the descriptor that watches the new child: a pidfd on Linux, a kqueue with
+    /// `EVFILT_PROC` on macOS.
     Pidfd,
 }
 
@@ -289,7 +290,7 @@ impl fmt::Display for SpawnStep {
             SpawnStep::Limits => f.write_str("applying its resource limits"),
             SpawnStep::Sandbox => f.write_str("applying its sandbox"),
             SpawnStep::Exec => f.write_str("executing the program"),
-            SpawnStep::Pidfd => f.write_str("opening a pidfd on it"),
+            SpawnStep::Pidfd => f.write_str("opening a descriptor to watch it (pidfd or kqueue)"),
         }
     }
 }
@@ -370,7 +371,6 @@ impl Signal {
             libc::SIGPIPE => "SIGPIPE",
             libc::SIGALRM => "SIGALRM",
             libc::SIGTERM => "SIGTERM",
-            libc::SIGSTKFLT => "SIGSTKFLT",
             libc::SIGCHLD => "SIGCHLD",
             libc::SIGCONT => "SIGCONT",
             libc::SIGSTOP => "SIGSTOP",
@@ -384,9 +384,8 @@ impl Signal {
             libc::SIGPROF => "SIGPROF",
             libc::SIGWINCH => "SIGWINCH",
             libc::SIGIO => "SIGIO",
-            libc::SIGPWR => "SIGPWR",
             libc::SIGSYS => "SIGSYS",
-            _ => return None,
+            other => return crate::sys::signal_name(other),
         })
     }
 }

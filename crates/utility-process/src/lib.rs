@@ -32,8 +32,9 @@
 //!
 //! # Modules, inside out
 //!
-//! - `sys` — every system call and every `unsafe` block: sockets, fork and exec, pidfds, the
-//!   guardian process.
+//! - `sys` — every system call and every `unsafe` block: sockets, spawning, watching and
+//!   reaping children (pidfds on Linux, kqueue on macOS), shared memory, the guardian
+//!   process; one module per OS behind one written contract (`sys/mod.rs`).
 //! - `transport` — one socket per port: frames in and out on the caller's thread.
 //! - `driver` — the library's own thread: forking, watching children, flushing full sockets.
 //! - [`fork`], [`UtilityProcess`], [`Event`] — the parent side; [`parent_port`],
@@ -43,10 +44,10 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 compile_error!(
-    "utility-process has no backend for this target yet: it runs on Linux today; Windows \
-     and macOS backends behind the same API are planned (see the README's Limitations)"
+    "utility-process has no backend for this target yet: it runs on Linux and macOS today; \
+     a Windows backend behind the same API is planned (see the README's Limitations)"
 );
 
 mod buffer_pool;

@@ -26,6 +26,11 @@
 //! `CAP_SYS_RESOURCE` (root): there it cannot be enforced. cgroup v2 (`memory.max`,
 //! `cpu.max`, `pids.max`) is not used yet — see the README's limitations.
 //!
+//! On macOS, limits are rlimits too, set by the child between `fork` and `execve` (a child
+//! without limits starts with `posix_spawn`). macOS accepts `RLIMIT_AS` but does not enforce
+//! it, so a memory limit is [`Backend::Unavailable`] there ([`Error::Unenforceable`] unless
+//! best effort); `RLIMIT_NPROC` does not bind root.
+//!
 //! [`Error::LimitExceeded`]: crate::Error::LimitExceeded
 //! [`Error::Unenforceable`]: crate::Error::Unenforceable
 
@@ -201,17 +206,17 @@ impl Limits {
     /// ```
     pub fn backend(limit: Limit) -> Backend {
         match limit {
-            Limit::Memory => Backend::Rlimit("RLIMIT_AS"),
+            Limit::Memory => match crate::sys::confine::ADDRESS_SPACE_LIMIT {
+                Ok(rlimit) => Backend::Rlimit(rlimit),
+                Err(why) => Backend::Unavailable(why),
+            },
             Limit::CpuTime => Backend::Rlimit("RLIMIT_CPU"),
             Limit::OpenFiles => Backend::Rlimit("RLIMIT_NOFILE"),
             Limit::FileSize => Backend::Rlimit("RLIMIT_FSIZE"),
-            Limit::Processes if crate::sys::confine::ignores_process_limit() => {
-                Backend::Unavailable(
-                    "RLIMIT_NPROC does not bind a process with CAP_SYS_ADMIN or \
-                     CAP_SYS_RESOURCE (this one has them), and no delegated cgroup is used",
-                )
-            }
-            Limit::Processes => Backend::Rlimit("RLIMIT_NPROC"),
+            Limit::Processes => match crate::sys::confine::process_limit_unavailable() {
+                Some(why) => Backend::Unavailable(why),
+                None => Backend::Rlimit("RLIMIT_NPROC"),
+            },
         }
     }
 

@@ -422,17 +422,9 @@ where
         sandboxed = confinement.policy.sandbox;
         cpu_limit = confinement.cpu_limit;
         report_pipe = Some(confinement.report_read);
-        let (ruleset, filter, namespaces) = match confinement.prepared {
-            Some(prepared) => (prepared.ruleset, prepared.filter, prepared.namespaces),
-            None => (None, Vec::new(), 0),
-        };
         plan.confine = Some(PreExec {
             rlimits: confinement.rlimits,
-            no_new_privs: sandboxed,
-            new_session: sandboxed,
-            namespaces,
-            ruleset,
-            filter,
+            sandbox: confinement.prepared,
             report: confinement.report_write,
         });
     }

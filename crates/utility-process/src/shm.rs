@@ -43,6 +43,17 @@ const UNMAP_ELSEWHERE: usize = 1 << 20;
 /// assert!(frozen.is_read_only());
 /// # Ok::<(), utility_process::Error>(())
 /// ```
+///
+/// # Platform-specific behavior
+///
+/// On macOS a buffer is a POSIX shared memory object (`shm_open`, unlinked at once): its size
+/// is fixed for good by the kernel, as the seals fix it on Linux, but macOS has no write
+/// seal. There a frozen buffer guarantees less: every process maps it read-only and the
+/// library never maps it writable again, but its descriptor is read-write, so a process that
+/// holds it can still map it writable with its own code. "Frozen" protects against mistakes,
+/// not against a hostile holder; a receiver that must not trust its sender copies the bytes
+/// out before checking them. [`BufferPool`](crate::BufferPool) is not available on macOS (a
+/// shared memory object there has no identity to recognise it by).
 pub struct SharedBuffer {
     // Declared first: unmapped before the descriptor closes.
     map: Mapping,
@@ -134,6 +145,12 @@ impl SharedBuffer {
     /// change is never returned frozen.
     ///
     /// A frozen buffer leaves its pool: it can never be written again.
+    ///
+    /// # Platform-specific behavior
+    ///
+    /// macOS has no seals: freezing drops the writable mapping and maps the buffer read-only
+    /// in every process the library runs in, but a holder of the descriptor can still map it
+    /// writable with its own code (see [`SharedBuffer`]).
     pub fn freeze(self) -> Result<SharedBuffer, Error> {
         if self.read_only {
             return Ok(self);

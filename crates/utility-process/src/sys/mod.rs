@@ -1,23 +1,40 @@
 //! Everything that talks to the operating system, and the only place with `unsafe`.
 //!
 //! The layers above (transport, process, child) see safe functions over `OwnedFd` and
-//! `BorrowedFd`. Each platform module provides the same names; the compiler checks them when
-//! the module is swapped. Linux is the only platform today. What a platform module provides:
+//! `BorrowedFd`. The backend is chosen here, once: `unix` (Linux and macOS; inside it, one
+//! module per OS for what differs). Any other target stops at `lib.rs`'s `compile_error!`.
 //!
-//! - **descriptors** — `pipe`, `open_dev_null`, `set_cloexec`, `set_nonblocking`,
-//!   `wait_fd` (a blocking `poll` on one descriptor), `take_inherited_port`, `at_exit`.
-//! - **sockets** (`socket`) — `socketpair` (a stream pair, close-on-exec, for one port),
-//!   `send` (never raising SIGPIPE, never blocking), `recv_into` (into a `Vec`'s spare
-//!   capacity), `shutdown`, `is_stream_socket`.
-//! - **processes** (`process`) — `spawn` (fork and exec with the child's descriptors laid out,
-//!   every other descriptor closed, signals reset, its own process group and a parent-death
-//!   signal), `Pidfd` (signal, poll, peek and reap one child without ever touching a recycled
-//!   pid), `kill_process_group`, and the child-side calls `arm_parent_death_signal` and
-//!   `set_thread_name`.
-//! - **the guardian** (`guardian`) — a tiny process that outlives the parent by a few
+//! # The contract
+//!
+//! Every backend provides these names; the compiler checks them when the other OS module is
+//! built (`cargo clippy --target x86_64-apple-darwin`, see `/work/shared/cross/README.md`).
+//!
+//! - **descriptors** — `pipe` (both ends close-on-exec), `open_dev_null`, `set_cloexec`,
+//!   `set_nonblocking`, `wait_fd` and `wait_any` (blocking `poll`), `take_inherited_port`,
+//!   `at_exit`, `signal_name` (names of the OS's own signals), `RlimitResource`.
+//! - **sockets** (`socket`) — `socketpair` (a stream pair, close-on-exec, never raising
+//!   SIGPIPE), `send` and `send_with_fds` (never blocking), `recv_into` and `recv_with_fds`
+//!   (received descriptors close-on-exec before anyone else can spawn), `shutdown`,
+//!   `is_stream_socket`, `MAX_FDS`, `advise_huge_pages`.
+//! - **processes** (`process`) — `spawn(SpawnPlan) -> Result<Spawned, (SpawnStep, Error)>`
+//!   (the child's descriptors laid out — `/dev/null`, stdout, stderr, the port at 3, the
+//!   report pipe at 4 — every other descriptor closed, signals reset, its own process group,
+//!   the limits of its `PreExec` applied before its first instruction); `Pidfd` (`send_signal`,
+//!   `has_exited`, `try_reap`, `shared_fd`: a descriptor that becomes readable when the child
+//!   ends; never signals or reaps a recycled pid); `kill_process_group`; `set_process_name`.
+//! - **the guardian** (`guardian`) — a tiny forked process that outlives the parent by a few
 //!   microseconds, to take every child's process group down with it.
+//! - **shared memory** (`shm`) — `create` (unnamed, close-on-exec, fixed size), `freeze`,
+//!   `check` (what a receiver verifies), `identity`, `Mapping`.
+//! - **confinement** (`confine`) — the report pipe (`REPORT_*`, `read_reports`,
+//!   `report_refusal`, `exit_now`), the constructor that runs stage 2 before `main`
+//!   (`keep_constructor`), `install_reporters`, `ADDRESS_SPACE_LIMIT`,
+//!   `process_limit_unavailable`, and the kernel layers the sandbox builds on (Linux:
+//!   Landlock and seccomp; macOS: none yet, so a sandbox is refused there).
+//! - **the reactor** (`reactor`) — `SharedFd` and `register` with tokio.
 //!
 //! Every `unsafe` block says why it is sound; `clippy::undocumented_unsafe_blocks` is denied.
+//! Every macOS-specific call cites the man page or Apple document it relies on.
 #![allow(unsafe_code)]
 
 mod unix;

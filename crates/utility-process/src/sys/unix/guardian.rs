@@ -106,10 +106,7 @@ unsafe fn guard(channel: RawFd, table: &mut [libc::pid_t]) -> ! {
     // table, as a forked child of a multi-threaded parent must.
     unsafe {
         // Only the channel stays open: not the parent's stdio, not its other sockets.
-        if channel > 0 {
-            super::close_range(0, (channel - 1) as libc::c_uint, 0);
-        }
-        super::close_range((channel + 1) as libc::c_uint, libc::c_uint::MAX, 0);
+        super::os::close_all_but(channel);
 
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = libc::SIG_DFL;
@@ -130,20 +127,14 @@ unsafe fn guard(channel: RawFd, table: &mut [libc::pid_t]) -> ! {
         libc::sigemptyset(&mut empty);
         libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::setpgid(0, 0);
-        libc::prctl(
-            libc::PR_SET_NAME,
-            c"up-guardian".as_ptr() as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
+        super::os::name_guardian();
 
         let mut used = 0usize; // table[..used] holds every listed group (and zeros)
         let mut buf = [0u8; 4096];
         let mut carry = 0usize; // bytes of an incomplete record at the front of `buf`
         loop {
             let n = libc::read(channel, buf[carry..].as_mut_ptr().cast(), buf.len() - carry);
-            if n < 0 && *libc::__errno_location() == libc::EINTR {
+            if n < 0 && *super::os::errno_location() == libc::EINTR {
                 continue;
             }
             if n <= 0 {

@@ -1,41 +1,39 @@
-//! Linux: small helpers shared by the modules below, and their re-exports.
+//! What every Unix backend shares — descriptors, polling, the socket pair with its
+//! SCM_RIGHTS batches, the guardian, the output relay, the report pipe — and the one place
+//! that picks the OS module (`linux` or `macos`) for what differs: starting and reaping a
+//! child, shared memory, and the sandbox's kernel layers.
+//!
+//! Each OS module provides the same names (checked by the compiler when the other one is
+//! built): `process::{spawn, SpawnPlan, PreExec, ChildFd, SpawnStep, Spawned, Pidfd, Reaped,
+//! RawExit, kill_process_group, set_process_name}`, `shm::{create, freeze, check, identity,
+//! Mapping}`, `confine::{install_reporters, ignores_process_limit, unavailable_limit}`, and
+//! at its root `RlimitResource`, `pipe`, `errno_location`, `socket_flags`, `recv_flags`,
+//! `after_socketpair`, `after_recv`, `is_unix_domain`, `advise_huge_pages`,
+//! `close_all_but`, `name_guardian` and `signal_name`.
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+use linux as os;
+#[cfg(target_os = "macos")]
+mod macos;
+#[cfg(target_os = "macos")]
+use macos as os;
 
 pub(crate) mod confine;
 pub(crate) mod guardian;
-pub(crate) mod process;
 pub(crate) mod reactor;
 pub(crate) mod relay;
-pub(crate) mod shm;
 pub(crate) mod socket;
+
+pub(crate) use os::{pipe, process, shm, signal_name, RlimitResource};
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-/// The type `setrlimit` takes its resource as: glibc's own enum type, an `int` elsewhere.
-#[cfg(target_env = "gnu")]
-pub(crate) type RlimitResource = libc::__rlimit_resource_t;
-/// The type `setrlimit` takes its resource as: glibc's own enum type, an `int` elsewhere.
-#[cfg(not(target_env = "gnu"))]
-pub(crate) type RlimitResource = libc::c_int;
-
-/// `close_range(2)` (Linux 5.9), through `syscall`: not every C library wraps it.
-///
-/// # Safety
-///
-/// Closing descriptors others own is the caller's to answer for (async-signal-safe: a raw
-/// system call).
-pub(crate) unsafe fn close_range(
-    first: libc::c_uint,
-    last: libc::c_uint,
-    flags: libc::c_int,
-) -> libc::c_int {
-    // SAFETY: integer arguments only; what closing means for the descriptors is the caller's.
-    unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) as libc::c_int }
-}
-
 /// Turns a `-1` return into the thread's `errno`.
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret == -1 {
         Err(io::Error::last_os_error())
     } else {
@@ -44,22 +42,13 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 /// Runs `f` until it fails with something other than `EINTR`.
-fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+pub(crate) fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     loop {
         match f() {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             other => return other,
         }
     }
-}
-
-/// A pipe whose two ends are close-on-exec: `(read, write)`.
-pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [-1; 2];
-    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: pipe2 succeeded, so both are fresh descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// `/dev/null`, opened for reading and writing, close-on-exec.

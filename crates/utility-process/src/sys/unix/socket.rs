@@ -1,12 +1,20 @@
 //! Unix stream sockets: one pair per port.
 //!
 //! Every socket is created close-on-exec; the spawn code hands the child its end explicitly.
-//! Sends use `MSG_NOSIGNAL | MSG_DONTWAIT`, so a dead peer is an `EPIPE` error rather than a
-//! SIGPIPE, and a full socket is `WouldBlock` whether or not the descriptor is non-blocking.
+//! Sends never block (`MSG_DONTWAIT`), so a full socket is `WouldBlock` whether or not the
+//! descriptor is non-blocking, and never raise SIGPIPE, so a dead peer is an `EPIPE` error.
+//!
+//! # Platform-specific behavior
+//!
+//! Linux creates the pair close-on-exec (`SOCK_CLOEXEC`), sends with `MSG_NOSIGNAL`, and
+//! receives descriptors close-on-exec (`MSG_CMSG_CLOEXEC`), each atomically. macOS has none of
+//! the three: the OS module sets `FD_CLOEXEC` and `SO_NOSIGPIPE` right after `socketpair` and
+//! right after `recvmsg` (see `macos/mod.rs` for the window this leaves, and why the library's
+//! own spawns do not see it).
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::{cvt, retry};
 
@@ -27,7 +35,7 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     cvt(unsafe {
         libc::socketpair(
             libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            libc::SOCK_STREAM | super::os::SOCKET_FLAGS,
             0,
             fds.as_mut_ptr(),
         )
@@ -46,6 +54,7 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
         }
+        super::os::after_socketpair(fd.as_fd())?;
     }
     Ok(pair)
 }
@@ -59,7 +68,7 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
                 fd.as_raw_fd(),
                 buf.as_ptr().cast(),
                 buf.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                super::os::SEND_FLAGS,
             )
         };
         if n < 0 {
@@ -107,27 +116,17 @@ pub(crate) fn shutdown(fd: BorrowedFd<'_>) {
 pub(crate) fn is_stream_socket(fd: BorrowedFd<'_>) -> bool {
     let mut ty: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    let mut domain: libc::c_int = 0;
-    let mut dlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len`/`dlen` bytes into the ints we pass.
-    unsafe {
+    // SAFETY: getsockopt writes at most `len` bytes into the int we pass.
+    let typed = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_TYPE,
             (&mut ty as *mut libc::c_int).cast(),
             &mut len,
-        ) == 0
-            && libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_DOMAIN,
-                (&mut domain as *mut libc::c_int).cast(),
-                &mut dlen,
-            ) == 0
-            && ty == libc::SOCK_STREAM
-            && domain == libc::AF_UNIX
-    }
+        )
+    } == 0;
+    typed && ty == libc::SOCK_STREAM && super::os::is_unix_domain(fd)
 }
 
 /// The most descriptors one `sendmsg` may carry: the kernel's `SCM_MAX_FD`.
@@ -184,11 +183,7 @@ pub(crate) fn send_with_fds(
             for (i, fd) in fds.iter().enumerate() {
                 data.add(i).write_unaligned(fd.as_raw_fd());
             }
-            libc::sendmsg(
-                fd.as_raw_fd(),
-                &msg,
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
+            libc::sendmsg(fd.as_raw_fd(), &msg, super::os::SEND_FLAGS)
         };
         if n < 0 {
             Err(io::Error::last_os_error())
@@ -221,6 +216,7 @@ pub(crate) fn recv_with_fds(
         iov_base: spare.as_mut_ptr().cast(),
         iov_len: spare.len().min(max),
     };
+    let first_new = fds.len();
     let mut control = CmsgBuffer([0; CMSG_ROOM]);
     let (n, flags, controllen) = retry(|| {
         // SAFETY: `msg` points at one iovec over the spare capacity of `buf` (valid for writes
@@ -232,11 +228,7 @@ pub(crate) fn recv_with_fds(
             msg.msg_iovlen = 1;
             msg.msg_control = control.0.as_mut_ptr().cast();
             msg.msg_controllen = CMSG_ROOM as _;
-            let n = libc::recvmsg(
-                fd.as_raw_fd(),
-                &mut msg,
-                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-            );
+            let n = libc::recvmsg(fd.as_raw_fd(), &mut msg, super::os::RECV_FLAGS);
             if n < 0 {
                 Err(io::Error::last_os_error())
             } else {
@@ -266,39 +258,14 @@ pub(crate) fn recv_with_fds(
             header = libc::CMSG_NXTHDR(&msg, header);
         }
     }
+    for received in &fds[first_new..] {
+        super::os::after_recv(received.as_fd())?;
+    }
     Ok(Received {
         bytes: n,
         truncated: flags & libc::MSG_CTRUNC != 0,
     })
 }
 
-/// The size of a transparent huge page on the platforms we run on.
-const HUGE_PAGE: usize = 2 * 1024 * 1024;
-
-/// Asks the kernel to back the spare capacity of `buf` with transparent huge pages where it
-/// can (`MADV_HUGEPAGE`, on the 2 MiB-aligned part of it).
-///
-/// A large message's buffer is fresh memory, and filling 64 MiB of fresh 4 KiB pages takes
-/// 16,384 page faults; with huge pages it takes 32, several times faster end to end. The
-/// advice changes neither the contents nor the size of the buffer, and is only advice: on a
-/// kernel without THP (or with it off), it fails quietly and nothing changes.
-pub(crate) fn advise_huge_pages(buf: &mut Vec<u8>) {
-    let spare = buf.spare_capacity_mut();
-    let start = spare.as_mut_ptr() as usize;
-    let end = start + spare.len();
-    let first = start.next_multiple_of(HUGE_PAGE);
-    let last = end - end % HUGE_PAGE;
-    if last <= first {
-        return;
-    }
-    // SAFETY: `first..last` lies inside the spare capacity of `buf`, memory this Vec owns and
-    // that nothing else refers to; MADV_HUGEPAGE only changes how the kernel backs those pages
-    // (never what they hold, nor whether they are mapped), so no Rust value is affected.
-    unsafe {
-        libc::madvise(
-            first as *mut libc::c_void,
-            last - first,
-            libc::MADV_HUGEPAGE,
-        );
-    }
-}
+/// Backs a receive buffer with huge pages where the OS can (see the OS module).
+pub(crate) use super::os::advise_huge_pages;

@@ -36,8 +36,8 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::reactor::SharedFd;
-use super::{cvt, retry};
+use crate::sys::unix::reactor::SharedFd;
+use crate::sys::unix::{cvt, retry};
 
 /// Where a child's stdout or stderr goes.
 #[derive(Debug)]
@@ -74,17 +74,10 @@ pub(crate) struct SpawnPlan {
 pub(crate) struct PreExec {
     /// `setrlimit` calls: (resource, soft and hard limits).
     pub rlimits: Vec<(super::RlimitResource, libc::rlimit)>,
-    /// Set `no_new_privs` (needed by the two below).
-    pub no_new_privs: bool,
-    /// Start a session of its own (`setsid`) instead of only a process group: no
-    /// controlling terminal, so no `TIOCSTI` into the parent's terminal.
-    pub new_session: bool,
-    /// Namespaces to enter, where the kernel allows it (`CLONE_NEW*` flags; 0: none).
-    pub namespaces: libc::c_int,
-    /// A Landlock ruleset to restrict the child to.
-    pub ruleset: Option<super::confine::Ruleset>,
-    /// A seccomp filter to install (empty: none).
-    pub filter: Vec<libc::sock_filter>,
+    /// The sandbox's stage 1, if sandboxed: `no_new_privs`, a session of its own (no
+    /// controlling terminal, so no `TIOCSTI` into the parent's terminal), namespaces where
+    /// the kernel allows them, the Landlock ruleset and the seccomp filter.
+    pub sandbox: Option<crate::sandbox::Prepared>,
     /// The write end of the report pipe: fd 4 in the child.
     pub report: OwnedFd,
 }
@@ -138,7 +131,7 @@ pub(crate) struct Spawned {
 
 /// Forks and executes `plan`; returns once the program runs, or why it could not.
 pub(crate) fn spawn(plan: SpawnPlan) -> Result<Spawned, (SpawnStep, io::Error)> {
-    let (err_read, err_write) = super::pipe().map_err(|e| (SpawnStep::Fork, e))?;
+    let (err_read, err_write) = crate::sys::unix::pipe().map_err(|e| (SpawnStep::Fork, e))?;
 
     let argv = null_terminated(&plan.argv);
     let envp = null_terminated(&plan.envp);
@@ -150,6 +143,7 @@ pub(crate) fn spawn(plan: SpawnPlan) -> Result<Spawned, (SpawnStep, io::Error)> 
         ChildFd::Inherit => None,
         ChildFd::Fd(fd) => Some(fd.as_raw_fd()),
     };
+    let sandbox = plan.confine.as_ref().and_then(|c| c.sandbox.as_ref());
     let layout = Layout {
         program: plan.program.as_ptr(),
         argv: argv.as_ptr(),
@@ -168,21 +162,17 @@ pub(crate) fn spawn(plan: SpawnPlan) -> Result<Spawned, (SpawnStep, io::Error)> 
             .map_or(&[][..], |c| &c.rlimits[..])
             .as_ptr(),
         rlimit_count: plan.confine.as_ref().map_or(0, |c| c.rlimits.len()),
-        no_new_privs: plan.confine.as_ref().is_some_and(|c| c.no_new_privs),
-        new_session: plan.confine.as_ref().is_some_and(|c| c.new_session),
-        namespaces: plan.confine.as_ref().map_or(0, |c| c.namespaces),
-        ruleset: plan
-            .confine
-            .as_ref()
-            .and_then(|c| c.ruleset.as_ref())
+        no_new_privs: sandbox.is_some(),
+        new_session: sandbox.is_some(),
+        namespaces: sandbox.map_or(0, |s| s.namespaces),
+        ruleset: sandbox
+            .and_then(|s| s.ruleset.as_ref())
             .map(|r| r.as_raw_fd()),
-        filter: plan
-            .confine
-            .as_ref()
-            .filter(|c| !c.filter.is_empty())
-            .map(|c| libc::sock_fprog {
-                len: c.filter.len() as libc::c_ushort,
-                filter: c.filter.as_ptr().cast_mut(),
+        filter: sandbox
+            .filter(|s| !s.filter.is_empty())
+            .map(|s| libc::sock_fprog {
+                len: s.filter.len() as libc::c_ushort,
+                filter: s.filter.as_ptr().cast_mut(),
             }),
         confine_report: plan.confine.as_ref().map(|c| c.report.as_raw_fd()),
     };

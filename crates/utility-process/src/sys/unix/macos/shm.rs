@@ -1,0 +1,238 @@
+//! Shared memory on macOS: POSIX shared memory objects, unlinked at once, mapped into each
+//! process that holds one.
+//!
+//! macOS has neither `memfd_create` nor file seals. A buffer is made with `shm_open(2)` under
+//! a random name, `O_CREAT | O_EXCL` (so no one else's object is ever opened), mode 0600;
+//! the name is removed with `shm_unlink(2)` before `create` returns, so what is left is an
+//! anonymous object reachable only through descriptors, as a memfd is. Its size is set with
+//! `ftruncate(2)`.
+//!
+//! # What holds without seals
+//!
+//! - **The size cannot change.** XNU sizes a POSIX shared memory object once: a second
+//!   `ftruncate` fails with `EINVAL` (`bsd/kern/posix_shm.c`, `pshm_truncate`: only an object
+//!   not yet allocated may be sized). So no holder can shrink a buffer under another's
+//!   mapping (the SIGBUS that Linux's `F_SEAL_SHRINK` prevents). The kernel rounds the size up
+//!   to a whole page, so `fstat` reports the rounded size; `check` accepts exactly that.
+//! - **A received descriptor is a shared memory object**, not a file or a pipe that a hostile
+//!   sender could truncate: `fstat` on one reports no file type bits at all (`pshm_stat` sets
+//!   `st_mode` to the object's permission bits only), which no file, pipe, socket or device
+//!   does. This rests on XNU's source, not on a man page: Apple documents no way to tell a
+//!   shared memory descriptor apart.
+//! - **A frozen buffer is not sealed.** [`freeze`] cannot stop writes: the only guarantees are
+//!   that the sender's own writable mapping is gone (the neutral layer drops it before
+//!   freezing), that every process maps a frozen buffer `PROT_READ` only, and that the library
+//!   never hands out a writable mapping of it again. A process that holds the descriptor
+//!   (it is read-write) can still `mmap` it writable with its own code, and the bytes a
+//!   receiver reads can then change under it. On macOS, "frozen" therefore protects against
+//!   mistakes, not against a hostile holder: a receiver that must not trust the sender should
+//!   copy the bytes out before checking them.
+//! - **The identity** (`identity`) that a `BufferPool` keys buffers by is not available:
+//!   `fstat` reports neither device nor inode for a shared memory object, so pools are
+//!   refused on macOS (`Unsupported`) rather than confusing two buffers.
+//!
+//! Every mapping is `minherit(2)` `VM_INHERIT_NONE`, macOS's `MADV_DONTFORK`: a fork made by
+//! this process (the guardian, or a child before its exec) does not get it.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::sys::unix::cvt;
+
+/// Creates an unnamed shared memory object of `len` bytes, close-on-exec.
+pub(crate) fn create(len: usize) -> io::Result<OwnedFd> {
+    let size = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "buffer too large"))?;
+    let fd = open_unique()?;
+    crate::sys::unix::set_cloexec(std::os::fd::AsFd::as_fd(&fd), true)?;
+    if len > 0 {
+        // SAFETY: ftruncate sizes the object behind a descriptor we own.
+        cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size) })?;
+    }
+    Ok(fd)
+}
+
+/// `shm_open(2)` under a fresh random name with `O_CREAT | O_EXCL`, then `shm_unlink(2)` of
+/// that name at once. Names are at most `PSHMNAMLEN` (31) bytes on macOS.
+fn open_unique() -> io::Result<OwnedFd> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    for _ in 0..16 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+        // "/up" + 8 hex (pid) + 8 hex (time) + 8 hex (counter) = 27 bytes.
+        let name = format!(
+            "/up{:08x}{:08x}{:08x}",
+            std::process::id(),
+            nanos,
+            count as u32
+        );
+        let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+        // SAFETY: `name` is a NUL-terminated string alive for the call; shm_open's variadic
+        // mode is passed as the `unsigned int` its C prototype promotes `mode_t` to.
+        let raw = unsafe {
+            libc::shm_open(
+                name.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                0o600 as libc::c_uint,
+            )
+        };
+        if raw < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                continue;
+            }
+            return Err(e);
+        }
+        // SAFETY: shm_open just returned this descriptor for us alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: removes the name we just created; the object lives on through `fd`.
+        cvt(unsafe { libc::shm_unlink(name.as_ptr()) })?;
+        return Ok(fd);
+    }
+    Err(io::Error::from_raw_os_error(libc::EEXIST))
+}
+
+/// Freezes the buffer behind `fd`: on macOS, nothing at the kernel level (no seals exist).
+/// See the module documentation for exactly what a frozen buffer guarantees here.
+pub(crate) fn freeze(_fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(())
+}
+
+/// Checks a received descriptor before it is mapped: a POSIX shared memory object, of the
+/// announced size (rounded up to a page, as the kernel rounds it). `frozen` adds nothing on
+/// macOS: there is no seal to check.
+pub(crate) fn check(fd: BorrowedFd<'_>, len: u64, _frozen: bool) -> Result<(), &'static str> {
+    // SAFETY: fstat fills a zeroed stat struct we own, for a descriptor we borrow.
+    let stat = unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd.as_raw_fd(), &mut stat) != 0 {
+            return Err("a shared buffer that cannot be inspected");
+        }
+        stat
+    };
+    if stat.st_mode & libc::S_IFMT != 0 {
+        return Err("a shared buffer that is not a shared memory object");
+    }
+    let size = u64::try_from(stat.st_size).map_err(|_| "a shared buffer of negative size")?;
+    let page = page_size();
+    let expected = len.div_ceil(page) * page;
+    if size != expected {
+        return Err("a shared buffer whose size is not the announced one");
+    }
+    Ok(())
+}
+
+/// The VM page size (`getpagesize(3)`: 16 KiB on Apple silicon, 4 KiB on Intel).
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096).max(1)
+}
+
+/// What would tell two buffers apart: unavailable on macOS, where `fstat` of a shared memory
+/// object reports neither device nor inode.
+pub(crate) fn identity(_fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "macOS gives a shared memory object no identity (device and inode) to key a pool by",
+    ))
+}
+
+/// A mapping of a whole buffer.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    writable: bool,
+}
+
+// SAFETY: a Mapping is a pointer to shared memory that only it unmaps; the references it
+// hands out follow Rust's borrowing rules (`&self` gives `&[u8]`, `&mut self` gives
+// `&mut [u8]`), so sending or sharing it between threads is as sound as for a `Vec<u8>`.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd`, shared, read-only unless `writable` (`mmap(2)`). `populate`
+    /// is advice that macOS has no bulk equivalent of; it is ignored.
+    pub(crate) fn new(
+        fd: BorrowedFd<'_>,
+        len: usize,
+        writable: bool,
+        _populate: bool,
+    ) -> io::Result<Mapping> {
+        if len == 0 {
+            return Ok(Mapping {
+                ptr: NonNull::dangling(),
+                len: 0,
+                writable,
+            });
+        }
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: a fresh shared mapping at an address the kernel picks: it overlaps nothing
+        // Rust owns. `check` (receiver) or `create` (owner) made sure the object holds at
+        // least `len` bytes and can never shrink (see the module documentation).
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: changes only whether a future fork inherits the region we just mapped
+        // (minherit(2)); no byte of it changes.
+        unsafe { libc::minherit(ptr, len, libc::VM_INHERIT_NONE) };
+        Ok(Mapping {
+            ptr: NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?,
+            len,
+            writable,
+        })
+    }
+
+    /// Bulk population does not exist on macOS (no `MADV_POPULATE_*`): the pages are faulted
+    /// in on use. Returns `false`, as a kernel that refused would.
+    pub(crate) fn populate(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes (or is dangling with `len` 0), alive until
+        // drop; writes through other mappings are the shared-memory contract the callers
+        // document, and bytes are valid for any value.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The bytes, writable; `None` for a read-only mapping.
+    pub(crate) fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        if !self.writable {
+            return None;
+        }
+        // SAFETY: a writable mapping of `len` bytes, borrowed mutably through `&mut self`.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmaps exactly the region `new` mapped, which nothing borrows any more.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        }
+    }
+}
