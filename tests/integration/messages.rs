@@ -836,55 +836,67 @@ async fn messages_posted_from_many_threads_arrive_whole_and_in_each_threads_orde
 
 #[tokio::test]
 async fn next_event_is_cancel_safe_and_loses_no_message() {
-    // Messages larger than the socket buffer make `next_event` wait mid-frame; a competing
-    // branch that is always ready cancels it each time it has to wait, again and again.
-    const COUNT: u64 = 40;
+    // Batches of one 8 MiB message (more than the socket holds, so `next_event` must wait in
+    // the middle of its frame) and three small ones. Every `next_event` is polled once and
+    // dropped whenever it is not ready at once: before each batch (nothing is in flight,
+    // so it has to wait) and while a frame is only partly there.
+    const BATCHES: u64 = 5;
     let mut child = echo(&[]);
     expect_spawn(&mut child).await;
-    let payloads: Vec<Vec<u8>> = (0..COUNT)
-        .map(|seq| {
-            let len = if seq % 4 == 0 { 512 * 1024 } else { 100 };
-            let mut bytes = seq.to_le_bytes().to_vec();
-            bytes.extend(noise(len, seq + 1));
-            bytes
-        })
-        .collect();
-    for payload in &payloads {
-        child.post_bytes(payload).unwrap();
-    }
     let mut cancelled = 0u64;
-    let mut received = 0usize;
-    let deadline = tokio::time::Instant::now() + utility_process_tests::EVENT_TIMEOUT;
-    while received < payloads.len() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {received} messages"
-        );
+    let mut received = 0u64;
+    for batch in 0..BATCHES {
+        let payloads: Vec<Vec<u8>> = (0..4)
+            .map(|i| {
+                let seq = batch * 4 + i;
+                let len = if i == 0 { 8 << 20 } else { 100 };
+                let mut bytes = seq.to_le_bytes().to_vec();
+                bytes.extend(noise(len, seq + 1));
+                bytes
+            })
+            .collect();
+        let cancelled_before = cancelled;
+        // Nothing is in flight: this receive has to wait, and is dropped.
         tokio::select! {
             biased;
-            event = child.next_event() => match event {
-                Some(Event::Message(message)) => {
-                    assert!(
-                        message.bytes() == &payloads[received][..],
-                        "message {received} is wrong after {cancelled} cancellations"
-                    );
-                    received += 1;
+            event = child.next_event() => panic!("an event out of nowhere: {event:?}"),
+            () = std::future::ready(()) => cancelled += 1,
+        }
+        for payload in &payloads {
+            child.post_bytes(payload).unwrap();
+        }
+        let mut got = 0;
+        let deadline = tokio::time::Instant::now() + utility_process_tests::EVENT_TIMEOUT;
+        while got < payloads.len() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {received} messages"
+            );
+            tokio::select! {
+                biased;
+                event = child.next_event() => match event {
+                    Some(Event::Message(message)) => {
+                        assert!(
+                            message.bytes() == &payloads[got][..],
+                            "message {received} is wrong after {cancelled} cancellations"
+                        );
+                        got += 1;
+                        received += 1;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                },
+                () = std::future::ready(()) => {
+                    cancelled += 1;
+                    tokio::task::yield_now().await;
                 }
-                other => panic!("unexpected {other:?}"),
-            },
-            // Polled once, then dropped whenever it is not ready at once: every receive that
-            // has to wait (for the child, or for the rest of a frame) is cancelled.
-            () = std::future::ready(()) => {
-                cancelled += 1;
-                tokio::task::yield_now().await;
             }
         }
+        // The 8 MiB message cannot have been whole at its first poll.
+        assert!(
+            cancelled - cancelled_before >= 2,
+            "batch {batch}: no receive was dropped while its message was on the way"
+        );
     }
-    // Without a single cancellation the test would have proved nothing.
-    assert!(
-        cancelled > 0,
-        "no next_event future was dropped along the way"
-    );
     eprintln!("{cancelled} next_event futures were dropped along the way");
     kill_and_expect_exit(&mut child).await;
 }
