@@ -37,7 +37,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
-use utility_process::{fork, Error, Event, ForkOptions, UtilityProcess};
+use utility_process::{fork, Event, ForkOptions, UtilityProcess};
 
 use crate::floor;
 use crate::{stream_count, BoxError, Ctx, Kind, Placement, Result, Spec};
@@ -379,41 +379,17 @@ fn round_trips(ctx: &Ctx, lang: Lang<'_>) -> Result<Vec<f64>> {
 fn stream(ctx: &Ctx, lang: Lang<'_>) -> Result<Vec<f64>> {
     let count = stream_count(ctx, TEXT_LEN);
     let text = "x".repeat(TEXT_LEN);
-    let mut queue_full = 0u64;
-    let samples = runtime()?.block_on(async {
+    let (samples, queue_full) = runtime()?.block_on(async {
         let mut child = lang.fork("sink")?;
-        let mut samples = Vec::new();
-        for round in 0..=ctx.samples() {
-            let started = Instant::now();
-            child.post_message(&count)?;
-            for _ in 0..count {
-                loop {
-                    match child.post_message(&text) {
-                        Ok(()) => break,
-                        // No way to await room: back off and try again (counted, reported).
-                        Err(Error::QueueFull { .. }) => {
-                            queue_full += 1;
-                            tokio::time::sleep(Duration::from_micros(100)).await;
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
-            let counted: u64 = expect_message(&mut child).await?.data()?;
-            let elapsed = started.elapsed().as_secs_f64();
-            if counted != count * TEXT_LEN as u64 {
-                return Err(format!(
-                    "the child counted {counted} characters, not {}",
-                    count * TEXT_LEN as u64
-                )
-                .into());
-            }
-            if round > 0 {
-                samples.push(count as f64 / elapsed);
-            }
-        }
+        crate::ours::expect_spawn(&mut child).await?;
+        // The child counts characters.
+        let rounds =
+            crate::ours::stream_rounds(ctx, &mut child, count, count * TEXT_LEN as u64, |child| {
+                child.post_message(&text)
+            })
+            .await?;
         end(child).await?;
-        Ok::<_, BoxError>(samples)
+        Ok::<_, BoxError>(rounds)
     })?;
     if queue_full > 0 {
         ctx.note(format!(

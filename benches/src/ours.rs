@@ -520,7 +520,7 @@ pub fn run(ctx: &Ctx) {
 }
 
 /// Waits for `Event::Spawn`, which must come first.
-async fn expect_spawn(child: &mut UtilityProcess) -> Result<()> {
+pub(crate) async fn expect_spawn(child: &mut UtilityProcess) -> Result<()> {
     match child.next_event().await {
         Some(Event::Spawn) => Ok(()),
         other => Err(format!("expected Event::Spawn, got {other:?}").into()),
@@ -690,42 +690,15 @@ fn child_to_child(ctx: &Ctx) -> Result<Vec<f64>> {
 fn stream(ctx: &Ctx, size: usize) -> Result<Vec<f64>> {
     let count = stream_count(ctx, size);
     let payload = vec![b'x'; size];
-    let mut queue_full = 0u64;
-    let samples = Flavor::CurrentThread.runtime()?.block_on(async {
+    let (samples, queue_full) = Flavor::CurrentThread.runtime()?.block_on(async {
         let mut child = fork_entry("sink", NO_ARGS, ForkOptions::default())?;
         expect_spawn(&mut child).await?;
-        let mut samples = Vec::new();
-        for round in 0..=ctx.samples() {
-            let started = Instant::now();
-            child.post_message(&count)?;
-            for _ in 0..count {
-                loop {
-                    match child.post_bytes(&payload) {
-                        Ok(()) => break,
-                        // No way to await room: back off and try again (counted, reported).
-                        Err(Error::QueueFull { .. }) => {
-                            queue_full += 1;
-                            tokio::time::sleep(Duration::from_micros(100)).await;
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
-            let bytes: u64 = expect_message(&mut child).await?.data()?;
-            let elapsed = started.elapsed().as_secs_f64();
-            if bytes != count * size as u64 {
-                return Err(format!(
-                    "the child counted {bytes} bytes, not {}",
-                    count * size as u64
-                )
-                .into());
-            }
-            if round > 0 {
-                samples.push(count as f64 / elapsed);
-            }
-        }
+        let rounds = stream_rounds(ctx, &mut child, count, count * size as u64, |child| {
+            child.post_bytes(&payload)
+        })
+        .await?;
         end(child).await?;
-        Ok::<_, BoxError>(samples)
+        Ok::<_, BoxError>(rounds)
     })?;
     if queue_full > 0 {
         ctx.note(format!(
@@ -735,6 +708,47 @@ fn stream(ctx: &Ctx, size: usize) -> Result<Vec<f64>> {
         ));
     }
     Ok(samples)
+}
+
+/// One-way throughput to a counting child, `ctx.samples()` rounds after a warm-up: each round
+/// posts the order `count`, then `count` messages with `post` (backing off 100 µs whenever
+/// the queue is full: there is no way to await room), then waits for the child's count,
+/// which must be `expected`. Returns messages per second for each measured round, and how
+/// many times the queue was full.
+pub(crate) async fn stream_rounds(
+    ctx: &Ctx,
+    child: &mut UtilityProcess,
+    count: u64,
+    expected: u64,
+    mut post: impl FnMut(&UtilityProcess) -> std::result::Result<(), Error>,
+) -> Result<(Vec<f64>, u64)> {
+    let mut queue_full = 0u64;
+    let mut samples = Vec::new();
+    for round in 0..=ctx.samples() {
+        let started = Instant::now();
+        child.post_message(&count)?;
+        for _ in 0..count {
+            loop {
+                match post(child) {
+                    Ok(()) => break,
+                    Err(Error::QueueFull { .. }) => {
+                        queue_full += 1;
+                        tokio::time::sleep(Duration::from_micros(100)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let counted: u64 = expect_message(child).await?.data()?;
+        let elapsed = started.elapsed().as_secs_f64();
+        if counted != expected {
+            return Err(format!("the child counted {counted}, not {expected}").into());
+        }
+        if round > 0 {
+            samples.push(count as f64 / elapsed);
+        }
+    }
+    Ok((samples, queue_full))
 }
 
 fn payload(ctx: &Ctx) -> Result<Vec<f64>> {

@@ -18,7 +18,7 @@ use utility_process::{
     fork, Error, Event, ForkOptions, Message, MessageChannel, MessagePort, SharedBuffer, Stdio,
     Transferable, UtilityProcess,
 };
-use utility_process_tests::{next_event, PortCommand, EVENT_TIMEOUT};
+use utility_process_tests::{next_event, Bin as Bytes, PortCommand, EVENT_TIMEOUT};
 
 const PORTER: &str = env!("CARGO_BIN_EXE_porter");
 const CHILDREN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/children");
@@ -130,32 +130,6 @@ fn line_of(script: &str, marker: &str) -> u32 {
         .position(|line| line.contains(marker))
         .expect("the marker is in the script");
     index as u32 + 1
-}
-
-/// Bytes that travel as MessagePack bin (a JS Buffer), not as an array of integers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Bytes(Vec<u8>);
-
-impl Serialize for Bytes {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Bytes {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = Bytes;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
-                Ok(Bytes(v.to_vec()))
-            }
-        }
-        d.deserialize_bytes(Visitor)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -659,44 +633,6 @@ async fn a_hostile_js_worker_writing_garbage_to_its_port_is_killed_for_a_protoco
         Some(Event::Exit(status)) => assert!(status.signal().is_some(), "killed: {status}"),
         other => panic!("expected Exit after the violation, got {other:?}"),
     }
-}
-
-/// Not a check: prints the round trip of a 64-character string between this (Rust) parent
-/// and an Electron-style echo worker, to compare with Node's own `child_process.fork` IPC
-/// (`node benches/node/child.js driver rtt 5 10000`). Run it as `js/bench/README.md` says.
-#[tokio::test]
-#[ignore = "a measurement, not a test: run it on a quiet machine, in release"]
-async fn round_trip_of_a_64_byte_message_with_a_js_worker_is_measured() {
-    if !node_available("round_trip_of_a_64_byte_message_with_a_js_worker_is_measured") {
-        return;
-    }
-    let iters: u32 = std::env::var("RTT_ITERS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(10_000);
-    let mut child = worker("node_echo.js", &[], ForkOptions::default());
-    let payload = "x".repeat(64);
-    let mut samples = Vec::new();
-    for sample in 0..6 {
-        let started = std::time::Instant::now();
-        for _ in 0..iters {
-            child.post_message(&payload).unwrap();
-            let echoed = expect_message(&mut child).await;
-            assert_eq!(echoed.len(), 66);
-        }
-        // The first sample warms up (JIT, caches) and is not recorded.
-        if sample > 0 {
-            samples.push(started.elapsed().as_secs_f64() / f64::from(iters) * 1e6);
-        }
-    }
-    samples.sort_by(f64::total_cmp);
-    println!(
-        "rust parent <-> node worker, 64 B round trip: median {:.1} µs, min {:.1} µs, max {:.1} µs ({iters} per sample)",
-        samples[samples.len() / 2],
-        samples[0],
-        samples[samples.len() - 1]
-    );
-    kill(&mut child).await;
 }
 
 #[tokio::test]

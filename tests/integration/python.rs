@@ -14,22 +14,13 @@ use utility_process::{
 };
 use utility_process_pool::{Pool, TaskError, Worker};
 use utility_process_supervisor::{Backoff, ChildSpec, Heartbeat, Supervisor, SupervisorOptions};
-use utility_process_tests::{next_event, PortCommand, EVENT_TIMEOUT};
+use utility_process_tests::{
+    next_event, python_or_skip as python, Bin as Bytes, PortCommand, EVENT_TIMEOUT,
+};
 
 /// The Python test child (see its docstring for the modes).
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/children/python_child.py");
 const PORTER: &str = env!("CARGO_BIN_EXE_porter");
-
-/// The interpreter, or `None` after saying why the test is skipped.
-fn python(test: &str) -> Option<String> {
-    match utility_process_tests::python() {
-        Ok(python) => Some(python),
-        Err(reason) => {
-            eprintln!("skipped {test}: {reason}");
-            None
-        }
-    }
-}
 
 /// A Python child, as a Rust parent starts one: `fork` of the script's path, which runs it
 /// with Python 3 (here the interpreter the tests found, named with `ForkOptions::python`).
@@ -62,32 +53,6 @@ async fn all_events(child: &mut UtilityProcess) -> Vec<Event> {
 }
 
 // ---- the value mapping (docs/PROTOCOL.md, section 6) ----------------------------------------
-
-/// `Vec<u8>` written as MessagePack bin, as `serde_bytes::ByteBuf` does (without the crate).
-#[derive(Debug, Clone, PartialEq)]
-struct Bytes(Vec<u8>);
-
-impl Serialize for Bytes {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Bytes {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = Bytes;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
-                Ok(Bytes(v.to_vec()))
-            }
-        }
-        d.deserialize_bytes(Visitor)
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Unit;

@@ -6,7 +6,9 @@
 
 use utility_process::sandbox::{Missing, Syscall};
 use utility_process::{fork, Error, Event, ForkOptions, Sandbox, UtilityProcess};
-use utility_process_tests::{in_own_process, next_event, pretend_the_kernel_lacks, Attempt};
+use utility_process_tests::{
+    in_own_process, next_event, pretend_the_kernel_lacks, python_or_skip as python, Attempt,
+};
 
 /// Whether this kernel can run the strict profile; prints why not.
 fn kernel_can_sandbox(test: &str) -> bool {
@@ -366,17 +368,6 @@ fn refused_at_fork(sandbox: Sandbox) -> Missing {
     }
 }
 
-/// The Python interpreter, or `None` after printing why `test` skips what needs it.
-fn python(test: &str) -> Option<String> {
-    match utility_process_tests::python() {
-        Ok(python) => Some(python),
-        Err(why) => {
-            eprintln!("{test}: its Python part is skipped: {why}");
-            None
-        }
-    }
-}
-
 /// The strict profile, opened to what the Python interpreter reads as it starts (its own
 /// installation) and to `also`: nothing else of the filesystem.
 fn python_sandbox(python: &str, also: &[&str]) -> Sandbox {
@@ -721,4 +712,43 @@ async fn a_sandboxed_child_cannot_make_the_parent_the_owner_of_its_io_signals() 
     assert_eq!(attempt, Attempt::Failed(libc::EPERM));
     assert_eq!(denied.iter().map(|c| c.name).collect::<Vec<_>>(), ["fcntl"]);
     end(child).await;
+}
+
+#[tokio::test]
+async fn a_program_without_the_library_is_refused_tiocsti_by_the_first_stage() {
+    let test = "a_program_without_the_library_is_refused_tiocsti_by_the_first_stage";
+    if !kernel_can_sandbox(test) {
+        return;
+    }
+    let Some(python) = python(test) else {
+        return;
+    };
+    // On the child's own pipe TIOCSTI would only fail (ENOTTY); the filter must stop the
+    // request itself, whatever descriptor it names, so that no terminal a child reaches can
+    // be typed into.
+    let script = "import fcntl, termios\ntry:\n    fcntl.ioctl(1, termios.TIOCSTI, b'x')\nexcept OSError:\n    print('not a terminal')";
+    let mut child = fork(
+        &python,
+        ["-c", script],
+        ForkOptions::default()
+            .sandbox(python_sandbox(&python, &[]))
+            .stdout(utility_process::Stdio::Pipe),
+    )
+    .expect("fork python");
+    let mut stdout = child.take_stdout().expect("piped");
+    let mut events = Vec::new();
+    while let Some(event) = next_event(&mut child).await {
+        events.push(event);
+    }
+    let mut said = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut said)
+        .await
+        .expect("stdout");
+    assert_eq!(said, "", "the request reached the kernel: {events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Error(Error::SandboxViolation { .. }))),
+        "{events:?}"
+    );
 }

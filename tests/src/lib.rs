@@ -443,6 +443,44 @@ pub fn zombie_children() -> Vec<u32> {
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
+/// The Python interpreter, or `None` after printing why `test` skips what needs it.
+pub fn python_or_skip(test: &str) -> Option<String> {
+    match python() {
+        Ok(python) => Some(python),
+        Err(why) => {
+            eprintln!("{test}: what needs Python is skipped: {why}");
+            None
+        }
+    }
+}
+
+/// Bytes that travel as MessagePack bin (a JS `Buffer`, Python `bytes`), as
+/// `serde_bytes::ByteBuf` writes them, not as an array of integers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bin(pub Vec<u8>);
+
+impl Serialize for Bin {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Bin;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Bin, E> {
+                Ok(Bin(v.to_vec()))
+            }
+        }
+        d.deserialize_bytes(Visitor)
+    }
+}
+
 /// The Python interpreter that tests run their Python children under (its real path, not a
 /// shell shim in front of it), or why none can be used here: no `python3` on `PATH`, or one
 /// that this user cannot run, or child scripts this user cannot read (the unprivileged re-run

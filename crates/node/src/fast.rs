@@ -5,7 +5,8 @@
 //! once per message with a waker that does nothing: `recv` takes a frame already there
 //! without waiting (and is cancel safe, so a poll that finds nothing loses nothing). Every
 //! message there is handed to JS in one batch, through `napi_make_callback`, as node does for
-//! its own sockets. This saves a thread wake-up per message (see `js/bench/rtt.sh`).
+//! its own sockets. This saves a thread wake-up per message (see `js/README.md`, "How it
+//! works").
 //!
 //! The waiting future, when there is nothing to take, registers the socket with a tokio
 //! runtime; `IDLE` is one that is never driven, so that registration costs nothing.

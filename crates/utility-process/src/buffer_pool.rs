@@ -59,7 +59,8 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::shm::unmap_elsewhere;
-use crate::sys::shm::{self, Mapping};
+use crate::sys::mapping::Mapping;
+use crate::sys::shm;
 use crate::{Error, SharedBuffer};
 
 /// The memory a pool holds on to unless told otherwise: 256 MiB.

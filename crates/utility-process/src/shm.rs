@@ -19,7 +19,8 @@ use std::ops::Deref;
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::buffer_pool::Tag;
-use crate::sys::shm::{self, Mapping};
+use crate::sys::mapping::Mapping;
+use crate::sys::shm;
 use crate::Error;
 
 /// The largest buffer a process accepts from another (1 GiB); a larger one is a protocol

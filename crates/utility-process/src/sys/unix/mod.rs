@@ -4,9 +4,11 @@
 //! child, shared memory, and the sandbox's kernel layers.
 //!
 //! Each OS module provides the same names (checked by the compiler when the other one is
-//! built): `process::{spawn, SpawnPlan, PreExec, ChildFd, SpawnStep, Spawned, Pidfd, Reaped,
-//! RawExit, kill_process_group, set_process_name}`, `shm::{create, freeze, check, identity,
-//! Mapping}`, `confine::{install_reporters, ignores_process_limit, unavailable_limit}`, and
+//! built): `process::{spawn, Spawned, Pidfd, set_process_name}` (and re-exports the plan
+//! types every Unix shares from `spawn`: `SpawnPlan`, `PreExec`, `ChildFd`, `SpawnStep`,
+//! `Reaped`, `RawExit`, `kill_process_group`), `shm::{create, freeze, check, identity,
+//! keep_from_forks, advise_new, populate}` (the shared `mapping::Mapping` uses the last
+//! three), `confine::{install_reporters, ignores_process_limit, unavailable_limit}`, and
 //! at its root `RlimitResource`, `pipe`, `errno_location`, `socket_flags`, `recv_flags`,
 //! `after_socketpair`, `after_recv`, `is_unix_domain`, `advise_huge_pages`,
 //! `close_all_but`, `name_guardian` and `signal_name`.
@@ -22,9 +24,11 @@ use macos as os;
 
 pub(crate) mod confine;
 pub(crate) mod guardian;
+pub(crate) mod mapping;
 pub(crate) mod reactor;
 pub(crate) mod relay;
 pub(crate) mod socket;
+pub(crate) mod spawn;
 
 pub(crate) use os::{pipe, process, shm, signal_name, RlimitResource};
 

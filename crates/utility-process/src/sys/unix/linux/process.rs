@@ -32,95 +32,18 @@
 //! stranger. The library never calls `waitpid(-1)`: it reaps exactly its own children, by
 //! pidfd, so a host application's own `wait()` calls are never robbed.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::sys::unix::reactor::SharedFd;
-use crate::sys::unix::{cvt, retry};
+use crate::sys::unix::retry;
 
-/// Where a child's stdout or stderr goes.
-#[derive(Debug)]
-pub(crate) enum ChildFd {
-    /// The parent's own descriptor, unchanged.
-    Inherit,
-    /// This descriptor (a pipe's write end, or `/dev/null`).
-    Fd(OwnedFd),
-}
-
-/// Everything a child needs, prepared before the fork.
-#[derive(Debug)]
-pub(crate) struct SpawnPlan {
-    /// The resolved path of the program.
-    pub program: CString,
-    /// `argv`, starting with the service name.
-    pub argv: Vec<CString>,
-    /// The whole environment, as `KEY=VALUE`.
-    pub envp: Vec<CString>,
-    /// The working directory, if not the parent's.
-    pub cwd: Option<CString>,
-    pub stdout: ChildFd,
-    pub stderr: ChildFd,
-    /// The child's end of the parent port: fd 3 in the child.
-    pub port: OwnedFd,
-    /// `/dev/null`, for stdin.
-    pub dev_null: OwnedFd,
-    /// Limits and sandbox layers to apply just before `execve`, if any.
-    pub confine: Option<PreExec>,
-}
-
-/// What a confined child applies to itself between fork and exec.
-#[derive(Debug)]
-pub(crate) struct PreExec {
-    /// `setrlimit` calls: (resource, soft and hard limits).
-    pub rlimits: Vec<(super::RlimitResource, libc::rlimit)>,
-    /// The sandbox's stage 1, if sandboxed: `no_new_privs`, a session of its own (no
-    /// controlling terminal, so no `TIOCSTI` into the parent's terminal), namespaces where
-    /// the kernel allows them, the Landlock ruleset and the seccomp filter.
-    pub sandbox: Option<crate::sandbox::Prepared>,
-    /// The write end of the report pipe: fd 4 in the child.
-    pub report: OwnedFd,
-}
-
-/// The step at which a child failed to start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SpawnStep {
-    Fork,
-    ProcessGroup,
-    ParentDeathSignal,
-    Descriptors,
-    Chdir,
-    Limits,
-    Sandbox,
-    Exec,
-    Pidfd,
-}
-
-impl SpawnStep {
-    fn from_code(code: u32) -> SpawnStep {
-        match code {
-            1 => SpawnStep::ProcessGroup,
-            2 => SpawnStep::ParentDeathSignal,
-            3 => SpawnStep::Descriptors,
-            4 => SpawnStep::Chdir,
-            6 => SpawnStep::Limits,
-            7 => SpawnStep::Sandbox,
-            _ => SpawnStep::Exec,
-        }
-    }
-
-    fn code(self) -> u32 {
-        match self {
-            SpawnStep::ProcessGroup => 1,
-            SpawnStep::ParentDeathSignal => 2,
-            SpawnStep::Descriptors => 3,
-            SpawnStep::Chdir => 4,
-            SpawnStep::Limits => 6,
-            SpawnStep::Sandbox => 7,
-            _ => 5,
-        }
-    }
-}
+use crate::sys::unix::spawn::{
+    block_all_signals, fail, null_terminated, reap_blocking, restore_signal_mask,
+};
+pub(crate) use crate::sys::unix::spawn::{
+    kill_process_group, ChildFd, PreExec, RawExit, Reaped, SpawnPlan, SpawnStep,
+};
 
 /// A child that is running.
 #[derive(Debug)]
@@ -285,14 +208,6 @@ struct Layout {
     confine_report: Option<RawFd>,
 }
 
-fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
-    strings
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect()
-}
-
 /// The child between fork and exec.
 ///
 /// # Safety
@@ -428,54 +343,6 @@ unsafe fn exec_child(layout: &Layout) -> ! {
     }
 }
 
-/// Reports `step` and the current errno to the parent, and exits.
-///
-/// # Safety
-///
-/// Only in the forked child.
-unsafe fn fail(report: RawFd, step: SpawnStep) -> ! {
-    let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
-    let mut bytes = [0u8; 8];
-    bytes[..4].copy_from_slice(&step.code().to_ne_bytes());
-    bytes[4..].copy_from_slice(&errno.to_ne_bytes());
-    // SAFETY: write and _exit are async-signal-safe; `bytes` lives on this stack. A pipe write
-    // of 8 bytes is atomic (below PIPE_BUF).
-    unsafe {
-        libc::write(report, bytes.as_ptr().cast(), bytes.len());
-        libc::_exit(127)
-    }
-}
-
-fn block_all_signals() -> libc::sigset_t {
-    // SAFETY: sigfillset initialises `all`; pthread_sigmask writes the old mask into `old`.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        old
-    }
-}
-
-fn restore_signal_mask(old: &libc::sigset_t) {
-    // SAFETY: `old` is a mask pthread_sigmask returned.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
-}
-
-/// Reaps our own child `pid`, waiting for it. Used only for a child that failed to start.
-fn reap_blocking(pid: libc::pid_t) {
-    let mut status = 0;
-    // SAFETY: waits for one specific child of ours, writing its status into a local.
-    let _ = retry(|| cvt(unsafe { libc::waitpid(pid, &mut status, 0) }));
-}
-
-/// How a child ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RawExit {
-    Code(i32),
-    Signal { signal: i32, core_dumped: bool },
-}
-
 /// A descriptor naming one child process for as long as we hold it.
 #[derive(Debug)]
 pub(crate) struct Pidfd {
@@ -574,28 +441,11 @@ impl Pidfd {
     }
 }
 
-/// How a reaped child ended, and the CPU time it used.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Reaped {
-    pub exit: RawExit,
-    pub cpu_time: std::time::Duration,
-}
-
 impl Pidfd {
     /// The descriptor, to register with a runtime: it becomes readable when the process ends.
     pub(crate) fn shared_fd(&self) -> &SharedFd {
         &self.fd
     }
-}
-
-/// Sends `signal` to every process in the group `pgid`.
-///
-/// Sound against recycling only while the group's leader — our child, whose pid is `pgid` —
-/// is not yet reaped: until then no other process can own that number as a pid or a group.
-pub(crate) fn kill_process_group(pgid: libc::pid_t, signal: i32) {
-    // SAFETY: kill with a negative pid signals a process group; an error (ESRCH: the group
-    // is empty) means there is nobody left to signal.
-    unsafe { libc::kill(-pgid, signal) };
 }
 
 /// Names this process (its main thread's `comm`, shown by `top` and `ps -o comm`).

@@ -16,7 +16,7 @@
 //!
 //! Touching a fresh mapping page by page costs a fault per 4 KiB page (16,384 for 64 MiB;
 //! shmem gets no huge pages while `/sys/kernel/mm/transparent_hugepage/shmem_enabled` says
-//! `never`, and `MFD_HUGETLB` needs pages reserved by the administrator). [`Mapping::populate`]
+//! `never`, and `MFD_HUGETLB` needs pages reserved by the administrator). [`populate`]
 //! asks the kernel to fill the page table in one call instead (`MADV_POPULATE_WRITE` or
 //! `_READ`, Linux 5.14); a kernel without them answers `EINVAL` and the mapping is simply
 //! faulted in on use, as before. Measured on a 2-vCPU VM (Linux 6.18), 64 MiB: a fresh buffer
@@ -28,7 +28,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
 
 use crate::sys::unix::cvt;
 
@@ -106,117 +105,46 @@ pub(crate) fn identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     Ok((u64::from(stat.st_dev), u64::from(stat.st_ino)))
 }
 
-/// A mapping of a whole buffer into this process.
-#[derive(Debug)]
-pub(crate) struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-    writable: bool,
+/// Keeps a mapping out of every process this one forks: a fork (of a child about to exec, or
+/// of the guardian, which never does) would otherwise copy a writable mapping into a process
+/// that keeps it, and the write seal of `freeze` would then fail with EBUSY for as long as
+/// that process lives (`madvise(2)` `MADV_DONTFORK`).
+///
+/// # Safety
+///
+/// `ptr` and `len` are a mapping this process made and still holds.
+pub(crate) unsafe fn keep_from_forks(ptr: *mut libc::c_void, len: usize) {
+    // SAFETY: advice on a region the caller vouches for; it changes no byte of it.
+    unsafe { libc::madvise(ptr, len, libc::MADV_DONTFORK) };
 }
 
-// SAFETY: the mapping is plain memory owned by this value; sharing it between threads is as
-// safe as sharing a `Box<[u8]>` (mutable access needs `&mut Mapping`).
-unsafe impl Send for Mapping {}
-// SAFETY: as above: `&Mapping` only gives out `&[u8]`.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    /// Maps `len` bytes of `fd`, read-write or read-only; with `populate`, pre-faults the
-    /// pages in bulk (allocating them: for a buffer this process creates and is about to
-    /// fill), see [`populate`](Self::populate).
-    pub(crate) fn new(
-        fd: BorrowedFd<'_>,
-        len: usize,
-        writable: bool,
-        populate: bool,
-    ) -> io::Result<Mapping> {
-        if len == 0 {
-            return Ok(Mapping {
-                ptr: NonNull::dangling(),
-                len: 0,
-                writable,
-            });
-        }
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        // SAFETY: a fresh shared mapping of a descriptor we borrow, at an address the kernel
-        // picks; the descriptor's size is sealed at >= len, so no access within len faults.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        // A fork (of a child about to exec, or of the guardian, which never does) would
-        // otherwise copy a writable mapping into a process that keeps it, and the write seal
-        // of `freeze` would then fail with EBUSY for as long as that process lives.
-        // SAFETY: advice on the region we just mapped.
-        unsafe { libc::madvise(ptr, len, libc::MADV_DONTFORK) };
-        let mapping = Mapping {
-            ptr: NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?,
-            len,
-            writable,
-        };
-        if populate {
-            if writable {
-                // Where the system allows huge pages for shmem only on request
-                // (`shmem_enabled` = `advise`), this asks for them: 32 allocations for 64 MiB
-                // instead of 16,384. Elsewhere it changes nothing (measured: `never` here).
-                // SAFETY: advice on the region we just mapped; it changes no byte of it.
-                unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
-            }
-            mapping.populate();
-        }
-        Ok(mapping)
-    }
-
-    /// Fills the page table of the whole mapping in one system call (allocating the pages the
-    /// memfd does not have yet), so that using it costs no page faults. Best effort: on a
-    /// kernel older than 5.14 (`EINVAL`), or without the memory, the pages are faulted in on
-    /// use instead. Returns whether the kernel did it.
-    pub(crate) fn populate(&self) -> bool {
-        if self.len == 0 {
-            return true;
-        }
-        let advice = if self.writable {
-            libc::MADV_POPULATE_WRITE
-        } else {
-            libc::MADV_POPULATE_READ
-        };
-        // SAFETY: advice on the region this value maps. Populating changes no byte of it.
-        unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, advice) == 0 }
-    }
-
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        // SAFETY: `ptr` is a live mapping of `len` readable bytes (or dangling with len 0).
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    /// The bytes, writable; `None` for a read-only mapping.
-    pub(crate) fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
-        if !self.writable {
-            return None;
-        }
-        // SAFETY: a live writable mapping of `len` bytes, borrowed mutably through `self`.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) })
-    }
+/// Advice for a new writable buffer about to be filled: where the system allows huge pages
+/// for shmem only on request (`shmem_enabled` = `advise`), this asks for them (32
+/// allocations for 64 MiB instead of 16,384). Elsewhere it changes nothing (measured:
+/// `never` here).
+///
+/// # Safety
+///
+/// As [`keep_from_forks`].
+pub(crate) unsafe fn advise_new(ptr: *mut libc::c_void, len: usize) {
+    // SAFETY: advice on a region the caller vouches for; it changes no byte of it.
+    unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
 }
 
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: unmapping exactly the region `new` mapped, once.
-            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-        }
-    }
+/// Fills the page table of a whole mapping in one system call (allocating the pages the
+/// memfd does not have yet), so that using it costs no page faults. Best effort: on a kernel
+/// older than 5.14 (`EINVAL`), or without the memory, the pages are faulted in on use
+/// instead. Returns whether the kernel did it.
+///
+/// # Safety
+///
+/// As [`keep_from_forks`].
+pub(crate) unsafe fn populate(ptr: *mut libc::c_void, len: usize, writable: bool) -> bool {
+    let advice = if writable {
+        libc::MADV_POPULATE_WRITE
+    } else {
+        libc::MADV_POPULATE_READ
+    };
+    // SAFETY: advice on a region the caller vouches for. Populating changes no byte of it.
+    unsafe { libc::madvise(ptr, len, advice) == 0 }
 }

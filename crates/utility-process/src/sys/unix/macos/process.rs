@@ -51,85 +51,12 @@ use std::sync::Mutex;
 use crate::sys::unix::reactor::SharedFd;
 use crate::sys::unix::{cvt, retry};
 
-/// Where a child's stdout or stderr goes.
-#[derive(Debug)]
-pub(crate) enum ChildFd {
-    /// The parent's own descriptor, unchanged.
-    Inherit,
-    /// This descriptor (a pipe's write end, or `/dev/null`).
-    Fd(OwnedFd),
-}
-
-/// Everything a child needs, prepared before it is started.
-#[derive(Debug)]
-pub(crate) struct SpawnPlan {
-    /// The resolved path of the program.
-    pub program: CString,
-    /// `argv`, starting with the service name.
-    pub argv: Vec<CString>,
-    /// The whole environment, as `KEY=VALUE`.
-    pub envp: Vec<CString>,
-    /// The working directory, if not the parent's.
-    pub cwd: Option<CString>,
-    pub stdout: ChildFd,
-    pub stderr: ChildFd,
-    /// The child's end of the parent port: fd 3 in the child.
-    pub port: OwnedFd,
-    /// `/dev/null`, for stdin.
-    pub dev_null: OwnedFd,
-    /// Limits and the report pipe, if any.
-    pub confine: Option<PreExec>,
-}
-
-/// What a confined child gets before its first instruction.
-#[derive(Debug)]
-pub(crate) struct PreExec {
-    /// `setrlimit` calls: (resource, soft and hard limits).
-    pub rlimits: Vec<(super::RlimitResource, libc::rlimit)>,
-    /// The sandbox's stage 1: never present on macOS (a sandbox is refused before this).
-    pub sandbox: Option<crate::sandbox::Prepared>,
-    /// The write end of the report pipe: fd 4 in the child.
-    pub report: OwnedFd,
-}
-
-/// The step at which a child failed to start. The same steps as on Linux, so that the
-/// neutral layer maps them alike; `ParentDeathSignal` never happens on macOS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // `ParentDeathSignal` is named by the neutral mapping only
-pub(crate) enum SpawnStep {
-    Fork,
-    ProcessGroup,
-    ParentDeathSignal,
-    Descriptors,
-    Chdir,
-    Limits,
-    Sandbox,
-    Exec,
-    /// Watching the child (its kqueue) failed.
-    Pidfd,
-}
-
-impl SpawnStep {
-    fn from_code(code: u32) -> SpawnStep {
-        match code {
-            1 => SpawnStep::ProcessGroup,
-            3 => SpawnStep::Descriptors,
-            4 => SpawnStep::Chdir,
-            6 => SpawnStep::Limits,
-            _ => SpawnStep::Exec,
-        }
-    }
-
-    fn code(self) -> u32 {
-        match self {
-            SpawnStep::ProcessGroup => 1,
-            SpawnStep::Descriptors => 3,
-            SpawnStep::Chdir => 4,
-            SpawnStep::Limits => 6,
-            _ => 5,
-        }
-    }
-}
+use crate::sys::unix::spawn::{
+    block_all_signals, fail, null_terminated, reap_blocking, restore_signal_mask,
+};
+pub(crate) use crate::sys::unix::spawn::{
+    kill_process_group, ChildFd, PreExec, RawExit, Reaped, SpawnPlan, SpawnStep,
+};
 
 /// A child that is running.
 #[derive(Debug)]
@@ -478,24 +405,6 @@ unsafe fn exec_child(layout: &Layout<'_>) -> ! {
     }
 }
 
-/// Reports `step` and the current errno to the parent, and exits.
-///
-/// # Safety
-///
-/// Only in the forked child.
-unsafe fn fail(report: RawFd, step: SpawnStep) -> ! {
-    let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
-    let mut bytes = [0u8; 8];
-    bytes[..4].copy_from_slice(&step.code().to_ne_bytes());
-    bytes[4..].copy_from_slice(&errno.to_ne_bytes());
-    // SAFETY: write and _exit are async-signal-safe; `bytes` lives on this stack. A pipe write
-    // of 8 bytes is atomic (below PIPE_BUF).
-    unsafe {
-        libc::write(report, bytes.as_ptr().cast(), bytes.len());
-        libc::_exit(127)
-    }
-}
-
 /// The number of descriptor slots the forked child sweeps (`getrlimit(2)` `RLIMIT_NOFILE`,
 /// capped), computed before the fork.
 fn table_size() -> RawFd {
@@ -506,51 +415,6 @@ fn table_size() -> RawFd {
         return 10_240;
     }
     limit.rlim_cur.min(1 << 16) as RawFd
-}
-
-fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
-    strings
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect()
-}
-
-fn block_all_signals() -> libc::sigset_t {
-    // SAFETY: sigfillset initialises `all`; pthread_sigmask writes the old mask into `old`.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        old
-    }
-}
-
-fn restore_signal_mask(old: &libc::sigset_t) {
-    // SAFETY: `old` is a mask pthread_sigmask returned.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
-}
-
-/// Reaps our own child `pid`, waiting for it. Used only for a child that failed to start.
-fn reap_blocking(pid: libc::pid_t) {
-    let mut status = 0;
-    // SAFETY: waits for one specific child of ours, writing its status into a local.
-    let _ = retry(|| cvt(unsafe { libc::waitpid(pid, &mut status, 0) }));
-}
-
-/// How a child ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RawExit {
-    Code(i32),
-    Signal { signal: i32, core_dumped: bool },
-}
-
-/// How a reaped child ended, and the CPU time it used.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Reaped {
-    pub exit: RawExit,
-    pub cpu_time: std::time::Duration,
 }
 
 /// One child, by pid, with a kqueue that becomes readable when it exits. macOS's stand-in
@@ -744,16 +608,6 @@ fn add_event(kqueue: RawFd, ident: libc::uintptr_t, filter: i16, fflags: u32) ->
         )
     })
     .map(drop)
-}
-
-/// Sends `signal` to every process in the group `pgid` (`kill(2)` with a negative pid).
-///
-/// Sound against recycling only while the group's leader — our child, whose pid is `pgid` —
-/// is not yet reaped: until then no other process can own that number as a pid or a group.
-pub(crate) fn kill_process_group(pgid: libc::pid_t, signal: i32) {
-    // SAFETY: kill with a negative pid signals a process group; an error (ESRCH: the group
-    // is empty) means there is nobody left to signal.
-    unsafe { libc::kill(-pgid, signal) };
 }
 
 /// Names this process's main thread (`pthread_setname_np(3)`: macOS names only the calling

@@ -36,7 +36,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::sys::unix::cvt;
@@ -142,97 +141,31 @@ pub(crate) fn identity(_fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     ))
 }
 
-/// A mapping of a whole buffer.
-#[derive(Debug)]
-pub(crate) struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-    writable: bool,
+/// Keeps a mapping out of every process this one forks (`minherit(2)` `VM_INHERIT_NONE`,
+/// macOS's `MADV_DONTFORK`).
+///
+/// # Safety
+///
+/// `ptr` and `len` are a mapping this process made and still holds.
+pub(crate) unsafe fn keep_from_forks(ptr: *mut libc::c_void, len: usize) {
+    // SAFETY: changes only whether a future fork inherits a region the caller vouches for;
+    // no byte of it changes.
+    unsafe { libc::minherit(ptr, len, libc::VM_INHERIT_NONE) };
 }
 
-// SAFETY: a Mapping is a pointer to shared memory that only it unmaps; the references it
-// hands out follow Rust's borrowing rules (`&self` gives `&[u8]`, `&mut self` gives
-// `&mut [u8]`), so sending or sharing it between threads is as sound as for a `Vec<u8>`.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
+/// Advice for a new buffer: none on macOS.
+///
+/// # Safety
+///
+/// As [`keep_from_forks`].
+pub(crate) unsafe fn advise_new(_ptr: *mut libc::c_void, _len: usize) {}
 
-impl Mapping {
-    /// Maps `len` bytes of `fd`, shared, read-only unless `writable` (`mmap(2)`). `populate`
-    /// is advice that macOS has no bulk equivalent of; it is ignored.
-    pub(crate) fn new(
-        fd: BorrowedFd<'_>,
-        len: usize,
-        writable: bool,
-        _populate: bool,
-    ) -> io::Result<Mapping> {
-        if len == 0 {
-            return Ok(Mapping {
-                ptr: NonNull::dangling(),
-                len: 0,
-                writable,
-            });
-        }
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        // SAFETY: a fresh shared mapping at an address the kernel picks: it overlaps nothing
-        // Rust owns. `check` (receiver) or `create` (owner) made sure the object holds at
-        // least `len` bytes and can never shrink (see the module documentation).
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: changes only whether a future fork inherits the region we just mapped
-        // (minherit(2)); no byte of it changes.
-        unsafe { libc::minherit(ptr, len, libc::VM_INHERIT_NONE) };
-        Ok(Mapping {
-            ptr: NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?,
-            len,
-            writable,
-        })
-    }
-
-    /// Bulk population does not exist on macOS (no `MADV_POPULATE_*`): the pages are faulted
-    /// in on use. Returns `false`, as a kernel that refused would.
-    pub(crate) fn populate(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The bytes.
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        // SAFETY: `ptr` maps `len` readable bytes (or is dangling with `len` 0), alive until
-        // drop; writes through other mappings are the shared-memory contract the callers
-        // document, and bytes are valid for any value.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    /// The bytes, writable; `None` for a read-only mapping.
-    pub(crate) fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
-        if !self.writable {
-            return None;
-        }
-        // SAFETY: a writable mapping of `len` bytes, borrowed mutably through `&mut self`.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: unmaps exactly the region `new` mapped, which nothing borrows any more.
-            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-        }
-    }
+/// Bulk population does not exist on macOS (no `MADV_POPULATE_*`): the pages are faulted in
+/// on use. Returns `false`, as a kernel that refused would.
+///
+/// # Safety
+///
+/// As [`keep_from_forks`].
+pub(crate) unsafe fn populate(_ptr: *mut libc::c_void, _len: usize, _writable: bool) -> bool {
+    false
 }
