@@ -55,13 +55,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::os::fd::{BorrowedFd, OwnedFd};
+
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::shm::unmap_elsewhere;
 use crate::sys::mapping::Mapping;
 use crate::sys::shm;
-use crate::{Error, SharedBuffer};
+use crate::{sys, Error, SharedBuffer};
 
 /// The memory a pool holds on to unless told otherwise: 256 MiB.
 pub const DEFAULT_POOL_LIMIT: usize = 256 << 20;
@@ -152,14 +152,14 @@ struct State {
 
 struct Idle {
     map: Mapping,
-    fd: OwnedFd,
+    fd: sys::Object,
     key: Key,
 }
 
 struct Parked {
     map: Mapping,
     /// Keeps the memory, and so its inode number, alive while the buffer is away.
-    _fd: OwnedFd,
+    _fd: sys::Object,
     /// Made by this pool (`put` takes it back) or only adopted (`put` refuses it).
     owned: bool,
     since: u64,
@@ -175,7 +175,7 @@ pub(crate) struct Tag {
 
 impl Tag {
     /// Parks the mapping of a buffer being sent, until the same memory comes back.
-    pub(crate) fn park(self, map: Mapping, fd: BorrowedFd<'_>) {
+    pub(crate) fn park(self, map: Mapping, fd: sys::BorrowedObject<'_>) {
         let Ok(fd) = fd.try_clone_to_owned() else {
             return unmap_elsewhere(map);
         };

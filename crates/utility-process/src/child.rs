@@ -20,7 +20,8 @@ use utility_process_wire::{
 };
 
 use crate::port::{send_with, PortCore};
-use crate::process::{ENV_PARENT_PID, ENV_PORT_FD, ENV_SERVICE_NAME, PORT_FD};
+use crate::process::{ENV_PARENT_PID, ENV_SERVICE_NAME};
+use crate::sys::channel::Channel;
 use crate::transport::{Endpoint, Limits};
 use crate::{sys, Error, Message, MessagePort, Transferable, Violation};
 
@@ -88,38 +89,20 @@ fn not_a_child(reason: impl Into<String>) -> Error {
 }
 
 fn connect() -> Result<ParentPort, Error> {
-    match std::env::var(ENV_PORT_FD) {
-        Ok(fd) if fd == PORT_FD.to_string() => {}
-        Ok(other) => {
-            return Err(not_a_child(format!(
-                "{ENV_PORT_FD} is {other:?}, not \"3\""
-            )))
-        }
-        Err(_) => return Err(not_a_child(format!("{ENV_PORT_FD} is not set"))),
-    }
-    let fd = match sys::take_inherited_port(PORT_FD) {
-        Ok(Some(fd)) => fd,
-        Ok(None) => return Err(not_a_child("descriptor 3 was already taken")),
-        Err(_) => return Err(not_a_child("descriptor 3 is not open")),
-    };
-    if !sys::socket::is_stream_socket(std::os::fd::AsFd::as_fd(&fd)) {
-        return Err(not_a_child("descriptor 3 is not a Unix stream socket"));
-    }
-    // Programs this child starts must not inherit the port.
-    sys::set_cloexec(std::os::fd::AsFd::as_fd(&fd), true).map_err(Error::io("parent port"))?;
+    let channel = sys::take_parent_port().map_err(not_a_child)?;
     let service_name = std::env::var(ENV_SERVICE_NAME).unwrap_or_default();
-    for key in [ENV_PORT_FD, ENV_SERVICE_NAME, ENV_PARENT_PID] {
+    for key in [sys::PORT_ENV, ENV_SERVICE_NAME, ENV_PARENT_PID] {
         std::env::remove_var(key);
     }
 
-    let hello = read_hello(&fd)?;
+    let hello = read_hello(&channel)?;
     let max_message_size = hello.max_frame_len.saturating_sub(ENVELOPE_ROOM) as usize;
     let limits = Limits {
         max_frame_len: hello.max_frame_len,
         max_message_size,
         max_queued_bytes: max_message_size.max(crate::options::DEFAULT_MAX_MESSAGE_SIZE),
     };
-    let endpoint = Endpoint::new(fd, limits, 0).map_err(Error::io("parent port"))?;
+    let endpoint = Endpoint::new(channel, limits, 0);
     // If the parent has already closed its end (it detached or dropped the handle before we
     // connected), the HELLO cannot be sent: the port is still ours, and reports the parent
     // as gone — `recv` returns `None`, posts fail with `Closed` — rather than failing here.
@@ -152,9 +135,8 @@ fn connect() -> Result<ParentPort, Error> {
 }
 
 /// Reads the parent's `HELLO`, byte by byte through the frame decoder, leaving any message
-/// behind it in the socket.
-fn read_hello(fd: &std::os::fd::OwnedFd) -> Result<Hello, Error> {
-    let fd = std::os::fd::AsFd::as_fd(fd);
+/// behind it in the channel.
+fn read_hello(channel: &Channel) -> Result<Hello, Error> {
     let decoder = FrameDecoder::new(64);
     let mut buf = Vec::with_capacity(32);
     loop {
@@ -168,12 +150,14 @@ fn read_hello(fd: &std::os::fd::OwnedFd) -> Result<Hello, Error> {
             }
             Err(e) => return Err(not_a_child(format!("the parent's HELLO is invalid: {e}"))),
             Ok(Decoded::Incomplete { needed }) => {
-                match sys::wait_fd(fd, sys::Interest::Readable, Some(HELLO_TIMEOUT)) {
+                match channel.wait(sys::Interest::Readable, Some(HELLO_TIMEOUT)) {
                     Ok(true) => {}
-                    _ => return Err(not_a_child("no HELLO from the parent on descriptor 3")),
+                    _ => return Err(not_a_child("no HELLO from the parent on its port")),
                 }
                 let want = needed - buf.len();
-                match sys::socket::recv_into(fd, &mut buf, want) {
+                buf.reserve(want);
+                let mut objects = Vec::new();
+                match channel.recv(&mut buf, want, &mut objects) {
                     Ok(0) => {
                         return Err(not_a_child("the parent closed the port before its HELLO"))
                     }

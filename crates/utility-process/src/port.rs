@@ -7,7 +7,6 @@
 //!
 //! Every port, the parent port included, shares the same receive and post logic: [`PortCore`].
 
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -16,6 +15,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use utility_process_wire::{Attachment, MAX_ATTACHMENTS};
 
+use crate::sys::channel::Channel;
 use crate::transport::{Carried, Endpoint, Incoming, Limits, RecvError, SendError, TryRecv};
 use crate::{sys, Error, Message, SharedBuffer, Violation};
 
@@ -56,17 +56,13 @@ impl MessageChannel {
     ///
     /// [`Error::Io`] when the system is out of descriptors.
     pub fn new() -> Result<MessageChannel, Error> {
-        let (a, b) = sys::socket::socketpair().map_err(Error::io("creating a message channel"))?;
+        let (a, b) = Channel::pair().map_err(Error::io("creating a message channel"))?;
         let channel = new_channel_id();
         let limits = Limits::default_channel();
-        let port = |fd| {
-            Endpoint::new(fd, limits, channel)
-                .map(MessagePort::from_endpoint)
-                .map_err(Error::io("creating a message channel"))
-        };
+        let port = |end| MessagePort::from_endpoint(Endpoint::new(end, limits, channel));
         Ok(MessageChannel {
-            port1: port(a)?,
-            port2: port(b)?,
+            port1: port(a),
+            port2: port(b),
         })
     }
 }
@@ -384,8 +380,8 @@ impl PortCore {
             Ok(Some(Incoming::Message {
                 payload,
                 attachments,
-                fds,
-            })) if attachments.is_empty() && fds.is_empty() => {
+                objects,
+            })) if attachments.is_empty() && objects.is_empty() => {
                 Some(Message::new(payload, Vec::new(), Vec::new()))
             }
             other => self.deliver_other(other),
@@ -399,8 +395,8 @@ impl PortCore {
             Ok(Some(Incoming::Message {
                 payload,
                 attachments,
-                fds,
-            })) => match transferred(attachments, fds) {
+                objects,
+            })) => match transferred(attachments, objects) {
                 Ok((ports, buffers)) => return Some(Message::new(payload, ports, buffers)),
                 Err(problem) => Violation::Descriptors(problem),
             },
@@ -421,41 +417,39 @@ impl PortCore {
     }
 }
 
-/// Turns received descriptors into ports and buffers, checking that each is what its
+/// Turns received objects into ports and buffers, checking that each is what its
 /// attachment says.
 pub(crate) fn transferred(
     attachments: Vec<Attachment>,
-    fds: Vec<OwnedFd>,
+    objects: Vec<sys::Object>,
 ) -> Result<(Vec<MessagePort>, Vec<SharedBuffer>), &'static str> {
-    if attachments.is_empty() && fds.is_empty() {
+    if attachments.is_empty() && objects.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
-    let mut fds = fds.into_iter();
+    let mut objects = objects.into_iter();
     let mut ports = Vec::new();
     let mut buffers = Vec::new();
-    let mut next_fd = || fds.next().ok_or("fewer descriptors than attachments");
-    let socket = |fd: OwnedFd| {
-        if sys::socket::is_stream_socket(fd.as_fd()) {
-            Ok(fd)
-        } else {
-            Err("a port that is not a Unix stream socket")
-        }
+    let mut next = || objects.next().ok_or("fewer descriptors than attachments");
+    let channel = |object| {
+        Channel::from_owned(object).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => "a port that is not a Unix stream socket",
+            _ => "a port that cannot be made non-blocking",
+        })
     };
     for attachment in attachments {
-        let (prefix, fd, channel) = match attachment {
-            Attachment::Port { channel } => (None, socket(next_fd()?)?, channel),
-            Attachment::PortWithPrefix { channel } => {
-                let prefix = socket(next_fd()?)?;
-                (Some(prefix), socket(next_fd()?)?, channel)
+        let (prefix, end, channel_id) = match attachment {
+            Attachment::Port { channel: id } => (None, channel(next()?)?, id),
+            Attachment::PortWithPrefix { channel: id } => {
+                let prefix = channel(next()?)?;
+                (Some(prefix), channel(next()?)?, id)
             }
             Attachment::Buffer { len, read_only } => {
-                buffers.push(SharedBuffer::receive(next_fd()?, len, read_only)?);
+                buffers.push(SharedBuffer::receive(next()?, len, read_only)?);
                 continue;
             }
             _ => return Err("an attachment of an unknown kind"),
         };
-        let endpoint = Endpoint::with_prefix(fd, prefix, Limits::default_channel(), channel)
-            .map_err(|_| "a port that cannot be made non-blocking")?;
+        let endpoint = Endpoint::with_prefix(end, prefix, Limits::default_channel(), channel_id);
         ports.push(MessagePort::from_endpoint(endpoint));
     }
     Ok((ports, buffers))
@@ -513,8 +507,8 @@ where
                 max: MAX_ATTACHMENTS,
             });
         }
-        let over_peer = |t: &Transferable| matches!(t, Transferable::Port(p) if p.core.endpoint.channel() == port.channel());
-        if port.channel() != 0 && transfer.iter().any(over_peer) {
+        let over_peer = |t: &Transferable| matches!(t, Transferable::Port(p) if p.core.endpoint.channel_id() == port.channel_id());
+        if port.channel_id() != 0 && transfer.iter().any(over_peer) {
             return Err(Error::PortOverItsPeer);
         }
         for item in transfer {
@@ -529,9 +523,9 @@ where
                     carried.extend(items);
                 }
                 Transferable::Buffer(buffer) => {
-                    let (attachment, fd) = buffer.into_parts();
+                    let (attachment, object) = buffer.into_parts();
                     attachments.push(attachment);
-                    carried.push(Carried::Fd(fd));
+                    carried.push(Carried::Object(object));
                 }
             }
         }

@@ -18,7 +18,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,16 +37,14 @@ use crate::port::{post_on, raw_payload, send_with, transferred, Transferable};
 use crate::sandbox::{Missing, Policy, Syscall};
 use crate::script::{self, Language};
 use crate::stdio::{ChildStderr, ChildStdout};
+use crate::sys::channel::Channel;
 use crate::sys::confine as confine_sys;
 use crate::sys::process::{ChildFd, Pidfd, PreExec, RawExit, SpawnPlan};
 use crate::sys::relay;
 use crate::transport::{Endpoint, Incoming, Limits, RecvError, TryRecv};
 use crate::{driver, sys, Error, Limit, Message, MessagePort};
 
-/// The descriptor a child finds its parent port on.
-pub(crate) const PORT_FD: RawFd = 3;
-/// Environment variables the parent gives a child.
-pub(crate) const ENV_PORT_FD: &str = "UTILITY_PROCESS_PORT_FD";
+/// Environment variables the parent gives a child (besides `sys::PORT_ENV`).
 pub(crate) const ENV_SERVICE_NAME: &str = "UTILITY_PROCESS_SERVICE_NAME";
 pub(crate) const ENV_PARENT_PID: &str = "UTILITY_PROCESS_PARENT_PID";
 
@@ -376,8 +374,8 @@ where
         max_message_size,
         max_queued_bytes: options.max_queued_bytes,
     };
-    let (ours, theirs) = sys::socket::socketpair().map_err(setup)?;
-    let port = Endpoint::new(ours, limits, 0).map_err(setup)?;
+    let (ours, theirs) = Channel::pair_owned().map_err(setup)?;
+    let port = Endpoint::new(Channel::from_owned(ours).map_err(setup)?, limits, 0);
     // The HELLO goes into the socket before the child exists: it finds it there at once.
     port.send_frame(
         |encoder, buf| {
@@ -609,7 +607,7 @@ fn environment(
         // Only `fork_entry` names an entry point; a plain program never inherits one.
         env.remove(OsStr::new(crate::entry::ENV_ENTRY));
     }
-    env.insert(ENV_PORT_FD.into(), PORT_FD.to_string().into());
+    env.insert(sys::PORT_ENV.into(), sys::PORT_FD.to_string().into());
     env.insert(ENV_SERVICE_NAME.into(), service_name.into());
     env.insert(ENV_PARENT_PID.into(), std::process::id().to_string().into());
     env
@@ -1287,7 +1285,7 @@ impl UtilityProcess {
             }
             let port = (self.events.order.reading_port()).then(|| self.port.source());
             match sys::wait_any(
-                port.as_ref().map(|p| p.as_fd()),
+                port.as_ref().map(|p| p.as_object()),
                 (!ended).then(|| self.child.pidfd.shared_fd().as_fd()),
                 timeout,
             ) {
@@ -1419,8 +1417,8 @@ impl UtilityProcess {
             Incoming::Message {
                 payload,
                 attachments,
-                fds,
-            } => match transferred(attachments, fds) {
+                objects,
+            } => match transferred(attachments, objects) {
                 Ok((ports, buffers)) => Some(Event::Message(Message::new(payload, ports, buffers))),
                 Err(problem) => Some(self.violation(Violation::Descriptors(problem))),
             },

@@ -16,12 +16,11 @@
 
 use std::fmt;
 use std::ops::Deref;
-use std::os::fd::{AsFd, OwnedFd};
 
 use crate::buffer_pool::Tag;
 use crate::sys::mapping::Mapping;
 use crate::sys::shm;
-use crate::Error;
+use crate::{sys, Error};
 
 /// The largest buffer a process accepts from another (1 GiB); a larger one is a protocol
 /// violation. Buffers this process creates may be larger.
@@ -58,7 +57,7 @@ const UNMAP_ELSEWHERE: usize = 1 << 20;
 pub struct SharedBuffer {
     // Declared first: unmapped before the descriptor closes.
     map: Mapping,
-    fd: OwnedFd,
+    fd: sys::Object,
     read_only: bool,
     /// The pool this buffer belongs to or was adopted by, if any (never for a frozen one).
     pool: Option<Tag>,
@@ -77,7 +76,7 @@ impl SharedBuffer {
     /// [`Error::Io`] when the system refuses the memory.
     pub fn new(len: usize) -> Result<SharedBuffer, Error> {
         let fd = shm::create(len).map_err(Error::io("creating a shared buffer"))?;
-        let map = Mapping::new(fd.as_fd(), len, true, true)
+        let map = Mapping::new(sys::borrow(&fd), len, true, true)
             .map_err(Error::io("mapping a shared buffer"))?;
         Ok(SharedBuffer {
             map,
@@ -90,7 +89,7 @@ impl SharedBuffer {
     /// Puts a buffer together from its parts (for the pool).
     pub(crate) fn from_parts(
         map: Mapping,
-        fd: OwnedFd,
+        fd: sys::Object,
         read_only: bool,
         pool: Option<Tag>,
     ) -> SharedBuffer {
@@ -103,7 +102,7 @@ impl SharedBuffer {
     }
 
     /// Takes a buffer apart (for the pool).
-    pub(crate) fn split(self) -> (Mapping, OwnedFd, bool, Option<Tag>) {
+    pub(crate) fn split(self) -> (Mapping, sys::Object, bool, Option<Tag>) {
         (self.map, self.fd, self.read_only, self.pool)
     }
 
@@ -113,8 +112,8 @@ impl SharedBuffer {
     }
 
     /// The buffer's descriptor.
-    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
+    pub(crate) fn fd(&self) -> sys::BorrowedObject<'_> {
+        sys::borrow(&self.fd)
     }
 
     /// Pre-faults the whole mapping in one system call (best effort).
@@ -159,8 +158,8 @@ impl SharedBuffer {
         let SharedBuffer { map, fd, .. } = self;
         let len = map.as_slice().len();
         drop(map);
-        shm::freeze(fd.as_fd()).map_err(Error::io("sealing a shared buffer"))?;
-        let map = Mapping::new(fd.as_fd(), len, false, false)
+        shm::freeze(sys::borrow(&fd)).map_err(Error::io("sealing a shared buffer"))?;
+        let map = Mapping::new(sys::borrow(&fd), len, false, false)
             .map_err(Error::io("mapping a shared buffer"))?;
         Ok(SharedBuffer {
             map,
@@ -187,18 +186,18 @@ impl SharedBuffer {
 
     /// Turns a received descriptor into a buffer, after checking it is what the sender said.
     pub(crate) fn receive(
-        fd: OwnedFd,
+        fd: sys::Object,
         len: u64,
         read_only: bool,
     ) -> Result<SharedBuffer, &'static str> {
         if len > MAX_RECEIVED_BUFFER {
             return Err("a shared buffer larger than 1 GiB");
         }
-        shm::check(fd.as_fd(), len, read_only)?;
+        shm::check(sys::borrow(&fd), len, read_only)?;
         // Not pre-faulted: the hand-over stays a descriptor and an mmap (well under a
         // millisecond for 64 MiB), and the receiver pays only for the pages it reads — and
         // never for pages a sender left unallocated.
-        let map = Mapping::new(fd.as_fd(), len as usize, !read_only, false)
+        let map = Mapping::new(sys::borrow(&fd), len as usize, !read_only, false)
             .map_err(|_| "a shared buffer that cannot be mapped")?;
         Ok(SharedBuffer {
             map,
@@ -213,14 +212,14 @@ impl SharedBuffer {
     /// The sender's mapping goes away — parked in its pool, for a pooled buffer. Unmapping a
     /// large one takes milliseconds (the kernel tears down a page-table entry per page), so
     /// that happens on the library's thread, not in the caller's `post`.
-    pub(crate) fn into_parts(self) -> (utility_process_wire::Attachment, OwnedFd) {
+    pub(crate) fn into_parts(self) -> (utility_process_wire::Attachment, sys::Object) {
         let attachment = utility_process_wire::Attachment::Buffer {
             len: self.map.as_slice().len() as u64,
             read_only: self.read_only,
         };
         let SharedBuffer { map, fd, pool, .. } = self;
         match pool {
-            Some(tag) => tag.park(map, fd.as_fd()),
+            Some(tag) => tag.park(map, sys::borrow(&fd)),
             None => unmap_elsewhere(map),
         }
         (attachment, fd)

@@ -51,14 +51,10 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use tokio::sync::Notify;
 use utility_process_wire::{
     Attachment, Decoded, FailureReport, Frame, FrameDecoder, FrameEncoder, PanicReport, HEADER_LEN,
@@ -66,7 +62,7 @@ use utility_process_wire::{
 };
 
 use crate::sys;
-use crate::sys::reactor::SharedFd;
+use crate::sys::channel::{Channel, Refused, Registration};
 
 /// The smallest read the receiver asks the socket for.
 const READ_CHUNK: usize = 64 * 1024;
@@ -122,7 +118,7 @@ pub(crate) enum Incoming {
     Message {
         payload: Payload,
         attachments: Vec<Attachment>,
-        fds: Vec<OwnedFd>,
+        objects: Vec<sys::Object>,
     },
     Panic(PanicReport),
     Failure(FailureReport),
@@ -341,17 +337,17 @@ pub(crate) enum SendError {
 /// What travels beside a frame's bytes.
 #[derive(Debug)]
 pub(crate) enum Carried {
-    /// A descriptor, sent as it is (a prefix socket).
-    Fd(OwnedFd),
+    /// An object sent as it is (a prefix channel).
+    Object(sys::Object),
     /// A port: its descriptor leaves once everything it had queued has been written.
     Port(Arc<Endpoint>),
 }
 
 impl Carried {
-    fn as_fd(&self) -> BorrowedFd<'_> {
+    fn as_object(&self) -> sys::BorrowedObject<'_> {
         match self {
-            Carried::Fd(fd) => fd.as_fd(),
-            Carried::Port(port) => port.fd.as_fd(),
+            Carried::Object(object) => sys::borrow(object),
+            Carried::Port(port) => port.channel.as_object(),
         }
     }
 }
@@ -368,7 +364,7 @@ struct OutBatch {
 struct InBatch {
     start: u64,
     end: u64,
-    fds: Vec<OwnedFd>,
+    objects: Vec<sys::Object>,
 }
 
 #[derive(Debug, Default)]
@@ -383,7 +379,7 @@ struct Inbound {
     batches: VecDeque<InBatch>,
     queued_fds: usize,
     /// A socket to read to its end before the port's own: what a previous holder had read.
-    prefix: Option<SharedFd>,
+    prefix: Option<Channel>,
     /// The peer closed its end.
     eof: bool,
     /// The last frame decoded was a large message.
@@ -458,8 +454,8 @@ enum Progress {
 /// One end of a port.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
-    // Declared before `fd` so that it is dropped (deregistered) before the descriptor closes.
-    readiness: Mutex<Option<Arc<AsyncFd<SharedFd>>>>,
+    // Declared before `channel` so that it is dropped (deregistered) before the channel closes.
+    readiness: Mutex<Option<Arc<Registration>>>,
     inbound: Mutex<Inbound>,
     outbound: Mutex<Outbound>,
     /// Woken when a flusher has written the whole send queue.
@@ -472,37 +468,33 @@ pub(crate) struct Endpoint {
     decoder: FrameDecoder,
     limits: Limits,
     /// The id both ends of a channel share (0 for a parent port, which never travels).
-    channel: u64,
+    channel_id: u64,
     /// Low-latency mode: how long a receive that would park may spin first, in nanoseconds
     /// (0: off), and how long it spins now (halved after a spin that found nothing, back to
     /// the maximum after one that did).
     spin_max: AtomicU64,
     spin_budget: AtomicU64,
-    fd: SharedFd,
+    channel: Channel,
 }
 
 impl Endpoint {
-    /// Wraps a connected stream socket, making it non-blocking.
-    pub(crate) fn new(fd: OwnedFd, limits: Limits, channel: u64) -> io::Result<Arc<Endpoint>> {
-        Endpoint::with_prefix(fd, None, limits, channel)
+    /// Wraps one end of a channel.
+    pub(crate) fn new(channel: Channel, limits: Limits, channel_id: u64) -> Arc<Endpoint> {
+        Endpoint::with_prefix(channel, None, limits, channel_id)
     }
 
     /// Wraps a received port whose previous holder left unread messages in `prefix`.
     pub(crate) fn with_prefix(
-        fd: OwnedFd,
-        prefix: Option<OwnedFd>,
+        channel: Channel,
+        prefix: Option<Channel>,
         limits: Limits,
-        channel: u64,
-    ) -> io::Result<Arc<Endpoint>> {
-        sys::set_nonblocking(fd.as_fd(), true)?;
-        if let Some(prefix) = &prefix {
-            sys::set_nonblocking(prefix.as_fd(), true)?;
-        }
-        Ok(Arc::new_cyclic(|me| Endpoint {
+        channel_id: u64,
+    ) -> Arc<Endpoint> {
+        Arc::new_cyclic(|me| Endpoint {
             me: me.clone(),
             readiness: Mutex::new(None),
             inbound: Mutex::new(Inbound {
-                prefix: prefix.map(SharedFd::new),
+                prefix,
                 ..Inbound::default()
             }),
             outbound: Mutex::new(Outbound::default()),
@@ -511,19 +503,19 @@ impl Endpoint {
             encoder: FrameEncoder::new(limits.max_frame_len),
             decoder: FrameDecoder::new(limits.max_frame_len),
             limits,
-            channel,
+            channel_id,
             spin_max: AtomicU64::new(0),
             spin_budget: AtomicU64::new(0),
-            fd: SharedFd::new(fd),
-        }))
+            channel,
+        })
     }
 
     pub(crate) fn limits(&self) -> Limits {
         self.limits
     }
 
-    pub(crate) fn channel(&self) -> u64 {
-        self.channel
+    pub(crate) fn channel_id(&self) -> u64 {
+        self.channel_id
     }
 
     // ---- sending -------------------------------------------------------------------------
@@ -625,12 +617,13 @@ impl Endpoint {
                     }
                     // Never reach into the next frame that carries descriptors.
                     let end = out.batches.get(1).map_or(out.buf.len(), |next| next.offset);
-                    let fds: Vec<BorrowedFd<'_>> = batch.items.iter().map(Carried::as_fd).collect();
-                    sys::socket::send_with_fds(self.fd.as_fd(), &out.buf[sent..end], &fds)
+                    let objects: Vec<sys::BorrowedObject<'_>> =
+                        batch.items.iter().map(Carried::as_object).collect();
+                    self.channel.send(&out.buf[sent..end], &objects)
                 }
                 next => {
                     let end = next.map_or(out.buf.len(), |batch| batch.offset);
-                    sys::socket::send(self.fd.as_fd(), &out.buf[sent..end])
+                    self.channel.send(&out.buf[sent..end], &[])
                 }
             };
             match written {
@@ -722,8 +715,8 @@ impl Endpoint {
             }
         };
         driver.handle().spawn(async move {
-            let afd = match sys::reactor::register(&endpoint.fd, Interest::WRITABLE) {
-                Ok(afd) => afd,
+            let registration = match endpoint.channel.register(sys::Interest::Writable) {
+                Ok(registration) => registration,
                 Err(_) => {
                     endpoint.flush_blocking();
                     return;
@@ -758,8 +751,8 @@ impl Endpoint {
                             drained.await;
                         }
                     }
-                    _ => match afd.writable().await {
-                        Ok(mut ready) => ready.clear_ready(),
+                    _ => match registration.writable().await {
+                        Ok(ready) => ready.retry(),
                         Err(_) => {
                             lock(&endpoint.outbound).flushing = false;
                             endpoint.flush_blocking();
@@ -780,7 +773,7 @@ impl Endpoint {
                 Ok(Progress::Done) => return,
                 Ok(Progress::WouldBlock) => {
                     drop(out);
-                    if sys::wait_fd(self.fd.as_fd(), sys::Interest::Writable, None).is_err() {
+                    if self.channel.wait(sys::Interest::Writable, None).is_err() {
                         return;
                     }
                 }
@@ -823,11 +816,9 @@ impl Endpoint {
         loop {
             match self.write_out(&mut out) {
                 Ok(Progress::WouldBlock) => {
-                    let ready = sys::wait_fd(
-                        self.fd.as_fd(),
-                        sys::Interest::Writable,
-                        Some(Duration::from_secs(5)),
-                    );
+                    let ready = self
+                        .channel
+                        .wait(sys::Interest::Writable, Some(Duration::from_secs(5)));
                     if !matches!(ready, Ok(true)) {
                         return;
                     }
@@ -848,16 +839,16 @@ impl Endpoint {
         inbound.buf = Arc::default();
         inbound.head = 0;
         drop(inbound);
-        sys::socket::shutdown(self.fd.as_fd());
+        self.channel.shutdown();
         // What the peer had already written stays in the socket until the last holder of the
         // descriptor closes it, ports inside it included: read it out and drop it now, so that
         // those ports close and their peers see it.
         let mut scratch = Vec::with_capacity(READ_CHUNK);
         loop {
             scratch.clear();
-            let mut fds = Vec::new();
-            match sys::socket::recv_with_fds(self.fd.as_fd(), &mut scratch, usize::MAX, &mut fds) {
-                Ok(received) if received.bytes > 0 => {}
+            let mut objects = Vec::new();
+            match self.channel.recv(&mut scratch, usize::MAX, &mut objects) {
+                Ok(received) if received > 0 => {}
                 _ => break,
             }
         }
@@ -904,7 +895,7 @@ impl Endpoint {
                 let frame = Incoming::Message {
                     payload: Payload::owned(Vec::new(), payload.len()),
                     attachments: Vec::new(),
-                    fds: Vec::new(),
+                    objects: Vec::new(),
                 };
                 return Ok(TryRecv::Frame(take_frame(
                     inbound,
@@ -959,18 +950,20 @@ impl Endpoint {
                             } else {
                                 attachments.fd_count()
                             };
-                            let fds = if count == 0 {
+                            let objects = if count == 0 {
                                 Vec::new()
                             } else {
                                 match inbound.batches.front() {
                                     Some(b)
-                                        if b.start <= at && at < b.end && b.fds.len() == count =>
+                                        if b.start <= at
+                                            && at < b.end
+                                            && b.objects.len() == count =>
                                     {
                                         inbound.queued_fds -= count;
                                         inbound
                                             .batches
                                             .pop_front()
-                                            .map(|b| b.fds)
+                                            .map(|b| b.objects)
                                             .unwrap_or_default()
                                     }
                                     _ => {
@@ -988,7 +981,7 @@ impl Endpoint {
                                 } else {
                                     attachments.iter().collect()
                                 },
-                                fds,
+                                objects,
                             }
                         }
                     };
@@ -1033,7 +1026,7 @@ impl Endpoint {
             } else {
                 usize::MAX
             };
-            match fill(inbound, &self.fd, limit)? {
+            match fill(inbound, &self.channel, limit)? {
                 Fill::Read | Fill::PrefixEnded => {}
                 Fill::Eof => inbound.eof = true,
                 Fill::WouldBlock => return Ok(TryRecv::WouldBlock),
@@ -1069,8 +1062,8 @@ impl Endpoint {
                 TryRecv::Closed => return Ok(None),
                 TryRecv::WouldBlock => {}
             }
-            let afd = self.readiness().map_err(RecvError::Io)?;
-            let mut ready = match afd.readable().await {
+            let registration = self.readiness().map_err(RecvError::Io)?;
+            let ready = match registration.readable().await {
                 Ok(ready) => ready,
                 Err(e) if retried => return Err(RecvError::Io(e)),
                 Err(_) => {
@@ -1084,7 +1077,7 @@ impl Endpoint {
             match self.try_recv()? {
                 TryRecv::Frame(frame) => return Ok(Some(frame)),
                 TryRecv::Closed => return Ok(None),
-                TryRecv::WouldBlock => ready.clear_ready(),
+                TryRecv::WouldBlock => ready.retry(),
             }
         }
     }
@@ -1101,7 +1094,9 @@ impl Endpoint {
                 TryRecv::WouldBlock => {}
             }
             let source = self.source();
-            sys::wait_fd(source.as_fd(), sys::Interest::Readable, None).map_err(RecvError::Io)?;
+            source
+                .wait(sys::Interest::Readable, None)
+                .map_err(RecvError::Io)?;
             match self.try_recv()? {
                 TryRecv::Frame(frame) => return Ok(Some(frame)),
                 TryRecv::Closed => return Ok(None),
@@ -1162,27 +1157,27 @@ impl Endpoint {
     }
 
     /// The socket reads come from now: the prefix while there is one, then the port.
-    pub(crate) fn source(&self) -> SharedFd {
+    pub(crate) fn source(&self) -> Channel {
         lock(&self.inbound)
             .prefix
             .clone()
-            .unwrap_or_else(|| self.fd.clone())
+            .unwrap_or_else(|| self.channel.clone())
     }
 
     /// The current source's registration with the current runtime, made on first use.
-    fn readiness(&self) -> io::Result<Arc<AsyncFd<SharedFd>>> {
+    fn readiness(&self) -> io::Result<Arc<Registration>> {
         let source = self.source();
         let mut slot = lock(&self.readiness);
-        if let Some(afd) = &*slot {
-            if afd.get_ref().as_raw_fd() == source.as_raw_fd() {
-                return Ok(Arc::clone(afd));
+        if let Some(registration) = &*slot {
+            if registration.is_for(&source) {
+                return Ok(Arc::clone(registration));
             }
         }
         // Release the old registration before making the new one.
         slot.take();
-        let afd = Arc::new(sys::reactor::register(&source, Interest::READABLE)?);
-        *slot = Some(Arc::clone(&afd));
-        Ok(afd)
+        let registration = Arc::new(source.register(sys::Interest::Readable)?);
+        *slot = Some(Arc::clone(&registration));
+        Ok(registration)
     }
 
     // ---- handing over --------------------------------------------------------------------
@@ -1193,7 +1188,7 @@ impl Endpoint {
     /// (the new holder reads them first); bytes it still has to write are written before its
     /// descriptor leaves (see `write_out`).
     pub(crate) fn hand_over(self: Arc<Self>) -> io::Result<(Attachment, Vec<Carried>)> {
-        let channel = self.channel;
+        let channel = self.channel_id;
         let mut inbound = lock(&self.inbound);
         // A prefix we are still reading ourselves: take the rest of it now — within one
         // overall deadline and a byte budget, so that a previous holder that never stops
@@ -1208,13 +1203,12 @@ impl Endpoint {
                 break;
             }
             inbound.buf_mut().reserve(READ_CHUNK);
-            match fill(&mut inbound, &self.fd, usize::MAX) {
+            match fill(&mut inbound, &self.channel, usize::MAX) {
                 Ok(Fill::Read | Fill::PrefixEnded) => {}
                 Ok(Fill::WouldBlock) => {
                     let prefix = inbound.prefix.clone();
                     let left = deadline.saturating_duration_since(Instant::now());
-                    let ready = prefix
-                        .map(|p| sys::wait_fd(p.as_fd(), sys::Interest::Readable, Some(left)));
+                    let ready = prefix.map(|p| p.wait(sys::Interest::Readable, Some(left)));
                     if !matches!(ready, Some(Ok(true))) {
                         // The previous holder stalls: what it did not pass on is lost.
                         inbound.prefix = None;
@@ -1243,8 +1237,8 @@ impl Endpoint {
             let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]);
             at = at.saturating_add(4).saturating_add(len as usize);
         }
-        let (ours, theirs) = sys::socket::socketpair()?;
-        let prefix = Endpoint::new(ours, self.limits, 0)?;
+        let (ours, theirs) = Channel::pair_owned()?;
+        let prefix = Endpoint::new(Channel::from_owned(ours)?, self.limits, 0);
         {
             let mut out = lock(&prefix.outbound);
             out.buf.extend_from_slice(pending);
@@ -1256,10 +1250,10 @@ impl Endpoint {
                 });
                 // A batch no frame claims is the peer's error; its descriptors close here.
                 if let Some(&offset) = claimed {
-                    out.queued_fds += batch.fds.len();
+                    out.queued_fds += batch.objects.len();
                     out.batches.push_back(OutBatch {
                         offset,
-                        items: batch.fds.into_iter().map(Carried::Fd).collect(),
+                        items: batch.objects.into_iter().map(Carried::Object).collect(),
                     });
                 }
             }
@@ -1281,7 +1275,7 @@ impl Endpoint {
         }
         Ok((
             Attachment::PortWithPrefix { channel },
-            vec![Carried::Fd(theirs), Carried::Port(self)],
+            vec![Carried::Object(theirs), Carried::Port(self)],
         ))
     }
 }
@@ -1314,15 +1308,21 @@ enum Fill {
 
 /// Reads once from the current source into the spare capacity of the receive buffer, noting
 /// any descriptors that came with the bytes.
-fn fill(inbound: &mut Inbound, main: &SharedFd, limit: usize) -> Result<Fill, RecvError> {
+fn fill(inbound: &mut Inbound, main: &Channel, limit: usize) -> Result<Fill, RecvError> {
     let source = inbound.prefix.clone();
-    let fd = source.as_ref().unwrap_or(main);
+    let channel = source.as_ref().unwrap_or(main);
     let before = inbound.buf_mut().len();
-    let mut fds = Vec::new();
-    let received = match sys::socket::recv_with_fds(fd.as_fd(), inbound.buf_mut(), limit, &mut fds)
-    {
+    let mut objects = Vec::new();
+    let received = match channel.recv(inbound.buf_mut(), limit, &mut objects) {
         Ok(received) => received,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::WouldBlock),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            let refused = e.get_ref().and_then(|e| e.downcast_ref::<Refused>());
+            return Err(RecvError::Descriptors(refused.map_or(
+                "the objects sent with a message broke the rules",
+                |refused| refused.0,
+            )));
+        }
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
             return Ok(if source.is_some() {
                 inbound.prefix = None;
@@ -1333,12 +1333,7 @@ fn fill(inbound: &mut Inbound, main: &SharedFd, limit: usize) -> Result<Fill, Re
         }
         Err(e) => return Err(RecvError::Io(e)),
     };
-    if received.truncated {
-        return Err(RecvError::Descriptors(
-            "a control message was truncated (MSG_CTRUNC): descriptors were lost",
-        ));
-    }
-    if received.bytes == 0 {
+    if received == 0 {
         return Ok(if source.is_some() {
             inbound.prefix = None;
             Fill::PrefixEnded
@@ -1346,8 +1341,8 @@ fn fill(inbound: &mut Inbound, main: &SharedFd, limit: usize) -> Result<Fill, Re
             Fill::Eof
         });
     }
-    if !fds.is_empty() {
-        inbound.queued_fds += fds.len();
+    if !objects.is_empty() {
+        inbound.queued_fds += objects.len();
         if inbound.queued_fds > MAX_QUEUED_FDS {
             return Err(RecvError::Descriptors(
                 "more descriptors arrived than messages claim",
@@ -1356,8 +1351,8 @@ fn fill(inbound: &mut Inbound, main: &SharedFd, limit: usize) -> Result<Fill, Re
         let start = inbound.decoded + (before - inbound.head) as u64;
         inbound.batches.push_back(InBatch {
             start,
-            end: start + received.bytes as u64,
-            fds,
+            end: start + received as u64,
+            objects,
         });
     }
     Ok(Fill::Read)
@@ -1478,17 +1473,33 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::os::unix::net::UnixStream;
     use std::sync::mpsc;
 
     use super::*;
 
-    /// A receiving endpoint and the raw socket that feeds it.
-    fn receiver() -> (Arc<Endpoint>, UnixStream) {
-        let (ours, theirs) = sys::socket::socketpair().unwrap();
-        let endpoint = Endpoint::new(ours, Limits::default_channel(), 0).unwrap();
-        (endpoint, UnixStream::from(theirs))
+    /// The raw other end of a channel, written byte by byte as a peer process would.
+    struct Peer(Channel);
+
+    impl Peer {
+        fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+            while !bytes.is_empty() {
+                match self.0.send(bytes, &[]) {
+                    Ok(n) => bytes = &bytes[n..],
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.0.wait(sys::Interest::Writable, None)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// A receiving endpoint and the raw channel that feeds it.
+    fn receiver() -> (Arc<Endpoint>, Peer) {
+        let (ours, theirs) = Channel::pair().unwrap();
+        let endpoint = Endpoint::new(ours, Limits::default_channel(), 0);
+        (endpoint, Peer(theirs))
     }
 
     /// `count` MESSAGE frames, the i-th carrying `len` bytes of value `i % 251`.
@@ -1611,9 +1622,9 @@ mod tests {
 
     #[test]
     fn a_large_send_buffer_is_kept_for_the_next_burst_then_given_back() {
-        let (ours, theirs) = sys::socket::socketpair().unwrap();
-        let sender = Endpoint::new(ours, Limits::default_channel(), 0).unwrap();
-        let receiver = Endpoint::new(theirs, Limits::default_channel(), 0).unwrap();
+        let (ours, theirs) = Channel::pair().unwrap();
+        let sender = Endpoint::new(ours, Limits::default_channel(), 0);
+        let receiver = Endpoint::new(theirs, Limits::default_channel(), 0);
         let len = 2 * KEEP_CAPACITY;
         sender
             .send_frame(

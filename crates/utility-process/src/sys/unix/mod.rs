@@ -22,6 +22,7 @@ mod macos;
 #[cfg(target_os = "macos")]
 use macos as os;
 
+pub(crate) mod channel;
 pub(crate) mod confine;
 pub(crate) mod guardian;
 pub(crate) mod mapping;
@@ -33,8 +34,19 @@ pub(crate) mod spawn;
 pub(crate) use os::{pipe, process, shm, signal_name, RlimitResource};
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
+
+/// An OS object that travels between processes attached to a message: a descriptor.
+pub(crate) type Object = OwnedFd;
+
+/// An [`Object`] borrowed for a send.
+pub(crate) type BorrowedObject<'a> = BorrowedFd<'a>;
+
+/// Borrows `object` for a send.
+pub(crate) fn borrow(object: &Object) -> BorrowedObject<'_> {
+    object.as_fd()
+}
 
 /// Turns a `-1` return into the thread's `errno`.
 pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -156,20 +168,42 @@ pub(crate) fn wait_any(
     Ok(other.is_some() && pfds[count - 1].revents != 0)
 }
 
-/// Takes the parent port a forked child inherits at `fd`, once per process.
+/// The environment variable that tells a child where its parent port is (PROTOCOL.md §1).
+pub(crate) const PORT_ENV: &str = "UTILITY_PROCESS_PORT_FD";
+
+/// Where a forked child finds its parent port: always descriptor 3 on Unix.
+pub(crate) const PORT_FD: RawFd = 3;
+
+/// Takes the parent port this process inherited, once per process, close-on-exec from now on
+/// (programs this child starts must not inherit it).
 ///
-/// Returns `Ok(None)` if it was already taken, and an error if no descriptor is open there.
-pub(crate) fn take_inherited_port(fd: RawFd) -> io::Result<Option<OwnedFd>> {
+/// # Errors
+///
+/// Why this process is not a utility process: the variable is missing or names another
+/// descriptor, descriptor 3 is closed, already taken, or not a Unix stream socket.
+pub(crate) fn take_parent_port() -> Result<channel::Channel, String> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static TAKEN: AtomicBool = AtomicBool::new(false);
+    match std::env::var(PORT_ENV) {
+        Ok(fd) if fd == PORT_FD.to_string() => {}
+        Ok(other) => return Err(format!("{PORT_ENV} is {other:?}, not \"3\"")),
+        Err(_) => return Err(format!("{PORT_ENV} is not set")),
+    }
     // SAFETY: F_GETFD only asks whether the descriptor is open.
-    cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    if cvt(unsafe { libc::fcntl(PORT_FD, libc::F_GETFD) }).is_err() {
+        return Err("descriptor 3 is not open".into());
+    }
     if TAKEN.swap(true, Ordering::SeqCst) {
-        return Ok(None);
+        return Err("descriptor 3 was already taken".into());
     }
     // SAFETY: the descriptor is open, the protocol hands it to this library, and the flag
     // above makes sure it is wrapped (owned) only once in this process.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+    let fd = unsafe { OwnedFd::from_raw_fd(PORT_FD) };
+    set_cloexec(fd.as_fd(), true).map_err(|e| format!("descriptor 3: {e}"))?;
+    channel::Channel::from_owned(fd).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => "descriptor 3 is not a Unix stream socket".into(),
+        _ => format!("descriptor 3: {e}"),
+    })
 }
 
 /// Registers `f` to run when the process exits through `exit` (returning from `main`, or

@@ -79,32 +79,6 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     })
 }
 
-/// Receives into the spare capacity of `buf` (at most `max` bytes), without blocking, and
-/// extends its length by what arrived. `Ok(0)` is end-of-file.
-pub(crate) fn recv_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-    let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
-    let len = spare.len().min(max);
-    let n = retry(|| {
-        // SAFETY: `spare` is valid for writes of `len` bytes; recv writes at most that many.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                spare.as_mut_ptr().cast(),
-                len,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    })?;
-    // SAFETY: recv initialised the first `n` bytes of the spare capacity (n <= len <= spare).
-    unsafe { buf.set_len(buf.len() + n) };
-    Ok(n)
-}
-
 /// Shuts both directions of a socket down: the peer reads end-of-file, our reads end too.
 pub(crate) fn shutdown(fd: BorrowedFd<'_>) {
     // SAFETY: shutdown only changes the state of the socket we borrow. Its error (ENOTCONN
