@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
+use utility_process::unix::ExitStatusExt as _;
 use utility_process::{
     fork, fork_entry, init, Entry, Error, Event, ForkOptions, Limits, MessageChannel, ParentPort,
     Sandbox, SharedBuffer, Stdio, UtilityProcess,

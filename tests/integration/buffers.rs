@@ -1,3 +1,4 @@
+use utility_process::unix::ExitStatusExt as _;
 use utility_process::{
     fork, BufferPool, Event, ForkOptions, Message, SharedBuffer, UtilityProcess,
 };
@@ -121,7 +122,7 @@ async fn a_shared_buffer_that_lies_about_itself_is_a_protocol_violation() {
             }), Event::Exit(status)] => {
                 assert_eq!(
                     status.signal(),
-                    Some(utility_process::Signal::SIGKILL),
+                    Some(utility_process::unix::Signal::SIGKILL),
                     "{mode}"
                 )
             }

@@ -8,7 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use utility_process::{fork, Error, Event, ForkOptions, Signal, Stdio, UtilityProcess, Violation};
+use utility_process::unix::ExitStatusExt as _;
+use utility_process::unix::Signal;
+use utility_process::{fork, Error, Event, ForkOptions, Stdio, UtilityProcess, Violation};
 use utility_process_tests::{
     describe_fds, fd_count, hostile_payloads, in_own_process, next_event, proc_status,
     zombie_children, Any, Ping,
@@ -666,8 +668,10 @@ async fn a_child_dying_in_the_middle_of_a_large_message_delivers_none_of_it_and_
     // Work the parent had queued for it: it can never be delivered.
     child.post_bytes(&vec![7u8; 1 << 20]).unwrap();
     match all_events(&mut child).await.as_slice() {
-        [Event::Spawn, Event::Error(Error::Crashed { signal, .. }), Event::Exit(status)] => {
-            assert_eq!(*signal, Signal::SIGKILL);
+        [Event::Spawn, Event::Error(Error::Crashed {
+            status: crashed, ..
+        }), Event::Exit(status)] => {
+            assert_eq!(crashed.signal(), Some(Signal::SIGKILL));
             assert_eq!(status.signal(), Some(Signal::SIGKILL));
         }
         other => panic!("expected Spawn, Crashed, Exit (no message); got {other:?}"),

@@ -8,8 +8,10 @@
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
+use utility_process::unix::Signal;
+use utility_process::unix::{ExitStatusExt as _, UtilityProcessExt as _};
 use utility_process::UtilityProcess;
-use utility_process::{fork, Error, Event, ExitStatus, ForkOptions, Signal, SpawnStep, Stdio};
+use utility_process::{fork, Error, Event, ExitStatus, ForkOptions, SpawnStep, Stdio};
 use utility_process_tests::{
     describe_fds, fd_count, in_own_process, is_alive, next_event, open_fds, EVENT_TIMEOUT,
 };
@@ -237,10 +239,10 @@ async fn crash_by_segfault_reports_error_then_exit_with_the_signal() {
         [Event::Spawn, Event::Error(Error::Crashed {
             service_name,
             pid,
-            signal,
-            ..
+            status: crashed,
         }), Event::Exit(status)] => {
-            assert_eq!(*signal, Signal::SIGSEGV);
+            assert_eq!(crashed.signal(), Some(Signal::SIGSEGV));
+            assert_eq!(crashed, status, "the error carries the exit status");
             assert_ne!(*pid, 0);
             assert_eq!(service_name, "crash");
             assert_signalled(status, Signal::SIGSEGV);
@@ -304,8 +306,10 @@ async fn abort_after_panic_reports_the_panic() {
 async fn abort_without_a_panic_is_a_crash() {
     let mut child = crash(&["abort"]);
     match all_events(&mut child).await.as_slice() {
-        [Event::Spawn, Event::Error(Error::Crashed { signal, .. }), Event::Exit(status)] => {
-            assert_eq!(*signal, Signal::SIGABRT);
+        [Event::Spawn, Event::Error(Error::Crashed {
+            status: crashed, ..
+        }), Event::Exit(status)] => {
+            assert_eq!(crashed.signal(), Some(Signal::SIGABRT));
             assert_signalled(status, Signal::SIGABRT);
         }
         other => panic!("expected Spawn, Error(Crashed), Exit; got {other:?}"),
@@ -500,12 +504,12 @@ async fn external_sigkill_is_reported_as_crash() {
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
     match all_events(&mut child).await.as_slice() {
         [Event::Error(Error::Crashed {
-            signal,
-            pid: crashed,
+            status: crashed,
+            pid: crashed_pid,
             ..
         }), Event::Exit(status)] => {
-            assert_eq!(*signal, Signal::SIGKILL);
-            assert_eq!(*crashed, pid);
+            assert_eq!(crashed.signal(), Some(Signal::SIGKILL));
+            assert_eq!(*crashed_pid, pid);
             assert_signalled(status, Signal::SIGKILL);
         }
         other => panic!("expected Error(Crashed), Exit; got {other:?}"),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use utility_process::sandbox::Missing;
+use utility_process::unix::ExitStatusExt as _;
 use utility_process::{fork, Error, Event, ForkOptions, Limit, Limits, Stdio, UtilityProcess};
 use utility_process_tests::next_event;
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utility_process::unix::ExitStatusExt as _;
 use utility_process::{fork, Error, Event, ForkOptions, Message, SpawnStep, Stdio, UtilityProcess};
 use utility_process_tests::{next_event, Ping};
 
@@ -920,7 +921,10 @@ fn the_blocking_event_loop_gives_the_same_events_without_a_runtime() {
     assert!(child.kill());
     match child.next_event_blocking() {
         Some(Event::Exit(status)) => {
-            assert_eq!(status.signal(), Some(utility_process::Signal::SIGTERM))
+            assert_eq!(
+                status.signal(),
+                Some(utility_process::unix::Signal::SIGTERM)
+            )
         }
         other => panic!("expected Exit, got {other:?}"),
     }

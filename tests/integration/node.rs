@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
+use utility_process::unix::ExitStatusExt as _;
 use utility_process::{
     fork, Error, Event, ForkOptions, Message, MessageChannel, MessagePort, SharedBuffer, Stdio,
     Transferable, UtilityProcess,

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use utility_process::unix::ExitStatusExt as _;
 use utility_process::{
     fork, Error, Event, ForkOptions, Message, MessageChannel, MessagePort, UtilityProcess,
 };

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
+use utility_process::unix::ExitStatusExt as _;
+use utility_process::unix::Signal;
 use utility_process::{
-    fork, Error, Event, ForkOptions, Message, MessageChannel, Signal, Stdio, UtilityProcess,
-    Violation,
+    fork, Error, Event, ForkOptions, Message, MessageChannel, Stdio, UtilityProcess, Violation,
 };
 use utility_process_pool::{Pool, TaskError, Worker};
 use utility_process_supervisor::{Backoff, ChildSpec, Heartbeat, Supervisor, SupervisorOptions};

@@ -5,6 +5,7 @@
 //! test prints why and checks that the fork is refused instead (fail closed).
 
 use utility_process::sandbox::{Missing, Syscall};
+use utility_process::unix::ExitStatusExt as _;
 use utility_process::{fork, Error, Event, ForkOptions, Sandbox, UtilityProcess};
 use utility_process_tests::{
     in_own_process, next_event, pretend_the_kernel_lacks, python_or_skip as python, Attempt,

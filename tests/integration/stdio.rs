@@ -7,6 +7,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+use utility_process::unix::ExitStatusExt as _;
 use utility_process::{fork, Event, ForkOptions, Stdio, UtilityProcess};
 use utility_process_tests::{next_event, Report, Written, EVENT_TIMEOUT};
 

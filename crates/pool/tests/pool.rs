@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde::{Deserialize, Serialize};
+use utility_process::unix::ExitStatusExt as _;
 use utility_process::{init, Entry, ForkOptions, ParentPort, Stdio};
 use utility_process_pool::{
     serve, serve_blocking, serve_with_init, BuildError, CancelToken, Metrics, Pool, RunOptions,

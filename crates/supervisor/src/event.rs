@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
-use utility_process::{ExitStatus, Signal};
+use utility_process::unix::Signal;
+use utility_process::ExitStatus;
 
 use crate::output::OutputTail;
 

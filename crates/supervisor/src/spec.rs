@@ -22,7 +22,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use utility_process::{ForkOptions, Signal};
+use utility_process::unix::Signal;
+use utility_process::ForkOptions;
 
 /// When a child that ended is started again (Erlang's restart types).
 ///
@@ -203,7 +204,7 @@ fn random_unit() -> f64 {
 ///
 /// ```
 /// use std::time::Duration;
-/// use utility_process::Signal;
+/// use utility_process::unix::Signal;
 /// use utility_process_supervisor::Heartbeat;
 ///
 /// let watchdog = Heartbeat::new(Duration::from_millis(500)).misses(3).signal(Signal::SIGABRT);

@@ -29,7 +29,7 @@
 //! # Signals
 //!
 //! A hung child gets its heartbeat's signal with
-//! [`UtilityProcess::signal`](utility_process::UtilityProcess::signal), which goes through the
+//! [`UtilityProcessExt::signal`](utility_process::unix::UtilityProcessExt::signal), which goes through the
 //! core's pidfd (never to a recycled pid); the core's
 //! [`kill`](utility_process::UtilityProcess::kill) (SIGTERM, then SIGKILL after the child's
 //! shutdown timeout) follows as a backstop.
@@ -42,9 +42,9 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
+use utility_process::unix::{Signal, UtilityProcessExt};
 use utility_process::{
-    fork, fork_entry, Event, ExitStatus, Message, MessageChannel, MessagePort, Signal,
-    UtilityProcess,
+    fork, fork_entry, Event, ExitStatus, Message, MessageChannel, MessagePort, UtilityProcess,
 };
 
 use crate::error::Error;

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use utility_process::{fork_entry, init, Entry, Event, ForkOptions, ParentPort, Signal, Stdio};
+use utility_process::unix::ExitStatusExt as _;
+use utility_process::unix::Signal;
+use utility_process::{fork_entry, init, Entry, Event, ForkOptions, ParentPort, Stdio};
 use utility_process_supervisor::{
     child, AttachError, Backoff, ChildSpec, Error, Events, ExitReason, GiveUpReason, Heartbeat,
     Intensity, OutputEvent, OutputStream, Probe, ProbeFailure, Restart, StartStage, Supervisor,

@@ -102,18 +102,18 @@ pub enum Error {
     #[error("cannot decode the message")]
     Decode(#[source] utility_process_wire::Error),
 
-    /// Occurs (as [`Event::Error`](crate::Event::Error)) when a child is killed by a signal
-    /// that its parent did not send.
-    #[error("{service_name} (pid {pid}) was killed by {signal}{}", if *core_dumped { " (core dumped)" } else { "" })]
+    /// Occurs (as [`Event::Error`](crate::Event::Error)) when a child ends in a way nobody
+    /// chose: on Unix, a signal its parent did not send (a segmentation fault, `abort()`).
+    /// A chosen exit code, even a non-zero one, is not a crash. The OS's own detail (the
+    /// signal, a core dump) is in `status`, through [`unix::ExitStatusExt`](crate::unix::ExitStatusExt).
+    #[error("{service_name} (pid {pid}) crashed: {status}")]
     Crashed {
         /// The child's service name.
         service_name: String,
         /// The child's pid.
         pid: u32,
-        /// The signal that ended it.
-        signal: Signal,
-        /// Whether the kernel wrote a core dump.
-        core_dumped: bool,
+        /// How it ended.
+        status: crate::ExitStatus,
     },
 
     /// Occurs (as [`Event::Error`](crate::Event::Error)) when a Rust child panicked and then
@@ -327,82 +327,6 @@ pub enum Violation {
     /// the rules: more than a child's life of reports, or bytes that are no report.
     #[error("{0}")]
     Reports(&'static str),
-}
-
-/// A signal number, shown with its name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Signal(i32);
-
-impl Signal {
-    /// SIGTERM: the polite request to end, sent first by `kill()`.
-    pub const SIGTERM: Signal = Signal(libc::SIGTERM);
-    /// SIGKILL: sent after the grace period, and to every process left in a child's group.
-    pub const SIGKILL: Signal = Signal(libc::SIGKILL);
-    /// SIGSEGV: an invalid memory access.
-    pub const SIGSEGV: Signal = Signal(libc::SIGSEGV);
-    /// SIGABRT: `abort()`, and a Rust panic with `panic = "abort"`.
-    pub const SIGABRT: Signal = Signal(libc::SIGABRT);
-
-    /// The signal with this number.
-    pub fn from_raw(number: i32) -> Signal {
-        Signal(number)
-    }
-
-    /// The signal's number.
-    pub fn as_raw(self) -> i32 {
-        self.0
-    }
-
-    /// The signal's name, such as `"SIGSEGV"`, or `None` for a number without one.
-    pub fn name(self) -> Option<&'static str> {
-        Some(match self.0 {
-            libc::SIGHUP => "SIGHUP",
-            libc::SIGINT => "SIGINT",
-            libc::SIGQUIT => "SIGQUIT",
-            libc::SIGILL => "SIGILL",
-            libc::SIGTRAP => "SIGTRAP",
-            libc::SIGABRT => "SIGABRT",
-            libc::SIGBUS => "SIGBUS",
-            libc::SIGFPE => "SIGFPE",
-            libc::SIGKILL => "SIGKILL",
-            libc::SIGUSR1 => "SIGUSR1",
-            libc::SIGSEGV => "SIGSEGV",
-            libc::SIGUSR2 => "SIGUSR2",
-            libc::SIGPIPE => "SIGPIPE",
-            libc::SIGALRM => "SIGALRM",
-            libc::SIGTERM => "SIGTERM",
-            libc::SIGCHLD => "SIGCHLD",
-            libc::SIGCONT => "SIGCONT",
-            libc::SIGSTOP => "SIGSTOP",
-            libc::SIGTSTP => "SIGTSTP",
-            libc::SIGTTIN => "SIGTTIN",
-            libc::SIGTTOU => "SIGTTOU",
-            libc::SIGURG => "SIGURG",
-            libc::SIGXCPU => "SIGXCPU",
-            libc::SIGXFSZ => "SIGXFSZ",
-            libc::SIGVTALRM => "SIGVTALRM",
-            libc::SIGPROF => "SIGPROF",
-            libc::SIGWINCH => "SIGWINCH",
-            libc::SIGIO => "SIGIO",
-            libc::SIGSYS => "SIGSYS",
-            other => return crate::sys::signal_name(other),
-        })
-    }
-}
-
-impl PartialEq<i32> for Signal {
-    fn eq(&self, other: &i32) -> bool {
-        self.0 == *other
-    }
-}
-
-impl fmt::Display for Signal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.name() {
-            Some(name) => write!(f, "{name} ({})", self.0),
-            None => write!(f, "signal {}", self.0),
-        }
-    }
 }
 
 /// A Rust child's panic: its message and where it happened.

@@ -67,11 +67,13 @@ mod shm;
 mod stdio;
 mod sys;
 mod transport;
+#[cfg(unix)]
+pub mod unix;
 
 pub use buffer_pool::{BufferPool, DEFAULT_POOL_LIMIT};
 pub use child::{parent_port, ParentPort};
 pub use entry::{fork_entry, init, Entry};
-pub use error::{Error, Location, PanicInfo, Signal, SpawnStep, Violation};
+pub use error::{Error, Location, PanicInfo, SpawnStep, Violation};
 pub use limits::{Backend, Limit, Limits};
 pub use message::Message;
 pub use options::{ForkOptions, Stdio, DEFAULT_KILL_GRACE, DEFAULT_MAX_MESSAGE_SIZE};

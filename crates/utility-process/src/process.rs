@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use utility_process_wire::{Hello, ENVELOPE_ROOM};
 
-use crate::error::{PanicInfo, Signal, SpawnStep, Violation};
+use crate::error::{PanicInfo, SpawnStep, Violation};
 use crate::event_order::{EventOrder, Next};
 use crate::options::{ForkOptions, Stdio};
 use crate::port::{post_on, raw_payload, send_with, transferred, Transferable};
@@ -42,6 +42,7 @@ use crate::sys::confine as confine_sys;
 use crate::sys::process::{ChildFd, Pidfd, PreExec, RawExit, SpawnPlan};
 use crate::sys::relay;
 use crate::transport::{Endpoint, Incoming, Limits, RecvError, TryRecv};
+use crate::unix::Signal;
 use crate::{driver, sys, Error, Limit, Message, MessagePort};
 
 /// Environment variables the parent gives a child (besides `sys::PORT_ENV`).
@@ -64,7 +65,10 @@ pub enum Event {
     Exit(ExitStatus),
 }
 
-/// How a child ended: an exit code or a signal, never both.
+/// How a child ended: an exit code, or (on Unix) a signal, never both.
+///
+/// What only one OS has is in its extension trait:
+/// [`unix::ExitStatusExt`](crate::unix::ExitStatusExt) for the signal and the core dump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitStatus {
     code: Option<i32>,
@@ -107,18 +111,18 @@ impl ExitStatus {
         self.code
     }
 
-    /// The signal that ended the child, if a signal did.
-    pub fn signal(&self) -> Option<Signal> {
-        self.signal
-    }
-
     /// Whether the child exited with code 0.
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
 
-    /// Whether the kernel wrote a core dump.
-    pub fn core_dumped(&self) -> bool {
+    /// See [`unix::ExitStatusExt::signal`](crate::unix::ExitStatusExt::signal).
+    pub(crate) fn unix_signal(&self) -> Option<Signal> {
+        self.signal
+    }
+
+    /// See [`unix::ExitStatusExt::core_dumped`](crate::unix::ExitStatusExt::core_dumped).
+    pub(crate) fn unix_core_dumped(&self) -> bool {
         self.core_dumped
     }
 }
@@ -127,6 +131,9 @@ impl fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.code, self.signal) {
             (Some(code), _) => write!(f, "exit code {code}"),
+            (None, Some(signal)) if self.core_dumped => {
+                write!(f, "killed by {signal} (core dumped)")
+            }
             (None, Some(signal)) => write!(f, "killed by {signal}"),
             // Only when something else reaped the child (SIGCHLD set to SIG_IGN).
             (None, None) => f.write_str("unknown (the child was reaped by someone else)"),
@@ -616,11 +623,7 @@ fn environment(
 /// Records an error event about a child, at the level it deserves, with its fields.
 fn trace_error(span: &tracing::Span, error: &Error) {
     match error {
-        Error::Crashed {
-            signal,
-            core_dumped,
-            ..
-        } => tracing::warn!(parent: span, signal = %signal, core_dumped, "crashed"),
+        Error::Crashed { status, .. } => tracing::warn!(parent: span, %status, "crashed"),
         Error::Panicked { panic, .. } => tracing::warn!(
             parent: span,
             panic = %panic.message,
@@ -1315,7 +1318,7 @@ impl UtilityProcess {
             Some(Event::Exit(status)) => tracing::info!(
                 parent: span,
                 code = status.code(),
-                signal = status.signal().map(|s| s.as_raw()),
+                signal = status.unix_signal().map(|s| s.as_raw()),
                 "exited"
             ),
             Some(Event::Error(error)) => trace_error(span, error),
@@ -1503,7 +1506,7 @@ impl UtilityProcess {
     /// The limit that ended the child, if one did.
     fn limit_reached(&self, status: ExitStatus) -> Option<Limit> {
         let reports = self.reports.as_ref()?.borrow();
-        let signal = status.signal()?;
+        let signal = status.unix_signal()?;
         match signal.as_raw() {
             libc::SIGXCPU => Some(Limit::CpuTime),
             libc::SIGXFSZ => Some(Limit::FileSize),
@@ -1543,14 +1546,16 @@ impl UtilityProcess {
                 limit,
             });
         }
-        if self.child.sandboxed && status.signal().map(|s| s.as_raw()) == Some(libc::SIGSYS) {
+        if self.child.sandboxed && status.unix_signal().map(|s| s.as_raw()) == Some(libc::SIGSYS) {
             return Some(Error::SandboxViolation {
                 service_name: self.service_name.clone(),
                 pid: self.child.pid,
                 syscall: None,
             });
         }
-        let unasked_signal = status.signal().filter(|s| !self.child.was_sent(s.as_raw()));
+        let unasked_signal = status
+            .unix_signal()
+            .filter(|s| !self.child.was_sent(s.as_raw()));
         let failed = unasked_signal.is_some() || status.code().is_some_and(|c| c != 0);
         let failure = self.events.last_failure.take();
         match (failed, self.events.last_panic.take(), unasked_signal) {
@@ -1564,11 +1569,10 @@ impl UtilityProcess {
                 pid: self.child.pid,
                 message: failure.unwrap_or_default(),
             }),
-            (_, _, Some(signal)) => Some(Error::Crashed {
+            (_, _, Some(_)) => Some(Error::Crashed {
                 service_name: self.service_name.clone(),
                 pid: self.child.pid,
-                signal,
-                core_dumped: status.core_dumped(),
+                status,
             }),
             _ => None,
         }
@@ -1607,29 +1611,8 @@ impl UtilityProcess {
         true
     }
 
-    /// Sends `signal` to the child, through its pidfd (never to a recycled pid). Returns
-    /// `false` when the child has already ended or the signal could not be sent. An end by a
-    /// signal sent this way is not reported as a crash.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use utility_process::{fork, Event, ForkOptions, Signal};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), utility_process::Error> {
-    /// let mut child = fork("sleep", ["10"], ForkOptions::default())?;
-    /// assert!(child.signal(Signal::SIGTERM));
-    /// while let Some(event) = child.next_event().await {
-    ///     assert!(!matches!(event, Event::Error(_)), "asked for: no error");
-    ///     if let Event::Exit(status) = event {
-    ///         assert_eq!(status.signal(), Some(Signal::SIGTERM));
-    ///     }
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn signal(&self, signal: Signal) -> bool {
+    /// See [`unix::UtilityProcessExt::signal`](crate::unix::UtilityProcessExt::signal).
+    pub(crate) fn send_signal(&self, signal: Signal) -> bool {
         if self.exit.borrow().is_some() || self.child.pidfd.has_exited().unwrap_or(true) {
             return false;
         }

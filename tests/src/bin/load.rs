@@ -29,8 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use utility_process::unix::ExitStatusExt as _;
+use utility_process::unix::Signal;
 use utility_process::{
-    fork_entry, init, Entry, Error, Event, ForkOptions, ParentPort, Signal, Stdio, UtilityProcess,
+    fork_entry, init, Entry, Error, Event, ForkOptions, ParentPort, Stdio, UtilityProcess,
 };
 use utility_process_tests::{fd_count, proc_status, zombie_children};
 
@@ -271,8 +273,11 @@ async fn crash_ends(mut child: UtilityProcess) -> Result<(), String> {
         events.push(event);
     }
     match events.as_slice() {
-        [Event::Spawn, Event::Error(Error::Crashed { signal, .. }), Event::Exit(status)]
-            if *signal == Signal::SIGSEGV && status.signal() == Some(Signal::SIGSEGV) =>
+        [Event::Spawn, Event::Error(Error::Crashed {
+            status: crashed, ..
+        }), Event::Exit(status)]
+            if crashed.signal() == Some(Signal::SIGSEGV)
+                && status.signal() == Some(Signal::SIGSEGV) =>
         {
             Ok(())
         }
