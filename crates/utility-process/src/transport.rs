@@ -1,8 +1,11 @@
-//! One socket per port: frames in and out, with the I/O done on the caller's thread.
+//! One channel per port: frames in and out, with the I/O done on the caller's thread.
 //!
 //! # Strategy
 //!
-//! An [`Endpoint`] owns one end of a non-blocking Unix stream socket and two buffers.
+//! An [`Endpoint`] owns one end of a channel (`sys::channel::Channel`: a non-blocking Unix
+//! stream socket on Unix) and two buffers. The text below says "socket" for the channel and
+//! "descriptor" for the objects attached to messages, as on Unix; the channel's contract in
+//! `sys/mod.rs` is what another OS provides.
 //!
 //! - **Sending** encodes the frame straight into the send buffer and, if nothing is already
 //!   waiting, writes it to the socket at once, from the caller's thread: the common case is

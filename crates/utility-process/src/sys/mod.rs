@@ -1,7 +1,9 @@
 //! Everything that talks to the operating system, and the only place with `unsafe`.
 //!
-//! The layers above (transport, process, child) see safe functions over `OwnedFd` and
-//! `BorrowedFd`. The backend is chosen here, once: `unix` (Linux and macOS; inside it, one
+//! The layers above see safe objects: the transport and the ports see only a `Channel` and
+//! the `Object`s that travel with messages (descriptors on Unix); the process layer still
+//! sees descriptors (the next cut, see `docs/PROTOCOL.md` and the README's Limitations).
+//! The backend is chosen here, once: `unix` (Linux and macOS; inside it, one
 //! module per OS for what differs). Any other target stops at `lib.rs`'s `compile_error!`.
 //!
 //! # The contract
@@ -9,9 +11,20 @@
 //! Every backend provides these names; the compiler checks them when the other OS module is
 //! built (`cargo clippy --target x86_64-apple-darwin`, see `/work/shared/cross/README.md`).
 //!
+//! - **the channel** (`channel`) — `Channel`: one end of a port's duplex byte stream between
+//!   two processes. `pair`, `pair_owned`, `from_owned` (`InvalidData` for an object that is
+//!   no channel), `as_object`; `send(bytes, attached)` never blocks and attaches the objects
+//!   to the first byte it writes; `recv(buf, limit, attached)` never blocks, returns the
+//!   objects that came with the first byte it returns, `Ok(0)` at end-of-stream, and
+//!   `InvalidData` carrying a `Refused` reason when the peer broke the rules for objects;
+//!   `shutdown`; `wait` (blocking, with a timeout); `register` with the current tokio runtime
+//!   (`Registration::{readable, writable}`, `Ready::retry`).
+//! - **objects** — `Object` (what travels attached to a message: an `OwnedFd` on Unix),
+//!   `BorrowedObject`, `borrow`; `PORT_ENV` and `take_parent_port` (how a child finds its
+//!   parent port, once).
 //! - **descriptors** — `pipe` (both ends close-on-exec), `open_dev_null`, `set_cloexec`,
-//!   `set_nonblocking`, `wait_fd` and `wait_any` (blocking `poll`), `take_inherited_port`,
-//!   `at_exit`, `signal_name` (names of the OS's own signals), `RlimitResource`.
+//!   `set_nonblocking`, `wait_fd` and `wait_any` (blocking `poll`), `at_exit`, `signal_name`
+//!   (names of the OS's own signals), `RlimitResource`.
 //! - **sockets** (`socket`) — `socketpair` (a stream pair, close-on-exec, never raising
 //!   SIGPIPE), `send` and `send_with_fds` (never blocking), `recv_into` and `recv_with_fds`
 //!   (received descriptors close-on-exec before anyone else can spawn), `shutdown`,
