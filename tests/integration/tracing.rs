@@ -192,7 +192,7 @@ fn a_short_run_is_told_through_tracing_events_with_their_fields() {
 
             let crashed = recorder.one(crash_pid, "crashed");
             assert_eq!(crashed.level, Level::WARN);
-            assert!(crashed.fields["signal"].contains("SIGSEGV"), "{crashed:?}");
+            assert!(crashed.fields["status"].contains("SIGSEGV"), "{crashed:?}");
             let exited = recorder.one(crash_pid, "exited");
             assert_eq!(exited.fields["signal"], libc::SIGSEGV.to_string());
 

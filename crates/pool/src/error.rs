@@ -19,8 +19,9 @@ use utility_process::ExitStatus;
 ///
 /// fn worth_retrying(error: &TaskError) -> bool {
 ///     match error {
-///         // The worker died under the task: maybe the task, maybe the machine.
-///         TaskError::WorkerCrashed(crash) => crash.status.signal().is_some(),
+///         // The worker died under the task: maybe the task, maybe the machine — unless it
+///         // chose to exit.
+///         TaskError::WorkerCrashed(crash) => crash.status.code().is_none(),
 ///         // Back-pressure or a busy pool: try again later.
 ///         TaskError::QueueFull { .. } | TaskError::QueueTimeout { .. } => true,
 ///         // The task itself is the problem, or the caller gave up, or the pool is going.

@@ -23,6 +23,7 @@ mod macos;
 use macos as os;
 
 pub(crate) mod channel;
+pub(crate) mod child;
 pub(crate) mod confine;
 pub(crate) mod guardian;
 pub(crate) mod mapping;
