@@ -205,58 +205,15 @@ impl Limits {
     /// }
     /// ```
     pub fn backend(limit: Limit) -> Backend {
-        match limit {
-            Limit::Memory => match crate::sys::confine::ADDRESS_SPACE_LIMIT {
-                Ok(rlimit) => Backend::Rlimit(rlimit),
-                Err(why) => Backend::Unavailable(why),
-            },
-            Limit::CpuTime => Backend::Rlimit("RLIMIT_CPU"),
-            Limit::OpenFiles => Backend::Rlimit("RLIMIT_NOFILE"),
-            Limit::FileSize => Backend::Rlimit("RLIMIT_FSIZE"),
-            Limit::Processes => match crate::sys::confine::process_limit_unavailable() {
-                Some(why) => Backend::Unavailable(why),
-                None => Backend::Rlimit("RLIMIT_NPROC"),
-            },
-        }
-    }
-
-    /// The limits that are set, with their values as `setrlimit` takes them.
-    pub(crate) fn rlimits(&self) -> Vec<(Limit, crate::sys::RlimitResource, libc::rlimit)> {
-        let same = |value: u64| libc::rlimit {
-            rlim_cur: value,
-            rlim_max: value,
-        };
-        let mut out = Vec::new();
-        if let Some(bytes) = self.memory {
-            out.push((Limit::Memory, libc::RLIMIT_AS, same(bytes)));
-        }
-        if let Some(time) = self.cpu_time {
-            // Whole seconds, at least one; the hard limit one second later turns a child
-            // that ignores SIGXCPU into a SIGKILLed one.
-            let seconds = (time.as_secs() + u64::from(time.subsec_nanos() > 0)).max(1);
-            out.push((
-                Limit::CpuTime,
-                libc::RLIMIT_CPU,
-                libc::rlimit {
-                    rlim_cur: seconds,
-                    rlim_max: seconds + 1,
-                },
-            ));
-        }
-        if let Some(count) = self.open_files {
-            out.push((Limit::OpenFiles, libc::RLIMIT_NOFILE, same(count)));
-        }
-        if let Some(count) = self.processes {
-            out.push((Limit::Processes, libc::RLIMIT_NPROC, same(count)));
-        }
-        if let Some(bytes) = self.file_size {
-            out.push((Limit::FileSize, libc::RLIMIT_FSIZE, same(bytes)));
-        }
-        out
+        crate::sys::confine::backend(limit)
     }
 
     /// Whether any limit is set.
     pub(crate) fn is_empty(&self) -> bool {
-        self.rlimits().is_empty()
+        self.memory.is_none()
+            && self.cpu_time.is_none()
+            && self.open_files.is_none()
+            && self.processes.is_none()
+            && self.file_size.is_none()
     }
 }

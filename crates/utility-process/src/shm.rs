@@ -158,7 +158,7 @@ impl SharedBuffer {
         let SharedBuffer { map, fd, .. } = self;
         let len = map.as_slice().len();
         drop(map);
-        shm::freeze(sys::borrow(&fd)).map_err(Error::io("sealing a shared buffer"))?;
+        let fd = shm::freeze(fd).map_err(Error::io("sealing a shared buffer"))?;
         let map = Mapping::new(sys::borrow(&fd), len, false, false)
             .map_err(Error::io("mapping a shared buffer"))?;
         Ok(SharedBuffer {

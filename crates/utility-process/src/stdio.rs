@@ -1,34 +1,13 @@
 //! A child's stdout and stderr, when they are pipes.
 
 use std::io;
-use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::unix::pipe;
 
-/// The read end of a pipe, registered with the runtime that first reads it.
-#[derive(Debug)]
-struct PipeReader {
-    fd: Option<OwnedFd>,
-    pipe: Option<pipe::Receiver>,
-}
-
-impl PipeReader {
-    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.pipe.is_none() {
-            let Some(fd) = self.fd.take() else {
-                return Poll::Ready(Err(io::Error::other("the pipe could not be registered")));
-            };
-            self.pipe = Some(pipe::Receiver::from_owned_fd(fd)?);
-        }
-        match &mut self.pipe {
-            Some(pipe) => Pin::new(pipe).poll_read(cx, buf),
-            None => Poll::Ready(Err(io::Error::other("the pipe could not be registered"))),
-        }
-    }
-}
+use crate::sys;
+use crate::sys::stdio::PipeReader;
 
 macro_rules! child_stream {
     ($name:ident, $what:literal) => {
@@ -45,12 +24,9 @@ macro_rules! child_stream {
         }
 
         impl $name {
-            pub(crate) fn new(fd: OwnedFd) -> Self {
+            pub(crate) fn new(pipe: sys::Object) -> Self {
                 $name {
-                    reader: PipeReader {
-                        fd: Some(fd),
-                        pipe: None,
-                    },
+                    reader: PipeReader::new(pipe),
                 }
             }
         }

@@ -424,7 +424,7 @@ impl Confinement {
         }
         let mut rlimits = Vec::new();
         let mut cpu_limit = None;
-        for (limit, resource, value) in limits.rlimits() {
+        for (limit, resource, value) in confine_sys::rlimits(limits) {
             if let crate::Backend::Unavailable(why) = crate::Limits::backend(limit) {
                 if limits.best_effort {
                     continue;

@@ -15,6 +15,8 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
+use crate::{Backend, Limit, Limits};
+
 pub(crate) use super::os::confine::*;
 
 /// The child's end of the report pipe.
@@ -92,4 +94,57 @@ extern "C" fn apply_before_main() {
 /// unreferenced object files keeps the constructor in every program that uses the library.
 pub(crate) fn keep_constructor() {
     std::hint::black_box(&APPLY_BEFORE_MAIN);
+}
+
+/// What enforces `limit` on this machine (see `Limits::backend`): an rlimit, unless the OS
+/// module says it cannot.
+pub(crate) fn backend(limit: Limit) -> Backend {
+    match limit {
+        Limit::Memory => match super::os::confine::ADDRESS_SPACE_LIMIT {
+            Ok(rlimit) => Backend::Rlimit(rlimit),
+            Err(why) => Backend::Unavailable(why),
+        },
+        Limit::CpuTime => Backend::Rlimit("RLIMIT_CPU"),
+        Limit::OpenFiles => Backend::Rlimit("RLIMIT_NOFILE"),
+        Limit::FileSize => Backend::Rlimit("RLIMIT_FSIZE"),
+        Limit::Processes => match super::os::confine::process_limit_unavailable() {
+            Some(why) => Backend::Unavailable(why),
+            None => Backend::Rlimit("RLIMIT_NPROC"),
+        },
+    }
+}
+
+/// The limits that are set, with their values as `setrlimit` takes them.
+pub(crate) fn rlimits(limits: &Limits) -> Vec<(Limit, super::RlimitResource, libc::rlimit)> {
+    let same = |value: u64| libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    let mut out = Vec::new();
+    if let Some(bytes) = limits.memory {
+        out.push((Limit::Memory, libc::RLIMIT_AS, same(bytes)));
+    }
+    if let Some(time) = limits.cpu_time {
+        // Whole seconds, at least one; the hard limit one second later turns a child that
+        // ignores SIGXCPU into a SIGKILLed one.
+        let seconds = (time.as_secs() + u64::from(time.subsec_nanos() > 0)).max(1);
+        out.push((
+            Limit::CpuTime,
+            libc::RLIMIT_CPU,
+            libc::rlimit {
+                rlim_cur: seconds,
+                rlim_max: seconds + 1,
+            },
+        ));
+    }
+    if let Some(count) = limits.open_files {
+        out.push((Limit::OpenFiles, libc::RLIMIT_NOFILE, same(count)));
+    }
+    if let Some(count) = limits.processes {
+        out.push((Limit::Processes, libc::RLIMIT_NPROC, same(count)));
+    }
+    if let Some(bytes) = limits.file_size {
+        out.push((Limit::FileSize, libc::RLIMIT_FSIZE, same(bytes)));
+    }
+    out
 }

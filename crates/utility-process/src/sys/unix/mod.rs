@@ -31,6 +31,7 @@ pub(crate) mod reactor;
 pub(crate) mod relay;
 pub(crate) mod socket;
 pub(crate) mod spawn;
+pub(crate) mod stdio;
 
 pub(crate) use os::{pipe, process, shm, signal_name, RlimitResource};
 

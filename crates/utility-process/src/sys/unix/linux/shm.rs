@@ -59,9 +59,11 @@ pub(crate) fn create(len: usize) -> io::Result<OwnedFd> {
 }
 
 /// Makes a buffer immutable: adds the write seal (which needs every writable mapping gone).
-pub(crate) fn freeze(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: F_ADD_SEALS on a borrowed descriptor.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, FROZEN_SEALS) }).map(drop)
+/// The same descriptor comes back, now naming a buffer nobody can write.
+pub(crate) fn freeze(fd: OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_ADD_SEALS on a descriptor we own.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, FROZEN_SEALS) })?;
+    Ok(fd)
 }
 
 /// Checks a received descriptor: a memfd of exactly `len` bytes, size sealed, and write-sealed

@@ -97,8 +97,8 @@ fn open_unique() -> io::Result<OwnedFd> {
 
 /// Freezes the buffer behind `fd`: on macOS, nothing at the kernel level (no seals exist).
 /// See the module documentation for exactly what a frozen buffer guarantees here.
-pub(crate) fn freeze(_fd: BorrowedFd<'_>) -> io::Result<()> {
-    Ok(())
+pub(crate) fn freeze(fd: OwnedFd) -> io::Result<OwnedFd> {
+    Ok(fd)
 }
 
 /// Checks a received descriptor before it is mapped: a POSIX shared memory object, of the
