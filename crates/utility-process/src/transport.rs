@@ -1462,7 +1462,7 @@ pub(crate) fn reserve(buf: &mut Vec<u8>, additional: usize) {
     let before = buf.capacity();
     buf.reserve(additional);
     if buf.capacity() >= HUGE_RESERVE && buf.capacity() != before {
-        sys::socket::advise_huge_pages(buf);
+        sys::advise_huge_pages(buf);
     }
 }
 

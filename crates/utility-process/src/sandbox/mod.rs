@@ -83,6 +83,7 @@ pub(crate) use imp::Prepared;
 
 use std::ffi::OsString;
 use std::fmt;
+#[cfg(unix)]
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -224,6 +225,10 @@ pub enum Missing {
     /// before the program's first instruction is not written yet, so the library refuses
     /// rather than start the child unconfined.
     Seatbelt,
+    /// A Windows sandbox (a restricted token at low integrity, or an AppContainer with no
+    /// capabilities, with the job's UI limits): not implemented yet, so the library refuses
+    /// rather than start the child unconfined.
+    WindowsToken,
 }
 
 impl fmt::Display for Missing {
@@ -240,6 +245,10 @@ impl fmt::Display for Missing {
             Missing::Seatbelt => f.write_str(
                 "a Seatbelt sandbox (macOS): not implemented yet, so no child is started \
                  unconfined",
+            ),
+            Missing::WindowsToken => f.write_str(
+                "a restricted-token or AppContainer sandbox (Windows): not implemented yet, so \
+                 no child is started unconfined",
             ),
         }
     }
@@ -339,6 +348,7 @@ pub(crate) struct Policy {
 
 impl Policy {
     /// `1;s=1;n=0;b=0;m=1;r=<hex>,<hex>;w=…;x=…`
+    #[cfg(unix)]
     pub(crate) fn encode(&self) -> OsString {
         let flag = |b: bool| if b { '1' } else { '0' };
         let paths = |paths: &[PathBuf]| {
@@ -366,6 +376,7 @@ impl Policy {
         ))
     }
 
+    #[cfg(unix)]
     pub(crate) fn decode(text: &[u8]) -> Option<Policy> {
         let text = std::str::from_utf8(text).ok()?;
         let mut fields = text.split(';');
@@ -435,6 +446,7 @@ impl Sandbox {
 
 /// Run by the library's constructor in every process that links it: applies stage 2 when the
 /// parent asked for it. On failure the child must not run unconfined: it reports and exits.
+#[cfg(unix)]
 pub(crate) fn apply_at_start() {
     let Some(text) = std::env::var_os(ENV) else {
         return;
@@ -463,6 +475,7 @@ pub(crate) fn apply_at_start() {
 /// Stage 2 failed: tell the parent (which reports `Error::SandboxNotApplied` with the errno),
 /// and never run the program's code unconfined. Nothing is printed: the program's own
 /// output is not the library's to write to, and no `tracing` subscriber exists before `main`.
+#[cfg(unix)]
 fn refuse_to_start(errno: i32) -> ! {
     sys::report_refusal(errno);
     // `_exit` skips atexit handlers and destructors: a process that must not run any more of
@@ -475,6 +488,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(unix)]
     fn a_policy_survives_its_trip_through_the_environment() {
         let policy = Policy {
             sandbox: true,

@@ -33,7 +33,7 @@ pub(crate) mod socket;
 pub(crate) mod spawn;
 pub(crate) mod stdio;
 
-pub(crate) use os::{pipe, process, shm, signal_name, RlimitResource};
+pub(crate) use os::{advise_huge_pages, pipe, process, shm, signal_name, RlimitResource};
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

@@ -240,6 +240,3 @@ pub(crate) fn recv_with_fds(
         truncated: flags & libc::MSG_CTRUNC != 0,
     })
 }
-
-/// Backs a receive buffer with huge pages where the OS can (see the OS module).
-pub(crate) use super::os::advise_huge_pages;
