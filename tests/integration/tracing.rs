@@ -194,7 +194,7 @@ fn a_short_run_is_told_through_tracing_events_with_their_fields() {
             assert_eq!(crashed.level, Level::WARN);
             assert!(crashed.fields["status"].contains("SIGSEGV"), "{crashed:?}");
             let exited = recorder.one(crash_pid, "exited");
-            assert_eq!(exited.fields["signal"], libc::SIGSEGV.to_string());
+            assert!(exited.fields["status"].contains("SIGSEGV"), "{exited:?}");
 
             let term = recorder.one(stubborn_pid, "kill: sent SIGTERM");
             assert_eq!(term.level, Level::DEBUG);
@@ -215,7 +215,7 @@ fn a_short_run_is_told_through_tracing_events_with_their_fields() {
             );
 
             let echo_exit = recorder.one(echo_pid, "exited");
-            assert_eq!(echo_exit.fields["signal"], libc::SIGTERM.to_string());
+            assert!(echo_exit.fields["status"].contains("SIGTERM"), "{echo_exit:?}");
             // Messages are the hot path: no event for them.
             assert!(recorder
                 .0

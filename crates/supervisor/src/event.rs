@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
+#[cfg(unix)]
 use utility_process::unix::Signal;
 use utility_process::ExitStatus;
 
@@ -42,11 +43,13 @@ pub enum ExitReason {
         /// location, a protocol violation.
         error: Option<Arc<utility_process::Error>>,
     },
-    /// The child stopped answering heartbeats and was sent `signal`.
+    /// The child stopped answering heartbeats and was ended: sent `signal` on Unix, its job
+    /// terminated on Windows.
     HeartbeatMissed {
         /// How many heartbeats in a row went unanswered.
         missed: u32,
         /// The signal it was sent.
+        #[cfg(unix)]
         signal: Signal,
     },
     /// The child did not finish starting within its start timeout, and was killed.
@@ -99,8 +102,13 @@ impl std::fmt::Display for ExitReason {
                 error: Some(error), ..
             } => write!(f, "{error}"),
             ExitReason::Exited { status, .. } => write!(f, "ended with {status}"),
+            #[cfg(unix)]
             ExitReason::HeartbeatMissed { missed, signal } => {
                 write!(f, "missed {missed} heartbeats in a row; sent {signal}")
+            }
+            #[cfg(not(unix))]
+            ExitReason::HeartbeatMissed { missed } => {
+                write!(f, "missed {missed} heartbeats in a row; ended it")
             }
             ExitReason::StartTimeout { stage, after } => {
                 let what = match stage {

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+#[cfg(unix)]
 use utility_process::unix::Signal;
 use utility_process::ForkOptions;
 
@@ -214,6 +215,7 @@ fn random_unit() -> f64 {
 pub struct Heartbeat {
     pub(crate) interval: Duration,
     pub(crate) misses: u32,
+    #[cfg(unix)]
     pub(crate) signal: Signal,
 }
 
@@ -224,6 +226,7 @@ impl Heartbeat {
         Heartbeat {
             interval: interval.max(Duration::from_millis(1)),
             misses: 3,
+            #[cfg(unix)]
             signal: Signal::SIGKILL,
         }
     }
@@ -235,8 +238,10 @@ impl Heartbeat {
         self
     }
 
-    /// The signal sent to a hung child. Should it not end the child, the supervisor follows
-    /// with SIGTERM, then SIGKILL after the child's shutdown timeout.
+    /// The signal sent to a hung child (Unix only: on Windows a hung child's job is
+    /// terminated). Should it not end the child, the supervisor follows with SIGTERM, then
+    /// SIGKILL after the child's shutdown timeout.
+    #[cfg(unix)]
     pub fn signal(mut self, signal: Signal) -> Heartbeat {
         self.signal = signal;
         self

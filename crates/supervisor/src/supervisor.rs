@@ -26,13 +26,14 @@
 //! queue is bounded: one pending message, [`SupervisorOptions::message_capacity`] forwarded
 //! ones, and the output's line buffer and tail (see [`crate::Output`]).
 //!
-//! # Signals
+//! # Ending a hung child
 //!
-//! A hung child gets its heartbeat's signal with
-//! [`UtilityProcessExt::signal`](utility_process::unix::UtilityProcessExt::signal), which goes through the
-//! core's pidfd (never to a recycled pid); the core's
-//! [`kill`](utility_process::UtilityProcess::kill) (SIGTERM, then SIGKILL after the child's
-//! shutdown timeout) follows as a backstop.
+//! On Unix a hung child gets its heartbeat's signal through the core's pidfd (never to a
+//! recycled pid); the core's [`kill`](utility_process::UtilityProcess::kill) (SIGTERM, then
+//! SIGKILL after the child's shutdown timeout) follows as a backstop. On Windows, which has no
+//! signals, its job is terminated at once
+//! ([`kill_now`](utility_process::UtilityProcess::kill_now)), as is a child that breaks its
+//! control channel or does not start in time on every OS.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -42,7 +43,8 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use utility_process::unix::{Signal, UtilityProcessExt};
+#[cfg(unix)]
+use utility_process::unix::UtilityProcessExt;
 use utility_process::{
     fork, fork_entry, Event, ExitStatus, Message, MessageChannel, MessagePort, UtilityProcess,
 };
@@ -1100,8 +1102,7 @@ impl Runner {
                     }
                     Err(_) => {
                         if killing.is_none() {
-                            child.signal(Signal::SIGKILL);
-                            child.kill();
+                            child.kill_now();
                             killing = Some(ExitReason::ControlViolation);
                         }
                         control_open = false;
@@ -1136,8 +1137,7 @@ impl Runner {
                     } else {
                         StartStage::Attach
                     };
-                    child.signal(Signal::SIGKILL);
-                    child.kill();
+                    child.kill_now();
                     killing = Some(ExitReason::StartTimeout {
                         stage,
                         after: self.spec.start_timeout,
@@ -1157,10 +1157,10 @@ impl Runner {
                             allowed: hb.misses,
                         });
                         if missed >= hb.misses {
-                            child.signal(hb.signal);
-                            child.kill();
+                            end_hung(&child, &hb);
                             killing = Some(ExitReason::HeartbeatMissed {
                                 missed,
+                                #[cfg(unix)]
                                 signal: hb.signal,
                             });
                             next_ping = None;
@@ -1288,5 +1288,21 @@ fn trace_event(event: &SupervisorEvent) {
         SupervisorEvent::EventsLost { count } => {
             tracing::warn!(count, "a subscriber fell behind and lost events")
         }
+    }
+}
+
+/// Ends a child that stopped answering its heartbeats: on Unix with the heartbeat's signal,
+/// then (should that not end it) SIGTERM and SIGKILL after its grace period; on Windows, which
+/// has no signals, its job is terminated at once.
+fn end_hung(child: &UtilityProcess, heartbeat: &crate::Heartbeat) {
+    #[cfg(unix)]
+    {
+        child.signal(heartbeat.signal);
+        child.kill();
+    }
+    #[cfg(windows)]
+    {
+        let _ = heartbeat;
+        child.kill_now();
     }
 }

@@ -31,6 +31,7 @@ pub(crate) struct Driver {
     handle: Handle,
     /// Started by the first fork: a process that only uses ports (a child that never forks)
     /// has no guardian.
+    #[cfg_attr(windows, allow(dead_code))] // a job object per child does its work there
     guardian: OnceLock<Option<Guardian>>,
 }
 
@@ -86,6 +87,7 @@ impl Driver {
     /// The guardian, started on first use (by the first fork). Without one — if it could not
     /// be started — children still die with their parent (parent-death signal); only their
     /// own children could outlive it.
+    #[cfg_attr(windows, allow(dead_code))]
     pub(crate) fn guardian(&self) -> Option<&Guardian> {
         self.guardian
             .get_or_init(|| Guardian::start().ok())
@@ -93,11 +95,13 @@ impl Driver {
     }
 
     /// The guardian, if a fork has started it.
+    #[cfg_attr(windows, allow(dead_code))]
     pub(crate) fn started_guardian(&self) -> Option<&Guardian> {
         self.guardian.get().and_then(Option::as_ref)
     }
 
     /// Runs `job` on the driver's thread and waits for its result.
+    #[cfg_attr(windows, allow(dead_code))] // CreateProcessW may be called from any thread
     pub(crate) fn run<R, F>(&self, job: F) -> io::Result<R>
     where
         R: Send + 'static,

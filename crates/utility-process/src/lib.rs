@@ -44,10 +44,10 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+#[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
 compile_error!(
-    "utility-process has no backend for this target yet: it runs on Linux and macOS today; \
-     a Windows backend behind the same API is planned (see the README's Limitations)"
+    "utility-process has no backend for this target: it runs on Linux, macOS and Windows \
+     (see the README's promise table for what each OS keeps)"
 );
 
 mod buffer_pool;
@@ -69,6 +69,8 @@ mod sys;
 mod transport;
 #[cfg(unix)]
 pub mod unix;
+#[cfg(windows)]
+pub mod windows;
 
 pub use buffer_pool::{BufferPool, DEFAULT_POOL_LIMIT};
 pub use child::{parent_port, ParentPort};

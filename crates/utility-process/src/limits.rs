@@ -87,6 +87,8 @@ impl fmt::Display for Limit {
 pub enum Backend {
     /// A kernel resource limit (`setrlimit`), named.
     Rlimit(&'static str),
+    /// A limit of the child's job object (Windows), named.
+    JobObject(&'static str),
     /// Nothing can: the reason, in words.
     Unavailable(&'static str),
 }
@@ -94,7 +96,7 @@ pub enum Backend {
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Backend::Rlimit(name) => write!(f, "{name}"),
+            Backend::Rlimit(name) | Backend::JobObject(name) => write!(f, "{name}"),
             Backend::Unavailable(why) => write!(f, "unavailable: {why}"),
         }
     }

@@ -36,7 +36,6 @@ use crate::stdio::{ChildStderr, ChildStdout};
 use crate::sys::channel::Channel;
 use crate::sys::process::RawExit;
 use crate::transport::{Endpoint, Incoming, Limits, RecvError, TryRecv};
-use crate::unix::Signal;
 use crate::{sys, Error, Limit, Message, MessagePort};
 
 /// Environment variables the parent gives a child (besides `sys::PORT_ENV`).
@@ -59,43 +58,74 @@ pub enum Event {
     Exit(ExitStatus),
 }
 
-/// How a child ended: an exit code, or (on Unix) a signal, never both.
+/// How a child ended: an exit code it chose, or an end it did not choose (on Unix a signal,
+/// on Windows an exception such as an access violation), never both.
 ///
 /// What only one OS has is in its extension trait:
-/// [`unix::ExitStatusExt`](crate::unix::ExitStatusExt) for the signal and the core dump.
+/// [`unix::ExitStatusExt`](crate::unix::ExitStatusExt) for the signal and the core dump,
+/// [`windows::ExitStatusExt`](crate::windows::ExitStatusExt) for the exception's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitStatus {
     code: Option<i32>,
-    signal: Option<Signal>,
+    #[cfg(unix)]
+    signal: Option<crate::unix::Signal>,
+    #[cfg(unix)]
     core_dumped: bool,
+    /// The NTSTATUS of the exception that ended the child, and its name when known.
+    #[cfg(windows)]
+    crash: Option<(u32, Option<&'static str>)>,
 }
 
 impl ExitStatus {
     /// An exit with `code`, for tests that need a status without a process.
     #[cfg(test)]
     pub(crate) fn from_code(code: i32) -> ExitStatus {
-        ExitStatus::from_raw(Some(RawExit::Code(code)))
+        #[cfg(unix)]
+        let raw = RawExit::Code(code);
+        #[cfg(windows)]
+        let raw = code as RawExit;
+        ExitStatus::from_raw(Some(raw))
     }
 
+    /// The status the OS reported; `None` when it was lost (on Unix, when something else
+    /// reaped the child).
+    #[cfg(unix)]
     pub(crate) fn from_raw(raw: Option<RawExit>) -> ExitStatus {
-        match raw {
-            Some(RawExit::Code(code)) => ExitStatus {
-                code: Some(code),
-                signal: None,
-                core_dumped: false,
-            },
+        let (code, signal, core_dumped) = match raw {
+            Some(RawExit::Code(code)) => (Some(code), None, false),
             Some(RawExit::Signal {
                 signal,
                 core_dumped,
-            }) => ExitStatus {
-                code: None,
-                signal: Some(Signal::from_raw(signal)),
+            }) => (
+                None,
+                Some(crate::unix::Signal::from_raw(signal)),
                 core_dumped,
+            ),
+            None => (None, None, false),
+        };
+        ExitStatus {
+            code,
+            signal,
+            core_dumped,
+        }
+    }
+
+    /// The status the OS reported: an exception's status is a crash, anything else a code.
+    #[cfg(windows)]
+    pub(crate) fn from_raw(raw: Option<RawExit>) -> ExitStatus {
+        use crate::sys::process::{classify, Exit};
+        match raw.map(classify) {
+            Some(Exit::Code(code)) => ExitStatus {
+                code: Some(code as i32),
+                crash: None,
+            },
+            Some(Exit::Crash { status, name }) => ExitStatus {
+                code: None,
+                crash: Some((status, name)),
             },
             None => ExitStatus {
                 code: None,
-                signal: None,
-                core_dumped: false,
+                crash: None,
             },
         }
     }
@@ -111,26 +141,41 @@ impl ExitStatus {
     }
 
     /// See [`unix::ExitStatusExt::signal`](crate::unix::ExitStatusExt::signal).
-    pub(crate) fn unix_signal(&self) -> Option<Signal> {
+    #[cfg(unix)]
+    pub(crate) fn unix_signal(&self) -> Option<crate::unix::Signal> {
         self.signal
     }
 
     /// See [`unix::ExitStatusExt::core_dumped`](crate::unix::ExitStatusExt::core_dumped).
+    #[cfg(unix)]
     pub(crate) fn unix_core_dumped(&self) -> bool {
         self.core_dumped
+    }
+
+    /// See [`windows::ExitStatusExt::exception`](crate::windows::ExitStatusExt::exception).
+    #[cfg(windows)]
+    pub(crate) fn windows_crash(&self) -> Option<u32> {
+        self.crash.map(|(status, _)| status)
     }
 }
 
 impl fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.code, self.signal) {
-            (Some(code), _) => write!(f, "exit code {code}"),
-            (None, Some(signal)) if self.core_dumped => {
-                write!(f, "killed by {signal} (core dumped)")
-            }
-            (None, Some(signal)) => write!(f, "killed by {signal}"),
+        if let Some(code) = self.code {
+            return write!(f, "exit code {code}");
+        }
+        #[cfg(unix)]
+        match self.signal {
+            Some(signal) if self.core_dumped => write!(f, "killed by {signal} (core dumped)"),
+            Some(signal) => write!(f, "killed by {signal}"),
             // Only when something else reaped the child (SIGCHLD set to SIG_IGN).
-            (None, None) => f.write_str("unknown (the child was reaped by someone else)"),
+            None => f.write_str("unknown (the child was reaped by someone else)"),
+        }
+        #[cfg(windows)]
+        match self.crash {
+            Some((status, Some(name))) => write!(f, "ended by {name} ({status:#010X})"),
+            Some((status, None)) => write!(f, "ended by exception {status:#010X}"),
+            None => f.write_str("unknown"),
         }
     }
 }
@@ -138,6 +183,7 @@ impl fmt::Display for ExitStatus {
 /// What a confined child's confinement reported (on Unix, through its report pipe), and what
 /// its reaping told.
 #[derive(Debug, Default)]
+#[cfg_attr(windows, allow(dead_code))] // a Windows child's job tells its limits
 pub(crate) struct Reports {
     /// Distinct system calls its sandbox denied, in order (at most [`MAX_SYSCALL_REPORTS`]).
     pub(crate) syscalls: Vec<u32>,
@@ -152,6 +198,7 @@ pub(crate) struct Reports {
 }
 
 /// A child that tries every forbidden call gets each reported once, up to this many.
+#[cfg_attr(windows, allow(dead_code))]
 pub(crate) const MAX_SYSCALL_REPORTS: usize = 512;
 
 /// A running (or ended) utility process: its port, its events, its life.
@@ -302,6 +349,7 @@ where
     .map_err(|_| setup(std::io::Error::other("cannot write the HELLO")))?;
 
     let launched = sys::child::launch(Launch {
+        ours: port.channel(),
         program,
         resolved: &resolved,
         argv,
@@ -332,6 +380,10 @@ where
 /// directory, output, limits, sandbox, kill grace) and the child's end of its parent port.
 #[derive(Debug)]
 pub(crate) struct Launch<'a> {
+    /// The parent's end of the child's port (Windows makes it the broker for the child;
+    /// Unix has no use for it).
+    #[cfg_attr(unix, allow(dead_code))]
+    pub(crate) ours: &'a Channel,
     /// The program as the caller named it, for errors.
     pub(crate) program: &'a Path,
     /// What runs: the program found on `PATH`, or a script's interpreter.
@@ -342,6 +394,7 @@ pub(crate) struct Launch<'a> {
     pub(crate) service_name: &'a str,
     pub(crate) port: sys::Object,
     /// The child must confirm its sandbox's second stage in its `HELLO`.
+    #[cfg_attr(windows, allow(dead_code))] // no Windows child is sandboxed
     pub(crate) confirms_sandbox: bool,
 }
 
@@ -357,6 +410,7 @@ pub(crate) enum Ending {
     /// One of its limits ended it.
     Limit(Limit),
     /// Its sandbox killed it for a call it denied.
+    #[cfg_attr(windows, allow(dead_code))]
     DeniedCall,
 }
 
@@ -751,7 +805,7 @@ impl UtilityProcess {
             Some(Event::Exit(status)) => tracing::info!(
                 parent: span,
                 code = status.code(),
-                signal = status.unix_signal().map(|s| s.as_raw()),
+                %status,
                 "exited"
             ),
             Some(Event::Error(error)) => trace_error(span, error),
@@ -988,6 +1042,19 @@ impl UtilityProcess {
     /// An end caused by `kill` is not reported as [`Event::Error`].
     pub fn kill(&self) -> bool {
         self.child.kill()
+    }
+
+    /// Ends the child at once, without the grace period [`kill`](Self::kill) gives: SIGKILL on
+    /// Unix (and its process group with it), its job terminated on Windows (the child and
+    /// everything it started). Returns `false` if the child had already ended. An end caused
+    /// by it is not reported as [`Event::Error`].
+    pub fn kill_now(&self) -> bool {
+        if self.exit.borrow().is_some() || self.child.has_exited() {
+            return false;
+        }
+        tracing::debug!(parent: &self.child.span, "kill now");
+        self.child.kill_now();
+        true
     }
 
     /// See [`unix::UtilityProcessExt::signal`](crate::unix::UtilityProcessExt::signal).

@@ -517,6 +517,11 @@ impl Endpoint {
         self.limits
     }
 
+    /// The channel this endpoint owns.
+    pub(crate) fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
     pub(crate) fn channel_id(&self) -> u64 {
         self.channel_id
     }
@@ -1219,6 +1224,14 @@ impl Endpoint {
                 }
                 // Only the main socket can end; a broken prefix ends here.
                 Ok(Fill::Eof) | Err(_) => inbound.prefix = None,
+            }
+        }
+        // A unit of the channel's own that a receive left half read (a chunk on Windows) is
+        // finished here, so that the next holder's stream starts where a unit does.
+        if !inbound.eof {
+            let mut rest = Vec::new();
+            if self.channel.finish_chunk(&mut rest, deadline).is_ok() && !rest.is_empty() {
+                inbound.buf_mut().extend_from_slice(&rest);
             }
         }
         let pending = &inbound.buf[inbound.head..];

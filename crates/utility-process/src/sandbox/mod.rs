@@ -75,12 +75,17 @@ mod imp;
 #[cfg(target_os = "macos")]
 #[path = "macos.rs"]
 mod imp;
+#[cfg(windows)]
+#[path = "windows.rs"]
+mod imp;
 mod syscall_names;
 
 #[cfg(target_os = "linux")]
 pub use imp::strict_allowed;
+#[cfg(unix)]
 pub(crate) use imp::Prepared;
 
+#[cfg(unix)]
 use std::ffi::OsString;
 use std::fmt;
 #[cfg(unix)]
@@ -88,6 +93,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+#[cfg(unix)]
 use crate::sys::confine as sys;
 
 /// The environment variable that carries stage 2 to the child.
@@ -334,6 +340,7 @@ static APPLIED: OnceLock<Option<Enforcement>> = OnceLock::new();
 
 /// What the child's library must apply before `main` (stage 2), as it travels in [`ENV`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(windows, allow(dead_code))] // the second stage is Unix's
 pub(crate) struct Policy {
     /// A sandbox, not only limits.
     pub sandbox: bool,
@@ -421,6 +428,7 @@ impl Policy {
 
 /// Why a sandbox cannot be prepared.
 #[derive(Debug)]
+#[cfg_attr(windows, allow(dead_code))] // Windows refuses a sandbox before preparing one
 pub(crate) enum PrepareError {
     /// A kernel feature is missing (and the sandbox is not best effort).
     Missing(Missing),
@@ -431,6 +439,7 @@ pub(crate) enum PrepareError {
 
 impl Sandbox {
     /// The stage-2 policy for the child.
+    #[cfg_attr(windows, allow(dead_code))]
     pub(crate) fn policy(&self, memory_limited: bool) -> Policy {
         Policy {
             sandbox: true,

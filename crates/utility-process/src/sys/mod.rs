@@ -50,6 +50,12 @@
 //! Every macOS-specific call cites the man page or Apple document it relies on.
 #![allow(unsafe_code)]
 
+#[cfg(unix)]
 mod unix;
-
+#[cfg(unix)]
 pub(crate) use unix::*;
+
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub(crate) use windows::*;

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 
@@ -84,6 +84,12 @@ impl Channel {
             ));
         }
         Ok(received.bytes)
+    }
+
+    /// Nothing to finish on Unix: a socket delivers bytes, with no unit of its own that a
+    /// receive could leave half read (the contract's `finish_chunk`, see `sys/mod.rs`).
+    pub(crate) fn finish_chunk(&self, _buf: &mut Vec<u8>, _deadline: Instant) -> io::Result<()> {
+        Ok(())
     }
 
     /// The peer reads end-of-stream after what was sent; our own reads end too.

@@ -1,0 +1,565 @@
+//! Starting a child inside its own job, watching it, and ending it.
+//!
+//! # How a child starts
+//!
+//! [`spawn`] goes through five steps, and says which one failed ([`SpawnStep`]):
+//!
+//! 1. **Job** — a new job object with kill-on-close and the plan's limits ([`super::job`]).
+//! 2. **Handles** — the child's stdio resolved to real handles (`NUL`, duplicates of ours,
+//!    or the caller's pipe ends), and the handle list: stdio plus `inherit`, nothing else
+//!    ([`super::inherit`]). The command line, environment block and program path are built
+//!    here too, but fail as **CreateProcess** — they are its arguments.
+//! 3. **CreateProcess** — `CreateProcessW` with `EXTENDED_STARTUPINFO_PRESENT` (the handle
+//!    list), `CREATE_SUSPENDED` and `CREATE_UNICODE_ENVIRONMENT`. The child exists but has run
+//!    no instruction; its handles are inheritable only around this call.
+//! 4. **AssignJob** — the suspended child goes into the job. From here on, everything it
+//!    starts is in the job too, and cannot leave it (no breakaway).
+//! 5. **Watch** — a thread-pool wait on the process handle, which wakes [`Child::exited`].
+//! 6. **Resume** — its first thread starts: the child never ran outside its job.
+//!
+//! A failure after step 3 terminates the suspended child (or its job) before returning, so
+//! nothing is left behind. The parent's copies of the stdio handles and of `inherit` are
+//! closed when `spawn` returns, either way: the child has its own.
+//!
+//! # The child's handles have the same values
+//!
+//! Inherited handles keep their values in the child, so the caller can write the value of
+//! its port handle into the child's environment (or command line) before spawning.
+//!
+//! # The title
+//!
+//! [`SpawnPlan::title`] goes into `STARTUPINFOW.lpTitle`. The child can read it back with
+//! `GetStartupInfoW`. Windows shows it only as the title of a *new* console window — when a
+//! console child gets its own console (a console program started by a GUI parent that has
+//! none). A console child that shares the parent's console leaves that console's title alone
+//! (Microsoft documents `lpTitle` as "must be NULL" in that case; in practice it is stored and
+//! ignored), and a GUI child ignores it. Task Manager, Process Explorer and the like show the
+//! image name, never this title.
+//!
+//! See `CreateProcessW`
+//! (learn.microsoft.com/windows/win32/api/processthreadsapi/nf-processthreadsapi-createprocessw),
+//! `STARTUPINFOW` (learn.microsoft.com/windows/win32/api/processthreadsapi/ns-processthreadsapi-startupinfow)
+//! and "Process Creation Flags"
+//! (learn.microsoft.com/windows/win32/procthread/process-creation-flags).
+
+use std::ffi::OsString;
+use std::io;
+use std::os::windows::io::{AsHandle, AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use windows_sys::Win32::Foundation::{
+    DuplicateHandle, DUPLICATE_SAME_ACCESS, HANDLE, INVALID_HANDLE_VALUE, WAIT_OBJECT_0,
+    WAIT_TIMEOUT,
+};
+use windows_sys::Win32::System::Console::{
+    GetStdHandle, STD_ERROR_HANDLE, STD_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE,
+};
+use windows_sys::Win32::System::Threading::{
+    CreateProcessW, GetCurrentProcess, GetExitCodeProcess, RegisterWaitForSingleObject,
+    ResumeThread, TerminateProcess, UnregisterWaitEx, WaitForSingleObject, CREATE_SUSPENDED,
+    CREATE_UNICODE_ENVIRONMENT, EXTENDED_STARTUPINFO_PRESENT, INFINITE, PROCESS_INFORMATION,
+    STARTF_USESTDHANDLES, STARTUPINFOEXW, WT_EXECUTEONLYONCE,
+};
+
+use super::cmdline::{command_line, env_block, env_lookup, resolve_program, wide_nul};
+// The contract names these here; the layers above use them, this module does not.
+#[allow(unused_imports)]
+pub(crate) use super::exit::{classify, Exit};
+use super::inherit::{HandleList, InheritWindow};
+use super::job::Job;
+
+/// Where one of the child's standard handles comes from.
+#[derive(Debug)]
+pub(crate) enum ChildStdio {
+    /// The `NUL` device: end-of-file for stdin, nowhere for output.
+    Null,
+    /// The parent's own standard handle (a duplicate of it); none if the parent has none.
+    Inherit,
+    /// This handle: our pipe's partner end (the write end for stdout and stderr, the read end
+    /// for stdin), or any handle the child should use.
+    Handle(OwnedHandle),
+}
+
+/// Everything needed to start one child.
+#[derive(Debug)]
+pub(crate) struct SpawnPlan {
+    /// The program, found as [`resolve_program`] describes (a bare name is searched on the
+    /// child's `PATH`, then the parent's, with `.exe` appended when it has no extension).
+    pub program: PathBuf,
+    /// `argv[1..]`; `argv[0]` is `program` exactly as given.
+    pub args: Vec<OsString>,
+    /// The child's whole environment (the caller merged it with ours if it wanted to).
+    pub env: Vec<(OsString, OsString)>,
+    /// The child's working directory, if not the parent's.
+    pub cwd: Option<PathBuf>,
+    pub stdin: ChildStdio,
+    pub stdout: ChildStdio,
+    pub stderr: ChildStdio,
+    /// Handles the child must hold besides stdio (its port), at the same values as ours.
+    pub inherit: Vec<OwnedHandle>,
+    pub limits: JobLimits,
+    /// The service name, as `STARTUPINFOW.lpTitle` (see the module docs for where it shows).
+    pub title: Option<OsString>,
+}
+
+/// Limits on the child and every process it starts, enforced by its job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct JobLimits {
+    /// Committed memory per process, in bytes.
+    pub memory: Option<u64>,
+    /// User-mode CPU time per process; the system terminates a process that uses more.
+    pub cpu_time: Option<Duration>,
+    /// Processes alive at once in the job, the child included.
+    pub processes: Option<u32>,
+}
+
+/// A limit of [`JobLimits`] that the job reported as hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobLimit {
+    Memory,
+    CpuTime,
+    Processes,
+}
+
+/// The step at which [`spawn`] failed (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpawnStep {
+    Job,
+    Handles,
+    CreateProcess,
+    AssignJob,
+    Watch,
+    Resume,
+}
+
+/// A running (or ended, not yet dropped) child. Dropping it kills the child's whole tree.
+#[derive(Debug)]
+pub(crate) struct Child {
+    /// Declared first so it is dropped first: the wait must go before its handle closes.
+    exit: ExitWatch,
+    process: Arc<OwnedHandle>,
+    pid: u32,
+    /// Dropping the job kills the child and everything it started.
+    job: Job,
+}
+
+/// Starts `plan` (see the module docs for the steps); returns once the child runs.
+pub(crate) fn spawn(plan: SpawnPlan) -> Result<Child, (SpawnStep, io::Error)> {
+    let job = Job::new(&plan.limits).map_err(|e| (SpawnStep::Job, e))?;
+    let stdio = [
+        stdio_handle(plan.stdin, STD_INPUT_HANDLE),
+        stdio_handle(plan.stdout, STD_OUTPUT_HANDLE),
+        stdio_handle(plan.stderr, STD_ERROR_HANDLE),
+    ];
+    let [stdin, stdout, stderr] = stdio;
+    let stdio = [
+        stdin.map_err(|e| (SpawnStep::Handles, e))?,
+        stdout.map_err(|e| (SpawnStep::Handles, e))?,
+        stderr.map_err(|e| (SpawnStep::Handles, e))?,
+    ];
+    let text = LaunchText::new(&plan.program, &plan.args, &plan.env, &plan.cwd, &plan.title)
+        .map_err(|e| (SpawnStep::CreateProcess, e))?;
+
+    let (process, thread, pid) = create_suspended(text, &stdio, &plan.inherit)?;
+    // The child holds its own copies now.
+    drop(stdio);
+    drop(plan.inherit);
+
+    if let Err(e) = job.assign(process.as_handle()) {
+        // SAFETY: our own suspended child, which has run nothing; its handle is open.
+        unsafe { TerminateProcess(process.as_raw_handle(), 1) };
+        return Err((SpawnStep::AssignJob, e));
+    }
+    let process = Arc::new(process);
+    let exit = match ExitWatch::register(process.clone()) {
+        Ok(exit) => exit,
+        Err(e) => {
+            let _ = job.terminate(1);
+            return Err((SpawnStep::Watch, e));
+        }
+    };
+    // SAFETY: the thread handle is open and has THREAD_SUSPEND_RESUME (CreateProcessW gives
+    // THREAD_ALL_ACCESS).
+    if unsafe { ResumeThread(thread.as_raw_handle()) } == u32::MAX {
+        let e = io::Error::last_os_error();
+        let _ = job.terminate(1);
+        return Err((SpawnStep::Resume, e));
+    }
+    Ok(Child {
+        exit,
+        process,
+        pid,
+        job,
+    })
+}
+
+/// The strings `CreateProcessW` reads, each NUL-terminated (or double-NUL for the block).
+#[derive(Debug)]
+struct LaunchText {
+    application: Vec<u16>,
+    command_line: Vec<u16>,
+    environment: Vec<u16>,
+    cwd: Option<Vec<u16>>,
+    title: Option<Vec<u16>>,
+}
+
+impl LaunchText {
+    /// Resolves the program and builds every string, failing before anything is created.
+    fn new(
+        program: &std::path::Path,
+        args: &[OsString],
+        env: &[(OsString, OsString)],
+        cwd: &Option<PathBuf>,
+        title: &Option<OsString>,
+    ) -> io::Result<LaunchText> {
+        let resolved = resolve_program(program, env_lookup(env, "PATH"))?;
+        Ok(LaunchText {
+            application: wide_nul(resolved.as_os_str())?,
+            command_line: command_line(program.as_os_str(), args)?,
+            environment: env_block(env)?,
+            cwd: cwd.as_ref().map(|c| wide_nul(c.as_os_str())).transpose()?,
+            title: title.as_ref().map(|t| wide_nul(t)).transpose()?,
+        })
+    }
+}
+
+/// The handle for one of the child's standard handles, or `None` for none at all.
+///
+/// `Inherit` duplicates the parent's handle (non-inheritable, like all of ours), so that
+/// making it inheritable for the call does not touch the parent's own. See `GetStdHandle`
+/// (learn.microsoft.com/windows/console/getstdhandle) and `DuplicateHandle`
+/// (learn.microsoft.com/windows/win32/api/handleapi/nf-handleapi-duplicatehandle).
+fn stdio_handle(stdio: ChildStdio, which: STD_HANDLE) -> io::Result<Option<OwnedHandle>> {
+    match stdio {
+        ChildStdio::Null => super::stdio_pipe::null().map(Some),
+        ChildStdio::Handle(handle) => Ok(Some(handle)),
+        ChildStdio::Inherit => {
+            // SAFETY: no preconditions; the result is borrowed, not owned.
+            let ours = unsafe { GetStdHandle(which) };
+            if ours.is_null() || ours == INVALID_HANDLE_VALUE {
+                // A process without a console (a GUI parent) has no standard handles.
+                return Ok(None);
+            }
+            let mut copy: HANDLE = std::ptr::null_mut();
+            // SAFETY: `ours` is open (the process's standard handle); the copy goes into a
+            // local, in our own process, with the same access, not inheritable.
+            let ok = unsafe {
+                let me = GetCurrentProcess();
+                DuplicateHandle(me, ours, me, &mut copy, 0, 0, DUPLICATE_SAME_ACCESS)
+            };
+            if ok == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: the duplicate is new and owned by nobody else.
+            Ok(Some(unsafe { OwnedHandle::from_raw_handle(copy) }))
+        }
+    }
+}
+
+/// `CreateProcessW` with the handle list, suspended: (process, thread, pid).
+fn create_suspended(
+    mut text: LaunchText,
+    stdio: &[Option<OwnedHandle>; 3],
+    inherit: &[OwnedHandle],
+) -> Result<(OwnedHandle, OwnedHandle, u32), (SpawnStep, io::Error)> {
+    let listed: Vec<BorrowedHandle<'_>> = stdio
+        .iter()
+        .flatten()
+        .chain(inherit)
+        .map(|h| h.as_handle())
+        .collect();
+    let mut list = match listed.is_empty() {
+        true => None,
+        false => Some(HandleList::new(&listed).map_err(|e| (SpawnStep::Handles, e))?),
+    };
+    let raw_of = |h: &Option<OwnedHandle>| {
+        h.as_ref()
+            .map_or(std::ptr::null_mut(), |h| h.as_raw_handle())
+    };
+
+    // SAFETY: plain data; zero is "absent" for every field.
+    let mut info: STARTUPINFOEXW = unsafe { std::mem::zeroed() };
+    info.StartupInfo.cb = std::mem::size_of::<STARTUPINFOEXW>() as u32;
+    info.StartupInfo.dwFlags = STARTF_USESTDHANDLES;
+    info.StartupInfo.hStdInput = raw_of(&stdio[0]);
+    info.StartupInfo.hStdOutput = raw_of(&stdio[1]);
+    info.StartupInfo.hStdError = raw_of(&stdio[2]);
+    info.StartupInfo.lpTitle = text
+        .title
+        .as_mut()
+        .map_or(std::ptr::null_mut(), |t| t.as_mut_ptr());
+    info.lpAttributeList = list.as_mut().map_or(std::ptr::null_mut(), |l| l.raw());
+
+    let window = InheritWindow::open(&listed).map_err(|e| (SpawnStep::Handles, e))?;
+    // SAFETY: PROCESS_INFORMATION is plain data, filled by the call.
+    let mut created: PROCESS_INFORMATION = unsafe { std::mem::zeroed() };
+    // SAFETY: every string is NUL-terminated (the environment double-NUL-terminated, UTF-16
+    // as CREATE_UNICODE_ENVIRONMENT says) and lives in `text` past the call; the command line
+    // is writable, as CreateProcessW requires; `info` is a STARTUPINFOEXW with its size in
+    // `cb` and, when present, an initialised attribute list whose handle array lives in
+    // `list`; every listed handle is open and, inside `window`, inheritable.
+    let ok = unsafe {
+        CreateProcessW(
+            text.application.as_ptr(),
+            text.command_line.as_mut_ptr(),
+            std::ptr::null(),
+            std::ptr::null(),
+            i32::from(list.is_some()),
+            EXTENDED_STARTUPINFO_PRESENT | CREATE_SUSPENDED | CREATE_UNICODE_ENVIRONMENT,
+            text.environment.as_ptr().cast(),
+            text.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            &info.StartupInfo,
+            &mut created,
+        )
+    };
+    let error = io::Error::last_os_error();
+    drop(window);
+    drop(list);
+    if ok == 0 {
+        return Err((SpawnStep::CreateProcess, error));
+    }
+    // SAFETY: both handles are new and ours alone.
+    let (process, thread) = unsafe {
+        (
+            OwnedHandle::from_raw_handle(created.hProcess),
+            OwnedHandle::from_raw_handle(created.hThread),
+        )
+    };
+    Ok((process, thread, created.dwProcessId))
+}
+
+impl Child {
+    /// The child's process id. Another process may get this number once every handle to
+    /// the child is closed; while the [`Child`] lives, its handle keeps the number taken.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The process handle: `PROCESS_ALL_ACCESS`, so it can broker handles
+    /// (`PROCESS_DUP_HANDLE`) and wait (`SYNCHRONIZE`).
+    pub(crate) fn process(&self) -> BorrowedHandle<'_> {
+        self.process.as_handle()
+    }
+
+    /// The process handle, shareable: a channel that brokers handles keeps one.
+    pub(crate) fn process_arc(&self) -> Arc<OwnedHandle> {
+        self.process.clone()
+    }
+
+    /// The exit code, if the child has ended.
+    ///
+    /// Asks `GetExitCodeProcess` only once the process handle is signalled: a child may exit
+    /// with 259 (`STILL_ACTIVE`) on purpose. See `GetExitCodeProcess`
+    /// (learn.microsoft.com/windows/win32/api/processthreadsapi/nf-processthreadsapi-getexitcodeprocess).
+    pub(crate) fn try_exit(&self) -> io::Result<Option<u32>> {
+        self.wait_raw(0)
+    }
+
+    /// Waits for the child to end, at most `timeout` (forever if `None`); blocks the thread.
+    pub(crate) fn wait(&self, timeout: Option<Duration>) -> io::Result<Option<u32>> {
+        let Some(timeout) = timeout else {
+            return self.wait_raw(INFINITE);
+        };
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            let left = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => Duration::MAX,
+            };
+            // Round up, so as never to return before the deadline; stay below INFINITE.
+            let ms = left
+                .as_nanos()
+                .div_ceil(1_000_000)
+                .min(u128::from(INFINITE - 1)) as u32;
+            if let Some(code) = self.wait_raw(ms)? {
+                return Ok(Some(code));
+            }
+            if left.is_zero() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Waits up to `ms` milliseconds on the process handle, then reads its exit code.
+    ///
+    /// See `WaitForSingleObject`
+    /// (learn.microsoft.com/windows/win32/api/synchapi/nf-synchapi-waitforsingleobject).
+    fn wait_raw(&self, ms: u32) -> io::Result<Option<u32>> {
+        let handle = self.process.as_raw_handle();
+        // SAFETY: the process handle is open while `self` lives.
+        match unsafe { WaitForSingleObject(handle, ms) } {
+            WAIT_OBJECT_0 => {
+                let mut code = 0u32;
+                // SAFETY: as above; `code` is a local.
+                if unsafe { GetExitCodeProcess(handle, &mut code) } == 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(Some(code))
+            }
+            WAIT_TIMEOUT => Ok(None),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+
+    /// Waits for the child to end, without blocking a thread or polling.
+    ///
+    /// Cancel-safe, and any number of tasks may await it at once: a thread-pool wait on the
+    /// process handle wakes them all. Works on any tokio runtime, current-thread included.
+    pub(crate) async fn exited(&self) -> io::Result<u32> {
+        loop {
+            let notified = self.exit.state.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a wake between the two is not lost.
+            notified.as_mut().enable();
+            if let Some(code) = self.try_exit()? {
+                return Ok(code);
+            }
+            notified.await;
+        }
+    }
+
+    /// Terminates the child and every process it started, with exit code `code`.
+    ///
+    /// `Ok(false)` if the child had already ended (its remaining descendants are terminated
+    /// all the same); `Ok(true)` if it was running when asked — it may still have ended by
+    /// itself just before, and its exit code tells which. Termination completes
+    /// asynchronously: [`Child::wait`] or [`Child::exited`] to see it done.
+    pub(crate) fn terminate(&self, code: u32) -> io::Result<bool> {
+        let already = self.try_exit()?.is_some();
+        self.job.terminate(code)?;
+        Ok(!already)
+    }
+
+    /// Which job limit ended or blocked the child (or one of its processes), if the job said
+    /// so. Best effort: see [`super::job`].
+    pub(crate) fn limit_hit(&self) -> Option<JobLimit> {
+        self.job.limit_hit()
+    }
+}
+
+/// A thread-pool wait on the process handle, waking [`Child::exited`] when it is signalled.
+#[derive(Debug)]
+struct ExitWatch {
+    /// The registered wait, unregistered (waiting for a running callback) on drop.
+    wait: WaitHandle,
+    /// What the callback notifies; it borrows this `Arc`'s contents.
+    state: Arc<Notify>,
+    /// The handle waited on, kept open until the wait is gone.
+    _process: Arc<OwnedHandle>,
+}
+
+/// A wait handle from `RegisterWaitForSingleObject`.
+#[derive(Debug)]
+struct WaitHandle(HANDLE);
+
+// SAFETY: a wait handle is a kernel-side registration, usable from any thread: it is only
+// passed to UnregisterWaitEx, once, by whoever drops the ExitWatch.
+unsafe impl Send for WaitHandle {}
+// SAFETY: shared references never use the handle.
+unsafe impl Sync for WaitHandle {}
+
+impl ExitWatch {
+    /// Registers a one-shot wait on `process`.
+    ///
+    /// See `RegisterWaitForSingleObject`
+    /// (learn.microsoft.com/windows/win32/api/winbase/nf-winbase-registerwaitforsingleobject).
+    fn register(process: Arc<OwnedHandle>) -> io::Result<ExitWatch> {
+        let state = Arc::new(Notify::new());
+        let mut wait: HANDLE = std::ptr::null_mut();
+        // SAFETY: the process handle stays open while the wait exists (`_process` is dropped
+        // after `wait` is unregistered); the context points to `state`'s Notify, which lives
+        // until then too (the ExitWatch keeps an Arc). WT_EXECUTEONLYONCE: at most one call.
+        let ok = unsafe {
+            RegisterWaitForSingleObject(
+                &mut wait,
+                process.as_raw_handle(),
+                Some(on_exit),
+                Arc::as_ptr(&state).cast_mut().cast(),
+                INFINITE,
+                WT_EXECUTEONLYONCE,
+            )
+        };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ExitWatch {
+            wait: WaitHandle(wait),
+            state,
+            _process: process,
+        })
+    }
+}
+
+/// The thread-pool callback: the process ended; wake every awaiter.
+unsafe extern "system" fn on_exit(context: *mut core::ffi::c_void, _timed_out: bool) {
+    // SAFETY: `context` is the Notify registered with this wait, alive until the wait is
+    // unregistered — which waits for this callback to finish.
+    let state = unsafe { &*(context as *const Notify) };
+    state.notify_waiters();
+}
+
+impl Drop for ExitWatch {
+    fn drop(&mut self) {
+        // SAFETY: the wait handle is unregistered once, here. INVALID_HANDLE_VALUE: return only
+        // once a running callback has finished, so `state` and the process handle may go.
+        // See `UnregisterWaitEx`
+        // (learn.microsoft.com/windows/win32/api/winbase/nf-winbase-unregisterwaitex).
+        unsafe { UnregisterWaitEx(self.wait.0, INVALID_HANDLE_VALUE) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn child_is_send_and_sync() {
+        assert_send_sync::<Child>();
+    }
+
+    #[test]
+    fn a_missing_program_fails_at_create_process_with_not_found() {
+        let plan = SpawnPlan {
+            program: PathBuf::from(r"C:\no\such\program-xyz.exe"),
+            args: vec![],
+            env: vec![],
+            cwd: None,
+            stdin: ChildStdio::Null,
+            stdout: ChildStdio::Null,
+            stderr: ChildStdio::Null,
+            inherit: vec![],
+            limits: JobLimits::default(),
+            title: None,
+        };
+        let (step, error) = spawn(plan).unwrap_err();
+        assert_eq!(step, SpawnStep::CreateProcess);
+        assert!(
+            matches!(error.raw_os_error(), Some(2 | 3)),
+            "expected file or path not found, got {error}"
+        );
+    }
+
+    #[test]
+    fn a_nul_in_an_argument_fails_before_anything_starts() {
+        let plan = SpawnPlan {
+            program: PathBuf::from(r"C:\windows\system32\cmd.exe"),
+            args: vec!["a\0b".into()],
+            env: vec![],
+            cwd: None,
+            stdin: ChildStdio::Null,
+            stdout: ChildStdio::Null,
+            stderr: ChildStdio::Null,
+            inherit: vec![],
+            limits: JobLimits::default(),
+            title: None,
+        };
+        let (step, error) = spawn(plan).unwrap_err();
+        assert_eq!(step, SpawnStep::CreateProcess);
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+    }
+}
