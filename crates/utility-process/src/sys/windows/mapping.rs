@@ -37,9 +37,11 @@ impl Mapping {
     /// The mapped bytes.
     pub(crate) fn as_slice(&self) -> &[u8] {
         match &self.view {
-            // SAFETY: the view maps `len` readable bytes for as long as it lives, which `&self`
-            // outlives the slice by.
-            Some(view) => unsafe { std::slice::from_raw_parts(view.as_ptr(), view.len()) },
+            Some(view) => {
+                // SAFETY: the view maps `len` readable bytes for as long as it lives, and the
+                // slice borrows `self`, which owns the view.
+                unsafe { std::slice::from_raw_parts(view.as_ptr(), view.len()) }
+            }
             None => &[],
         }
     }
