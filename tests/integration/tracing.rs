@@ -215,7 +215,10 @@ fn a_short_run_is_told_through_tracing_events_with_their_fields() {
             );
 
             let echo_exit = recorder.one(echo_pid, "exited");
-            assert!(echo_exit.fields["status"].contains("SIGTERM"), "{echo_exit:?}");
+            assert!(
+                echo_exit.fields["status"].contains("SIGTERM"),
+                "{echo_exit:?}"
+            );
             // Messages are the hot path: no event for them.
             assert!(recorder
                 .0

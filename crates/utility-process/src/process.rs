@@ -71,9 +71,9 @@ pub struct ExitStatus {
     signal: Option<crate::unix::Signal>,
     #[cfg(unix)]
     core_dumped: bool,
-    /// The NTSTATUS of the exception that ended the child, and its name when known.
+    /// The NTSTATUS of the exception that ended the child.
     #[cfg(windows)]
-    crash: Option<(u32, Option<&'static str>)>,
+    crash: Option<u32>,
 }
 
 impl ExitStatus {
@@ -119,9 +119,9 @@ impl ExitStatus {
                 code: Some(code as i32),
                 crash: None,
             },
-            Some(Exit::Crash { status, name }) => ExitStatus {
+            Some(Exit::Crash { status, .. }) => ExitStatus {
                 code: None,
-                crash: Some((status, name)),
+                crash: Some(status),
             },
             None => ExitStatus {
                 code: None,
@@ -155,7 +155,7 @@ impl ExitStatus {
     /// See [`windows::ExitStatusExt::exception`](crate::windows::ExitStatusExt::exception).
     #[cfg(windows)]
     pub(crate) fn windows_crash(&self) -> Option<u32> {
-        self.crash.map(|(status, _)| status)
+        self.crash
     }
 }
 
@@ -172,9 +172,19 @@ impl fmt::Display for ExitStatus {
             None => f.write_str("unknown (the child was reaped by someone else)"),
         }
         #[cfg(windows)]
-        match self.crash {
-            Some((status, Some(name))) => write!(f, "ended by {name} ({status:#010X})"),
-            Some((status, None)) => write!(f, "ended by exception {status:#010X}"),
+        match self
+            .crash
+            .map(|status| (status, crate::sys::process::classify(status)))
+        {
+            Some((
+                status,
+                crate::sys::process::Exit::Crash {
+                    name: Some(name), ..
+                },
+            )) => {
+                write!(f, "ended by {name} ({status:#010X})")
+            }
+            Some((status, _)) => write!(f, "ended by exception {status:#010X}"),
             None => f.write_str("unknown"),
         }
     }

@@ -100,8 +100,16 @@ impl Channel {
         Ok(())
     }
 
-    /// The peer reads end-of-stream after what was sent.
+    /// Closes both ways, as a Unix `shutdown(SHUT_RDWR)`: the peer reads end-of-stream after
+    /// what was sent, and our own receives (and whoever waits in one) end now.
     pub(crate) fn shutdown(&self) {
+        self.0.shutdown();
+        self.0.stop_receiving();
+    }
+
+    /// Closes the sending way only: the peer reads end-of-stream after what was sent, and we
+    /// still read what it sends (how `kill` asks a child to finish, see `child.rs`).
+    pub(crate) fn finish_sending(&self) {
         self.0.shutdown();
     }
 

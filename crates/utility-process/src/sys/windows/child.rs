@@ -273,7 +273,7 @@ impl Child {
             return false;
         }
         self.asked.store(true, Ordering::SeqCst);
-        self.port.shutdown();
+        self.port.finish_sending();
         tracing::debug!(target: TARGET, parent: &self.span, grace = ?self.kill_grace, "kill: closed its parent port");
         let Some(deadline) = Instant::now().checked_add(self.kill_grace) else {
             return true;

@@ -309,6 +309,8 @@ mod tests {
             r"back\slash",
             r"trailing\",
             r"trailing space\ ",
+            r"C:\dir with space\",
+            r"two at the end \\",
             r#"slashes\\"and quote"#,
             r"\\server\share\",
             "ünïcødé ✓ 😀",

@@ -15,7 +15,10 @@
 //! The handles belong to the first payload byte, so `count > 0` requires `len > 0`. A chunk with
 //! `len == 0` and `count == 0` is the end-of-stream marker (written by [`Channel::shutdown`]):
 //! the reader reports end of stream and ignores anything after it. A header that breaks these
-//! rules makes the reader fail with `InvalidData` for good. The meaning of a handle value
+//! rules makes the reader fail with `InvalidData` for good, as does a handle value that is not
+//! a plausible handle (0, negative — the pseudo handles —, not a multiple of 4, or 2^31 and
+//! above). A writer may split a chunk over several writes; the reader puts it together. The
+//! meaning of a handle value
 //! depends on the direction (see `chunk.rs`): from a child to its parent it is a handle in the
 //! CHILD's table, which the parent moves out; from a parent to a child it is a handle the
 //! parent has already put into the child's table. A Python child therefore sends its own handle
@@ -30,12 +33,17 @@
 //!   on it directly.
 //! - **Pull-based receiving.** Nothing is read behind the caller's back: readiness is a
 //!   zero-byte overlapped `ReadFile`, which completes when data arrives without consuming any
-//!   (libuv's "zero reads"), and `recv` asks `PeekNamedPipe` how much is there and reads at most
-//!   that, so every read completes at once. The only bytes held in our memory between calls are
-//!   those of a chunk header that arrived in pieces (our own writer never splits one).
+//!   (libuv's "zero reads"; Wine 8 does this too), and `recv` asks `PeekNamedPipe` how much is
+//!   there and reads at most that, so every read completes at once. The only bytes held in our
+//!   memory between calls are those of a chunk header that arrived in pieces (our own writer
+//!   never splits one: each chunk is one `WriteFile`). A zero read cancelled because the thread
+//!   that started it exited just completes: a spurious wake-up, and the next readiness check
+//!   starts another.
 //! - **Bounded, never-blocking sends.** One overlapped write in flight, from a buffer the
 //!   channel owns (a copy of at most 1 MiB of the caller's bytes): `send` while it is pending is
-//!   `WouldBlock`; its completion is what `writable` waits for.
+//!   `WouldBlock`; its completion is what `writable` waits for. Writes are started on one
+//!   long-lived thread (`issuer.rs`), because Windows cancels the pending I/O of a thread that
+//!   exits and a sender may be a short-lived thread.
 //! - **End of stream.** `ERROR_BROKEN_PIPE`, `ERROR_PIPE_NOT_CONNECTED` or `ERROR_NO_DATA` from a
 //!   peek or read means the peer closed: `Ok(0)` once everything it wrote was read (Windows keeps
 //!   a closed writer's data readable). `shutdown` writes the end-of-stream marker, since a named
@@ -51,19 +59,15 @@ use std::os::windows::io::{AsHandle, AsRawHandle, BorrowedHandle, OwnedHandle};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use windows_sys::Win32::Foundation::{
-    ERROR_BROKEN_PIPE, ERROR_IO_INCOMPLETE, ERROR_IO_PENDING, ERROR_NO_DATA,
-    ERROR_OPERATION_ABORTED, ERROR_PIPE_NOT_CONNECTED, HANDLE,
-};
-use windows_sys::Win32::Storage::FileSystem::{GetFileType, ReadFile, WriteFile, FILE_TYPE_PIPE};
-use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
+use windows_sys::Win32::Foundation::HANDLE;
+use windows_sys::Win32::System::Threading::SetEvent;
 
 use super::chunk::{self, Exported, Header, FIXED, MAX_PAYLOAD};
 pub(crate) use super::chunk::{Broker, MAX_HANDLES};
 use super::handle;
-use super::wake::EventWaker;
-
 use super::named_pipe as pipe;
+use super::overlapped::{is_closed, linger, Op};
+use super::wake::EventWaker;
 
 /// What [`Channel::wait`] waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,107 +79,13 @@ pub(crate) enum Interest {
 }
 
 /// How long `into_handle` waits for the rest of a chunk or for our last write.
+#[cfg(test)]
 const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// Whether `handle` is a pipe a [`Channel`] can wrap (the port type check for received
-/// handles).
-///
-/// See `GetFileType` (learn.microsoft.com/windows/win32/api/fileapi/nf-fileapi-getfiletype).
+/// handles): a named-pipe end opened for overlapped I/O (see `pipe::is_overlapped_pipe`).
 pub(crate) fn is_channel(handle: BorrowedHandle<'_>) -> bool {
-    // SAFETY: GetFileType only queries the open (borrowed) handle.
-    unsafe { GetFileType(handle.as_raw_handle()) == FILE_TYPE_PIPE }
-}
-
-/// One overlapped operation: its `OVERLAPPED` and event, boxed so that their address stays
-/// put while the kernel may write to them.
-struct Op {
-    /// The kernel's record of the operation.
-    overlapped: OVERLAPPED,
-    /// Manual-reset; signalled when the operation completes.
-    event: OwnedHandle,
-    /// What a write writes (unused by reads).
-    buf: Vec<u8>,
-}
-
-// SAFETY: `Op` holds a raw event handle (inside OVERLAPPED) and a buffer; both may be used from
-// any thread. The channel's mutexes serialise all access to an Op.
-unsafe impl Send for Op {}
-
-impl Op {
-    /// A fresh operation record with its own event.
-    fn new() -> io::Result<Box<Op>> {
-        let event = handle::event()?;
-        let overlapped = OVERLAPPED {
-            hEvent: event.as_raw_handle(),
-            ..Default::default()
-        };
-        Ok(Box::new(Op {
-            overlapped,
-            event,
-            buf: Vec::new(),
-        }))
-    }
-
-    /// Clears the kernel's fields before the record is reused (the event stays).
-    fn reset(&mut self) {
-        self.overlapped = OVERLAPPED {
-            hEvent: self.event.as_raw_handle(),
-            ..Default::default()
-        };
-    }
-
-    /// The outcome of the operation, without waiting: `None` while it is pending.
-    ///
-    /// See `GetOverlappedResult`
-    /// (learn.microsoft.com/windows/win32/api/ioapiset/nf-ioapiset-getoverlappedresult).
-    fn result(&self, pipe: HANDLE) -> Option<io::Result<usize>> {
-        let mut n = 0u32;
-        // SAFETY: the record belongs to an operation started on `pipe`; not waiting, the call
-        // only reads it.
-        if unsafe { GetOverlappedResult(pipe, &self.overlapped, &mut n, 0) } != 0 {
-            return Some(Ok(n as usize));
-        }
-        let err = io::Error::last_os_error();
-        (err.raw_os_error() != Some(ERROR_IO_INCOMPLETE as i32)).then_some(Err(err))
-    }
-
-    /// Waits up to `timeout` for the operation, then cancels it and waits for the
-    /// cancellation, so that the record is free on return. Returns what it transferred.
-    ///
-    /// See `CancelIoEx`
-    /// (learn.microsoft.com/windows/win32/fileio/cancelioex-func).
-    fn finish(&mut self, pipe: HANDLE, timeout: Option<Duration>) -> io::Result<usize> {
-        if !handle::wait_for(self.event.as_handle(), timeout)? {
-            // SAFETY: cancels only this record's operation on `pipe`; harmless if it completed.
-            unsafe { CancelIoEx(pipe, &self.overlapped) };
-        }
-        let mut n = 0u32;
-        // SAFETY: waiting for the (possibly cancelled) operation this record describes.
-        if unsafe { GetOverlappedResult(pipe, &self.overlapped, &mut n, 1) } != 0 {
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(code) if code == ERROR_OPERATION_ABORTED as i32 => Ok(n as usize),
-            _ => Err(err),
-        }
-    }
-}
-
-impl fmt::Debug for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Op")
-            .field("event", &self.event)
-            .field("buf", &self.buf.len())
-            .finish()
-    }
-}
-
-/// Whether an error from a pipe call means the peer has closed its end.
-fn is_closed(err: &io::Error) -> bool {
-    [ERROR_BROKEN_PIPE, ERROR_PIPE_NOT_CONNECTED, ERROR_NO_DATA]
-        .iter()
-        .any(|&code| err.raw_os_error() == Some(code as i32))
+    pipe::is_overlapped_pipe(handle)
 }
 
 /// The peer is gone: the error `send` reports.
@@ -221,7 +131,7 @@ struct Writer {
     op: Box<Op>,
     /// `op` is started and not yet reaped.
     in_flight: bool,
-    /// The end-of-stream marker, when `shutdown` found a write in flight and queued it behind.
+    /// The end-of-stream marker's write (see `shutdown`), while it is in flight.
     marker: Option<Box<Op>>,
     /// `shutdown` was called.
     shut: bool,
@@ -267,7 +177,7 @@ impl Channel {
     }
 
     /// Wraps a handle received from another process or inherited. `InvalidData` unless it is
-    /// a pipe. The handle must have been opened overlapped (all of ours are).
+    /// a named-pipe end opened for overlapped I/O (all of ours are).
     pub(crate) fn from_handle(handle: OwnedHandle, broker: Broker) -> io::Result<Channel> {
         if !is_channel(handle.as_handle()) {
             return Err(chunk::invalid("a port that is not a pipe"));
@@ -346,7 +256,7 @@ impl Channel {
         } = &mut *w;
         op.buf.clear();
         chunk::encode(&mut op.buf, payload, exported.values());
-        match self.start_write(op) {
+        match op.start_write(self.raw()) {
             Ok(pending) => {
                 exported.sent();
                 *in_flight = pending;
@@ -377,35 +287,6 @@ impl Channel {
         Ok(false)
     }
 
-    /// Starts writing `op.buf`: `Ok(false)` if it completed at once, `Ok(true)` if pending.
-    ///
-    /// See `WriteFile`
-    /// (learn.microsoft.com/windows/win32/api/fileapi/nf-fileapi-writefile).
-    fn start_write(&self, op: &mut Op) -> io::Result<bool> {
-        op.reset();
-        // SAFETY: `op` is boxed and stays in this channel (or goes to the linger thread) until
-        // the write completes, so the buffer and OVERLAPPED outlive the operation; the length
-        // fits u32 (at most 1 MiB plus a header).
-        let ok = unsafe {
-            WriteFile(
-                self.raw(),
-                op.buf.as_ptr(),
-                op.buf.len() as u32,
-                std::ptr::null_mut(),
-                &mut op.overlapped,
-            )
-        };
-        if ok != 0 {
-            return Ok(false);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(ERROR_IO_PENDING as i32) {
-            Ok(true)
-        } else {
-            Err(err)
-        }
-    }
-
     /// Never blocks. Appends at most `limit` payload bytes to `buf` and the handles attached
     /// to the first of them to `handles`. `Ok(0)` is end of stream; `WouldBlock` means nothing
     /// yet; `InvalidData` means the peer broke the chunk rules (the handles of that attachment
@@ -427,20 +308,12 @@ impl Channel {
             if r.remaining == 0 && !self.next_chunk(&mut r, got > 0)? {
                 break;
             }
-            let avail = match pipe::peek(self.raw(), &mut []) {
-                Ok((_, avail)) => avail,
-                Err(err) if is_closed(&err) => {
-                    r.eof = true;
-                    break;
-                }
-                Err(err) => return Err(err),
-            };
+            let avail = self.available(&mut r)?;
             let want = r.remaining.min(limit - got).min(avail);
             if want == 0 {
                 break;
             }
-            buf.reserve(want);
-            let n = self.read_now(&mut r.read, buf, want)?;
+            let n = r.read.read_now(self.raw(), buf, want)?;
             if n == 0 {
                 break;
             }
@@ -460,50 +333,26 @@ impl Channel {
     /// (incomplete header, end of stream, or — when `got_any` — a chunk carrying handles,
     /// which the next call returns).
     fn next_chunk(&self, r: &mut Reader, got_any: bool) -> io::Result<bool> {
-        if got_any && r.header.is_empty() {
-            let mut fixed = [0u8; FIXED];
-            match pipe::peek(self.raw(), &mut fixed) {
-                Ok((FIXED, _)) if Header::parse(&fixed).is_ok_and(|h| h.count > 0) => {
-                    return Ok(false)
-                }
-                Ok(_) => {}
-                Err(err) if is_closed(&err) => {
-                    r.eof = true;
-                    return Ok(false);
-                }
-                Err(err) => return Err(err),
-            }
+        if got_any && r.header.is_empty() && self.next_carries_handles(r)? {
+            return Ok(false);
         }
-        loop {
-            let need = match r.header.len() {
-                n if n < FIXED => FIXED,
-                _ => self
-                    .checked(
-                        r,
-                        Header::parse(r.header[..FIXED].try_into().unwrap_or(&[0; FIXED])),
-                    )?
-                    .size(),
+        let header = loop {
+            let parsed = match r.header.first_chunk::<FIXED>() {
+                Some(&fixed) => Some(self.checked(r, Header::parse(&fixed))?),
+                None => None,
             };
-            if r.header.len() == need {
-                break;
+            let need = parsed.map_or(FIXED, |h| h.size());
+            match parsed {
+                Some(header) if r.header.len() == need => break header,
+                _ => {}
             }
-            let avail = match pipe::peek(self.raw(), &mut []) {
-                Ok((_, avail)) => avail,
-                Err(err) if is_closed(&err) => {
-                    r.eof = true;
-                    return Ok(false);
-                }
-                Err(err) => return Err(err),
+            let avail = match self.available(r)? {
+                0 => return Ok(false),
+                avail => avail,
             };
-            let want = (need - r.header.len()).min(avail);
-            if want == 0 {
-                return Ok(false);
-            }
             let Reader { read, header, .. } = r;
-            self.read_now(read, header, want)?;
-        }
-        let fixed: [u8; FIXED] = r.header[..FIXED].try_into().unwrap_or([0; FIXED]);
-        let header = self.checked(r, Header::parse(&fixed))?;
+            read.read_now(self.raw(), header, (need - header.len()).min(avail))?;
+        };
         if header.is_end() {
             r.eof = true;
             r.header.clear();
@@ -517,6 +366,34 @@ impl Channel {
         Ok(true)
     }
 
+    /// Whether the next chunk, whose header has not been touched yet, carries handles (as far
+    /// as its fixed part has arrived; a header that breaks the rules is left for the read that
+    /// consumes it to refuse).
+    fn next_carries_handles(&self, r: &mut Reader) -> io::Result<bool> {
+        let mut fixed = [0u8; FIXED];
+        match pipe::peek(self.raw(), &mut fixed) {
+            Ok((FIXED, _)) => Ok(Header::parse(&fixed).is_ok_and(|h| h.count > 0)),
+            Ok(_) => Ok(false),
+            Err(err) if is_closed(&err) => {
+                r.eof = true;
+                Ok(true)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Bytes waiting in the pipe; 0 (and end of stream noted) when the peer has closed.
+    fn available(&self, r: &mut Reader) -> io::Result<usize> {
+        match pipe::peek(self.raw(), &mut []) {
+            Ok((_, avail)) => Ok(avail),
+            Err(err) if is_closed(&err) => {
+                r.eof = true;
+                Ok(0)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     /// Passes `result` through, marking the reader dead if it is an error.
     fn checked<T>(&self, r: &mut Reader, result: io::Result<T>) -> io::Result<T> {
         if result.is_err() {
@@ -525,43 +402,6 @@ impl Channel {
             r.pending.clear();
         }
         result
-    }
-
-    /// Reads `want` bytes that `PeekNamedPipe` reported present, appending them to `buf`
-    /// (which has room). Such a read completes at once; it is given a second to be safe.
-    ///
-    /// See `ReadFile` (learn.microsoft.com/windows/win32/api/fileapi/nf-fileapi-readfile).
-    fn read_now(&self, op: &mut Op, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
-        buf.reserve(want);
-        let want = want.min(buf.capacity() - buf.len()).min(u32::MAX as usize);
-        op.reset();
-        let spare = buf.spare_capacity_mut();
-        let mut n = 0u32;
-        // SAFETY: `spare` is valid for writes of `want` bytes; the OVERLAPPED is boxed in the
-        // reader and `finish` below waits for (or cancels and reaps) the operation before we
-        // return, so neither is used by the kernel afterwards.
-        let ok = unsafe {
-            ReadFile(
-                self.raw(),
-                spare.as_mut_ptr().cast(),
-                want as u32,
-                &mut n,
-                &mut op.overlapped,
-            )
-        };
-        let n = if ok != 0 {
-            n as usize
-        } else {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(ERROR_IO_PENDING as i32) {
-                return Err(err);
-            }
-            op.finish(self.raw(), Some(Duration::from_secs(1)))?
-        };
-        let n = n.min(want);
-        // SAFETY: ReadFile initialised the first `n` bytes of the spare capacity.
-        unsafe { buf.set_len(buf.len() + n) };
-        Ok(n)
     }
 
     /// Notes that the zero read completed, if it has.
@@ -585,22 +425,9 @@ impl Channel {
         if r.zero_pending {
             return false;
         }
-        r.zero.reset();
-        let mut n = 0u32;
-        // SAFETY: a zero-length read writes nothing; the pointer is to the reader's own buffer
-        // field only to be non-null. The OVERLAPPED is boxed in the reader, and Drop /
-        // into_handle cancel and reap this read before the box goes away.
-        let ok = unsafe {
-            ReadFile(
-                self.raw(),
-                r.read.buf.as_mut_ptr(),
-                0,
-                &mut n,
-                &mut r.zero.overlapped,
-            )
-        };
-        if ok != 0 || io::Error::last_os_error().raw_os_error() != Some(ERROR_IO_PENDING as i32) {
-            return true;
+        match r.zero.start_zero_read(self.raw()) {
+            Ok(true) => {}
+            _ => return true,
         }
         r.zero_pending = true;
         false
@@ -647,52 +474,63 @@ impl Channel {
                 if self.read_ready(&mut r) {
                     return Ok(true);
                 }
-                handle::duplicate(r.zero.event.as_handle())?
+                r.zero.event.as_raw_handle()
             }
             Interest::Writable => {
                 let mut w = lock(&self.writer);
                 if !matches!(self.write_busy(&mut w), Ok(true)) {
                     return Ok(true);
                 }
-                handle::duplicate(w.op.event.as_handle())?
+                w.op.event.as_raw_handle()
             }
         };
-        handle::wait_for(event.as_handle(), timeout)
+        // SAFETY: the zero read's and the write's records (and their events) are created with
+        // the channel and only dropped with it (`Drop`, or `into_handle`, which consumes it),
+        // so the event stays open while `&self` is borrowed, after the lock is released.
+        let event = unsafe { BorrowedHandle::borrow_raw(event) };
+        handle::wait_for(event, timeout)
     }
 
     /// The peer reads end of stream once it has read what was sent before; later sends fail
-    /// with `BrokenPipe`. Our own receiving is unaffected (a named pipe cannot be half-closed;
-    /// this writes the end-of-stream marker).
+    /// with `BrokenPipe`. Our own receiving is unaffected (a named pipe cannot be half-closed,
+    /// so this writes the end-of-stream marker, behind a write still in flight if there is
+    /// one: a pipe keeps writes in the order they were started).
     pub(crate) fn shutdown(&self) {
         let mut w = lock(&self.writer);
         if w.shut {
             return;
         }
         w.shut = true;
+        let _ = self.write_busy(&mut w);
         if w.broken {
             return;
         }
-        let busy = matches!(self.write_busy(&mut w), Ok(true));
-        let mut op = match busy {
-            false => std::mem::replace(
-                &mut w.op,
-                match Op::new() {
-                    Ok(op) => op,
-                    Err(_) => return,
-                },
-            ),
-            true => match Op::new() {
-                Ok(op) => op,
-                Err(_) => return,
-            },
+        let Ok(mut marker) = Op::new() else {
+            // Without an event there is no marker: the peer sees the end when we close.
+            return;
         };
-        op.buf.clear();
-        op.buf.extend_from_slice(&chunk::END_MARKER);
-        match self.start_write(&mut op) {
-            Ok(true) => w.marker = Some(op),
+        marker.buf.extend_from_slice(&chunk::END_MARKER);
+        match marker.start_write(self.raw()) {
+            Ok(true) => w.marker = Some(marker),
             Ok(false) => {}
             Err(_) => w.broken = true,
         }
+    }
+
+    /// Ends our own receiving: later receives report end of stream, and every waiter on this
+    /// end, blocking or async, wakes now. What the peer sends from here on is not read here.
+    ///
+    /// See `SetEvent` (learn.microsoft.com/windows/win32/api/synchapi/nf-synchapi-setevent).
+    pub(crate) fn stop_receiving(&self) {
+        let mut r = lock(&self.reader);
+        r.eof = true;
+        // A blocking `wait` and the thread-pool wait behind `readable` both watch the zero
+        // read's event: signal it (a zero read still pending signals it again when it ends,
+        // which only wakes a waiter that finds the end of stream).
+        // SAFETY: the event is open while the channel lives; SetEvent only signals it.
+        unsafe { SetEvent(r.zero.event.as_raw_handle()) };
+        drop(r);
+        self.read_waker.notify().notify_waiters();
     }
 
     /// Gives up this end for transfer to another process: stops all pending I/O (no read is
@@ -704,6 +542,7 @@ impl Channel {
     /// Fails with `WouldBlock` if a write of ours does not finish within 5 s, `TimedOut` if the
     /// rest of the chunk does not arrive in time, and `InvalidData` if the current chunk's
     /// handles were not handed out yet (only a peer that splits its headers can cause that).
+    #[cfg(test)] // the transport hands a port over by its handle (see `finish_chunk`)
     pub(crate) fn into_handle(self) -> io::Result<(OwnedHandle, Vec<u8>)> {
         let deadline = Instant::now() + HANDOVER_WAIT;
         self.read_waker.disarm();
@@ -777,48 +616,18 @@ impl Channel {
         timeout: Duration,
     ) -> io::Result<usize> {
         match pipe::peek(self.raw(), &mut []) {
-            Ok((_, avail)) if avail > 0 => return self.read_now(op, buf, want.min(avail)),
+            Ok((_, avail)) if avail > 0 => return op.read_now(self.raw(), buf, want.min(avail)),
             Err(err) if is_closed(&err) => return Ok(0),
             _ => {}
         }
-        op.reset();
-        let spare = buf.spare_capacity_mut();
-        let want = want.min(spare.len()).min(u32::MAX as usize);
-        let mut n = 0u32;
-        // SAFETY: `spare` is valid for writes of `want` bytes; `finish` waits for or cancels
-        // and reaps the operation before we return.
-        let ok = unsafe {
-            ReadFile(
-                self.raw(),
-                spare.as_mut_ptr().cast(),
-                want as u32,
-                &mut n,
-                &mut op.overlapped,
-            )
-        };
-        let n = if ok != 0 {
-            n as usize
-        } else {
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(code) if code == ERROR_IO_PENDING as i32 => {
-                    match op.finish(self.raw(), Some(timeout)) {
-                        Err(err) if is_closed(&err) => 0,
-                        other => other?,
-                    }
-                }
-                _ if is_closed(&err) => 0,
-                _ => return Err(err),
-            }
-        };
-        let n = n.min(want);
-        // SAFETY: the read initialised the first `n` bytes of the spare capacity.
-        unsafe { buf.set_len(buf.len() + n) };
-        Ok(n)
+        op.read_within(self.raw(), buf, want, timeout)
     }
 }
 
 impl Drop for Channel {
+    /// Stops what runs on our behalf before the pipe handle closes: the wait registrations
+    /// (released), the zero read (cancelled and reaped), and writes in flight (handed to
+    /// `linger`, so that the peer still receives them).
     fn drop(&mut self) {
         self.read_waker.disarm();
         self.write_waker.disarm();
@@ -847,65 +656,6 @@ impl Drop for Channel {
             linger(self.pipe.as_handle(), left);
         }
     }
-}
-
-/// (The ops stay boxed: the kernel holds each OVERLAPPED's address until it completes.)
-///
-/// Writes still in flight when their channel was dropped, with a duplicate of the pipe handle
-/// that keeps the pipe open for them. Dropping it waits for them (`patient`) or cancels them.
-#[allow(clippy::vec_box)]
-struct Lingering {
-    /// Keeps the file object, and so the writes, alive.
-    pipe: OwnedHandle,
-    /// The writes; their buffers and OVERLAPPEDs must live until they complete.
-    ops: Vec<Box<Op>>,
-    /// Wait for completion (on the linger thread) rather than cancel.
-    patient: bool,
-}
-
-impl Drop for Lingering {
-    fn drop(&mut self) {
-        let timeout = if self.patient {
-            None
-        } else {
-            Some(Duration::ZERO)
-        };
-        for op in &mut self.ops {
-            // A write that cannot be waited for must still be reaped: cancel, then wait.
-            if op.finish(self.pipe.as_raw_handle(), timeout).is_err() && self.patient {
-                op.finish(self.pipe.as_raw_handle(), Some(Duration::ZERO))
-                    .ok();
-            }
-        }
-    }
-}
-
-/// Hands writes still in flight to a thread that waits until the peer has read them (or is
-/// gone), so that a message sent just before the channel was dropped still arrives. If no
-/// thread can be had, the writes are cancelled instead (their memory must not outlive them).
-#[allow(clippy::vec_box)] // each op must stay at its address, see `Lingering`
-fn linger(pipe: BorrowedHandle<'_>, ops: Vec<Box<Op>>) {
-    let kept = match handle::duplicate(pipe) {
-        Ok(kept) => kept,
-        Err(_) => {
-            for mut op in ops {
-                op.finish(pipe.as_raw_handle(), Some(Duration::ZERO)).ok();
-            }
-            return;
-        }
-    };
-    let lingering = Lingering {
-        pipe: kept,
-        ops,
-        patient: false,
-    };
-    // If spawning fails, the closure (and with it `lingering`) is dropped impatiently.
-    let _ = std::thread::Builder::new()
-        .name("channel-linger".into())
-        .spawn(move || {
-            let mut lingering = lingering;
-            lingering.patient = true;
-        });
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use super::*;
 use std::sync::Arc;
-use windows_sys::Win32::System::Threading::{GetCurrentProcess, GetProcessHandleCount, SetEvent};
+use windows_sys::Win32::System::Threading::{GetCurrentProcess, SetEvent};
 
 /// Runs `f` with a limit, so that a deadlock fails the test instead of hanging it.
 fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -52,7 +52,7 @@ fn send_all(ch: &Channel, mut bytes: &[u8]) {
 fn write_raw(ch: &Channel, bytes: &[u8]) {
     let mut w = lock(&ch.writer);
     w.op.buf = bytes.to_vec();
-    if ch.start_write(&mut w.op).unwrap() {
+    if w.op.start_write(ch.raw()).unwrap() {
         w.op.finish(ch.raw(), None).unwrap();
     }
 }
@@ -66,14 +66,6 @@ fn brokered_pair() -> (Channel, Channel) {
     parent.set_broker(Broker::Child(Arc::new(handle::duplicate(me).unwrap())));
     child.set_broker(Broker::Parent);
     (parent, child)
-}
-
-/// How many handles this process has open.
-fn handle_count() -> u32 {
-    let mut n = 0;
-    // SAFETY: writes one u32.
-    unsafe { GetProcessHandleCount(GetCurrentProcess(), &mut n) };
-    n
 }
 
 /// Whether `event` is signalled now.
@@ -99,12 +91,7 @@ fn recv_with_nothing_there_is_would_block() {
 
 #[test]
 fn sixty_four_mib_cross_intact_while_both_sides_send_at_once() {
-    let total: usize = std::env::var("total_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
-        << 20;
-    let one_way = std::env::var("ONE_WAY").is_ok();
+    let total: usize = 64 << 20;
     let pattern = |i: usize| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1];
     within(300, move || {
         let (a, b) = Channel::pair().unwrap();
@@ -143,21 +130,15 @@ fn sixty_four_mib_cross_intact_while_both_sides_send_at_once() {
                 }
             })
         };
-        let t0 = Instant::now();
-        let threads = if one_way {
-            vec![sender(a.clone()), receiver(b)]
-        } else {
-            vec![
-                sender(a.clone()),
-                sender(b.clone()),
-                receiver(a),
-                receiver(b),
-            ]
-        };
+        let threads = [
+            sender(a.clone()),
+            sender(b.clone()),
+            receiver(a),
+            receiver(b),
+        ];
         for t in threads {
             t.join().unwrap();
         }
-        eprintln!("took {:?}", t0.elapsed());
     });
 }
 
@@ -208,7 +189,17 @@ fn end_of_stream_comes_after_all_data_once_the_peer_drops() {
     drop(a);
     let got = within(30, move || {
         let data = recv_exactly(&b, 10 + MAX_PAYLOAD);
-        let end = b.recv(&mut Vec::new(), 16, &mut Vec::new());
+        // The linger thread lets go of the pipe once its write is read: end of stream follows.
+        let end = loop {
+            match b.recv(&mut Vec::new(), 16, &mut Vec::new()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(b
+                        .wait(Interest::Readable, Some(Duration::from_secs(10)))
+                        .unwrap());
+                }
+                other => break other,
+            }
+        };
         (data, end.map_err(|e| e.kind()))
     });
     assert_eq!(&got.0[..10], b"last words");
@@ -333,7 +324,7 @@ fn handles_arrive_with_the_first_byte_of_their_send_and_not_earlier_or_later() {
 }
 
 #[test]
-fn a_made_up_handle_value_from_a_child_is_invalid_data_and_nothing_leaks() {
+fn a_made_up_handle_value_from_a_child_is_invalid_data_and_kills_reading() {
     let (parent, child) = brokered_pair();
     let own = handle::event().unwrap();
     // A child naming one handle it owns and one it does not.
@@ -341,7 +332,6 @@ fn a_made_up_handle_value_from_a_child_is_invalid_data_and_nothing_leaks() {
     let mut chunk = Vec::new();
     chunk::encode(&mut chunk, b"forged", &[exported.values()[0], 0x7fff_fff0]);
     exported.sent();
-    let before = handle_count();
     write_raw(&child, &chunk);
     parent
         .wait(Interest::Readable, Some(Duration::from_secs(5)))
@@ -350,8 +340,8 @@ fn a_made_up_handle_value_from_a_child_is_invalid_data_and_nothing_leaks() {
     let err = parent.recv(&mut Vec::new(), 100, &mut handles).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     assert!(handles.is_empty());
-    // The valid one was moved out of the "child" and closed: one handle fewer than before.
-    assert_eq!(handle_count(), before - 1);
+    // (Handle counts are checked across processes in tests/child_process.rs: here other tests
+    // open and close handles in the same process at the same time.)
     assert_eq!(
         parent
             .recv(&mut Vec::new(), 100, &mut handles)
@@ -466,4 +456,107 @@ fn channel_is_send_sync_and_debug() {
     assert_send_sync::<Channel>();
     let (a, _b) = Channel::pair().unwrap();
     assert!(format!("{a:?}").starts_with("Channel"));
+}
+
+#[test]
+fn a_child_gives_up_its_handles_and_the_parent_takes_them() {
+    let (parent, child) = brokered_pair();
+    let event = handle::event().unwrap();
+    child.send(b"yours", &[event.as_handle()]).unwrap();
+    parent
+        .wait(Interest::Readable, Some(Duration::from_secs(5)))
+        .unwrap();
+    let (mut buf, mut handles) = (Vec::new(), Vec::new());
+    assert_eq!(parent.recv(&mut buf, 100, &mut handles).unwrap(), 5);
+    assert_eq!(handles.len(), 1);
+    // SAFETY: a received, open event handle.
+    unsafe { SetEvent(handles[0].as_raw_handle()) };
+    assert!(is_set(&event));
+}
+
+#[test]
+fn shutdown_while_a_write_is_in_flight_ends_the_stream_behind_it() {
+    let (a, b) = Channel::pair().unwrap();
+    let big = vec![3u8; MAX_PAYLOAD];
+    assert_eq!(a.send(&big, &[]).unwrap(), MAX_PAYLOAD);
+    assert!(
+        !a.wait(Interest::Writable, Some(Duration::ZERO)).unwrap(),
+        "still in flight"
+    );
+    a.shutdown();
+    let b = within(30, move || {
+        assert_eq!(recv_exactly(&b, MAX_PAYLOAD).len(), MAX_PAYLOAD);
+        b
+    });
+    assert!(b
+        .wait(Interest::Readable, Some(Duration::from_secs(5)))
+        .unwrap());
+    assert_eq!(b.recv(&mut Vec::new(), 16, &mut Vec::new()).unwrap(), 0);
+}
+
+#[test]
+fn a_header_that_arrives_in_pieces_is_put_together() {
+    let (a, b) = brokered_pair();
+    let event = handle::event().unwrap();
+    let exported = Broker::Child(match &*lock(&a.broker) {
+        Broker::Child(me) => me.clone(),
+        _ => unreachable!(),
+    })
+    .export(&[event.as_handle()])
+    .unwrap();
+    let mut chunk = Vec::new();
+    chunk::encode(&mut chunk, b"split", exported.values());
+    exported.sent();
+    write_raw(&a, &chunk[..3]);
+    b.wait(Interest::Readable, Some(Duration::from_secs(5)))
+        .unwrap();
+    let (mut buf, mut handles) = (Vec::new(), Vec::new());
+    let err = b.recv(&mut buf, 100, &mut handles).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    // Nothing more there: the readiness wait must now sleep, not spin.
+    assert!(!b
+        .wait(Interest::Readable, Some(Duration::from_millis(50)))
+        .unwrap());
+    write_raw(&a, &chunk[3..12]);
+    b.wait(Interest::Readable, Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(
+        b.recv(&mut buf, 100, &mut handles).unwrap_err().kind(),
+        io::ErrorKind::WouldBlock
+    );
+    write_raw(&a, &chunk[12..]);
+    b.wait(Interest::Readable, Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(b.recv(&mut buf, 100, &mut handles).unwrap(), 5);
+    assert_eq!(buf, b"split");
+    assert_eq!(handles.len(), 1);
+}
+
+#[test]
+fn into_handle_fails_with_would_block_while_our_write_stays_in_flight() {
+    let (a, _b) = Channel::pair().unwrap();
+    a.send(&vec![0u8; MAX_PAYLOAD], &[]).unwrap();
+    let err = a.into_handle().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+}
+
+/// Not a check: prints the round-trip time of 64-byte messages (each `send` starts its write
+/// on the issuing thread). Run with `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn ping_pong_latency() {
+    let (a, b) = Channel::pair().unwrap();
+    let echo = std::thread::spawn(move || {
+        for _ in 0..2000 {
+            let msg = recv_exactly(&b, 64);
+            send_all(&b, &msg);
+        }
+    });
+    let start = Instant::now();
+    for _ in 0..2000 {
+        send_all(&a, &[9u8; 64]);
+        assert_eq!(recv_exactly(&a, 64).len(), 64);
+    }
+    eprintln!("round trip: {:?}", start.elapsed() / 2000);
+    echo.join().unwrap();
 }

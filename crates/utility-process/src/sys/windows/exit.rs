@@ -41,7 +41,9 @@ pub(crate) enum Exit {
     Code(u32),
     /// An exception ended it; `name` is the status constant's name when we know it.
     Crash {
+        /// The exception code (an `NTSTATUS`), which is also the exit code.
         status: u32,
+        /// Its name, such as `"STATUS_ACCESS_VIOLATION"`, for the common ones.
         name: Option<&'static str>,
     },
 }

@@ -12,9 +12,12 @@ use std::os::windows::io::{AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHand
 use std::time::Duration;
 
 use windows_sys::Win32::Foundation::{
-    DuplicateHandle, SetHandleInformation, DUPLICATE_CLOSE_SOURCE, DUPLICATE_SAME_ACCESS, HANDLE,
-    HANDLE_FLAG_INHERIT, WAIT_OBJECT_0, WAIT_TIMEOUT,
+    DuplicateHandle, DUPLICATE_CLOSE_SOURCE, DUPLICATE_SAME_ACCESS, HANDLE, WAIT_OBJECT_0,
+    WAIT_TIMEOUT,
 };
+#[cfg(test)]
+use windows_sys::Win32::Foundation::{SetHandleInformation, HANDLE_FLAG_INHERIT};
+#[cfg(test)]
 use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
 use windows_sys::Win32::System::Threading::{
     CreateEventW, GetCurrentProcess, WaitForSingleObject, INFINITE,
@@ -50,6 +53,7 @@ pub(crate) fn duplicate(handle: BorrowedHandle<'_>) -> io::Result<OwnedHandle> {
 ///
 /// See `SetHandleInformation`
 /// (learn.microsoft.com/windows/win32/api/handleapi/nf-handleapi-sethandleinformation).
+#[cfg(test)]
 pub(crate) fn set_inheritable(handle: BorrowedHandle<'_>, inheritable: bool) -> io::Result<()> {
     let flags = if inheritable { HANDLE_FLAG_INHERIT } else { 0 };
     // SAFETY: the handle is open (borrowed); the call only changes its inheritance flag.
@@ -189,6 +193,7 @@ pub(crate) fn wait_for(handle: BorrowedHandle<'_>, timeout: Option<Duration>) ->
 /// (learn.microsoft.com/windows/win32/api/libloaderapi/nf-libloaderapi-getmodulehandlew) and
 /// `GetProcAddress`
 /// (learn.microsoft.com/windows/win32/api/libloaderapi/nf-libloaderapi-getprocaddress).
+#[cfg(test)]
 pub(crate) fn running_under_wine() -> bool {
     let name: Vec<u16> = "ntdll.dll".encode_utf16().chain(Some(0)).collect();
     // SAFETY: `name` is a NUL-terminated UTF-16 string; ntdll is loaded in every process, and
@@ -242,5 +247,26 @@ mod tests {
         assert_eq!(millis(Some(Duration::from_micros(10))), 1);
         assert_eq!(millis(Some(Duration::ZERO)), 0);
         assert_eq!(millis(None), INFINITE);
+    }
+
+    #[test]
+    fn running_under_wine_agrees_with_the_wine_registry_key() {
+        use windows_sys::Win32::System::Registry::{
+            RegCloseKey, RegOpenKeyExW, HKEY_CURRENT_USER, KEY_READ,
+        };
+        let name: Vec<u16> = r"Software\Wine".encode_utf16().chain(Some(0)).collect();
+        let mut key = std::ptr::null_mut();
+        // SAFETY: `name` is NUL-terminated; the key, if opened, is closed below.
+        let opened =
+            unsafe { RegOpenKeyExW(HKEY_CURRENT_USER, name.as_ptr(), 0, KEY_READ, &mut key) } == 0;
+        if opened {
+            // SAFETY: a key we opened.
+            unsafe { RegCloseKey(key) };
+            assert!(
+                running_under_wine(),
+                "HKCU\\Software\\Wine exists, yet no Wine was seen"
+            );
+        }
+        eprintln!("running under Wine: {}", running_under_wine());
     }
 }

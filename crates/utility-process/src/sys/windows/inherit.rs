@@ -46,6 +46,7 @@ use windows_sys::Win32::System::Threading::{
 /// Handles made inheritable for as long as this lives; non-inheritable again when dropped.
 #[derive(Debug)]
 pub(crate) struct InheritWindow<'a> {
+    /// The handles marked inheritable so far.
     handles: Vec<HANDLE>,
     /// The handles are borrowed: they stay open while the window is.
     _borrowed: PhantomData<BorrowedHandle<'a>>,

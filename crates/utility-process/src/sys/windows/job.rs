@@ -121,7 +121,8 @@ impl Job {
         Ok(job)
     }
 
-    /// The job handle.
+    /// The job handle, for tests that read the limits back.
+    #[cfg(test)]
     pub(crate) fn handle(&self) -> BorrowedHandle<'_> {
         // SAFETY: `self.handle` is open for as long as the borrow of `self`.
         unsafe { BorrowedHandle::borrow_raw(self.handle.as_raw_handle()) }
@@ -176,7 +177,8 @@ fn limit_information(limits: &JobLimits) -> io::Result<JOBOBJECT_EXTENDED_LIMIT_
     // SAFETY: the structure is plain data; all zeroes means "no limit, no flag".
     let mut info: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
     let basic = &mut info.BasicLimitInformation;
-    basic.LimitFlags = JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION;
+    basic.LimitFlags =
+        JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE | JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION;
     if let Some(bytes) = limits.memory {
         let bytes = usize::try_from(bytes)
             .ok()
@@ -304,8 +306,8 @@ fn drain(port: PortValue) {
         let Ok(watcher) = watcher() else { return };
         if let Some(slot) = lock(&watcher.jobs).get(&key) {
             // The first limit hit is the one that matters; later ones follow from it.
-            let _ =
-                slot.compare_exchange(0, limit_code(limit), Ordering::AcqRel, Ordering::Acquire);
+            let code = limit_code(limit);
+            let _ = slot.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         }
     }
 }
@@ -348,6 +350,7 @@ mod tests {
     use windows_sys::Win32::System::JobObjects::{
         JobObjectExtendedLimitInformation, QueryInformationJobObject,
     };
+    use windows_sys::Win32::System::IO::PostQueuedCompletionStatus;
 
     /// Whether the job's limits can be read back; Wine answers the query with zeroes.
     fn limits_readable() -> bool {
@@ -441,6 +444,38 @@ mod tests {
     fn terminating_an_empty_job_succeeds() {
         let job = Job::new(&JobLimits::default()).unwrap();
         job.terminate(1).unwrap();
+    }
+
+    /// Waits a moment for the watcher thread to record something for `job`.
+    fn recorded(job: &Job) -> Option<JobLimit> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while job.limit_hit().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        job.limit_hit()
+    }
+
+    /// Posts a job message to the shared port, as the kernel would.
+    fn post(job: &Job, message: u32) {
+        let port = watcher().unwrap().port.as_raw_handle();
+        // SAFETY: the port is open for the life of the process; no OVERLAPPED is passed.
+        let ok = unsafe { PostQueuedCompletionStatus(port, message, job.key, std::ptr::null()) };
+        assert_ne!(ok, 0, "{}", io::Error::last_os_error());
+    }
+
+    #[test]
+    fn a_limit_message_is_recorded_for_its_own_job_and_the_first_one_sticks() {
+        // Wine never sends these (it enforces none of the limits), so the kernel's part is
+        // played by hand: this proves the watcher, not the kernel.
+        let job = Job::new(&JobLimits::default()).unwrap();
+        let other = Job::new(&JobLimits::default()).unwrap();
+        post(&job, 4); // JOB_OBJECT_MSG_ACTIVE_PROCESS_ZERO: not a limit.
+        post(&job, MSG_ACTIVE_PROCESS_LIMIT);
+        post(&job, MSG_PROCESS_MEMORY_LIMIT);
+        assert_eq!(recorded(&job), Some(JobLimit::Processes));
+        post(&other, MSG_END_OF_PROCESS_TIME);
+        assert_eq!(recorded(&other), Some(JobLimit::CpuTime));
+        assert_eq!(job.limit_hit(), Some(JobLimit::Processes));
     }
 
     #[test]

@@ -52,9 +52,10 @@ impl Mapping {
             return None;
         }
         match &mut self.view {
-            // SAFETY: a writable view of `len` bytes, borrowed mutably through `self`.
             Some(view) => {
-                Some(unsafe { std::slice::from_raw_parts_mut(view.as_ptr(), view.len()) })
+                // SAFETY: a writable view of `len` bytes, borrowed mutably through `self`.
+                let bytes = unsafe { std::slice::from_raw_parts_mut(view.as_ptr(), view.len()) };
+                Some(bytes)
             }
             None => Some(&mut []),
         }

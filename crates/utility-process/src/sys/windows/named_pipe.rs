@@ -18,9 +18,13 @@
 //! - Both ends are overlapped, byte mode, and not inheritable (`bInheritHandle` false).
 
 use std::io;
-use std::os::windows::io::{FromRawHandle, OwnedHandle};
+use std::os::windows::io::{AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use windows_sys::Wdk::Storage::FileSystem::{
+    FileModeInformation, NtQueryInformationFile, FILE_MODE_INFORMATION, FILE_SYNCHRONOUS_IO_ALERT,
+    FILE_SYNCHRONOUS_IO_NONALERT,
+};
 use windows_sys::Win32::Foundation::{
     ERROR_IO_PENDING, ERROR_PIPE_CONNECTED, GENERIC_READ, GENERIC_WRITE, HANDLE,
     INVALID_HANDLE_VALUE,
@@ -29,15 +33,15 @@ use windows_sys::Win32::Security::Cryptography::{
     BCryptGenRandom, BCRYPT_USE_SYSTEM_PREFERRED_RNG,
 };
 use windows_sys::Win32::Storage::FileSystem::{
-    CreateFileW, FILE_FLAG_FIRST_PIPE_INSTANCE, FILE_FLAG_OVERLAPPED, OPEN_EXISTING,
-    PIPE_ACCESS_DUPLEX, SECURITY_IDENTIFICATION, SECURITY_SQOS_PRESENT,
+    CreateFileW, GetFileType, FILE_FLAG_FIRST_PIPE_INSTANCE, FILE_FLAG_OVERLAPPED, FILE_TYPE_PIPE,
+    OPEN_EXISTING, PIPE_ACCESS_DUPLEX, SECURITY_IDENTIFICATION, SECURITY_SQOS_PRESENT,
 };
 use windows_sys::Win32::System::Pipes::{
-    ConnectNamedPipe, CreateNamedPipeW, PeekNamedPipe, PIPE_READMODE_BYTE,
+    ConnectNamedPipe, CreateNamedPipeW, GetNamedPipeInfo, PeekNamedPipe, PIPE_READMODE_BYTE,
     PIPE_REJECT_REMOTE_CLIENTS, PIPE_TYPE_BYTE, PIPE_WAIT,
 };
 use windows_sys::Win32::System::Threading::GetCurrentProcessId;
-use windows_sys::Win32::System::IO::{GetOverlappedResult, OVERLAPPED};
+use windows_sys::Win32::System::IO::{GetOverlappedResult, IO_STATUS_BLOCK, OVERLAPPED};
 
 use super::handle;
 
@@ -132,7 +136,6 @@ pub(crate) fn pair() -> io::Result<(OwnedHandle, OwnedHandle)> {
 
 /// Completes the server side of the connection the client already made.
 fn connect(server: &OwnedHandle) -> io::Result<()> {
-    use std::os::windows::io::AsRawHandle;
     let event = handle::event()?;
     let mut overlapped = OVERLAPPED {
         hEvent: event.as_raw_handle(),
@@ -155,6 +158,54 @@ fn connect(server: &OwnedHandle) -> io::Result<()> {
         }
         _ => Err(err),
     }
+}
+
+/// Whether `handle` is a pipe end a channel can use: a pipe (`GetFileType`), a named pipe
+/// rather than a socket, which `GetFileType` also calls a pipe (`GetNamedPipeInfo`), and
+/// opened for overlapped I/O (`NtQueryInformationFile(FileModeInformation)` shows no
+/// `FILE_SYNCHRONOUS_IO_*` flag). A synchronous handle, such as an end of an anonymous pipe from
+/// `CreatePipe`, would make our "overlapped" reads block the calling thread: a peer could
+/// stall us by sending one.
+///
+/// See `GetFileType` (learn.microsoft.com/windows/win32/api/fileapi/nf-fileapi-getfiletype),
+/// `GetNamedPipeInfo`
+/// (learn.microsoft.com/windows/win32/api/namedpipeapi/nf-namedpipeapi-getnamedpipeinfo) and
+/// `NtQueryInformationFile`
+/// (learn.microsoft.com/windows-hardware/drivers/ddi/ntifs/nf-ntifs-ntqueryinformationfile).
+pub(crate) fn is_overlapped_pipe(handle: BorrowedHandle<'_>) -> bool {
+    let raw = handle.as_raw_handle();
+    // SAFETY: GetFileType only queries the open (borrowed) handle.
+    if unsafe { GetFileType(raw) } != FILE_TYPE_PIPE {
+        return false;
+    }
+    let mut flags = 0;
+    // SAFETY: only queries the handle; the optional outputs we do not want are null.
+    let named = unsafe {
+        GetNamedPipeInfo(
+            raw,
+            &mut flags,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    } != 0;
+    if !named {
+        return false;
+    }
+    let mut status = IO_STATUS_BLOCK::default();
+    let mut mode = FILE_MODE_INFORMATION::default();
+    // SAFETY: writes at most `size_of::<FILE_MODE_INFORMATION>()` bytes into `mode` and the
+    // status block into `status`.
+    let queried = unsafe {
+        NtQueryInformationFile(
+            raw,
+            &mut status,
+            (&mut mode as *mut FILE_MODE_INFORMATION).cast(),
+            std::mem::size_of::<FILE_MODE_INFORMATION>() as u32,
+            FileModeInformation,
+        )
+    };
+    queried >= 0 && mode.Mode & (FILE_SYNCHRONOUS_IO_ALERT | FILE_SYNCHRONOUS_IO_NONALERT) == 0
 }
 
 /// Copies up to `buf.len()` bytes from the front of the pipe without consuming them, and
@@ -190,7 +241,8 @@ pub(crate) fn peek(pipe: HANDLE, buf: &mut [u8]) -> io::Result<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::windows::io::AsRawHandle;
+    use std::os::windows::io::AsHandle;
+    use windows_sys::Win32::System::Pipes::CreatePipe;
 
     #[test]
     fn names_are_unique_and_random() {
@@ -205,5 +257,29 @@ mod tests {
         let (server, client) = pair().unwrap();
         assert_eq!(peek(server.as_raw_handle(), &mut []).unwrap(), (0, 0));
         assert_eq!(peek(client.as_raw_handle(), &mut [0; 4]).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn both_ends_of_a_pair_are_overlapped_pipes() {
+        let (server, client) = pair().unwrap();
+        assert!(is_overlapped_pipe(server.as_handle()));
+        assert!(is_overlapped_pipe(client.as_handle()));
+    }
+
+    #[test]
+    fn a_synchronous_anonymous_pipe_is_not_a_channel() {
+        let (mut read, mut write) = (std::ptr::null_mut(), std::ptr::null_mut());
+        // SAFETY: CreatePipe writes two handles, which we own and close below.
+        let created = unsafe { CreatePipe(&mut read, &mut write, std::ptr::null(), 0) };
+        assert_ne!(created, 0);
+        // SAFETY: fresh handles from CreatePipe, owned by nothing else.
+        let (read, write) = unsafe {
+            (
+                OwnedHandle::from_raw_handle(read),
+                OwnedHandle::from_raw_handle(write),
+            )
+        };
+        assert!(!is_overlapped_pipe(read.as_handle()));
+        assert!(!is_overlapped_pipe(write.as_handle()));
     }
 }

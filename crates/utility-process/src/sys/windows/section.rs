@@ -211,16 +211,6 @@ impl Mapping {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
-
-    /// Whether `len` is 0 (never, for a mapping that exists; for clippy's sake).
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Whether the view is writable.
-    pub(crate) fn writable(&self) -> bool {
-        self.writable
-    }
 }
 
 impl Drop for Mapping {
@@ -267,7 +257,7 @@ pub(crate) fn map(handle: BorrowedHandle<'_>, len: usize, writable: bool) -> io:
 
 #[cfg(test)]
 mod tests {
-    use super::handle;
+    use super::super::handle;
     use super::*;
     use std::os::windows::io::AsHandle;
 

@@ -2,7 +2,7 @@
 //!
 //! # How a child starts
 //!
-//! [`spawn`] goes through five steps, and says which one failed ([`SpawnStep`]):
+//! [`spawn`] goes through six steps, and says which one failed ([`SpawnStep`]):
 //!
 //! 1. **Job** — a new job object with kill-on-close and the plan's limits ([`super::job`]).
 //! 2. **Handles** — the child's stdio resolved to real handles (`NUL`, duplicates of ours,
@@ -20,6 +20,16 @@
 //! A failure after step 3 terminates the suspended child (or its job) before returning, so
 //! nothing is left behind. The parent's copies of the stdio handles and of `inherit` are
 //! closed when `spawn` returns, either way: the child has its own.
+//!
+//! # Requirements and the console
+//!
+//! Windows 8 or later: jobs nest there (so a parent that is itself in a job can still give
+//! each child its own), and console handles are real handles that may appear in a handle
+//! list. The child shares the parent's console, if it has one, as `std::process::Command`'s
+//! children do. A console program started by a parent without a console (a GUI host) gets a
+//! new console window, and its `conhost.exe` then runs in the child's job — counting against
+//! [`JobLimits::processes`]. A host that wants no window would add `CREATE_NO_WINDOW` to the
+//! creation flags; this backend does not choose that for the caller.
 //!
 //! # The child's handles have the same values
 //!
@@ -95,11 +105,15 @@ pub(crate) struct SpawnPlan {
     pub env: Vec<(OsString, OsString)>,
     /// The child's working directory, if not the parent's.
     pub cwd: Option<PathBuf>,
+    /// The child's standard input.
     pub stdin: ChildStdio,
+    /// The child's standard output.
     pub stdout: ChildStdio,
+    /// The child's standard error.
     pub stderr: ChildStdio,
     /// Handles the child must hold besides stdio (its port), at the same values as ours.
     pub inherit: Vec<OwnedHandle>,
+    /// What the child's job allows it and its descendants.
     pub limits: JobLimits,
     /// The service name, as `STARTUPINFOW.lpTitle` (see the module docs for where it shows).
     pub title: Option<OsString>,
@@ -119,19 +133,28 @@ pub(crate) struct JobLimits {
 /// A limit of [`JobLimits`] that the job reported as hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum JobLimit {
+    /// A process tried to commit more than [`JobLimits::memory`].
     Memory,
+    /// A process used up [`JobLimits::cpu_time`] and was terminated.
     CpuTime,
+    /// A process could not start: [`JobLimits::processes`] were alive.
     Processes,
 }
 
 /// The step at which [`spawn`] failed (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SpawnStep {
+    /// Creating the job object or setting its limits.
     Job,
+    /// Preparing the stdio handles, the handle list, or making them inheritable.
     Handles,
+    /// Building the command line, environment or program path, or `CreateProcessW` itself.
     CreateProcess,
+    /// `AssignProcessToJobObject` (fails before Windows 8 when the parent is in a job).
     AssignJob,
+    /// Registering the exit wait (`RegisterWaitForSingleObject`).
     Watch,
+    /// `ResumeThread`.
     Resume,
 }
 
@@ -140,7 +163,9 @@ pub(crate) enum SpawnStep {
 pub(crate) struct Child {
     /// Declared first so it is dropped first: the wait must go before its handle closes.
     exit: ExitWatch,
+    /// The process handle (`PROCESS_ALL_ACCESS`), shared with whoever brokers handles.
     process: Arc<OwnedHandle>,
+    /// The process id.
     pid: u32,
     /// Dropping the job kills the child and everything it started.
     job: Job,
@@ -199,10 +224,15 @@ pub(crate) fn spawn(plan: SpawnPlan) -> Result<Child, (SpawnStep, io::Error)> {
 /// The strings `CreateProcessW` reads, each NUL-terminated (or double-NUL for the block).
 #[derive(Debug)]
 struct LaunchText {
+    /// The resolved program path (`lpApplicationName`).
     application: Vec<u16>,
+    /// The quoted command line (`lpCommandLine`, which Windows may write to).
     command_line: Vec<u16>,
+    /// The `CREATE_UNICODE_ENVIRONMENT` block.
     environment: Vec<u16>,
+    /// The working directory (`lpCurrentDirectory`), if any.
     cwd: Option<Vec<u16>>,
+    /// `STARTUPINFOW.lpTitle`, if any.
     title: Option<Vec<u16>>,
 }
 
@@ -336,12 +366,6 @@ impl Child {
     /// the child is closed; while the [`Child`] lives, its handle keeps the number taken.
     pub(crate) fn pid(&self) -> u32 {
         self.pid
-    }
-
-    /// The process handle: `PROCESS_ALL_ACCESS`, so it can broker handles
-    /// (`PROCESS_DUP_HANDLE`) and wait (`SYNCHRONIZE`).
-    pub(crate) fn process(&self) -> BorrowedHandle<'_> {
-        self.process.as_handle()
     }
 
     /// The process handle, shareable: a channel that brokers handles keeps one.

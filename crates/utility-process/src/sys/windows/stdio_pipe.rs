@@ -4,14 +4,14 @@
 //!
 //! `CreatePipe` makes synchronous handles: they cannot be overlapped, so no completion port
 //! or readiness API can watch them. Each of our ends is therefore served by one small thread
-//! doing blocking `ReadFile` (or `WriteFile`) calls, handing data to and from the async side
-//! through channels. Memory stays bounded: exactly one buffer of at most [`CHUNK`] bytes
+//! doing blocking `ReadFile` calls, handing data to the async side through channels (a child's
+//! stdin is always `NUL`: the API has no stdin pipe yet). Memory stays bounded: exactly one buffer of at most [`CHUNK`] bytes
 //! exists per end, passed back and forth between the thread and the async side, so a child
 //! writing gigabytes is throttled by the pipe itself (its writes block) until we read.
 //!
 //! # Stopping the thread
 //!
-//! When a [`PipeReader`] or [`PipeWriter`] is dropped, its thread must stop even if it is
+//! When a [`PipeReader`] is dropped, its thread must stop even if it is
 //! blocked in a call the child will never complete (a child that holds its write end open
 //! and writes nothing). Dropping first closes the channel (a thread between calls sees that
 //! and ends), then cancels the blocked call with `CancelSynchronousIo` until the thread has
@@ -32,14 +32,16 @@ use std::task::{ready, Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc as tokio_mpsc;
 use windows_sys::Win32::Foundation::{
     ERROR_BROKEN_PIPE, ERROR_OPERATION_ABORTED, GENERIC_READ, GENERIC_WRITE, INVALID_HANDLE_VALUE,
     WAIT_OBJECT_0,
 };
+#[cfg(test)]
+use windows_sys::Win32::Storage::FileSystem::WriteFile;
 use windows_sys::Win32::Storage::FileSystem::{
-    CreateFileW, ReadFile, WriteFile, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
+    CreateFileW, ReadFile, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
 };
 use windows_sys::Win32::System::Pipes::CreatePipe;
 use windows_sys::Win32::System::Threading::WaitForSingleObject;
@@ -111,11 +113,13 @@ pub(crate) struct PipeReader {
     chunks: tokio_mpsc::UnboundedReceiver<io::Result<Vec<u8>>>,
     /// Where a drained buffer goes back to the thread, which reads only when it has one.
     empty: Option<std_mpsc::Sender<Vec<u8>>>,
-    /// The chunk being handed out, and how much of it has been.
+    /// The chunk being handed out.
     current: Vec<u8>,
+    /// How much of `current` has been handed out.
     taken: usize,
     /// The stream has ended (end-of-file or an error was reported).
     ended: bool,
+    /// The thread doing the reads.
     thread: IoThread,
 }
 
@@ -240,159 +244,6 @@ impl Drop for PipeReader {
     }
 }
 
-/// Our write end of a pipe (a child's stdin), as a tokio [`AsyncWrite`].
-///
-/// A write copies up to [`CHUNK`] bytes and returns; the next write (or a flush) waits until
-/// the thread has written them. `shutdown` closes the pipe, so the child reads end-of-file.
-#[derive(Debug)]
-pub(crate) struct PipeWriter {
-    /// Chunks for the thread to write; `None` once shut down (the thread then ends).
-    full: Option<std_mpsc::Sender<Vec<u8>>>,
-    /// Buffers coming back written, or the error that ended the thread.
-    done: tokio_mpsc::UnboundedReceiver<io::Result<Vec<u8>>>,
-    /// The buffer, when no write is in flight.
-    spare: Option<Vec<u8>>,
-    /// An error ended the thread: every later write fails.
-    broken: bool,
-    thread: IoThread,
-}
-
-impl PipeWriter {
-    /// Serves `handle` (a pipe's write end, or any synchronous writable handle) with a thread.
-    pub(crate) fn new(handle: OwnedHandle) -> io::Result<PipeWriter> {
-        let (full, full_rx) = std_mpsc::channel();
-        let (done_tx, done) = tokio_mpsc::unbounded_channel();
-        let thread = std::thread::Builder::new()
-            .name("pipe-writer".into())
-            .spawn(move || write_loop(handle, full_rx, done_tx))?;
-        Ok(PipeWriter {
-            full: Some(full),
-            done,
-            spare: Some(Vec::with_capacity(CHUNK)),
-            broken: false,
-            thread: IoThread(Some(thread)),
-        })
-    }
-
-    /// Waits until no write is in flight; fails if the last one failed.
-    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.broken {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        if self.spare.is_some() {
-            return Poll::Ready(Ok(()));
-        }
-        match ready!(self.done.poll_recv(cx)) {
-            Some(Ok(buffer)) => {
-                self.spare = Some(buffer);
-                Poll::Ready(Ok(()))
-            }
-            Some(Err(error)) => {
-                self.broken = true;
-                Poll::Ready(Err(error))
-            }
-            None => {
-                self.broken = true;
-                Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
-            }
-        }
-    }
-}
-
-/// The writer thread: writes each chunk whole, returning the buffer, until the channel closes
-/// (then it closes the handle) or a write fails.
-///
-/// See `WriteFile` (learn.microsoft.com/windows/win32/api/fileapi/nf-fileapi-writefile).
-fn write_loop(
-    handle: OwnedHandle,
-    full: std_mpsc::Receiver<Vec<u8>>,
-    done: tokio_mpsc::UnboundedSender<io::Result<Vec<u8>>>,
-) {
-    while let Ok(buffer) = full.recv() {
-        let mut written = 0usize;
-        while written < buffer.len() {
-            let rest = &buffer[written..];
-            let mut n = 0u32;
-            // SAFETY: `rest` is readable for its length (at most CHUNK, so it fits a u32);
-            // the handle is open (we own it); the call is synchronous.
-            let ok = unsafe {
-                WriteFile(
-                    handle.as_raw_handle(),
-                    rest.as_ptr(),
-                    rest.len() as u32,
-                    &mut n,
-                    std::ptr::null_mut(),
-                )
-            };
-            if ok == 0 {
-                let _ = done.send(Err(io::Error::last_os_error()));
-                return;
-            }
-            written += n as usize;
-        }
-        if done.send(Ok(buffer)).is_err() {
-            return;
-        }
-    }
-}
-
-impl AsyncWrite for PipeWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        ready!(this.poll_idle(cx))?;
-        if data.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        let (Some(full), Some(mut buffer)) = (&this.full, this.spare.take()) else {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        };
-        let n = data.len().min(CHUNK);
-        buffer.clear();
-        buffer.extend_from_slice(&data[..n]);
-        if full.send(buffer).is_err() {
-            this.broken = true;
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.full.is_none() {
-            return Poll::Ready(Ok(()));
-        }
-        this.poll_idle(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.full.is_some() {
-            ready!(this.poll_idle(cx))?;
-            // The thread sees the channel close, closes the handle and ends.
-            this.full = None;
-        }
-        // Wait for that, so that the child's end-of-file is certain when we return.
-        loop {
-            match ready!(this.done.poll_recv(cx)) {
-                Some(Ok(buffer)) => this.spare = Some(buffer),
-                Some(Err(error)) => return Poll::Ready(Err(error)),
-                None => return Poll::Ready(Ok(())),
-            }
-        }
-    }
-}
-
-impl Drop for PipeWriter {
-    fn drop(&mut self) {
-        self.full = None;
-        self.thread.stop();
-    }
-}
-
 /// The thread serving one pipe end; [`IoThread::stop`] ends it.
 #[derive(Debug)]
 struct IoThread(Option<JoinHandle<()>>);
@@ -430,7 +281,7 @@ impl IoThread {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     use windows_sys::Win32::Foundation::ERROR_NO_DATA;
 
     /// Writes all of `data` to a synchronous handle.
@@ -492,40 +343,6 @@ mod tests {
         // The read end is closed: writing fails with ERROR_NO_DATA ("pipe being closed").
         let err = write_all(&write, b"x").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(ERROR_NO_DATA as i32));
-    }
-
-    #[test]
-    fn writer_delivers_bytes_and_shutdown_gives_end_of_file() {
-        let (read, write) = pipe().unwrap();
-        let mut reader = PipeReader::new(read).unwrap();
-        let mut writer = PipeWriter::new(write).unwrap();
-        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 13) as u8).collect();
-        let got = runtime().block_on(async {
-            let reading = async {
-                let mut got = Vec::new();
-                reader.read_to_end(&mut got).await.map(|_| got)
-            };
-            let writing = async {
-                writer.write_all(&data).await?;
-                writer.shutdown().await
-            };
-            let (got, wrote) = tokio::join!(reading, writing);
-            wrote.unwrap();
-            got.unwrap()
-        });
-        assert_eq!(got, data);
-    }
-
-    #[test]
-    fn writing_to_a_closed_pipe_fails() {
-        let (read, write) = pipe().unwrap();
-        drop(read);
-        let mut writer = PipeWriter::new(write).unwrap();
-        let result = runtime().block_on(async {
-            writer.write_all(b"hello").await?;
-            writer.flush().await
-        });
-        assert!(result.is_err());
     }
 
     #[test]

@@ -159,7 +159,7 @@ unsafe extern "system" fn on_signal(context: *mut c_void, _timed_out: bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::handle;
+    use super::super::handle;
     use super::*;
     use std::os::windows::io::AsHandle;
     use std::time::Duration;
