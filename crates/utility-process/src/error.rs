@@ -103,9 +103,11 @@ pub enum Error {
     Decode(#[source] utility_process_wire::Error),
 
     /// Occurs (as [`Event::Error`](crate::Event::Error)) when a child ends in a way nobody
-    /// chose: on Unix, a signal its parent did not send (a segmentation fault, `abort()`).
-    /// A chosen exit code, even a non-zero one, is not a crash. The OS's own detail (the
-    /// signal, a core dump) is in `status`, through [`unix::ExitStatusExt`](crate::unix::ExitStatusExt).
+    /// chose: on Unix, a signal its parent did not send (a segmentation fault, `abort()`); on
+    /// Windows, an exception (an access violation, Rust's `abort`). A chosen exit code, even a
+    /// non-zero one, is not a crash. The OS's own detail (the signal and core dump; the
+    /// exception's status) is in `status`, through `unix::ExitStatusExt` or
+    /// `windows::ExitStatusExt`.
     #[error("{service_name} (pid {pid}) crashed: {status}")]
     Crashed {
         /// The child's service name.

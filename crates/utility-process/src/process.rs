@@ -61,9 +61,9 @@ pub enum Event {
 /// How a child ended: an exit code it chose, or an end it did not choose (on Unix a signal,
 /// on Windows an exception such as an access violation), never both.
 ///
-/// What only one OS has is in its extension trait:
-/// [`unix::ExitStatusExt`](crate::unix::ExitStatusExt) for the signal and the core dump,
-/// [`windows::ExitStatusExt`](crate::windows::ExitStatusExt) for the exception's status.
+/// What only one OS has is in its extension trait (each exists on its own OS only):
+/// `utility_process::unix::ExitStatusExt` for the signal and the core dump,
+/// `utility_process::windows::ExitStatusExt` for the exception's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitStatus {
     code: Option<i32>,
@@ -140,19 +140,19 @@ impl ExitStatus {
         self.code == Some(0)
     }
 
-    /// See [`unix::ExitStatusExt::signal`](crate::unix::ExitStatusExt::signal).
+    /// See `unix::ExitStatusExt::signal`.
     #[cfg(unix)]
     pub(crate) fn unix_signal(&self) -> Option<crate::unix::Signal> {
         self.signal
     }
 
-    /// See [`unix::ExitStatusExt::core_dumped`](crate::unix::ExitStatusExt::core_dumped).
+    /// See `unix::ExitStatusExt::core_dumped`.
     #[cfg(unix)]
     pub(crate) fn unix_core_dumped(&self) -> bool {
         self.core_dumped
     }
 
-    /// See [`windows::ExitStatusExt::exception`](crate::windows::ExitStatusExt::exception).
+    /// See `windows::ExitStatusExt::exception`.
     #[cfg(windows)]
     pub(crate) fn windows_crash(&self) -> Option<u32> {
         self.crash
@@ -1067,7 +1067,7 @@ impl UtilityProcess {
         true
     }
 
-    /// See [`unix::UtilityProcessExt::signal`](crate::unix::UtilityProcessExt::signal).
+    /// See `unix::UtilityProcessExt::signal`.
     #[cfg(unix)]
     pub(crate) fn send_signal(&self, signal: crate::unix::Signal) -> bool {
         self.child.send_signal(signal)
@@ -1093,12 +1093,12 @@ impl UtilityProcess {
         self.port.set_spin(spin);
     }
 
-    /// The child's stdout, once, when it was started with [`Stdio::Pipe`].
+    /// The child's stdout, once, when it was started with [`Stdio::Pipe`](crate::Stdio::Pipe).
     pub fn take_stdout(&mut self) -> Option<ChildStdout> {
         self.stdout.take()
     }
 
-    /// The child's stderr, once, when it was started with [`Stdio::Pipe`].
+    /// The child's stderr, once, when it was started with [`Stdio::Pipe`](crate::Stdio::Pipe).
     pub fn take_stderr(&mut self) -> Option<ChildStderr> {
         self.stderr.take()
     }
