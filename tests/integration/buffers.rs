@@ -1,3 +1,4 @@
+#[cfg(unix)]
 use utility_process::unix::ExitStatusExt as _;
 use utility_process::{
     fork, BufferPool, Event, ForkOptions, Message, SharedBuffer, UtilityProcess,
@@ -96,6 +97,7 @@ async fn a_child_can_send_a_frozen_buffer_to_its_parent() {
     assert!(buffers[0].iter().all(|&b| b == 9));
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn a_shared_buffer_that_lies_about_itself_is_a_protocol_violation() {
     const BAD_BUFFER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/children/bad_buffer.py");
@@ -173,6 +175,7 @@ async fn a_pool_takes_back_only_its_own_buffers_not_one_a_child_made() {
     assert_eq!(pool.idle(), 0);
 }
 
+#[cfg(unix)]
 /// What a pool cannot promise, stated in `buffer_pool.rs` and the README: a child that kept a
 /// hold of a buffer it was lent can still write to it when the pool reuses it. What holds
 /// even then: the buffer cannot be frozen, so no frozen buffer can change.
@@ -201,6 +204,7 @@ async fn a_child_that_keeps_a_lent_buffer_still_writes_to_it_and_it_cannot_be_fr
     );
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn a_child_that_kept_only_the_descriptor_cannot_change_a_buffer_frozen_since() {
     let mut child = child_in("keep-fd");

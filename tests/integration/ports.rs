@@ -11,13 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use utility_process::unix::ExitStatusExt as _;
 use utility_process::{
     fork, Error, Event, ForkOptions, Message, MessageChannel, MessagePort, UtilityProcess,
 };
+#[cfg(unix)]
+use utility_process_tests::FdFlags;
 use utility_process_tests::{
-    describe_fds, fd_count, in_own_process, next_event, pattern, FdFlags, Numbered, PortCommand,
-    PortReply, EVENT_TIMEOUT,
+    continue_process, describe_fds, ended_by_kill, fd_count, in_own_process, next_event, pattern,
+    stop_process, Numbered, PortCommand, PortReply, EVENT_TIMEOUT,
 };
 
 const PORTER: &str = env!("CARGO_BIN_EXE_porter");
@@ -479,9 +480,9 @@ async fn a_large_message_half_read_when_its_port_travels_arrives_whole() {
         assert_eq!(reply_from(&mut sender).await, PortReply::Posted);
         // The sender has written what its socket holds and waits to write the rest: stop it,
         // so that port2 can read only a part.
-        let pid = sender.pid().expect("the sender runs") as libc::pid_t;
-        // SAFETY: a signal to our own child, which is alive (it just answered).
-        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let pid = sender.pid().expect("the sender runs");
+        // Our own child, which is alive (it just answered).
+        stop_process(pid);
         let early = tokio::time::timeout(std::time::Duration::from_millis(50), port2.recv()).await;
         if early.is_err() {
             break (sender, port2, pid);
@@ -490,16 +491,14 @@ async fn a_large_message_half_read_when_its_port_travels_arrives_whole() {
             attempt < 5,
             "the whole message arrived from a stopped sender {attempt} times"
         );
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGCONT) };
+        continue_process(pid);
         end(sender).await;
     };
     let mut collector = porter();
     collector
         .post_message_with_ports(&PortCommand::Collect { count: 1 }, vec![port2])
         .unwrap();
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    continue_process(pid);
     match reply_from(&mut collector).await {
         PortReply::Received { messages } => {
             assert_eq!(messages.len(), 1);
@@ -632,7 +631,7 @@ async fn the_far_end_process_killed_makes_recv_return_none() {
     loop {
         match next_event(&mut child).await {
             Some(Event::Exit(status)) => {
-                assert!(status.signal().is_some(), "{status}");
+                assert!(ended_by_kill(&status), "{status}");
                 break;
             }
             Some(Event::Spawn) => {}
@@ -822,6 +821,7 @@ async fn too_many_ports_in_one_message_is_an_error() {
     end(child).await;
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn received_port_descriptors_are_close_on_exec() {
     let mut child = porter();
@@ -933,10 +933,12 @@ async fn a_thousand_ports_leave_nothing_behind() {
     let baseline = fd_count();
     let baseline_fds = describe_fds();
 
+    #[cfg_attr(windows, expect(unused_mut, reason = "only Unix asks the holder"))]
     let mut holder = porter();
     let mut bouncer = porter();
     let mut kept = Vec::new();
     let mut returned = Vec::new();
+    #[cfg(unix)]
     let mut held = Vec::new();
     for batch in 0..10u32 {
         for i in batch * 100..(batch + 1) * 100 {
@@ -954,11 +956,14 @@ async fn a_thousand_ports_leave_nothing_behind() {
         while returned.len() < (batch as usize + 1) * 50 {
             returned.extend(message_from(&mut bouncer).await.take_ports());
         }
-        holder.post_message(&PortCommand::Fds).unwrap();
-        let PortReply::Fds { fds } = reply_from(&mut holder).await else {
-            panic!("expected Fds")
-        };
-        held = fds;
+        #[cfg(unix)]
+        {
+            holder.post_message(&PortCommand::Fds).unwrap();
+            let PortReply::Fds { fds } = reply_from(&mut holder).await else {
+                panic!("expected Fds")
+            };
+            held = fds;
+        }
     }
     // Every bounced port still works.
     for ((i, port1), port2) in kept.iter().filter(|(i, _)| i % 2 == 1).zip(&returned) {
@@ -969,6 +974,7 @@ async fn a_thousand_ports_leave_nothing_behind() {
         assert_eq!(seq_of(&recv(port2, "bounced port").await), u64::from(*i));
     }
     // The holder holds its 500 ports, a third of them with a prefix.
+    #[cfg(unix)]
     assert!(
         held.len() >= 500 + 500 / 3,
         "the holder holds {} descriptors",
