@@ -176,7 +176,7 @@ fn limit_information(limits: &JobLimits) -> io::Result<JOBOBJECT_EXTENDED_LIMIT_
     // SAFETY: the structure is plain data; all zeroes means "no limit, no flag".
     let mut info: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
     let basic = &mut info.BasicLimitInformation;
-    basic.LimitFlags = JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION;
+    basic.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE | JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION;
     if let Some(bytes) = limits.memory {
         let bytes = usize::try_from(bytes)
             .ok()
