@@ -333,6 +333,9 @@ pub(crate) enum SendError {
     QueueFull { queued: usize, limit: usize },
     /// The send buffer holds as many descriptors as a port may queue.
     TooManyFds { queued: usize, limit: usize },
+    /// Nothing can be attached to a message on this channel (on Windows, a port made by
+    /// `MessageChannel` or received: only a child's parent port has a broker for handles).
+    Unsupported,
     /// The frame could not be built (too large, or the value would not encode).
     Frame(utility_process_wire::Error),
 }
@@ -551,6 +554,10 @@ impl Endpoint {
                 queued,
                 limit: self.limits.max_queued_bytes,
             });
+        }
+        // Refused before anything is queued: the port stays as it was.
+        if !carried.is_empty() && !self.channel.carries_attachments() {
+            return Err(SendError::Unsupported);
         }
         if !carried.is_empty() && out.queued_fds + carried.len() > MAX_QUEUED_FDS {
             return Err(SendError::TooManyFds {
