@@ -285,6 +285,70 @@ async fn two_children_talk_directly_through_a_port_the_parent_introduced() {
     end(b).await;
 }
 
+/// Windows: ports travel only over a child's parent port, where the parent brokers their
+/// handles; so the hops go through the parent: to child `a`, back (its bounce), to child `b`.
+/// A message still waiting in the port's buffer travels with it each time.
+#[cfg(windows)]
+#[tokio::test]
+async fn a_port_travels_three_hops() {
+    let mut a = porter();
+    let b = porter();
+    let (port1, port2) = channel();
+    // Read one, so that the next one waits in port2's buffer and travels as a prefix.
+    port1.post_message(&numbered(0, 3)).unwrap();
+    port1.post_message(&numbered(1, 3)).unwrap();
+    assert_eq!(seq_of(&recv(&port2, "before the hops").await), 0);
+
+    a.post_message_with_ports(&PortCommand::Bounce, vec![port2])
+        .unwrap();
+    port1.post_message(&numbered(2, 3)).unwrap();
+    let port2 = message_from(&mut a)
+        .await
+        .take_ports()
+        .pop()
+        .expect("port2 back from a");
+    b.post_message_with_ports(&PortCommand::Echo, vec![port2])
+        .unwrap();
+    port1.post_message(&numbered(3, 3)).unwrap();
+    for i in 1..4 {
+        assert_eq!(seq_of(&recv(&port1, "echoed after three hops").await), i);
+    }
+    for i in 4..100 {
+        port1.post_message(&numbered(i, 3)).unwrap();
+        assert_eq!(seq_of(&recv(&port1, "echoed by b").await), i);
+    }
+    end(a).await;
+    end(b).await;
+}
+
+/// Windows: a port made by `MessageChannel` (or received) carries messages only. Attaching a
+/// port or a shared buffer to a message on one is `Error::Io` (`Unsupported`), nothing is
+/// sent, and the port goes on working.
+#[cfg(windows)]
+#[tokio::test]
+async fn attachments_on_a_message_channel_port_are_refused_and_the_port_goes_on() {
+    let (port1, port2) = channel();
+    let (_keep, attached) = channel();
+    match port1.post_message_with_ports(&"with a port", vec![attached]) {
+        Err(Error::Io { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::Unsupported, "{source}")
+        }
+        other => panic!("expected Error::Io(Unsupported), got {other:?}"),
+    }
+    let buffer = utility_process::SharedBuffer::new(4096).expect("a buffer");
+    match port1.post_message_with_transfer(&"with a buffer", vec![buffer.into()]) {
+        Err(Error::Io { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::Unsupported, "{source}")
+        }
+        other => panic!("expected Error::Io(Unsupported), got {other:?}"),
+    }
+    port1.post_message(&numbered(5, 0)).unwrap();
+    let message = recv(&port2, "after the refused posts").await;
+    assert_eq!(message.port_count(), 0);
+    assert_eq!(seq_of(&message), 5);
+}
+
+#[cfg(unix)]
 #[tokio::test]
 async fn a_port_travels_three_hops() {
     let a = porter();
@@ -386,6 +450,7 @@ async fn messages_queued_before_transfer_arrive_after_it() {
     end(child).await;
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn a_message_with_ports_buffered_by_a_port_that_travels_still_brings_its_ports() {
     let child = porter();
@@ -418,6 +483,7 @@ async fn a_message_with_ports_buffered_by_a_port_that_travels_still_brings_its_p
     end(child).await;
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn a_message_with_ports_cut_short_by_a_read_still_brings_them_when_its_port_travels() {
     // A fresh port reads up to 64 KiB at a time. A first message just short of that makes
@@ -549,6 +615,7 @@ async fn closing_a_port_is_seen_by_the_far_end() {
     end(child).await;
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn closing_a_port_closes_the_ports_in_the_messages_it_had_not_read() {
     // Read into the port's buffer, not delivered.
@@ -677,6 +744,7 @@ async fn a_port_sent_over_its_own_peer_is_an_error() {
     end(child).await;
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn a_message_whose_ports_are_never_taken_closes_them() {
     // Within this process.

@@ -15,6 +15,8 @@ use utility_process_tests::{ended_by_kill, next_event, Report, Written, EVENT_TI
 const NULL_DEVICE: &str = if cfg!(windows) { "NUL" } else { "/dev/null" };
 
 const INSPECT: &str = env!("CARGO_BIN_EXE_inspect");
+/// The default service name of `INSPECT`: its file name.
+const INSPECT_NAME: &str = if cfg!(windows) { "inspect.exe" } else { "inspect" };
 
 // ---- helpers ---------------------------------------------------------------------------------
 
@@ -122,6 +124,16 @@ fn own_fd(fd: i32) -> String {
         .unwrap()
         .to_string_lossy()
         .into_owned()
+}
+
+/// The path with links resolved; on Windows without the `\\?\` prefix `canonicalize` adds,
+/// as the child's `current_dir` has none.
+fn canonical(path: &std::path::Path) -> PathBuf {
+    let path = path.canonicalize().unwrap();
+    match path.to_str().and_then(|p| p.strip_prefix(r"\\?\")) {
+        Some(plain) if cfg!(windows) => PathBuf::from(plain),
+        _ => path,
+    }
 }
 
 fn no_library_variables(env: &BTreeMap<String, String>) {
@@ -260,7 +272,7 @@ async fn stdin_is_dev_null() {
 async fn cwd_env_and_args_reach_the_child() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("a cwd with spaces ✓");
     std::fs::create_dir_all(&dir).unwrap();
-    let dir = dir.canonicalize().unwrap();
+    let dir = canonical(&dir);
     assert!(
         std::env::var_os("PATH").is_some(),
         "the test needs PATH in its own environment"
@@ -328,7 +340,14 @@ async fn env_clear_leaves_only_what_was_set() {
             .env("AND", "that"),
     )
     .unwrap();
-    let report = report(&mut child).await;
+    let mut report = report(&mut child).await;
+    // Wine puts its own variables (WINE*) and the system's (SystemRoot, SystemDrive) into
+    // every process it starts.
+    if utility_process_tests::under_wine() {
+        report.env.retain(|key, _| {
+            !key.starts_with("WINE") && key != "SystemRoot" && key != "SystemDrive"
+        });
+    }
     let expected: BTreeMap<String, String> = [("ONLY", "this"), ("AND", "that")]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -409,15 +428,15 @@ async fn the_service_name_is_argv0_and_the_process_name() {
     }
 }
 
-/// Windows: the default service name is the program's file name without `.exe`.
+/// Windows: the default service name is the program's file name, `.exe` included.
 #[cfg(windows)]
 #[tokio::test]
 async fn the_default_service_name_is_the_programs_file_name() {
     let mut child = fork(INSPECT, ["default"], ForkOptions::default()).unwrap();
-    assert_eq!(child.service_name(), "inspect");
+    assert_eq!(child.service_name(), "inspect.exe");
     let report = report(&mut child).await;
-    assert_eq!(report.service_name, "inspect");
-    assert_eq!(report.comm, "inspect");
+    assert_eq!(report.service_name, "inspect.exe");
+    assert_eq!(report.comm, "inspect.exe");
     finish(&mut child).await;
 }
 
@@ -449,7 +468,7 @@ async fn a_relative_program_path_is_resolved_against_the_parents_cwd_not_the_chi
         .join("relative-program-cwd")
         .join("deeper");
     std::fs::create_dir_all(&elsewhere).unwrap();
-    let elsewhere = elsewhere.canonicalize().unwrap();
+    let elsewhere = canonical(&elsewhere);
 
     let mut child = fork(
         &relative,
@@ -457,7 +476,7 @@ async fn a_relative_program_path_is_resolved_against_the_parents_cwd_not_the_chi
         ForkOptions::default().cwd(&elsewhere),
     )
     .unwrap();
-    assert_eq!(child.service_name(), "inspect");
+    assert_eq!(child.service_name(), INSPECT_NAME);
     let report = report(&mut child).await;
     #[cfg(unix)]
     assert_eq!(report.argv0, "inspect");
