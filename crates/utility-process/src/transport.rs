@@ -785,7 +785,13 @@ impl Endpoint {
         loop {
             let mut out = lock(&self.outbound);
             match self.write_out(&mut out) {
-                Ok(Progress::Done) => return,
+                Ok(Progress::Done) => {
+                    drop(out);
+                    // Handed over is not yet sent where writes complete later (Windows): a
+                    // process that exits now would cancel the last write.
+                    self.channel.wait_sent();
+                    return;
+                }
                 Ok(Progress::WouldBlock) => {
                     drop(out);
                     if self.channel.wait(sys::Interest::Writable, None).is_err() {

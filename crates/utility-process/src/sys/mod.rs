@@ -15,7 +15,9 @@
 //!   two processes. `pair`, `pair_owned`, `from_owned` (`InvalidData` for an object that is
 //!   no channel), `as_object`; `carries_attachments` (whether objects can travel on it at
 //!   all: always on Unix, only a child's parent port on Windows); `send(bytes, attached)`
-//!   never blocks and attaches the objects to the first byte it writes; `recv(buf, limit, attached)` never blocks, returns the
+//!   never blocks and attaches the objects to the first byte it writes; `wait_sent` blocks
+//!   until what `send` accepted can no longer be lost by the process exiting (a no-op on
+//!   Unix; on Windows the last overlapped write completes); `recv(buf, limit, attached)` never blocks, returns the
 //!   objects that came with the first byte it returns, `Ok(0)` at end-of-stream, and
 //!   `InvalidData` carrying a `Refused` reason when the peer broke the rules for objects;
 //!   `shutdown`; `wait` (blocking, with a timeout); `register` with the current tokio runtime

@@ -54,6 +54,9 @@ impl Channel {
         self.0.as_fd()
     }
 
+    /// Returns at once: what `send` accepted is in the kernel's socket buffer already.
+    pub(crate) fn wait_sent(&self) {}
+
     /// Whether descriptors can travel on this channel: always, on Unix.
     pub(crate) fn carries_attachments(&self) -> bool {
         true

@@ -78,6 +78,12 @@ impl Channel {
         Channel(Arc::new(channel), Arc::new(AtomicBool::new(brokered)))
     }
 
+    /// Blocks until the write `send` last started has completed (or failed): a process that
+    /// exits with a write in flight cancels it, and the bytes are lost.
+    pub(crate) fn wait_sent(&self) {
+        let _ = self.0.wait(Interest::Writable, None);
+    }
+
     /// Whether handles (ports, shared buffers) can travel on this channel: only where the
     /// parent brokers them, on a child's parent port.
     pub(crate) fn carries_attachments(&self) -> bool {
