@@ -52,8 +52,8 @@ impl Mapping {
             return None;
         }
         match &mut self.view {
-            // SAFETY: a writable view of `len` bytes, borrowed mutably through `self`.
             Some(view) => {
+                // SAFETY: a writable view of `len` bytes, borrowed mutably through `self`.
                 Some(unsafe { std::slice::from_raw_parts_mut(view.as_ptr(), view.len()) })
             }
             None => Some(&mut []),
