@@ -10,13 +10,16 @@
 //!   descriptor); a later `Make { byte, .. }` then means "write `byte` into what you kept",
 //!   answered with `"scribbled"` or `"refused"`.
 
+#[cfg(unix)]
 use std::fs::{File, OpenOptions};
+#[cfg(unix)]
 use std::os::fd::AsRawFd;
 
 use utility_process::{parent_port, BufferPool, SharedBuffer, Transferable};
 use utility_process_tests::{Ask, Seen};
 
 /// What a hostile borrower kept of a buffer it sent back.
+#[cfg(unix)]
 struct Kept {
     file: File,
     len: usize,
@@ -79,8 +82,23 @@ fn main() {
     }
 }
 
+/// The hostile borrower reopens a memfd through `/proc`: Unix only.
+#[cfg(windows)]
+struct Kept;
+
+#[cfg(windows)]
+fn keep(_len: usize, _map: bool) -> Kept {
+    panic!("keep-map and keep-fd are Unix modes: they reopen a memfd through /proc/self/fd")
+}
+
+#[cfg(windows)]
+fn scribble(_kept: &Kept, _byte: u8) -> bool {
+    false
+}
+
 /// Reopens the memfd of the buffer of `len` bytes this process holds, read-write, through
 /// `/proc/self/fd` (what any process holding a descriptor can do), and maps it if `map`.
+#[cfg(unix)]
 fn keep(len: usize, map: bool) -> Kept {
     for entry in std::fs::read_dir("/proc/self/fd").expect("/proc is mounted") {
         let path = entry.expect("an fd entry").path();
@@ -119,6 +137,7 @@ fn keep(len: usize, map: bool) -> Kept {
 
 /// Writes `byte` over all of a kept buffer: through the kept mapping, or else through a new
 /// mapping of the kept descriptor. Whether it could.
+#[cfg(unix)]
 fn scribble(kept: &Kept, byte: u8) -> bool {
     let ptr = match kept.map {
         Some(ptr) => ptr,

@@ -12,15 +12,17 @@
 //! | `caught-panic` | panics inside `catch_unwind`, recovers, exits 0 |
 //! | `panic-then-abort` | panics in a thread, joins it, then aborts (SIGABRT) |
 //! | `abort` | `std::process::abort()` (SIGABRT) |
-//! | `segv` | writes through a null pointer (SIGSEGV) |
+//! | `segv` | writes through a null pointer (SIGSEGV; an access violation on Windows) |
 //! | `sleep` | sleeps forever |
 //! | `ready-then-sleep` | posts `"ready"`, then sleeps forever |
-//! | `ignore-term` | ignores SIGTERM, posts `"ready"`, then sleeps forever |
-//! | `connect-after-parent-closes` | waits until the parent has closed its end of the port, then connects, checks that the port reads as closed, renames itself `connected-ok` and sleeps forever |
+//! | `ignore-term` | ignores SIGTERM (on Windows: does not read its port), posts `"ready"`, then sleeps forever |
+//! | `connect-after-parent-closes` | waits until the parent has closed its end of the port, then connects, checks that the port reads as closed, renames itself `connected-ok` and sleeps forever (Unix only) |
 
 use std::time::Duration;
 
-use utility_process::{parent_port, Error};
+use utility_process::parent_port;
+#[cfg(unix)]
+use utility_process::Error;
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_default();
@@ -62,8 +64,12 @@ fn main() {
             sleep_forever()
         }
         "ignore-term" => {
+            // Windows has no SIGTERM: a child that does not read its port ignores `kill()`'s
+            // request just as well.
+            #[cfg(unix)]
             // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
             let previous = unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+            #[cfg(unix)]
             assert_ne!(previous, libc::SIG_ERR);
             port.post_message("ready").expect("parent is listening");
             sleep_forever()
@@ -72,6 +78,12 @@ fn main() {
     }
 }
 
+#[cfg(windows)]
+fn connect_after_parent_closes() -> ! {
+    panic!("connect-after-parent-closes is a Unix mode: it polls descriptor 3 and renames itself through /proc")
+}
+
+#[cfg(unix)]
 fn connect_after_parent_closes() -> ! {
     // Wait, without reading anything, until the parent's end of the port (fd 3) is closed.
     let mut port_fd = libc::pollfd {

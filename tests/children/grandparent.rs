@@ -4,8 +4,8 @@
 //! | --- | --- |
 //! | (none) | starts itself in `grandchild` mode, posts the grandchild's pid (a `u32`), and reads its port until the parent is gone |
 //! | `grandchild` | sleeps forever (it is not a utility process) |
-//! | `escape` | clears its parent-death signal, moves to its parent's process group, posts its own pid as the "grandchild", and reads its port until the parent is gone; then lives on as long as it can |
-//! | `fds` | posts the sorted list of the descriptors it was started with (a `Vec<i32>`) |
+//! | `escape` (Unix only) | clears its parent-death signal, moves to its parent's process group, posts its own pid as the "grandchild", and reads its port until the parent is gone; then lives on as long as it can |
+//! | `fds` (Unix only) | posts the sorted list of the descriptors it was started with (a `Vec<i32>`) |
 
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ fn main() {
             while port.recv_blocking().is_some() {}
         }
         Some("grandchild") => sleep_forever(),
+        #[cfg(unix)]
         Some("escape") => {
             let port = parent_port().expect("started by fork");
             // SAFETY: prctl, getppid, getpgid and setpgid with integer arguments only.
@@ -40,6 +41,7 @@ fn main() {
             while port.recv_blocking().is_some() {}
             sleep_forever()
         }
+        #[cfg(unix)]
         Some("fds") => {
             // Listed before connecting, so this is exactly what the child inherited.
             let fds = inherited_fds();
@@ -50,6 +52,7 @@ fn main() {
     }
 }
 
+#[cfg(unix)]
 /// The open descriptors, without the one `read_dir` itself used to list them.
 fn inherited_fds() -> Vec<i32> {
     let listed: Vec<String> = std::fs::read_dir("/proc/self/fd")

@@ -4,6 +4,9 @@
 //! The modes that a limit ends (memory, CPU, file size) never return. The ones a limit only
 //! refuses (open files, processes) post how far they got and the errno that stopped them, as
 //! `(count, errno)`.
+//!
+//! `memfd`, `cpu-ignoring-sigxcpu` (its SIGXCPU part) and `processes` (a fork bomb) are Unix
+//! only.
 
 use std::io::Write;
 
@@ -26,6 +29,7 @@ fn main() {
             let hoard = vec![1u8; 1 << 30];
             std::hint::black_box(&hoard);
         }
+        #[cfg(unix)]
         "memfd" => {
             // Memory that is not mapped: a memfd grown 1 MiB at a time, up to 512 MiB.
             let name = c"hoard";
@@ -50,6 +54,7 @@ fn main() {
             port.post_message(&(mib, errno)).expect("post");
         }
         "cpu" | "cpu-ignoring-sigxcpu" => {
+            #[cfg(unix)]
             if mode == "cpu-ignoring-sigxcpu" {
                 // SAFETY: SIG_IGN for SIGXCPU; no handler code runs.
                 unsafe { libc::signal(libc::SIGXCPU, libc::SIG_IGN) };
@@ -73,7 +78,7 @@ fn main() {
         "open-files" => {
             let mut files = Vec::new();
             let errno = loop {
-                match std::fs::File::open("/dev/null") {
+                match std::fs::File::open(if cfg!(windows) { "NUL" } else { "/dev/null" }) {
                     Ok(file) => files.push(file),
                     Err(e) => break e.raw_os_error().unwrap_or(0),
                 }
@@ -81,6 +86,7 @@ fn main() {
             port.post_message(&(files.len() as u64, errno))
                 .expect("post");
         }
+        #[cfg(unix)]
         "processes" => {
             // A fork bomb that keeps its children (paused) until it cannot make more.
             let mut children = Vec::new();

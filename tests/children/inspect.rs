@@ -11,7 +11,6 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
 
 use utility_process::parent_port;
 use utility_process_tests::{Report, Written};
@@ -38,9 +37,7 @@ fn report(args: &[OsString]) {
         env: std::env::vars_os()
             .map(|(k, v)| (lossy(&k), lossy(&v)))
             .collect(),
-        comm: std::fs::read_to_string("/proc/self/comm")
-            .map(|c| c.trim_end_matches('\n').to_owned())
-            .unwrap_or_else(|e| format!("error: {e}")),
+        comm: process_name(),
         service_name: port.service_name().to_owned(),
         pid: std::process::id(),
         stdin_eof: stdin_is_at_eof(),
@@ -60,8 +57,8 @@ fn output(out: &OsString, err: &OsString) {
             .map(|e| e.to_string())
     };
     let written = Written {
-        stdout_error: write(&mut std::io::stdout().lock(), out.as_bytes()),
-        stderr_error: write(&mut std::io::stderr().lock(), err.as_bytes()),
+        stdout_error: write(&mut std::io::stdout().lock(), out.as_encoded_bytes()),
+        stderr_error: write(&mut std::io::stderr().lock(), err.as_encoded_bytes()),
         fds: std_fds(),
     };
     port.post_message(&written).expect("parent is listening");
@@ -81,8 +78,35 @@ fn never_read() {
     }
 }
 
+/// The name the process shows: `/proc/self/comm` on Linux, the startup title
+/// (`STARTUPINFOW.lpTitle`) on Windows.
+#[cfg(unix)]
+fn process_name() -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .map(|c| c.trim_end_matches('\n').to_owned())
+        .unwrap_or_else(|e| format!("error: {e}"))
+}
+
+#[cfg(windows)]
+fn process_name() -> String {
+    use windows_sys::Win32::System::Threading::{GetStartupInfoW, STARTUPINFOW};
+    // SAFETY: GetStartupInfoW fills the local; lpTitle, when not null, points to a
+    // NUL-terminated string the process keeps for its whole life.
+    unsafe {
+        let mut info: STARTUPINFOW = std::mem::zeroed();
+        info.cb = std::mem::size_of::<STARTUPINFOW>() as u32;
+        GetStartupInfoW(&mut info);
+        if info.lpTitle.is_null() {
+            return String::new();
+        }
+        let len = (0..).take_while(|&i| *info.lpTitle.add(i) != 0).count();
+        String::from_utf16_lossy(std::slice::from_raw_parts(info.lpTitle, len))
+    }
+}
+
 /// Whether stdin is readable within a second and then reads end-of-file (so a stdin that is
 /// not `/dev/null` makes the report say `false` instead of hanging the child).
+#[cfg(unix)]
 fn stdin_is_at_eof() -> bool {
     let mut poll = libc::pollfd {
         fd: 0,
@@ -97,6 +121,52 @@ fn stdin_is_at_eof() -> bool {
     matches!(std::io::stdin().lock().read(&mut [0u8; 16]), Ok(0))
 }
 
+#[cfg(windows)]
+fn stdin_is_at_eof() -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(matches!(
+            std::io::stdin().lock().read(&mut [0u8; 16]),
+            Ok(0)
+        ));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(1))
+        .unwrap_or(false)
+}
+
+/// What the standard handles lead to: `NUL`, `console`, `file`, `pipe` or `none`.
+#[cfg(windows)]
+fn std_fds() -> Vec<String> {
+    use windows_sys::Win32::Storage::FileSystem::{
+        GetFileType, FILE_TYPE_CHAR, FILE_TYPE_DISK, FILE_TYPE_PIPE,
+    };
+    use windows_sys::Win32::System::Console::{
+        GetConsoleMode, GetStdHandle, STD_ERROR_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE,
+    };
+    [STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE]
+        .into_iter()
+        .map(|which| {
+            // SAFETY: queries of this process's standard handles, into locals.
+            unsafe {
+                let handle = GetStdHandle(which);
+                if handle.is_null() || handle as isize == -1 {
+                    return "none".to_owned();
+                }
+                let mut mode = 0;
+                match GetFileType(handle) {
+                    FILE_TYPE_CHAR if GetConsoleMode(handle, &mut mode) != 0 => "console",
+                    FILE_TYPE_CHAR => "NUL",
+                    FILE_TYPE_DISK => "file",
+                    FILE_TYPE_PIPE => "pipe",
+                    _ => "unknown",
+                }
+                .to_owned()
+            }
+        })
+        .collect()
+}
+
+#[cfg(unix)]
 fn std_fds() -> Vec<String> {
     (0..3)
         .map(|fd| {

@@ -3,7 +3,9 @@
 //! them (see `PortCommand`). It can also report its own descriptors.
 
 use utility_process::{parent_port, MessagePort};
-use utility_process_tests::{fd_flags, open_fds, pattern, Numbered, PortCommand, PortReply};
+#[cfg(unix)]
+use utility_process_tests::{fd_flags, open_fds};
+use utility_process_tests::{pattern, Numbered, PortCommand, PortReply};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -46,11 +48,15 @@ async fn main() {
                     .expect("parent is listening");
             }
             PortCommand::Hold => held.extend(ports),
+            #[cfg(windows)]
+            PortCommand::Fds | PortCommand::FdFlags => panic!("descriptors are Unix's"),
+            #[cfg(unix)]
             PortCommand::Fds => parent
                 .post_message(&PortReply::Fds {
                     fds: open_fds(std::process::id()),
                 })
                 .expect("parent is listening"),
+            #[cfg(unix)]
             PortCommand::FdFlags => parent
                 .post_message(&PortReply::FdFlags {
                     fds: fd_flags(std::process::id()),

@@ -8,12 +8,16 @@
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
+#[cfg(unix)]
 use utility_process::unix::Signal;
+#[cfg(unix)]
 use utility_process::unix::{ExitStatusExt as _, UtilityProcessExt as _};
+#[cfg(windows)]
+use utility_process::windows::ExitStatusExt as _;
 use utility_process::UtilityProcess;
 use utility_process::{fork, Error, Event, ExitStatus, ForkOptions, SpawnStep, Stdio};
 use utility_process_tests::{
-    describe_fds, fd_count, in_own_process, is_alive, next_event, open_fds, EVENT_TIMEOUT,
+    describe_fds, fd_count, in_own_process, is_alive, kill_pid, next_event, EVENT_TIMEOUT,
 };
 
 const CRASH: &str = env!("CARGO_BIN_EXE_crash");
@@ -60,6 +64,31 @@ async fn expect_message<T: serde::de::DeserializeOwned>(child: &mut UtilityProce
     }
 }
 
+/// Windows: what a status is when the parent ended the child by terminating its job (after
+/// `kill`'s grace period, or by `kill_now`): exit code 1, no exception.
+#[cfg(windows)]
+fn assert_terminated(status: &ExitStatus) {
+    assert_eq!(status.code(), Some(1), "{status}");
+    assert_eq!(status.exception(), None, "{status}");
+    assert!(!status.success(), "{status}");
+}
+
+/// Windows: the status of an unhandled exception `code`: no exit code.
+#[cfg(windows)]
+fn assert_exception(status: &ExitStatus, code: u32) {
+    assert_eq!(status.exception(), Some(code), "{status}");
+    assert_eq!(status.code(), None, "{status}");
+    assert!(!status.success(), "{status}");
+}
+
+/// `STATUS_ACCESS_VIOLATION`: a write through a null pointer.
+#[cfg(windows)]
+const ACCESS_VIOLATION: u32 = 0xC000_0005;
+/// `STATUS_STACK_BUFFER_OVERRUN`: how `__fastfail`, so Rust's `abort`, ends a process.
+#[cfg(windows)]
+const FAST_FAIL: u32 = 0xC000_0409;
+
+#[cfg(unix)]
 /// Asserts that `status` is "killed by `signal`", with no exit code.
 fn assert_signalled(status: &ExitStatus, signal: Signal) {
     assert_eq!(status.signal(), Some(signal), "{status}");
@@ -77,6 +106,7 @@ async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -
 }
 
 /// A child process of this process, as `/proc/<pid>/stat` describes it.
+#[cfg(unix)]
 #[derive(Debug)]
 #[expect(
     dead_code,
@@ -88,11 +118,13 @@ struct ProcEntry {
     comm: String,
 }
 
+#[cfg(unix)]
 /// Every process whose parent is this process, zombies included.
 fn children_of_this_process() -> Vec<ProcEntry> {
     children_of(std::process::id())
 }
 
+#[cfg(unix)]
 /// Every process whose parent is `me`, zombies included.
 fn children_of(me: u32) -> Vec<ProcEntry> {
     let mut children = Vec::new();
@@ -127,6 +159,7 @@ fn children_of(me: u32) -> Vec<ProcEntry> {
     children
 }
 
+#[cfg(unix)]
 /// This process's children that are zombies (ended, not reaped).
 fn zombie_children() -> Vec<ProcEntry> {
     children_of_this_process()
@@ -135,6 +168,7 @@ fn zombie_children() -> Vec<ProcEntry> {
         .collect()
 }
 
+#[cfg(unix)]
 /// This process's children other than the library's guardian (see `sys/unix/guardian.rs`),
 /// which lives as long as this process.
 fn children_besides_the_guardian() -> Vec<ProcEntry> {
@@ -144,6 +178,40 @@ fn children_besides_the_guardian() -> Vec<ProcEntry> {
         .collect()
 }
 
+/// Windows: every process whose parent is this process.
+#[cfg(windows)]
+fn children_of_this_process() -> Vec<(u32, String)> {
+    utility_process_tests::children_of(std::process::id())
+}
+
+/// Windows has no guardian: every child.
+#[cfg(windows)]
+fn children_besides_the_guardian() -> Vec<(u32, String)> {
+    children_of_this_process()
+}
+
+/// Windows: forks one child and waits for its end, so that the library's permanent resources
+/// exist; then returns this process's handle count, the baseline for later checks.
+#[cfg(windows)]
+async fn warm_up_and_count_fds() -> usize {
+    let mut child = crash(&["return"]);
+    let events = all_events(&mut child).await;
+    assert!(
+        matches!(events.last(), Some(Event::Exit(status)) if status.success()),
+        "{events:?}"
+    );
+    drop(child);
+    wait_until("the warm-up child is gone", SETTLE_TIMEOUT, || {
+        children_besides_the_guardian().is_empty()
+    })
+    .await;
+    // The library's thread lets go of the child's process and job handles just after it
+    // publishes the exit.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    fd_count()
+}
+
+#[cfg(unix)]
 /// Forks one child and waits for its end, so that the library's permanent resources (its
 /// thread, its runtime, its guardian and the descriptor to it) exist; then returns this
 /// process's descriptor count, the baseline for later checks.
@@ -212,6 +280,7 @@ async fn clean_return_exits_with_code_zero_and_no_error() {
     match all_events(&mut child).await.as_slice() {
         [Event::Spawn, Event::Exit(status)] => {
             assert_eq!(status.code(), Some(0), "{status}");
+            #[cfg(unix)]
             assert_eq!(status.signal(), None, "{status}");
             assert!(status.success(), "{status}");
         }
@@ -225,6 +294,7 @@ async fn exit_code_two_is_reported_as_code_not_signal() {
     match all_events(&mut child).await.as_slice() {
         [Event::Spawn, Event::Exit(status)] => {
             assert_eq!(status.code(), Some(2), "{status}");
+            #[cfg(unix)]
             assert_eq!(status.signal(), None, "{status}");
             assert!(!status.success(), "{status}");
         }
@@ -232,6 +302,29 @@ async fn exit_code_two_is_reported_as_code_not_signal() {
     }
 }
 
+/// Windows: an access violation is a crash, told by its exception.
+#[cfg(windows)]
+#[tokio::test]
+async fn crash_by_segfault_reports_error_then_exit_with_the_signal() {
+    let mut child = crash(&["segv"]);
+    match all_events(&mut child).await.as_slice() {
+        [Event::Spawn, Event::Error(Error::Crashed {
+            service_name,
+            pid,
+            status: crashed,
+        }), Event::Exit(status)] => {
+            assert_eq!(crashed.exception(), Some(ACCESS_VIOLATION), "{crashed}");
+            assert_eq!(crashed, status, "the error carries the exit status");
+            assert_ne!(*pid, 0);
+            // The default service name is the program's file name.
+            assert_eq!(service_name, "crash.exe");
+            assert_exception(status, ACCESS_VIOLATION);
+        }
+        other => panic!("expected Spawn, Error(Crashed), Exit; got {other:?}"),
+    }
+}
+
+#[cfg(unix)]
 #[tokio::test]
 async fn crash_by_segfault_reports_error_then_exit_with_the_signal() {
     let mut child = crash(&["segv"]);
@@ -270,6 +363,7 @@ async fn panic_reports_message_and_location_before_exit() {
             assert_eq!(panic.thread.as_deref(), Some("main"));
             assert!(error.to_string().contains("deliberate panic"), "{error}");
             assert_eq!(status.code(), Some(101), "{status}");
+            #[cfg(unix)]
             assert_eq!(status.signal(), None, "{status}");
         }
         other => panic!("expected Spawn, Error(Panicked), Exit; got {other:?}"),
@@ -296,7 +390,11 @@ async fn abort_after_panic_reports_the_panic() {
                 "{}",
                 panic.location
             );
+            #[cfg(unix)]
             assert_signalled(status, Signal::SIGABRT);
+            // Rust's abort is a __fastfail on Windows.
+            #[cfg(windows)]
+            assert_exception(status, FAST_FAIL);
         }
         other => panic!("expected Spawn, Error(Panicked), Exit; got {other:?}"),
     }
@@ -309,8 +407,14 @@ async fn abort_without_a_panic_is_a_crash() {
         [Event::Spawn, Event::Error(Error::Crashed {
             status: crashed, ..
         }), Event::Exit(status)] => {
+            #[cfg(unix)]
             assert_eq!(crashed.signal(), Some(Signal::SIGABRT));
+            #[cfg(unix)]
             assert_signalled(status, Signal::SIGABRT);
+            #[cfg(windows)]
+            assert_eq!(crashed.exception(), Some(FAST_FAIL), "{crashed}");
+            #[cfg(windows)]
+            assert_exception(status, FAST_FAIL);
         }
         other => panic!("expected Spawn, Error(Crashed), Exit; got {other:?}"),
     }
@@ -336,8 +440,8 @@ fn fork_error(program: &str, options: ForkOptions, fds_before: usize) -> Error {
     assert_eq!(
         fd_count(),
         fds_before,
-        "descriptors leaked by the failed fork of {program}: {:?}",
-        open_fds(std::process::id())
+        "descriptors leaked by the failed fork of {program}: {}",
+        describe_fds()
     );
     error
 }
@@ -384,20 +488,33 @@ async fn failed_forks_are_errors_that_leave_nothing_behind() {
     assert_eq!(*step, SpawnStep::Lookup, "{error}");
     assert!(error.to_string().contains(bare), "{error}");
 
-    // A file that is not executable.
-    let plain = scratch.join("not-executable");
-    std::fs::write(&plain, "#!/bin/sh\nexit 0\n").unwrap();
+    // A file that is not executable (on Windows: not a program, though named like one).
+    let plain = scratch.join(if cfg!(windows) {
+        "not-executable.exe"
+    } else {
+        "not-executable"
+    });
+    // Not a script on Windows: Wine would start a `#!` file as a Unix program.
+    let text = if cfg!(windows) {
+        "this is not a program\r\n"
+    } else {
+        "#!/bin/sh\nexit 0\n"
+    };
+    std::fs::write(&plain, text).unwrap();
     let plain = plain.to_str().unwrap();
     let error = fork_error(plain, ForkOptions::default(), fds);
     let Error::Spawn { step, source, .. } = &error else {
         panic!("expected Error::Spawn, got {error:?}")
     };
     assert_eq!(*step, SpawnStep::Exec, "{error}");
+    #[cfg(unix)]
     assert_eq!(
         source.kind(),
         std::io::ErrorKind::PermissionDenied,
         "{error}"
     );
+    #[cfg(windows)]
+    assert_ne!(source.kind(), std::io::ErrorKind::NotFound, "{error}");
     assert!(error.to_string().contains(plain), "{error}");
 
     // A working directory that does not exist.
@@ -412,6 +529,7 @@ async fn failed_forks_are_errors_that_leave_nothing_behind() {
     assert!(display.contains(nowhere.to_str().unwrap()), "{display}");
 
     std::fs::remove_dir_all(&scratch).unwrap();
+    #[cfg(unix)]
     assert_eq!(zombie_children().len(), 0, "{:?}", zombie_children());
 }
 
@@ -419,6 +537,34 @@ async fn failed_forks_are_errors_that_leave_nothing_behind() {
 // Kill
 // ---------------------------------------------------------------------------------------------
 
+/// Windows: `kill` asks through the port. A child that reads it (here `echo`) sees it close
+/// and returns from `main`; one that does not (`crash sleep`) has its job terminated after
+/// the grace period. Neither end is an error.
+#[cfg(windows)]
+#[tokio::test]
+async fn kill_ends_the_child_and_exit_reports_sigterm() {
+    let mut child = fork(
+        env!("CARGO_BIN_EXE_echo"),
+        [] as [&str; 0],
+        ForkOptions::default(),
+    )
+    .expect("fork echo");
+    expect_spawn(&mut child).await;
+    assert!(child.kill());
+    match all_events(&mut child).await.as_slice() {
+        [Event::Exit(status)] => assert!(status.success(), "{status}"),
+        other => panic!("expected only Exit (no Error: the parent asked); got {other:?}"),
+    }
+    let mut child = crash(&["sleep"]);
+    expect_spawn(&mut child).await;
+    assert!(child.kill());
+    match all_events(&mut child).await.as_slice() {
+        [Event::Exit(status)] => assert_terminated(status),
+        other => panic!("expected only Exit (no Error: the parent asked); got {other:?}"),
+    }
+}
+
+#[cfg(unix)]
 #[tokio::test]
 async fn kill_ends_the_child_and_exit_reports_sigterm() {
     let mut child = crash(&["sleep"]);
@@ -430,6 +576,24 @@ async fn kill_ends_the_child_and_exit_reports_sigterm() {
     }
 }
 
+/// Windows: an endless grace period never terminates the job; a child that reads its port
+/// still ends when asked.
+#[cfg(windows)]
+#[tokio::test]
+async fn kill_with_an_endless_grace_period_sends_sigterm_and_does_not_panic() {
+    let options = ForkOptions::default()
+        .stderr(Stdio::Ignore)
+        .kill_grace(std::time::Duration::MAX);
+    let mut child = fork(env!("CARGO_BIN_EXE_echo"), [] as [&str; 0], options).expect("fork echo");
+    expect_spawn(&mut child).await;
+    assert!(child.kill());
+    match all_events(&mut child).await.as_slice() {
+        [Event::Exit(status)] => assert!(status.success(), "{status}"),
+        other => panic!("expected only Exit; got {other:?}"),
+    }
+}
+
+#[cfg(unix)]
 #[tokio::test]
 async fn kill_with_an_endless_grace_period_sends_sigterm_and_does_not_panic() {
     let options = ForkOptions::default()
@@ -444,6 +608,7 @@ async fn kill_with_an_endless_grace_period_sends_sigterm_and_does_not_panic() {
     }
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn a_signal_the_parent_sent_is_not_a_crash_but_one_it_did_not_send_is() {
     let mut child = crash(&["sleep"]);
@@ -489,11 +654,32 @@ async fn sigkill_follows_sigterm_after_the_grace_period() {
     assert_eq!(expect_message::<String>(&mut child).await, "ready");
     assert!(child.kill());
     match all_events(&mut child).await.as_slice() {
+        #[cfg(unix)]
         [Event::Exit(status)] => assert_signalled(status, Signal::SIGKILL),
+        // Windows: `ignore-term` does not read its port; its job is terminated.
+        #[cfg(windows)]
+        [Event::Exit(status)] => assert_terminated(status),
         other => panic!("expected only Exit (no Error: the parent asked); got {other:?}"),
     }
 }
 
+/// Windows: a `TerminateProcess` from elsewhere leaves only the code it chose, which cannot be
+/// told from the child's own `exit` (see `sys/windows/exit.rs`): with code 1 it is an exit
+/// with code 1, not a crash. The pid in the status is the child's own.
+#[cfg(windows)]
+#[tokio::test]
+async fn external_sigkill_is_reported_as_crash() {
+    let mut child = crash(&["sleep"]);
+    expect_spawn(&mut child).await;
+    let pid = child.pid().unwrap();
+    assert!(kill_pid(pid), "TerminateProcess");
+    match all_events(&mut child).await.as_slice() {
+        [Event::Exit(status)] => assert_terminated(status),
+        other => panic!("expected Exit; got {other:?}"),
+    }
+}
+
+#[cfg(unix)]
 #[tokio::test]
 async fn external_sigkill_is_reported_as_crash() {
     let mut child = crash(&["sleep"]);
@@ -558,9 +744,9 @@ async fn detached_child_outlives_its_handle() {
     // Long enough for a kill on drop to have taken effect, had there been one.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let alive = is_alive(pid);
-    // Clean up first. The library reaps the child only once it has ended, so the pid is ours.
-    // SAFETY: kill has no memory effects, and `pid` names our child, unreaped while alive.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    // Clean up first. The library reaps the child only once it has ended (and holds its
+    // handle on Windows), so the pid is ours.
+    kill_pid(pid);
     wait_until(
         &format!("the detached child {pid} ends"),
         SETTLE_TIMEOUT,
@@ -570,6 +756,7 @@ async fn detached_child_outlives_its_handle() {
     assert!(alive, "the detached child {pid} did not outlive its handle");
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn detached_child_can_still_connect_after_its_handle_is_gone() {
     // The child waits until the parent's end of the port is closed, then calls
@@ -620,7 +807,11 @@ async fn kill_takes_the_grandchild_too() {
     );
     assert!(child.kill());
     match all_events(&mut child).await.as_slice() {
+        #[cfg(unix)]
         [Event::Exit(status)] => assert_signalled(status, Signal::SIGTERM),
+        // Windows: the child reads its port, sees it close and returns; its job goes with it.
+        #[cfg(windows)]
+        [Event::Exit(status)] => assert!(status.success(), "{status}"),
         other => panic!("expected only Exit; got {other:?}"),
     }
     wait_until(
@@ -640,6 +831,7 @@ async fn parent_killed_with_sigkill_takes_child_and_grandchild_within_one_second
     parent_killed_with_sigkill_takes(&[]).await;
 }
 
+#[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_that_clears_its_parent_death_signal_and_leaves_its_group_still_dies_with_its_parent(
 ) {
@@ -714,6 +906,7 @@ fn two_hundred_children_leave_no_zombie_and_no_descriptor() {
 
 async fn two_hundred_children_leave_nothing_behind() {
     let fds = warm_up_and_count_fds().await;
+    #[cfg(unix)]
     assert_eq!(zombie_children().len(), 0, "{:?}", zombie_children());
 
     for _batch in 0..10 {
@@ -727,7 +920,9 @@ async fn two_hundred_children_leave_nothing_behind() {
     }
 
     // Every Exit is published after its child was reaped: no waiting here.
+    #[cfg(unix)]
     let zombies = zombie_children();
+    #[cfg(unix)]
     assert!(zombies.is_empty(), "zombies: {zombies:?}");
     let children = children_besides_the_guardian();
     assert!(children.is_empty(), "children left: {children:?}");
@@ -745,6 +940,7 @@ async fn two_hundred_children_leave_nothing_behind() {
     );
 }
 
+#[cfg(unix)]
 #[test]
 fn child_holds_only_stdio_and_its_port() {
     in_own_process(
@@ -818,12 +1014,19 @@ async fn a_child_forked_from_a_short_lived_thread_outlives_that_thread() {
     );
     assert!(child.kill());
     let events = all_events(&mut child).await;
+    #[cfg(unix)]
     assert!(
         matches!(events.as_slice(), [Event::Exit(status)] if status.signal() == Some(Signal::SIGTERM)),
         "{events:?}"
     );
+    #[cfg(windows)]
+    assert!(
+        matches!(events.as_slice(), [Event::Exit(status)] if status.code() == Some(1)),
+        "{events:?}"
+    );
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn the_library_never_reaps_a_child_it_did_not_start() {
     let mut own = std::process::Command::new("sleep")
@@ -839,6 +1042,7 @@ async fn the_library_never_reaps_a_child_it_did_not_start() {
     assert!(status.success(), "{status}");
 }
 
+#[cfg(unix)]
 #[test]
 fn a_blocked_sigterm_in_the_parent_does_not_reach_the_child() {
     in_own_process(
@@ -875,6 +1079,7 @@ fn a_blocked_sigterm_in_the_parent_does_not_reach_the_child() {
     );
 }
 
+#[cfg(unix)]
 #[test]
 fn posting_to_a_closed_peer_never_raises_sigpipe() {
     in_own_process(
@@ -917,7 +1122,10 @@ async fn a_child_that_only_uses_its_port_starts_no_process_of_its_own() {
         assert_eq!(echoed, i);
     }
     let pid = child.pid().expect("running");
+    #[cfg(unix)]
     let theirs = children_of(pid);
+    #[cfg(windows)]
+    let theirs = utility_process_tests::children_of(pid);
     assert!(theirs.is_empty(), "the child started processes: {theirs:?}");
     assert!(child.kill());
 }

@@ -11,13 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use utility_process::unix::ExitStatusExt as _;
 use utility_process::{
     fork, Error, Event, ForkOptions, Message, MessageChannel, MessagePort, UtilityProcess,
 };
+#[cfg(unix)]
+use utility_process_tests::FdFlags;
 use utility_process_tests::{
-    describe_fds, fd_count, in_own_process, next_event, pattern, FdFlags, Numbered, PortCommand,
-    PortReply, EVENT_TIMEOUT,
+    continue_process, describe_fds, ended_by_kill, fd_count, in_own_process, next_event, pattern,
+    stop_process, Numbered, PortCommand, PortReply, EVENT_TIMEOUT,
 };
 
 const PORTER: &str = env!("CARGO_BIN_EXE_porter");
@@ -284,6 +285,70 @@ async fn two_children_talk_directly_through_a_port_the_parent_introduced() {
     end(b).await;
 }
 
+/// Windows: ports travel only over a child's parent port, where the parent brokers their
+/// handles; so the hops go through the parent: to child `a`, back (its bounce), to child `b`.
+/// A message still waiting in the port's buffer travels with it each time.
+#[cfg(windows)]
+#[tokio::test]
+async fn a_port_travels_three_hops() {
+    let mut a = porter();
+    let b = porter();
+    let (port1, port2) = channel();
+    // Read one, so that the next one waits in port2's buffer and travels as a prefix.
+    port1.post_message(&numbered(0, 3)).unwrap();
+    port1.post_message(&numbered(1, 3)).unwrap();
+    assert_eq!(seq_of(&recv(&port2, "before the hops").await), 0);
+
+    a.post_message_with_ports(&PortCommand::Bounce, vec![port2])
+        .unwrap();
+    port1.post_message(&numbered(2, 3)).unwrap();
+    let port2 = message_from(&mut a)
+        .await
+        .take_ports()
+        .pop()
+        .expect("port2 back from a");
+    b.post_message_with_ports(&PortCommand::Echo, vec![port2])
+        .unwrap();
+    port1.post_message(&numbered(3, 3)).unwrap();
+    for i in 1..4 {
+        assert_eq!(seq_of(&recv(&port1, "echoed after three hops").await), i);
+    }
+    for i in 4..100 {
+        port1.post_message(&numbered(i, 3)).unwrap();
+        assert_eq!(seq_of(&recv(&port1, "echoed by b").await), i);
+    }
+    end(a).await;
+    end(b).await;
+}
+
+/// Windows: a port made by `MessageChannel` (or received) carries messages only. Attaching a
+/// port or a shared buffer to a message on one is `Error::Io` (`Unsupported`), nothing is
+/// sent, and the port goes on working.
+#[cfg(windows)]
+#[tokio::test]
+async fn attachments_on_a_message_channel_port_are_refused_and_the_port_goes_on() {
+    let (port1, port2) = channel();
+    let (_keep, attached) = channel();
+    match port1.post_message_with_ports(&"with a port", vec![attached]) {
+        Err(Error::Io { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::Unsupported, "{source}")
+        }
+        other => panic!("expected Error::Io(Unsupported), got {other:?}"),
+    }
+    let buffer = utility_process::SharedBuffer::new(4096).expect("a buffer");
+    match port1.post_message_with_transfer(&"with a buffer", vec![buffer.into()]) {
+        Err(Error::Io { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::Unsupported, "{source}")
+        }
+        other => panic!("expected Error::Io(Unsupported), got {other:?}"),
+    }
+    port1.post_message(&numbered(5, 0)).unwrap();
+    let message = recv(&port2, "after the refused posts").await;
+    assert_eq!(message.port_count(), 0);
+    assert_eq!(seq_of(&message), 5);
+}
+
+#[cfg(unix)]
 #[tokio::test]
 async fn a_port_travels_three_hops() {
     let a = porter();
@@ -385,6 +450,7 @@ async fn messages_queued_before_transfer_arrive_after_it() {
     end(child).await;
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn a_message_with_ports_buffered_by_a_port_that_travels_still_brings_its_ports() {
     let child = porter();
@@ -417,6 +483,7 @@ async fn a_message_with_ports_buffered_by_a_port_that_travels_still_brings_its_p
     end(child).await;
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn a_message_with_ports_cut_short_by_a_read_still_brings_them_when_its_port_travels() {
     // A fresh port reads up to 64 KiB at a time. A first message just short of that makes
@@ -479,9 +546,9 @@ async fn a_large_message_half_read_when_its_port_travels_arrives_whole() {
         assert_eq!(reply_from(&mut sender).await, PortReply::Posted);
         // The sender has written what its socket holds and waits to write the rest: stop it,
         // so that port2 can read only a part.
-        let pid = sender.pid().expect("the sender runs") as libc::pid_t;
-        // SAFETY: a signal to our own child, which is alive (it just answered).
-        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let pid = sender.pid().expect("the sender runs");
+        // Our own child, which is alive (it just answered).
+        stop_process(pid);
         let early = tokio::time::timeout(std::time::Duration::from_millis(50), port2.recv()).await;
         if early.is_err() {
             break (sender, port2, pid);
@@ -490,16 +557,14 @@ async fn a_large_message_half_read_when_its_port_travels_arrives_whole() {
             attempt < 5,
             "the whole message arrived from a stopped sender {attempt} times"
         );
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGCONT) };
+        continue_process(pid);
         end(sender).await;
     };
     let mut collector = porter();
     collector
         .post_message_with_ports(&PortCommand::Collect { count: 1 }, vec![port2])
         .unwrap();
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    continue_process(pid);
     match reply_from(&mut collector).await {
         PortReply::Received { messages } => {
             assert_eq!(messages.len(), 1);
@@ -550,6 +615,7 @@ async fn closing_a_port_is_seen_by_the_far_end() {
     end(child).await;
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn closing_a_port_closes_the_ports_in_the_messages_it_had_not_read() {
     // Read into the port's buffer, not delivered.
@@ -632,7 +698,7 @@ async fn the_far_end_process_killed_makes_recv_return_none() {
     loop {
         match next_event(&mut child).await {
             Some(Event::Exit(status)) => {
-                assert!(status.signal().is_some(), "{status}");
+                assert!(ended_by_kill(&status), "{status}");
                 break;
             }
             Some(Event::Spawn) => {}
@@ -678,6 +744,7 @@ async fn a_port_sent_over_its_own_peer_is_an_error() {
     end(child).await;
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn a_message_whose_ports_are_never_taken_closes_them() {
     // Within this process.
@@ -822,6 +889,7 @@ async fn too_many_ports_in_one_message_is_an_error() {
     end(child).await;
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn received_port_descriptors_are_close_on_exec() {
     let mut child = porter();
@@ -933,10 +1001,12 @@ async fn a_thousand_ports_leave_nothing_behind() {
     let baseline = fd_count();
     let baseline_fds = describe_fds();
 
+    #[cfg_attr(windows, expect(unused_mut, reason = "only Unix asks the holder"))]
     let mut holder = porter();
     let mut bouncer = porter();
     let mut kept = Vec::new();
     let mut returned = Vec::new();
+    #[cfg(unix)]
     let mut held = Vec::new();
     for batch in 0..10u32 {
         for i in batch * 100..(batch + 1) * 100 {
@@ -954,11 +1024,14 @@ async fn a_thousand_ports_leave_nothing_behind() {
         while returned.len() < (batch as usize + 1) * 50 {
             returned.extend(message_from(&mut bouncer).await.take_ports());
         }
-        holder.post_message(&PortCommand::Fds).unwrap();
-        let PortReply::Fds { fds } = reply_from(&mut holder).await else {
-            panic!("expected Fds")
-        };
-        held = fds;
+        #[cfg(unix)]
+        {
+            holder.post_message(&PortCommand::Fds).unwrap();
+            let PortReply::Fds { fds } = reply_from(&mut holder).await else {
+                panic!("expected Fds")
+            };
+            held = fds;
+        }
     }
     // Every bounced port still works.
     for ((i, port1), port2) in kept.iter().filter(|(i, _)| i % 2 == 1).zip(&returned) {
@@ -969,6 +1042,7 @@ async fn a_thousand_ports_leave_nothing_behind() {
         assert_eq!(seq_of(&recv(port2, "bounced port").await), u64::from(*i));
     }
     // The holder holds its 500 ports, a third of them with a prefix.
+    #[cfg(unix)]
     assert!(
         held.len() >= 500 + 500 / 3,
         "the holder holds {} descriptors",

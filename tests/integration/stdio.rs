@@ -3,15 +3,24 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+#[cfg(unix)]
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
-use utility_process::unix::ExitStatusExt as _;
 use utility_process::{fork, Event, ForkOptions, Stdio, UtilityProcess};
-use utility_process_tests::{next_event, Report, Written, EVENT_TIMEOUT};
+use utility_process_tests::{ended_by_kill, next_event, Report, Written, EVENT_TIMEOUT};
+
+/// What the child reports for a standard stream that leads nowhere.
+const NULL_DEVICE: &str = if cfg!(windows) { "NUL" } else { "/dev/null" };
 
 const INSPECT: &str = env!("CARGO_BIN_EXE_inspect");
+/// The default service name of `INSPECT`: its file name.
+const INSPECT_NAME: &str = if cfg!(windows) {
+    "inspect.exe"
+} else {
+    "inspect"
+};
 
 // ---- helpers ---------------------------------------------------------------------------------
 
@@ -31,7 +40,7 @@ async fn report(child: &mut UtilityProcess) -> Report {
 async fn finish(child: &mut UtilityProcess) {
     assert!(child.kill());
     match next_event(child).await {
-        Some(Event::Exit(status)) => assert!(status.signal().is_some(), "{status}"),
+        Some(Event::Exit(status)) => assert!(ended_by_kill(&status), "{status}"),
         other => panic!("expected Exit, got {other:?}"),
     }
     assert!(next_event(child).await.is_none());
@@ -66,6 +75,7 @@ async fn read_all(mut stream: impl AsyncRead + Unpin) -> Vec<u8> {
     out
 }
 
+#[cfg(unix)]
 fn proc_cmdline(pid: u32) -> Vec<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     raw.split(|&b| b == 0)
@@ -76,6 +86,7 @@ fn proc_cmdline(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+#[cfg(unix)]
 fn proc_comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .unwrap()
@@ -83,11 +94,50 @@ fn proc_comm(pid: u32) -> String {
         .to_owned()
 }
 
+/// Windows: what this process's standard handle `fd` is, as `inspect` reports it.
+#[cfg(windows)]
+fn own_fd(fd: i32) -> String {
+    use windows_sys::Win32::Storage::FileSystem::{
+        GetFileType, FILE_TYPE_CHAR, FILE_TYPE_DISK, FILE_TYPE_PIPE,
+    };
+    use windows_sys::Win32::System::Console::{
+        GetConsoleMode, GetStdHandle, STD_ERROR_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE,
+    };
+    let which = [STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE][fd as usize];
+    // SAFETY: queries of this process's standard handles, into locals.
+    unsafe {
+        let handle = GetStdHandle(which);
+        if handle.is_null() || handle as isize == -1 {
+            return "none".to_owned();
+        }
+        let mut mode = 0;
+        match GetFileType(handle) {
+            FILE_TYPE_CHAR if GetConsoleMode(handle, &mut mode) != 0 => "console",
+            FILE_TYPE_CHAR => "NUL",
+            FILE_TYPE_DISK => "file",
+            FILE_TYPE_PIPE => "pipe",
+            _ => "unknown",
+        }
+        .to_owned()
+    }
+}
+
+#[cfg(unix)]
 fn own_fd(fd: i32) -> String {
     std::fs::read_link(format!("/proc/self/fd/{fd}"))
         .unwrap()
         .to_string_lossy()
         .into_owned()
+}
+
+/// The path with links resolved; on Windows without the `\\?\` prefix `canonicalize` adds,
+/// as the child's `current_dir` has none.
+fn canonical(path: &std::path::Path) -> PathBuf {
+    let path = path.canonicalize().unwrap();
+    match path.to_str().and_then(|p| p.strip_prefix(r"\\?\")) {
+        Some(plain) if cfg!(windows) => PathBuf::from(plain),
+        _ => path,
+    }
 }
 
 fn no_library_variables(env: &BTreeMap<String, String>) {
@@ -105,17 +155,21 @@ fn no_library_variables(env: &BTreeMap<String, String>) {
 
 #[tokio::test]
 async fn stdout_and_stderr_pipes_carry_the_exact_bytes() {
+    // Windows arguments are UTF-16: no bytes that are not UTF-8 there.
+    #[cfg(unix)]
     let mut out =
         b"first line\n\nthird line, then a partial one: \xff\xfe\x01 no newline ".to_vec();
+    #[cfg(windows)]
+    let mut out = b"first line\n\nthird line, then a partial one: \x01 no newline ".to_vec();
     out.extend_from_slice("ünïcode ✓".as_bytes());
     let err = b"an error line\nand a partial".to_vec();
+    #[cfg(unix)]
+    let arg = |bytes: &[u8]| OsString::from_vec(bytes.to_vec());
+    #[cfg(windows)]
+    let arg = |bytes: &[u8]| OsString::from(String::from_utf8(bytes.to_vec()).unwrap());
     let mut child = fork(
         INSPECT,
-        [
-            OsString::from("--output"),
-            OsString::from_vec(out.clone()),
-            OsString::from_vec(err.clone()),
-        ],
+        [OsString::from("--output"), arg(&out), arg(&err)],
         ForkOptions::default().stdio(Stdio::Pipe),
     )
     .unwrap();
@@ -134,8 +188,10 @@ async fn stdout_and_stderr_pipes_carry_the_exact_bytes() {
     let written: Written = messages[0].data().unwrap();
     assert_eq!(written.stdout_error, None);
     assert_eq!(written.stderr_error, None);
-    assert!(written.fds[1].starts_with("pipe:"), "{:?}", written.fds);
-    assert!(written.fds[2].starts_with("pipe:"), "{:?}", written.fds);
+    assert!(written.fds[1].starts_with("pipe"), "{:?}", written.fds);
+    assert!(written.fds[2].starts_with("pipe"), "{:?}", written.fds);
+    // Windows names no pipe: that they are two is seen in the bytes below.
+    #[cfg(unix)]
     assert_ne!(
         written.fds[1], written.fds[2],
         "stdout and stderr share a pipe"
@@ -184,8 +240,8 @@ async fn ignore_sends_output_to_dev_null() {
     let written: Written = messages[0].data().unwrap();
     assert_eq!(written.stdout_error, None, "writing to stdout failed");
     assert_eq!(written.stderr_error, None, "writing to stderr failed");
-    assert_eq!(written.fds[1], "/dev/null");
-    assert_eq!(written.fds[2], "/dev/null");
+    assert_eq!(written.fds[1], NULL_DEVICE);
+    assert_eq!(written.fds[2], NULL_DEVICE);
 }
 
 #[tokio::test]
@@ -205,7 +261,7 @@ async fn stdin_is_dev_null() {
     for stdio in [Stdio::Inherit, Stdio::Pipe, Stdio::Ignore] {
         let mut child = fork(INSPECT, ["stdin"], ForkOptions::default().stdio(stdio)).unwrap();
         let report = report(&mut child).await;
-        assert_eq!(report.fds[0], "/dev/null", "with {stdio:?}");
+        assert_eq!(report.fds[0], NULL_DEVICE, "with {stdio:?}");
         assert!(
             report.stdin_eof,
             "stdin does not read end-of-file at once, with {stdio:?}"
@@ -220,7 +276,7 @@ async fn stdin_is_dev_null() {
 async fn cwd_env_and_args_reach_the_child() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("a cwd with spaces ✓");
     std::fs::create_dir_all(&dir).unwrap();
-    let dir = dir.canonicalize().unwrap();
+    let dir = canonical(&dir);
     assert!(
         std::env::var_os("PATH").is_some(),
         "the test needs PATH in its own environment"
@@ -288,7 +344,14 @@ async fn env_clear_leaves_only_what_was_set() {
             .env("AND", "that"),
     )
     .unwrap();
-    let report = report(&mut child).await;
+    let mut report = report(&mut child).await;
+    // Wine puts its own variables (WINE*) and the system's (SystemRoot, SystemDrive) into
+    // every process it starts.
+    if utility_process_tests::under_wine() {
+        report.env.retain(|key, _| {
+            !key.starts_with("WINE") && key != "SystemRoot" && key != "SystemDrive"
+        });
+    }
     let expected: BTreeMap<String, String> = [("ONLY", "this"), ("AND", "that")]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -299,6 +362,41 @@ async fn env_clear_leaves_only_what_was_set() {
 
 // ---- names -----------------------------------------------------------------------------------
 
+/// Windows: the service name is the startup title (`STARTUPINFOW.lpTitle`, whole) and
+/// `parent_port().service_name()`; `argv[0]` stays the program's path.
+#[cfg(windows)]
+#[tokio::test]
+async fn the_service_name_is_argv0_and_the_process_name() {
+    for name in [
+        "image-decoder-worker-7",
+        "tiny",
+        "with space ✓✓✓✓",
+        "worker-✓✓✓✓",
+    ] {
+        let mut child = fork(
+            INSPECT,
+            ["names", "second"],
+            ForkOptions::default().service_name(name),
+        )
+        .unwrap();
+        assert_eq!(child.service_name(), name);
+        let pid = child.pid().expect("running");
+        let report = report(&mut child).await;
+        assert_eq!(report.pid, pid);
+        assert!(
+            report.argv0.ends_with("inspect.exe"),
+            "argv[0] is {:?}",
+            report.argv0
+        );
+        assert_eq!(report.args, ["names", "second"]);
+        assert_eq!(report.service_name, name);
+        assert_eq!(report.comm, name, "the child's startup title");
+        no_library_variables(&report.env);
+        finish(&mut child).await;
+    }
+}
+
+#[cfg(unix)]
 #[tokio::test]
 async fn the_service_name_is_argv0_and_the_process_name() {
     // (service name, the process name the kernel keeps: 15 bytes, cut at a character boundary)
@@ -334,6 +432,19 @@ async fn the_service_name_is_argv0_and_the_process_name() {
     }
 }
 
+/// Windows: the default service name is the program's file name, `.exe` included.
+#[cfg(windows)]
+#[tokio::test]
+async fn the_default_service_name_is_the_programs_file_name() {
+    let mut child = fork(INSPECT, ["default"], ForkOptions::default()).unwrap();
+    assert_eq!(child.service_name(), "inspect.exe");
+    let report = report(&mut child).await;
+    assert_eq!(report.service_name, "inspect.exe");
+    assert_eq!(report.comm, "inspect.exe");
+    finish(&mut child).await;
+}
+
+#[cfg(unix)]
 #[tokio::test]
 async fn the_default_service_name_is_the_programs_file_name() {
     let mut child = fork(INSPECT, ["default"], ForkOptions::default()).unwrap();
@@ -361,7 +472,7 @@ async fn a_relative_program_path_is_resolved_against_the_parents_cwd_not_the_chi
         .join("relative-program-cwd")
         .join("deeper");
     std::fs::create_dir_all(&elsewhere).unwrap();
-    let elsewhere = elsewhere.canonicalize().unwrap();
+    let elsewhere = canonical(&elsewhere);
 
     let mut child = fork(
         &relative,
@@ -369,8 +480,9 @@ async fn a_relative_program_path_is_resolved_against_the_parents_cwd_not_the_chi
         ForkOptions::default().cwd(&elsewhere),
     )
     .unwrap();
-    assert_eq!(child.service_name(), "inspect");
+    assert_eq!(child.service_name(), INSPECT_NAME);
     let report = report(&mut child).await;
+    #[cfg(unix)]
     assert_eq!(report.argv0, "inspect");
     assert_eq!(PathBuf::from(&report.cwd), elsewhere);
     finish(&mut child).await;
@@ -379,7 +491,8 @@ async fn a_relative_program_path_is_resolved_against_the_parents_cwd_not_the_chi
 #[tokio::test]
 async fn a_bare_program_name_is_found_on_the_childs_path() {
     let dir = PathBuf::from(INSPECT).parent().unwrap().to_owned();
-    let path = format!("/nonexistent-dir:{}", dir.display());
+    let separator = if cfg!(windows) { ';' } else { ':' };
+    let path = format!("/nonexistent-dir{separator}{}", dir.display());
     let mut child = fork(
         "inspect",
         ["bare"],

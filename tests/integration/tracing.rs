@@ -13,7 +13,9 @@ use tracing::{Event as TracingEvent, Level, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
-use utility_process::{fork, Error, Event, ForkOptions, Stdio, UtilityProcess};
+#[cfg(unix)]
+use utility_process::Error;
+use utility_process::{fork, Event, ForkOptions, Stdio, UtilityProcess};
 use utility_process_tests::{in_own_process, next_event};
 
 /// One recorded event: its level, target, message, its own fields and its span's.
@@ -163,15 +165,19 @@ fn a_short_run_is_told_through_tracing_events_with_their_fields() {
             assert!(stubborn.kill());
             run_to_the_end(&mut stubborn).await;
 
-            // A protocol violation.
+            // A protocol violation (the hostile child speaks the Unix transport by hand).
+            #[cfg(unix)]
             let mut hostile = fork(
                 env!("CARGO_BIN_EXE_hostile"),
                 ["huge-length"],
                 ForkOptions::default(),
             )
             .expect("fork hostile");
+            #[cfg(unix)]
             let hostile_pid = hostile.pid().unwrap();
+            #[cfg(unix)]
             let events = run_to_the_end(&mut hostile).await;
+            #[cfg(unix)]
             assert!(
                 events
                     .iter()
@@ -192,31 +198,55 @@ fn a_short_run_is_told_through_tracing_events_with_their_fields() {
 
             let crashed = recorder.one(crash_pid, "crashed");
             assert_eq!(crashed.level, Level::WARN);
-            assert!(crashed.fields["status"].contains("SIGSEGV"), "{crashed:?}");
+            let segv = if cfg!(windows) {
+                "STATUS_ACCESS_VIOLATION"
+            } else {
+                "SIGSEGV"
+            };
+            assert!(crashed.fields["status"].contains(segv), "{crashed:?}");
             let exited = recorder.one(crash_pid, "exited");
-            assert!(exited.fields["status"].contains("SIGSEGV"), "{exited:?}");
+            assert!(exited.fields["status"].contains(segv), "{exited:?}");
 
-            let term = recorder.one(stubborn_pid, "kill: sent SIGTERM");
+            // Windows has no SIGTERM: `kill` closes the child's parent port, and terminates
+            // its job after the grace period.
+            let (asked, escalation) = if cfg!(windows) {
+                (
+                    "kill: closed its parent port",
+                    "still alive after the kill grace period: terminating its job",
+                )
+            } else {
+                (
+                    "kill: sent SIGTERM",
+                    "still alive after the kill grace period: SIGKILL",
+                )
+            };
+            let term = recorder.one(stubborn_pid, asked);
             assert_eq!(term.level, Level::DEBUG);
             assert_eq!(term.fields["grace"], "100ms");
-            let escalated = recorder.one(
-                stubborn_pid,
-                "still alive after the kill grace period: SIGKILL",
-            );
+            let escalated = recorder.one(stubborn_pid, escalation);
             assert_eq!(escalated.level, Level::WARN);
             // An end the parent asked for is no crash.
             assert!(recorder.about(stubborn_pid, "crashed").is_empty());
 
+            #[cfg(unix)]
             let violation = recorder.one(hostile_pid, "protocol violation: SIGKILL");
+            #[cfg(unix)]
             assert_eq!(violation.level, Level::WARN);
+            #[cfg(unix)]
             assert!(
                 violation.fields["rule"].contains("exceeds the limit"),
                 "{violation:?}"
             );
 
             let echo_exit = recorder.one(echo_pid, "exited");
+            // Windows: echo returns once its port closes.
+            let asked_end = if cfg!(windows) {
+                "exit code 0"
+            } else {
+                "SIGTERM"
+            };
             assert!(
-                echo_exit.fields["status"].contains("SIGTERM"),
+                echo_exit.fields["status"].contains(asked_end),
                 "{echo_exit:?}"
             );
             // Messages are the hot path: no event for them.

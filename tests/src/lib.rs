@@ -30,6 +30,7 @@ pub async fn next_event(child: &mut UtilityProcess) -> Option<Event> {
     }
 }
 
+#[cfg(unix)]
 /// The descriptors open in process `pid`, from `/proc/<pid>/fd`.
 pub fn open_fds(pid: u32) -> Vec<i32> {
     let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -42,6 +43,7 @@ pub fn open_fds(pid: u32) -> Vec<i32> {
     fds
 }
 
+#[cfg(unix)]
 /// Whether a process with this pid exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -133,6 +135,7 @@ pub struct FdFlags {
     pub flags: u32,
 }
 
+#[cfg(unix)]
 impl FdFlags {
     /// Whether the descriptor is closed on exec (`O_CLOEXEC`, octal 02000000, in its flags).
     pub fn is_cloexec(&self) -> bool {
@@ -140,6 +143,7 @@ impl FdFlags {
     }
 }
 
+#[cfg(unix)]
 /// The descriptors open in process `pid` with their targets and flags, from `/proc`.
 /// Descriptors that close while they are being read are left out.
 pub fn fd_flags(pid: u32) -> Vec<FdFlags> {
@@ -161,11 +165,13 @@ pub fn fd_flags(pid: u32) -> Vec<FdFlags> {
         .collect()
 }
 
+#[cfg(unix)]
 /// How many descriptors this process has open.
 pub fn fd_count() -> usize {
     open_fds(std::process::id()).len()
 }
 
+#[cfg(unix)]
 /// This process's descriptors and what each one is, one a line.
 pub fn describe_fds() -> String {
     open_fds(std::process::id())
@@ -176,6 +182,207 @@ pub fn describe_fds() -> String {
             format!("{fd} -> {target}\n")
         })
         .collect()
+}
+
+/// Whether a process with this pid exists and has not ended.
+#[cfg(windows)]
+pub fn is_alive(pid: u32) -> bool {
+    use windows_sys::Win32::Foundation::{CloseHandle, STILL_ACTIVE};
+    use windows_sys::Win32::System::Threading::{
+        GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    };
+    // SAFETY: OpenProcess takes integers; the handle it returns is checked, used for one
+    // query into a local, and closed.
+    unsafe {
+        let process = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
+        if process.is_null() {
+            return false;
+        }
+        let mut code = 0u32;
+        let ok = GetExitCodeProcess(process, &mut code) != 0;
+        CloseHandle(process);
+        ok && code == STILL_ACTIVE as u32
+    }
+}
+
+/// Ends process `pid` at once, from outside (SIGKILL on Unix, `TerminateProcess` with exit
+/// code 1 on Windows). Returns whether it was done. Use it only on a pid that cannot have been
+/// reused: a child not yet reaped (Unix), or one whose handle someone still holds (Windows).
+pub fn kill_pid(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) == 0 }
+    }
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::Foundation::CloseHandle;
+        use windows_sys::Win32::System::Threading::{
+            OpenProcess, TerminateProcess, PROCESS_TERMINATE,
+        };
+        // SAFETY: OpenProcess takes integers; the handle it returns is checked, used once and
+        // closed.
+        unsafe {
+            let process = OpenProcess(PROCESS_TERMINATE, 0, pid);
+            if process.is_null() {
+                return false;
+            }
+            let done = TerminateProcess(process, 1) != 0;
+            CloseHandle(process);
+            done
+        }
+    }
+}
+
+/// The processes whose parent is `pid` (on Windows: that `pid` started, by the snapshot's
+/// parent pid), with their program names.
+#[cfg(windows)]
+pub fn children_of(pid: u32) -> Vec<(u32, String)> {
+    use windows_sys::Win32::Foundation::{CloseHandle, INVALID_HANDLE_VALUE};
+    use windows_sys::Win32::System::Diagnostics::ToolHelp::{
+        CreateToolhelp32Snapshot, Process32FirstW, Process32NextW, PROCESSENTRY32W,
+        TH32CS_SNAPPROCESS,
+    };
+    let mut children = Vec::new();
+    // SAFETY: the snapshot handle is checked and closed; each entry is a local whose dwSize
+    // is set as the API asks, and only read after a call that filled it succeeded.
+    unsafe {
+        let snapshot = CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0);
+        if snapshot == INVALID_HANDLE_VALUE {
+            return children;
+        }
+        let mut entry: PROCESSENTRY32W = std::mem::zeroed();
+        entry.dwSize = std::mem::size_of::<PROCESSENTRY32W>() as u32;
+        let mut more = Process32FirstW(snapshot, &mut entry) != 0;
+        while more {
+            if entry.th32ParentProcessID == pid && entry.th32ProcessID != pid {
+                let len = entry.szExeFile.iter().position(|&c| c == 0).unwrap_or(0);
+                let name = String::from_utf16_lossy(&entry.szExeFile[..len]);
+                children.push((entry.th32ProcessID, name));
+            }
+            more = Process32NextW(snapshot, &mut entry) != 0;
+        }
+        CloseHandle(snapshot);
+    }
+    children
+}
+
+/// How many handles this process has open (`GetProcessHandleCount`): what Windows has for
+/// [`fd_count`] on Unix.
+#[cfg(windows)]
+pub fn fd_count() -> usize {
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, GetProcessHandleCount};
+    let mut count = 0u32;
+    // SAFETY: the pseudo-handle of this process and a local to write the count into.
+    let ok = unsafe { GetProcessHandleCount(GetCurrentProcess(), &mut count) };
+    assert_ne!(
+        ok,
+        0,
+        "GetProcessHandleCount: {}",
+        std::io::Error::last_os_error()
+    );
+    count as usize
+}
+
+/// This process's handle count: Windows cannot list them by name.
+#[cfg(windows)]
+pub fn describe_fds() -> String {
+    format!("{} handles (not listed on Windows)\n", fd_count())
+}
+
+/// Whether `status` is how a child ends after [`UtilityProcess::kill`]: on Unix by a signal
+/// (SIGTERM, or SIGKILL after the grace period); on Windows, where `kill` asks through the
+/// port, by returning once its port closed (code 0) or by its job's termination after the
+/// grace period (code 1).
+pub fn ended_by_kill(status: &utility_process::ExitStatus) -> bool {
+    #[cfg(unix)]
+    {
+        use utility_process::unix::ExitStatusExt as _;
+        status.signal().is_some()
+    }
+    #[cfg(windows)]
+    {
+        matches!(status.code(), Some(0 | 1))
+    }
+}
+
+/// Stops process `pid` (SIGSTOP on Unix, `NtSuspendProcess` on Windows) until
+/// [`continue_process`]: it runs no code, so reads nothing from its port.
+pub fn stop_process(pid: u32) {
+    #[cfg(unix)]
+    // SAFETY: kill has no memory effects; the caller names its own live child.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGSTOP);
+    }
+    #[cfg(windows)]
+    nt_process_call(pid, c"NtSuspendProcess");
+}
+
+/// Lets a process stopped by [`stop_process`] run again.
+pub fn continue_process(pid: u32) {
+    #[cfg(unix)]
+    // SAFETY: as in `stop_process`.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGCONT);
+    }
+    #[cfg(windows)]
+    nt_process_call(pid, c"NtResumeProcess");
+}
+
+/// Calls ntdll's `NtSuspendProcess` or `NtResumeProcess` (`NTSTATUS f(HANDLE)`) on `pid`.
+#[cfg(windows)]
+fn nt_process_call(pid: u32, name: &std::ffi::CStr) {
+    use windows_sys::Win32::Foundation::CloseHandle;
+    use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleA, GetProcAddress};
+    use windows_sys::Win32::System::Threading::{OpenProcess, PROCESS_SUSPEND_RESUME};
+    type NtProcessCall = unsafe extern "system" fn(*mut std::ffi::c_void) -> i32;
+    // SAFETY: ntdll is loaded in every process and exports both functions with the signature
+    // `NtProcessCall` (documented by their use in the Windows driver kit); the process handle
+    // is checked, used once and closed.
+    unsafe {
+        let ntdll = GetModuleHandleA(c"ntdll.dll".as_ptr().cast());
+        let call = GetProcAddress(ntdll, name.as_ptr().cast()).expect("ntdll exports it");
+        let call: NtProcessCall = std::mem::transmute(call);
+        let process = OpenProcess(PROCESS_SUSPEND_RESUME, 0, pid);
+        assert!(
+            !process.is_null(),
+            "OpenProcess({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        let status = call(process);
+        CloseHandle(process);
+        assert!(status >= 0, "{name:?}({pid}): NTSTATUS {status:#x}");
+    }
+}
+
+/// Whether this process runs under Wine (its ntdll exports `wine_get_version`); always
+/// `false` off Windows.
+pub fn under_wine() -> bool {
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleA, GetProcAddress};
+        // SAFETY: both names are NUL-terminated literals; ntdll is loaded in every process,
+        // and the address returned is only compared with null, never called.
+        unsafe {
+            let ntdll = GetModuleHandleA(c"ntdll.dll".as_ptr().cast());
+            !ntdll.is_null() && GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast()).is_some()
+        }
+    }
+    #[cfg(not(windows))]
+    {
+        false
+    }
+}
+
+/// For a test Wine cannot run: under Wine, prints `skipped: TEST under Wine because WHY` and
+/// returns `true` (the test then returns); elsewhere, including real Windows, `false`.
+pub fn skip_under_wine(test: &str, why: &str) -> bool {
+    if under_wine() {
+        eprintln!("skipped: {test} under Wine because {why}");
+        true
+    } else {
+        false
+    }
 }
 
 /// The environment variable naming the one test a re-executed test binary should run.
@@ -233,7 +440,7 @@ pub struct Report {
     pub cwd: String,
     /// The whole environment, after `parent_port()` removed the library's variables.
     pub env: BTreeMap<String, String>,
-    /// `/proc/self/comm`, without its newline.
+    /// `/proc/self/comm`, without its newline; on Windows the startup title (`lpTitle`).
     pub comm: String,
     /// `ParentPort::service_name()`.
     pub service_name: String,
@@ -241,7 +448,8 @@ pub struct Report {
     pub pid: u32,
     /// Whether a read of stdin returns end-of-file at once.
     pub stdin_eof: bool,
-    /// Where descriptors 0, 1 and 2 lead (`readlink /proc/self/fd/N`).
+    /// Where descriptors 0, 1 and 2 lead (`readlink /proc/self/fd/N`); on Windows what the
+    /// standard handles are (`NUL`, `console`, `file`, `pipe`).
     pub fds: Vec<String>,
 }
 
@@ -407,6 +615,7 @@ impl<'de> serde::de::Visitor<'de> for AnyVisitor {
     }
 }
 
+#[cfg(unix)]
 /// A line of `/proc/self/status` in kibibytes (`VmRSS`, `VmHWM`, ...), or a count
 /// (`Threads`).
 pub fn proc_status(field: &str) -> u64 {
@@ -418,6 +627,7 @@ pub fn proc_status(field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
 }
 
+#[cfg(unix)]
 /// This process's children that are zombies (ended, not reaped), as pids.
 pub fn zombie_children() -> Vec<u32> {
     let me = std::process::id();
@@ -501,6 +711,7 @@ pub fn python() -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+#[cfg(unix)]
 /// Makes this process's kernel look as if it lacked a feature: from now on, system call `nr`
 /// (when `arg0` is given, only with that first argument) fails with `errno`, in this process
 /// and in every process it starts. For tests of what the library does on older kernels; use

@@ -564,5 +564,12 @@ where
             })
         }
         Err(SendError::Frame(e)) => Err(Error::Encode(e)),
+        Err(SendError::Unsupported) => Err(Error::Io {
+            context: "attaching ports or shared buffers to a message",
+            source: std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "on Windows, ports and shared buffers travel only over a child's parent port",
+            ),
+        }),
     }
 }

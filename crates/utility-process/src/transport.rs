@@ -333,6 +333,9 @@ pub(crate) enum SendError {
     QueueFull { queued: usize, limit: usize },
     /// The send buffer holds as many descriptors as a port may queue.
     TooManyFds { queued: usize, limit: usize },
+    /// Nothing can be attached to a message on this channel (on Windows, a port made by
+    /// `MessageChannel` or received: only a child's parent port has a broker for handles).
+    Unsupported,
     /// The frame could not be built (too large, or the value would not encode).
     Frame(utility_process_wire::Error),
 }
@@ -551,6 +554,10 @@ impl Endpoint {
                 queued,
                 limit: self.limits.max_queued_bytes,
             });
+        }
+        // Refused before anything is queued: the port stays as it was.
+        if !carried.is_empty() && !self.channel.carries_attachments() {
+            return Err(SendError::Unsupported);
         }
         if !carried.is_empty() && out.queued_fds + carried.len() > MAX_QUEUED_FDS {
             return Err(SendError::TooManyFds {
@@ -778,7 +785,13 @@ impl Endpoint {
         loop {
             let mut out = lock(&self.outbound);
             match self.write_out(&mut out) {
-                Ok(Progress::Done) => return,
+                Ok(Progress::Done) => {
+                    drop(out);
+                    // Handed over is not yet sent where writes complete later (Windows): a
+                    // process that exits now would cancel the last write.
+                    self.channel.wait_sent();
+                    return;
+                }
                 Ok(Progress::WouldBlock) => {
                     drop(out);
                     if self.channel.wait(sys::Interest::Writable, None).is_err() {

@@ -13,8 +13,12 @@
 //!
 //! - **the channel** (`channel`) — `Channel` (cheap to clone): one end of a port's duplex
 //!   byte stream between two processes. `pair`, `pair_owned`, `from_owned` (`InvalidData` for
-//!   an object that is no channel), `as_object`; `send(bytes, attached)` never blocks and
-//!   attaches the objects to the first byte it writes; `recv(buf, limit, attached)` never
+//!   an object that is no channel), `as_object`; `carries_attachments` (whether objects can
+//!   travel on it at all: always on Unix, only on a child's parent port on Windows);
+//!   `send(bytes, attached)` never blocks and attaches the objects to the first byte it
+//!   writes; `wait_sent` blocks until what `send` accepted can no longer be lost by the process
+//!   exiting (nothing to wait for on Unix; the last overlapped write on Windows);
+//!   `recv(buf, limit, attached)` never
 //!   blocks, returns the objects that came with the first byte it returns, `Ok(0)` at
 //!   end-of-stream, and `InvalidData` carrying a `Refused` reason when the peer broke the rules
 //!   for objects; `finish_chunk` (a unit of the OS's own that a receive left half read: a

@@ -54,6 +54,14 @@ impl Channel {
         self.0.as_fd()
     }
 
+    /// Returns at once: what `send` accepted is in the kernel's socket buffer already.
+    pub(crate) fn wait_sent(&self) {}
+
+    /// Whether descriptors can travel on this channel: always, on Unix.
+    pub(crate) fn carries_attachments(&self) -> bool {
+        true
+    }
+
     /// Sends as much of `bytes` as the channel takes now, with `attached` travelling with the
     /// first byte. Never blocks (`WouldBlock` when full); a dead peer is an error.
     pub(crate) fn send(&self, bytes: &[u8], attached: &[BorrowedFd<'_>]) -> io::Result<usize> {

@@ -9,6 +9,7 @@
 
 use std::io;
 use std::os::windows::io::{AsHandle, BorrowedHandle, OwnedHandle};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,13 +38,13 @@ impl std::error::Error for Refused {}
 
 /// One end of a port's channel, shared by its owner and its runtime registrations.
 #[derive(Debug, Clone)]
-pub(crate) struct Channel(Arc<duplex::Channel>);
+pub(crate) struct Channel(Arc<duplex::Channel>, Arc<AtomicBool>);
 
 impl Channel {
     /// Both ends of a new channel; no handles travel on either.
     pub(crate) fn pair() -> io::Result<(Channel, Channel)> {
         let (a, b) = duplex::Channel::pair()?;
-        Ok((Channel(Arc::new(a)), Channel(Arc::new(b))))
+        Ok((Channel::wrap(a, false), Channel::wrap(b, false)))
     }
 
     /// Both ends of a new channel, as the handles that travel: one to keep, one to give away.
@@ -57,19 +58,36 @@ impl Channel {
     ///
     /// `InvalidData` if it is not a pipe.
     pub(crate) fn from_owned(handle: OwnedHandle) -> io::Result<Channel> {
-        duplex::Channel::from_handle(handle, Broker::None).map(|c| Channel(Arc::new(c)))
+        duplex::Channel::from_handle(handle, Broker::None).map(|c| Channel::wrap(c, false))
     }
 
     /// Takes the parent port a child inherited: handles the parent sends arrive in this
     /// process's table already, handles sent to it are given up to the parent.
     pub(crate) fn parent_port(handle: OwnedHandle) -> io::Result<Channel> {
-        duplex::Channel::from_handle(handle, Broker::Parent).map(|c| Channel(Arc::new(c)))
+        duplex::Channel::from_handle(handle, Broker::Parent).map(|c| Channel::wrap(c, true))
     }
 
     /// Makes this channel, the parent's end of a child's port, the broker for that child:
     /// `process` is the child's process handle (with `PROCESS_DUP_HANDLE`).
     pub(crate) fn broker_for(&self, process: Arc<OwnedHandle>) {
         self.0.set_broker(Broker::Child(process));
+        self.1.store(true, Ordering::SeqCst);
+    }
+
+    fn wrap(channel: duplex::Channel, brokered: bool) -> Channel {
+        Channel(Arc::new(channel), Arc::new(AtomicBool::new(brokered)))
+    }
+
+    /// Blocks until the write `send` last started has completed (or failed): a process that
+    /// exits with a write in flight cancels it, and the bytes are lost.
+    pub(crate) fn wait_sent(&self) {
+        let _ = self.0.wait(Interest::Writable, None);
+    }
+
+    /// Whether handles (ports, shared buffers) can travel on this channel: only where the
+    /// parent brokers them, on a child's parent port.
+    pub(crate) fn carries_attachments(&self) -> bool {
+        self.1.load(Ordering::SeqCst)
     }
 
     /// The handle itself, to attach to a send that hands this channel to another process.
