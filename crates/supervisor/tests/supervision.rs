@@ -10,8 +10,7 @@
 //! (a `normal` child then returns, exit code 0) and ends it by terminating its job (exit code
 //! 1); a hung child is ended at once. A stopped child is a suspended one (`NtSuspendProcess`).
 //! Unix-only trials:
-//! - `hung_child_is_sent_the_chosen_signal`: a heartbeat's signal (`Heartbeat::signal`) is
-//!   Unix-only; Windows ends a hung child one way.
+//! - `hung_child_is_sent_the_chosen_signal`: `Heartbeat::signal` is Unix-only (no signals).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1024,9 +1023,7 @@ fn child_blocked_in_a_system_call_misses_its_heartbeats() -> Result<(), Failed> 
 fn stopped_child_is_caught_by_the_heartbeat() -> Result<(), Failed> {
     run(|| async {
         hang_is_caught(fast_heartbeat(), Ended::Killed, |_, pid| {
-            Box::pin(async move {
-                stop_process(pid)
-            })
+            Box::pin(async move { stop_process(pid) })
         })
         .await
     })
@@ -1036,9 +1033,11 @@ fn stopped_child_is_caught_by_the_heartbeat() -> Result<(), Failed> {
 fn hung_child_is_sent_the_chosen_signal() -> Result<(), Failed> {
     let usr1 = Signal::from_raw(libc::SIGUSR1);
     run(|| async move {
-        hang_is_caught(fast_heartbeat().signal(usr1), Ended::BySignal(usr1), |s, _| {
-            Box::pin(async move { Ok(s.post_message("h", "spin").await?) })
-        })
+        hang_is_caught(
+            fast_heartbeat().signal(usr1),
+            Ended::BySignal(usr1),
+            |s, _| Box::pin(async move { Ok(s.post_message("h", "spin").await?) }),
+        )
         .await
     })
 }
@@ -1212,13 +1211,18 @@ fn shutdown_stops_children_in_reverse_start_order() -> Result<(), Failed> {
             .filter_map(|e| match e {
                 SupervisorEvent::Stopped {
                     service, status, ..
-                } => Some((service.as_str(), status.is_some_and(|s| stopped_politely(&s)))),
+                } => Some((
+                    service.as_str(),
+                    status.is_some_and(|s| stopped_politely(&s)),
+                )),
                 _ => None,
             })
             .collect();
         check(
             stopped == [("third", true), ("second", true), ("first", true)],
-            || format!("expected third, second, first stopped politely (SIGTERM on Unix, exit code 0 on Windows): {stopped:?} in {seen:#?}"),
+            || {
+                format!("expected third, second, first stopped politely (SIGTERM on Unix, exit code 0 on Windows): {stopped:?} in {seen:#?}")
+            },
         )?;
         check(pids.iter().all(|p| !is_alive(*p)), || {
             "a child outlived shutdown".into()
@@ -1243,7 +1247,9 @@ fn child_ignoring_sigterm_is_killed_after_its_shutdown_timeout() -> Result<(), F
         })
         .await?;
         check(status.is_some_and(|s| Ended::Killed.is(&s)), || {
-            format!("a child ignoring SIGTERM (on Windows, its closed port) is killed, got {status:?}")
+            format!(
+                "a child ignoring SIGTERM (on Windows, its closed port) is killed, got {status:?}"
+            )
         })?;
         check(!is_alive(pid), || "the stubborn child survived".into())
     })
