@@ -4,6 +4,11 @@
 //!
 //! Each trial builds its own pool on a runtime of its own; trials run in parallel, so a
 //! trial checks the processes of its own pool (by pid), never "all children".
+//!
+//! On Windows every trial runs: a crash is `std::process::abort`'s fast-fail exception
+//! (`STATUS_STACK_BUFFER_OVERRUN`) where Unix has SIGABRT, a process is looked up with
+//! `OpenProcess` where Unix reads `/proc`, and "a program that does not serve" is `cmd /c exit
+//! 0` where Unix runs `true`. Unix-only trials: none.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,8 +17,11 @@ use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde::{Deserialize, Serialize};
+#[cfg(unix)]
 use utility_process::unix::ExitStatusExt as _;
-use utility_process::{init, Entry, ForkOptions, ParentPort, Stdio};
+#[cfg(windows)]
+use utility_process::windows::ExitStatusExt as _;
+use utility_process::{init, Entry, ExitStatus, ForkOptions, ParentPort, Stdio};
 use utility_process_pool::{
     serve, serve_blocking, serve_with_init, BuildError, CancelToken, Metrics, Pool, RunOptions,
     ServeError, StartError, StartFailure, Stop, TaskContext, TaskError, WhenFull, Worker,
@@ -29,7 +37,7 @@ enum Job {
     Echo(u64),
     /// Answer the worker's pid.
     Pid,
-    /// Write `note` on stderr, then abort (SIGABRT).
+    /// Write `note` on stderr, then abort (SIGABRT on Unix, a fast-fail exception on Windows).
     Crash { note: String },
     /// Abort unless the file exists (and create it): crashes once, then succeeds.
     CrashUnlessMarked { marker: PathBuf, value: u64 },
@@ -383,9 +391,36 @@ async fn start_failure(pool: &Pool<Job, u64>) -> Result<Arc<StartFailure>, Faile
 }
 
 /// Whether process `pid` is gone: not running, not a zombie, reaped.
+#[cfg(unix)]
 fn is_gone(pid: u32) -> bool {
     !Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// Whether process `pid` is gone: it has ended (Windows has no zombies to reap; a process
+/// object outlives its process only while someone holds a handle to it).
+#[cfg(windows)]
+fn is_gone(pid: u32) -> bool {
+    !win::running(pid)
+}
+
+/// Whether `status` is the end of a worker that aborted: SIGABRT on Unix.
+#[cfg(unix)]
+fn aborted(status: &ExitStatus) -> bool {
+    status.signal().map(|s| s.as_raw()) == Some(libc::SIGABRT)
+}
+
+/// Whether `status` is the end of a worker that aborted: on Windows `std::process::abort` is
+/// a fast fail, which ends the process with `STATUS_STACK_BUFFER_OVERRUN`.
+#[cfg(windows)]
+fn aborted(status: &ExitStatus) -> bool {
+    status.exception() == Some(win::STATUS_STACK_BUFFER_OVERRUN)
+}
+
+/// How a crash report names an abort.
+#[cfg(unix)]
+const ABORT_NAME: &str = "SIGABRT";
+#[cfg(windows)]
+const ABORT_NAME: &str = "STATUS_STACK_BUFFER_OVERRUN";
 
 async fn until_gone(pids: &[u32]) -> Result<(), Failed> {
     let deadline = tokio::time::Instant::now() + EVENTUALLY;
@@ -567,13 +602,10 @@ fn crash_fails_only_the_tasks_on_that_worker() -> Result<(), Failed> {
             .collect();
         match join(crash).await? {
             Err(TaskError::WorkerCrashed(crash)) => {
-                assert_eq!(
-                    crash.status.signal().map(|s| s.as_raw()),
-                    Some(libc::SIGABRT)
-                );
+                assert!(aborted(&crash.status), "{:?}", crash.status);
                 let tail = crash.stderr_tail.clone().unwrap_or_default();
                 assert!(tail.contains(&note), "stderr tail {tail:?} lacks the note");
-                assert!(crash.to_string().contains("SIGABRT"), "{crash}");
+                assert!(crash.to_string().contains(ABORT_NAME), "{crash}");
             }
             other => return Err(fail(format!("expected WorkerCrashed, got {other:?}"))),
         }
@@ -631,10 +663,7 @@ fn a_task_that_keeps_crashing_is_failed_as_poison() -> Result<(), Failed> {
         match pool.run_with(&job, RunOptions::new().retries(100)).await {
             Err(TaskError::Poisoned { crashes, last }) => {
                 assert_eq!(crashes, 2);
-                assert_eq!(
-                    last.status.signal().map(|s| s.as_raw()),
-                    Some(libc::SIGABRT)
-                );
+                assert!(aborted(&last.status), "{:?}", last.status);
             }
             other => return Err(fail(format!("expected Poisoned, got {other:?}"))),
         }
@@ -750,7 +779,7 @@ fn an_unknown_entry_point_is_a_start_failure_with_the_fork_error() -> Result<(),
 
 fn a_program_that_does_not_serve_is_a_start_failure() -> Result<(), Failed> {
     block_on(async {
-        let pool = Pool::<Job, u64>::builder(Worker::program("true"))
+        let pool = Pool::<Job, u64>::builder(exits_at_once())
             .workers(1)
             .breaker(2, Duration::from_secs(60))
             .build()?;
@@ -763,6 +792,19 @@ fn a_program_that_does_not_serve_is_a_start_failure() -> Result<(), Failed> {
         pool.close().await;
         Ok(())
     })
+}
+
+/// A program that exits 0 at once, without a word to its parent.
+#[cfg(unix)]
+fn exits_at_once() -> Worker {
+    Worker::program("true")
+}
+
+/// A program that exits 0 at once, without a word to its parent.
+#[cfg(windows)]
+fn exits_at_once() -> Worker {
+    let shell = std::env::var_os("COMSPEC").unwrap_or_else(|| "cmd.exe".into());
+    Worker::program(shell).args(["/c", "exit 0"])
 }
 
 fn a_worker_that_does_not_speak_the_protocol_is_a_start_failure() -> Result<(), Failed> {
@@ -1312,12 +1354,13 @@ fn parent_killed_leaves_no_pool_worker() -> Result<(), Failed> {
         pids.iter().all(|&pid| !is_gone(pid)),
         "workers {pids:?} are running"
     );
-    parent.kill().map_err(fail)?; // SIGKILL: no destructor, no close
+    parent.kill().map_err(fail)?; // SIGKILL or TerminateProcess: no destructor, no close
     parent.wait().map_err(fail)?;
     let killed = std::time::Instant::now();
     // The workers are the pool parent's children: once it is gone they are reparented, and
     // whoever reaps them then (init or a subreaper) may take a moment; "alive" is a process
-    // that is not a zombie.
+    // that is not a zombie. On Windows the parent's death closes the workers' job objects,
+    // whose kill-on-close ends them.
     while pids.iter().any(|&pid| alive(pid)) {
         if killed.elapsed() > EVENTUALLY {
             return Err(fail(format!("workers {pids:?} outlived their parent")));
@@ -1329,6 +1372,13 @@ fn parent_killed_leaves_no_pool_worker() -> Result<(), Failed> {
 }
 
 /// Whether a process with this pid exists and is not a zombie.
+#[cfg(windows)]
+fn alive(pid: u32) -> bool {
+    win::running(pid)
+}
+
+/// Whether a process with this pid exists and is not a zombie.
+#[cfg(unix)]
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat
@@ -1592,4 +1642,35 @@ fn build_refuses_contradictory_options_and_a_missing_runtime() -> Result<(), Fai
         );
         Ok(())
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Windows: processes by pid
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(windows)]
+mod win {
+    use windows_sys::Win32::Foundation::{CloseHandle, WAIT_TIMEOUT};
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, WaitForSingleObject, PROCESS_SYNCHRONIZE,
+    };
+
+    /// The status `std::process::abort` (a fast fail) ends a process with.
+    pub(crate) const STATUS_STACK_BUFFER_OVERRUN: u32 = 0xC000_0409;
+
+    /// Whether process `pid` is running: it can be opened and has not ended. A pid no process
+    /// has (any more) cannot be opened.
+    pub(crate) fn running(pid: u32) -> bool {
+        // SAFETY: OpenProcess takes no pointers; a null result is checked below.
+        let process = unsafe { OpenProcess(PROCESS_SYNCHRONIZE, 0, pid) };
+        if process.is_null() {
+            return false;
+        }
+        // SAFETY: `process` is a handle we just opened with SYNCHRONIZE access; a zero
+        // timeout only polls it.
+        let running = unsafe { WaitForSingleObject(process, 0) } == WAIT_TIMEOUT;
+        // SAFETY: `process` is ours and closed once.
+        unsafe { CloseHandle(process) };
+        running
+    }
 }

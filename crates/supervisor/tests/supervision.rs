@@ -5,15 +5,23 @@
 //! Timing: durations are small (tens of milliseconds) so the suite is quick, but no trial
 //! asserts that something happened *fast*: they assert orders and counts of events, each
 //! awaited with a generous timeout.
+//!
+//! Windows has no signals: the supervisor asks a child to stop by closing its parent port
+//! (a `normal` child then returns, exit code 0) and ends it by terminating its job (exit code
+//! 1); a hung child is ended at once. A stopped child is a suspended one (`NtSuspendProcess`).
+//! Unix-only trials:
+//! - `hung_child_is_sent_the_chosen_signal`: `Heartbeat::signal` is Unix-only (no signals).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+#[cfg(unix)]
 use utility_process::unix::ExitStatusExt as _;
+#[cfg(unix)]
 use utility_process::unix::Signal;
-use utility_process::{fork_entry, init, Entry, Event, ForkOptions, ParentPort, Stdio};
+use utility_process::{fork_entry, init, Entry, Event, ExitStatus, ForkOptions, ParentPort, Stdio};
 use utility_process_supervisor::{
     child, AttachError, Backoff, ChildSpec, Error, Events, ExitReason, GiveUpReason, Heartbeat,
     Intensity, OutputEvent, OutputStream, Probe, ProbeFailure, Restart, StartStage, Supervisor,
@@ -41,7 +49,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// - `exit-at-start`: exits 1 before attaching;
 /// - `hang-on-first-restart`: as `normal`, but the first restart never says ready;
 /// - `crash-after-ready`: says ready, then exits 2;
-/// - `stubborn`: as `normal`, ignoring SIGTERM;
+/// - `stubborn`: as `normal`, ignoring SIGTERM, and never ending once its parent port closes
+///   (Windows' polite stop);
 /// - `slow`: as `normal`, but its thread is busy 40 ms of every 100 ms;
 /// - `unsupervised`: reports what `attach` says when not started by a supervisor;
 /// - `chatty`: writes [`CHATTY_STDOUT_LINES`] lines to stdout and [`CHATTY_STDERR_BYTES`]
@@ -76,6 +85,7 @@ async fn worker(port: ParentPort) -> Result<(), BoxError> {
             port.post_message(&answer)?;
             return Ok(());
         }
+        #[cfg(unix)]
         "stubborn" => ignore_sigterm(),
         "hostile-control" => {
             // Takes the control port by hand and answers nonsense on it.
@@ -148,6 +158,11 @@ async fn worker(port: ParentPort) -> Result<(), BoxError> {
             other => return Err(format!("unknown command {other:?}").into()),
         }
     }
+    if mode == "stubborn" {
+        loop {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    }
     Ok(())
 }
 
@@ -192,6 +207,7 @@ fn write_megabytes() -> std::io::Result<()> {
     stderr.flush()
 }
 
+#[cfg(unix)]
 fn ignore_sigterm() {
     // SAFETY: SIG_IGN is a valid disposition for SIGTERM, installed before this process
     // starts any thread that could be interrupted by it.
@@ -200,17 +216,80 @@ fn ignore_sigterm() {
     }
 }
 
-fn stop_process(pid: u32) {
+/// Stops process `pid` without ending it: SIGSTOP.
+#[cfg(unix)]
+fn stop_process(pid: u32) -> Result<(), Failed> {
     // SAFETY: `kill` has no memory-safety preconditions; `pid` is a supervised child that has
     // said it is ready and whose exit the supervisor has not yet reported, so it is not
     // reaped and the pid still names it.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGSTOP);
+    let sent = unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    check(sent == 0, || {
+        format!("SIGSTOP: {}", std::io::Error::last_os_error())
+    })
+}
+
+/// Stops process `pid` without ending it: every thread of it suspended.
+#[cfg(windows)]
+fn stop_process(pid: u32) -> Result<(), Failed> {
+    win::suspend(pid).map_err(|e| Failed::from(format!("suspending {pid}: {e}")))
+}
+
+#[cfg(unix)]
+fn is_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(windows)]
+fn is_alive(pid: u32) -> bool {
+    win::running(pid)
+}
+
+/// How a child the supervisor had to end (a start timeout, missed heartbeats, a shutdown
+/// timeout) ended.
+#[derive(Debug, Clone, Copy)]
+enum Ended {
+    /// Killed without a chance to finish: SIGKILL on Unix; on Windows its job terminated,
+    /// which gives the exit code 1.
+    Killed,
+    /// By this signal.
+    #[cfg(unix)]
+    BySignal(Signal),
+}
+
+impl Ended {
+    /// The signal it names, on Unix.
+    #[cfg(unix)]
+    fn signal(self) -> Signal {
+        match self {
+            Ended::Killed => Signal::SIGKILL,
+            Ended::BySignal(signal) => signal,
+        }
+    }
+
+    /// Whether `status` is this end.
+    fn is(self, status: &ExitStatus) -> bool {
+        #[cfg(unix)]
+        {
+            status.signal() == Some(self.signal())
+        }
+        #[cfg(windows)]
+        {
+            matches!(self, Ended::Killed) && status.code() == Some(1)
+        }
     }
 }
 
-fn is_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+/// How a child asked to stop ended: by SIGTERM on Unix; on Windows, a `normal` child whose
+/// parent port closes returns from its entry point: exit code 0.
+fn stopped_politely(status: &ExitStatus) -> bool {
+    #[cfg(unix)]
+    {
+        status.signal().map(|s| s.as_raw()) == Some(libc::SIGTERM)
+    }
+    #[cfg(windows)]
+    {
+        status.code() == Some(0)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -436,10 +515,9 @@ fn child_that_never_says_ready_fails_its_start_at_the_ready_stage() -> Result<()
             _ => None,
         })
         .await?;
-        check(
-            status.and_then(|s| s.signal()) == Some(Signal::SIGKILL),
-            || format!("a start timeout kills with SIGKILL, got {status:?}"),
-        )
+        check(status.is_some_and(|s| Ended::Killed.is(&s)), || {
+            format!("a start timeout kills at once, got {status:?}")
+        })
     })
 }
 
@@ -864,10 +942,10 @@ fn restart_intensity_exceeded_gives_up_with_reason() -> Result<(), Failed> {
 // ---------------------------------------------------------------------------------------------
 
 /// Makes the child hang with `hang`, then expects 1..=3 misses, an exit for missed
-/// heartbeats with `signal`, and a new, ready process.
+/// heartbeats ended as `ended` says, and a new, ready process.
 async fn hang_is_caught(
     heartbeat: Heartbeat,
-    signal: Signal,
+    ended: Ended,
     hang: impl FnOnce(
         &Supervisor,
         u32,
@@ -897,17 +975,21 @@ async fn hang_is_caught(
     })?;
     match seen.last() {
         Some(SupervisorEvent::Exited {
-            reason:
-                ExitReason::HeartbeatMissed {
-                    missed: 3,
-                    signal: sent,
-                },
+            reason: reason @ ExitReason::HeartbeatMissed { missed: 3, .. },
             status: Some(status),
             pid: Some(pid),
             ..
-        }) if *sent == signal && *pid == first => check(status.signal() == Some(signal), || {
-            format!("the hung child should have died of {signal}, got {status}")
-        })?,
+        }) if *pid == first => {
+            #[cfg(unix)]
+            check(
+                matches!(reason, ExitReason::HeartbeatMissed { signal, .. } if *signal == ended.signal()),
+                || format!("the reason should name {}: {reason:?}", ended.signal()),
+            )?;
+            let _ = reason;
+            check(ended.is(status), || {
+                format!("the hung child should have ended as {ended:?}, got {status}")
+            })?
+        }
         other => {
             return Err(format!("expected an exit for missed heartbeats, got {other:?}").into())
         }
@@ -922,7 +1004,7 @@ async fn hang_is_caught(
 
 fn hung_child_is_restarted_after_missed_heartbeats() -> Result<(), Failed> {
     run(|| async {
-        hang_is_caught(fast_heartbeat(), Signal::SIGKILL, |s, _| {
+        hang_is_caught(fast_heartbeat(), Ended::Killed, |s, _| {
             Box::pin(async move { Ok(s.post_message("h", "spin").await?) })
         })
         .await
@@ -931,7 +1013,7 @@ fn hung_child_is_restarted_after_missed_heartbeats() -> Result<(), Failed> {
 
 fn child_blocked_in_a_system_call_misses_its_heartbeats() -> Result<(), Failed> {
     run(|| async {
-        hang_is_caught(fast_heartbeat(), Signal::SIGKILL, |s, _| {
+        hang_is_caught(fast_heartbeat(), Ended::Killed, |s, _| {
             Box::pin(async move { Ok(s.post_message("h", "block").await?) })
         })
         .await
@@ -940,22 +1022,22 @@ fn child_blocked_in_a_system_call_misses_its_heartbeats() -> Result<(), Failed> 
 
 fn stopped_child_is_caught_by_the_heartbeat() -> Result<(), Failed> {
     run(|| async {
-        hang_is_caught(fast_heartbeat(), Signal::SIGKILL, |_, pid| {
-            Box::pin(async move {
-                stop_process(pid);
-                Ok(())
-            })
+        hang_is_caught(fast_heartbeat(), Ended::Killed, |_, pid| {
+            Box::pin(async move { stop_process(pid) })
         })
         .await
     })
 }
 
+#[cfg(unix)]
 fn hung_child_is_sent_the_chosen_signal() -> Result<(), Failed> {
     let usr1 = Signal::from_raw(libc::SIGUSR1);
     run(|| async move {
-        hang_is_caught(fast_heartbeat().signal(usr1), usr1, |s, _| {
-            Box::pin(async move { Ok(s.post_message("h", "spin").await?) })
-        })
+        hang_is_caught(
+            fast_heartbeat().signal(usr1),
+            Ended::BySignal(usr1),
+            |s, _| Box::pin(async move { Ok(s.post_message("h", "spin").await?) }),
+        )
         .await
     })
 }
@@ -1124,22 +1206,23 @@ fn shutdown_stops_children_in_reverse_start_order() -> Result<(), Failed> {
             matches!(e, SupervisorEvent::ShutdownComplete)
         })
         .await?;
-        let stopped: Vec<(&str, Option<i32>)> = seen
+        let stopped: Vec<(&str, bool)> = seen
             .iter()
             .filter_map(|e| match e {
                 SupervisorEvent::Stopped {
                     service, status, ..
                 } => Some((
                     service.as_str(),
-                    status.and_then(|s| s.signal()).map(|s| s.as_raw()),
+                    status.is_some_and(|s| stopped_politely(&s)),
                 )),
                 _ => None,
             })
             .collect();
-        let term = Some(libc::SIGTERM);
         check(
-            stopped == [("third", term), ("second", term), ("first", term)],
-            || format!("expected third, second, first ended by SIGTERM: {stopped:?}"),
+            stopped == [("third", true), ("second", true), ("first", true)],
+            || {
+                format!("expected third, second, first stopped politely (SIGTERM on Unix, exit code 0 on Windows): {stopped:?} in {seen:#?}")
+            },
         )?;
         check(pids.iter().all(|p| !is_alive(*p)), || {
             "a child outlived shutdown".into()
@@ -1163,10 +1246,11 @@ fn child_ignoring_sigterm_is_killed_after_its_shutdown_timeout() -> Result<(), F
             _ => None,
         })
         .await?;
-        check(
-            status.and_then(|s| s.signal()) == Some(Signal::SIGKILL),
-            || format!("a child ignoring SIGTERM ends by SIGKILL, got {status:?}"),
-        )?;
+        check(status.is_some_and(|s| Ended::Killed.is(&s)), || {
+            format!(
+                "a child ignoring SIGTERM (on Windows, its closed port) is killed, got {status:?}"
+            )
+        })?;
         check(!is_alive(pid), || "the stubborn child survived".into())
     })
 }
@@ -1608,6 +1692,7 @@ fn main() {
             "stopped_child_is_caught_by_the_heartbeat",
             stopped_child_is_caught_by_the_heartbeat,
         ),
+        #[cfg(unix)]
         (
             "hung_child_is_sent_the_chosen_signal",
             hung_child_is_sent_the_chosen_signal,
@@ -1686,4 +1771,74 @@ fn main() {
         .map(|(name, body)| Trial::test(name, body))
         .collect();
     libtest_mimic::run(&arguments, trials).exit();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Windows: processes by pid
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(windows)]
+mod win {
+    use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, WAIT_TIMEOUT};
+    use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, WaitForSingleObject, PROCESS_SUSPEND_RESUME, PROCESS_SYNCHRONIZE,
+    };
+
+    /// Whether process `pid` is running: it can be opened and has not ended. A pid no process
+    /// has (any more) cannot be opened.
+    pub(crate) fn running(pid: u32) -> bool {
+        // SAFETY: OpenProcess takes no pointers; a null result is checked below.
+        let process = unsafe { OpenProcess(PROCESS_SYNCHRONIZE, 0, pid) };
+        if process.is_null() {
+            return false;
+        }
+        // SAFETY: `process` is a handle we just opened with SYNCHRONIZE access; a zero
+        // timeout only polls it.
+        let running = unsafe { WaitForSingleObject(process, 0) } == WAIT_TIMEOUT;
+        // SAFETY: `process` is ours and closed once.
+        unsafe { CloseHandle(process) };
+        running
+    }
+
+    /// `ntdll`'s export `name`, if it has one.
+    fn ntdll(name: &std::ffi::CStr) -> Option<unsafe extern "system" fn() -> isize> {
+        let module: Vec<u16> = "ntdll.dll".encode_utf16().chain(Some(0)).collect();
+        // SAFETY: `module` is a NUL-terminated UTF-16 string; ntdll is loaded in every
+        // process, and GetModuleHandleW adds no reference to release.
+        let ntdll = unsafe { GetModuleHandleW(module.as_ptr()) };
+        if ntdll.is_null() {
+            return None;
+        }
+        // SAFETY: `ntdll` is a loaded module and `name` a NUL-terminated string.
+        unsafe { GetProcAddress(ntdll, name.as_ptr().cast()) }
+    }
+
+    /// Suspends every thread of process `pid` (`NtSuspendProcess`, which Windows has had since
+    /// XP and which debuggers and Process Explorer use).
+    pub(crate) fn suspend(pid: u32) -> std::io::Result<()> {
+        type NtSuspendProcess = unsafe extern "system" fn(HANDLE) -> i32;
+        let Some(function) = ntdll(c"NtSuspendProcess") else {
+            return Err(std::io::Error::other("ntdll has no NtSuspendProcess"));
+        };
+        // SAFETY: NtSuspendProcess takes one process handle and returns an NTSTATUS: this is
+        // its signature.
+        let suspend: NtSuspendProcess = unsafe { std::mem::transmute(function) };
+        // SAFETY: OpenProcess takes no pointers; a null result is checked below.
+        let process = unsafe { OpenProcess(PROCESS_SUSPEND_RESUME, 0, pid) };
+        if process.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `process` is open with PROCESS_SUSPEND_RESUME access.
+        let status = unsafe { suspend(process) };
+        // SAFETY: `process` is ours and closed once.
+        unsafe { CloseHandle(process) };
+        if status < 0 {
+            return Err(std::io::Error::other(format!(
+                "NtSuspendProcess: {:#010X}",
+                status as u32
+            )));
+        }
+        Ok(())
+    }
 }
