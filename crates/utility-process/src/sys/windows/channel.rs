@@ -121,7 +121,7 @@ impl Channel {
     /// Closes both ways, as a Unix `shutdown(SHUT_RDWR)`: the peer reads end-of-stream after
     /// what was sent, and our own receives (and whoever waits in one) end now.
     pub(crate) fn shutdown(&self) {
-        self.0.shutdown();
+        self.0.close();
         self.0.stop_receiving();
     }
 

@@ -48,6 +48,8 @@ pub(crate) struct Header {
     pub(crate) len: usize,
     /// Handle values in the header, after the fixed part.
     pub(crate) count: usize,
+    /// This is the close marker: the peer reads nothing more.
+    pub(crate) closed: bool,
 }
 
 impl Header {
@@ -57,6 +59,13 @@ impl Header {
     pub(crate) fn parse(fixed: &[u8; FIXED]) -> io::Result<Header> {
         let len = u32::from_le_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]) as usize;
         let count = u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]) as usize;
+        if *fixed == CLOSE_MARKER {
+            return Ok(Header {
+                len: 0,
+                count: 0,
+                closed: true,
+            });
+        }
         if count > MAX_HANDLES {
             return Err(invalid("a chunk header announces more than 253 handles"));
         }
@@ -70,7 +79,11 @@ impl Header {
                 "a chunk carries handles but no byte to attach them to",
             ));
         }
-        Ok(Header { len, count })
+        Ok(Header {
+            len,
+            count,
+            closed: false,
+        })
     }
 
     /// Bytes of the whole header, handle values included.
@@ -78,7 +91,8 @@ impl Header {
         FIXED + 8 * self.count
     }
 
-    /// Whether this is the end-of-stream marker `shutdown` writes (no payload, no handles).
+    /// Whether this is an end-of-stream marker (no payload, no handles): the one `shutdown`
+    /// writes, or the close marker.
     pub(crate) fn is_end(&self) -> bool {
         self.len == 0 && self.count == 0
     }
@@ -96,8 +110,14 @@ pub(crate) fn encode(out: &mut Vec<u8>, payload: &[u8], values: &[u64]) {
     out.extend_from_slice(payload);
 }
 
-/// The end-of-stream marker: a header with no payload and no handles.
+/// The end-of-stream marker: a header with no payload and no handles. The peer sends no more
+/// (it may still read).
 pub(crate) const END_MARKER: [u8; FIXED] = [0; FIXED];
+
+/// The close marker: no payload, and a handle count of `u32::MAX`. The peer sends no more
+/// and reads no more: what is sent to it from now on is refused (`BrokenPipe`), as on a Unix
+/// socket whose peer shut both ways down.
+pub(crate) const CLOSE_MARKER: [u8; FIXED] = [0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff];
 
 /// The handle values of a complete header (`header` holds all of [`Header::size`] bytes).
 pub(crate) fn values(header: &[u8]) -> Vec<u64> {
@@ -267,7 +287,14 @@ mod tests {
         encode(&mut out, b"abc", &[8, 12]);
         assert_eq!(out.len(), FIXED + 16 + 3);
         let header = Header::parse(out[..FIXED].try_into().unwrap()).unwrap();
-        assert_eq!(header, Header { len: 3, count: 2 });
+        assert_eq!(
+            header,
+            Header {
+                len: 3,
+                count: 2,
+                closed: false
+            }
+        );
         assert_eq!(values(&out[..header.size()]), vec![8, 12]);
         assert_eq!(&out[header.size()..], b"abc");
     }

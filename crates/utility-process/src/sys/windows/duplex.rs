@@ -56,6 +56,7 @@
 use std::fmt;
 use std::io;
 use std::os::windows::io::{AsHandle, AsRawHandle, BorrowedHandle, OwnedHandle};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -149,6 +150,8 @@ pub(crate) struct Channel {
     reader: Mutex<Reader>,
     /// Sending state.
     writer: Mutex<Writer>,
+    /// The peer closed both ways (its close marker arrived): sends are refused.
+    peer_closed: AtomicBool,
     /// Wakes `readable` futures (armed with the zero read's event).
     read_waker: EventWaker,
     /// Wakes `writable` futures (armed with the write's event).
@@ -208,6 +211,7 @@ impl Channel {
             broker: Mutex::new(broker),
             reader: Mutex::new(reader),
             writer: Mutex::new(writer),
+            peer_closed: AtomicBool::new(false),
             read_waker: EventWaker::new(),
             write_waker: EventWaker::new(),
             pipe,
@@ -237,7 +241,7 @@ impl Channel {
             ));
         }
         let mut w = lock(&self.writer);
-        if w.shut || w.broken {
+        if w.shut || w.broken || self.peer_closed.load(Ordering::SeqCst) {
             return Err(broken());
         }
         if self.write_busy(&mut w)? {
@@ -356,6 +360,9 @@ impl Channel {
         if header.is_end() {
             r.eof = true;
             r.header.clear();
+            if header.closed {
+                self.peer_closed.store(true, Ordering::SeqCst);
+            }
             return Ok(false);
         }
         let values = chunk::values(&r.header);
@@ -496,6 +503,19 @@ impl Channel {
     /// so this writes the end-of-stream marker, behind a write still in flight if there is
     /// one: a pipe keeps writes in the order they were started).
     pub(crate) fn shutdown(&self) {
+        self.write_marker(&chunk::END_MARKER);
+    }
+
+    /// Closes both ways for the peer: it reads end of stream once it has read what was sent
+    /// before, and its later sends fail with `BrokenPipe` (the close marker, see `chunk.rs`).
+    /// Our own receiving is ended by `stop_receiving`.
+    pub(crate) fn close(&self) {
+        self.write_marker(&chunk::CLOSE_MARKER);
+    }
+
+    /// Writes a marker as the last chunk, behind a write still in flight (a pipe keeps writes
+    /// in the order they were started); later sends fail.
+    fn write_marker(&self, marker_bytes: &[u8; chunk::FIXED]) {
         let mut w = lock(&self.writer);
         if w.shut {
             return;
@@ -509,7 +529,7 @@ impl Channel {
             // Without an event there is no marker: the peer sees the end when we close.
             return;
         };
-        marker.buf.extend_from_slice(&chunk::END_MARKER);
+        marker.buf.extend_from_slice(marker_bytes);
         match marker.start_write(self.raw()) {
             Ok(true) => w.marker = Some(marker),
             Ok(false) => {}

@@ -222,6 +222,33 @@ fn shutdown_ends_the_peers_stream_after_what_was_sent_and_fails_later_sends() {
 }
 
 #[test]
+fn after_shutdown_the_peer_may_still_send_and_we_still_read() {
+    let (a, b) = Channel::pair().unwrap();
+    a.shutdown();
+    assert_eq!(b.recv(&mut Vec::new(), 16, &mut Vec::new()).unwrap(), 0);
+    assert_eq!(
+        b.send(b"late", &[]).unwrap(),
+        4,
+        "a half close leaves the way back open"
+    );
+    assert_eq!(recv_exactly(&a, 4), b"late");
+}
+
+#[test]
+fn close_ends_the_peers_stream_and_refuses_what_it_sends_after_reading_it() {
+    let (a, b) = Channel::pair().unwrap();
+    a.send(b"bye", &[]).unwrap();
+    a.close();
+    assert_eq!(recv_exactly(&b, 3), b"bye");
+    assert_eq!(b.recv(&mut Vec::new(), 16, &mut Vec::new()).unwrap(), 0);
+    assert_eq!(
+        b.send(b"x", &[]).unwrap_err().kind(),
+        io::ErrorKind::BrokenPipe,
+        "nobody reads a closed port"
+    );
+}
+
+#[test]
 fn readable_wakes_a_task_on_a_current_thread_runtime_when_the_peer_writes() {
     let (a, b) = Channel::pair().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
