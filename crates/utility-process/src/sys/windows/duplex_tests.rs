@@ -566,24 +566,3 @@ fn into_handle_fails_with_would_block_while_our_write_stays_in_flight() {
     let err = a.into_handle().unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
 }
-
-/// Not a check: prints the round-trip time of 64-byte messages (each `send` starts its write
-/// on the issuing thread). Run with `--ignored --nocapture`.
-#[test]
-#[ignore]
-fn ping_pong_latency() {
-    let (a, b) = Channel::pair().unwrap();
-    let echo = std::thread::spawn(move || {
-        for _ in 0..2000 {
-            let msg = recv_exactly(&b, 64);
-            send_all(&b, &msg);
-        }
-    });
-    let start = Instant::now();
-    for _ in 0..2000 {
-        send_all(&a, &[9u8; 64]);
-        assert_eq!(recv_exactly(&a, 64).len(), 64);
-    }
-    eprintln!("round trip: {:?}", start.elapsed() / 2000);
-    echo.join().unwrap();
-}
