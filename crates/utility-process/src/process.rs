@@ -408,6 +408,22 @@ pub(crate) struct Launch<'a> {
     pub(crate) confirms_sandbox: bool,
 }
 
+/// Arms the end of `kill`'s grace period, once: the watcher ends the child at `deadline` if
+/// it is still alive then. A grace period too long to represent means "never".
+pub(crate) fn arm_kill_deadline(deadline: &watch::Sender<Option<Instant>>, grace: Duration) {
+    let Some(at) = Instant::now().checked_add(grace) else {
+        return;
+    };
+    deadline.send_if_modified(|current| {
+        if current.is_none() {
+            *current = Some(at);
+            true
+        } else {
+            false
+        }
+    });
+}
+
 /// How a child ended, as its backend tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ending {

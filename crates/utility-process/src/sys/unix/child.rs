@@ -312,18 +312,7 @@ impl Child {
             return false;
         }
         tracing::debug!(target: TARGET, parent: &self.span, grace = ?self.kill_grace, "kill: sent SIGTERM");
-        // A grace period too long to represent means "never SIGKILL".
-        let Some(deadline) = Instant::now().checked_add(self.kill_grace) else {
-            return true;
-        };
-        self.kill_deadline.send_if_modified(|current| {
-            if current.is_none() {
-                *current = Some(deadline);
-                true
-            } else {
-                false
-            }
-        });
+        crate::process::arm_kill_deadline(&self.kill_deadline, self.kill_grace);
         true
     }
 

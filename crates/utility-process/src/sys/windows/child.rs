@@ -275,17 +275,7 @@ impl Child {
         self.asked.store(true, Ordering::SeqCst);
         self.port.finish_sending();
         tracing::debug!(target: TARGET, parent: &self.span, grace = ?self.kill_grace, "kill: closed its parent port");
-        let Some(deadline) = Instant::now().checked_add(self.kill_grace) else {
-            return true;
-        };
-        self.kill_deadline.send_if_modified(|current| {
-            if current.is_none() {
-                *current = Some(deadline);
-                true
-            } else {
-                false
-            }
-        });
+        crate::process::arm_kill_deadline(&self.kill_deadline, self.kill_grace);
         true
     }
 

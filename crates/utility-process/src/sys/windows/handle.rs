@@ -24,10 +24,23 @@ use windows_sys::Win32::System::Threading::{
 };
 
 /// Duplicates `handle` within this process: same access, not inheritable.
+pub(crate) fn duplicate(handle: BorrowedHandle<'_>) -> io::Result<OwnedHandle> {
+    duplicate_as(handle, None)
+}
+
+/// Duplicates `handle` within this process, not inheritable, with `access` (`None`: the
+/// same access; asking for less access than the handle has needs no access check).
 ///
 /// See `DuplicateHandle`
 /// (learn.microsoft.com/windows/win32/api/handleapi/nf-handleapi-duplicatehandle).
-pub(crate) fn duplicate(handle: BorrowedHandle<'_>) -> io::Result<OwnedHandle> {
+pub(crate) fn duplicate_as(
+    handle: BorrowedHandle<'_>,
+    access: Option<u32>,
+) -> io::Result<OwnedHandle> {
+    let (rights, options) = match access {
+        Some(rights) => (rights, 0),
+        None => (0, DUPLICATE_SAME_ACCESS),
+    };
     let mut out: HANDLE = std::ptr::null_mut();
     // SAFETY: `handle` is open for the duration of the call (borrowed); the pseudo handle of
     // the current process is always valid; `out` is a valid place for the new value.
@@ -37,9 +50,9 @@ pub(crate) fn duplicate(handle: BorrowedHandle<'_>) -> io::Result<OwnedHandle> {
             handle.as_raw_handle(),
             GetCurrentProcess(),
             &mut out,
+            rights,
             0,
-            0,
-            DUPLICATE_SAME_ACCESS,
+            options,
         )
     };
     if ok == 0 {

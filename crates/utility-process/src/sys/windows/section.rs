@@ -12,9 +12,9 @@
 
 use std::fmt;
 use std::io;
-use std::os::windows::io::{AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle};
+use std::os::windows::io::{AsHandle, AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle};
 
-use windows_sys::Win32::Foundation::{DuplicateHandle, INVALID_HANDLE_VALUE};
+use windows_sys::Win32::Foundation::INVALID_HANDLE_VALUE;
 use windows_sys::Win32::Security::{
     InitializeAcl, InitializeSecurityDescriptor, SetSecurityDescriptorDacl, ACL, ACL_REVISION,
     SECURITY_ATTRIBUTES, SECURITY_DESCRIPTOR,
@@ -25,7 +25,6 @@ use windows_sys::Win32::System::Memory::{
     SEC_COMMIT,
 };
 use windows_sys::Win32::System::SystemServices::SECURITY_DESCRIPTOR_REVISION;
-use windows_sys::Win32::System::Threading::GetCurrentProcess;
 
 /// What a received section handle allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,26 +105,11 @@ pub(crate) fn create(len: usize) -> io::Result<OwnedHandle> {
 /// "File Mapping Security and Access Rights"
 /// (learn.microsoft.com/windows/win32/memory/file-mapping-security-and-access-rights).
 pub(crate) fn freeze(handle: OwnedHandle) -> io::Result<OwnedHandle> {
-    let mut out = std::ptr::null_mut();
-    // SAFETY: `handle` is open; `out` is a valid place. Asking for less access than the
-    // handle has needs no access check, so the empty DACL does not get in the way.
-    let ok = unsafe {
-        DuplicateHandle(
-            GetCurrentProcess(),
-            handle.as_raw_handle(),
-            GetCurrentProcess(),
-            &mut out,
-            FILE_MAP_READ,
-            0,
-            0,
-        )
-    };
-    if ok == 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // Asking for less access than the handle has needs no access check, so the empty DACL
+    // does not get in the way.
+    let frozen = super::handle::duplicate_as(handle.as_handle(), Some(FILE_MAP_READ))?;
     drop(handle);
-    // SAFETY: DuplicateHandle succeeded: a fresh handle that nothing else owns.
-    Ok(unsafe { OwnedHandle::from_raw_handle(out) })
+    Ok(frozen)
 }
 
 /// What a receiver checks before mapping: that `handle` is a section of at least `len` bytes
@@ -259,7 +243,8 @@ pub(crate) fn map(handle: BorrowedHandle<'_>, len: usize, writable: bool) -> io:
 mod tests {
     use super::super::handle;
     use super::*;
-    use std::os::windows::io::AsHandle;
+    use windows_sys::Win32::Foundation::DuplicateHandle;
+    use windows_sys::Win32::System::Threading::GetCurrentProcess;
 
     #[test]
     fn a_new_section_maps_writable_and_its_bytes_are_shared_between_views() {

@@ -546,11 +546,11 @@ mod tests {
         assert_send_sync::<Child>();
     }
 
-    #[test]
-    fn a_missing_program_fails_at_create_process_with_not_found() {
-        let plan = SpawnPlan {
-            program: PathBuf::from(r"C:\no\such\program-xyz.exe"),
-            args: vec![],
+    /// A plan for `program` with `args`, an empty environment and no handles.
+    fn plan(program: &str, args: &[&str]) -> SpawnPlan {
+        SpawnPlan {
+            program: PathBuf::from(program),
+            args: args.iter().map(|a| (*a).into()).collect(),
             env: vec![],
             cwd: None,
             stdin: ChildStdio::Null,
@@ -559,7 +559,12 @@ mod tests {
             inherit: vec![],
             limits: JobLimits::default(),
             title: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_missing_program_fails_at_create_process_with_not_found() {
+        let plan = plan(r"C:\no\such\program-xyz.exe", &[]);
         let (step, error) = spawn(plan).unwrap_err();
         assert_eq!(step, SpawnStep::CreateProcess);
         assert!(
@@ -570,18 +575,7 @@ mod tests {
 
     #[test]
     fn a_nul_in_an_argument_fails_before_anything_starts() {
-        let plan = SpawnPlan {
-            program: PathBuf::from(r"C:\windows\system32\cmd.exe"),
-            args: vec!["a\0b".into()],
-            env: vec![],
-            cwd: None,
-            stdin: ChildStdio::Null,
-            stdout: ChildStdio::Null,
-            stderr: ChildStdio::Null,
-            inherit: vec![],
-            limits: JobLimits::default(),
-            title: None,
-        };
+        let plan = plan(r"C:\windows\system32\cmd.exe", &["a\0b"]);
         let (step, error) = spawn(plan).unwrap_err();
         assert_eq!(step, SpawnStep::CreateProcess);
         assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
