@@ -16,8 +16,7 @@
 //! backend's: `sys::child` (on Unix, `sys/unix/child.rs`), through [`Launch`] and [`Ending`].
 
 use std::ffi::{OsStr, OsString};
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,12 +30,11 @@ use crate::event_order::{EventOrder, Next};
 use crate::options::ForkOptions;
 use crate::port::{post_on, raw_payload, send_with, transferred, Transferable};
 use crate::sandbox::Syscall;
-use crate::script::{self, Language};
+use crate::script::{Language, Script};
 use crate::stdio::{ChildStderr, ChildStdout};
 use crate::sys::channel::Channel;
-use crate::sys::process::RawExit;
 use crate::transport::{Endpoint, Incoming, Limits, RecvError, TryRecv};
-use crate::{sys, Error, Limit, Message, MessagePort};
+use crate::{sys, Error, ExitStatus, Limit, Message, MessagePort};
 
 /// Environment variables the parent gives a child (besides `sys::PORT_ENV`).
 pub(crate) const ENV_SERVICE_NAME: &str = "UTILITY_PROCESS_SERVICE_NAME";
@@ -56,138 +54,6 @@ pub enum Event {
     Error(Error),
     /// The child has ended and been reaped. Last, and exactly once.
     Exit(ExitStatus),
-}
-
-/// How a child ended: an exit code it chose, or an end it did not choose (on Unix a signal,
-/// on Windows an exception such as an access violation), never both.
-///
-/// What only one OS has is in its extension trait (each exists on its own OS only):
-/// `utility_process::unix::ExitStatusExt` for the signal and the core dump,
-/// `utility_process::windows::ExitStatusExt` for the exception's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExitStatus {
-    code: Option<i32>,
-    #[cfg(unix)]
-    signal: Option<crate::unix::Signal>,
-    #[cfg(unix)]
-    core_dumped: bool,
-    /// The NTSTATUS of the exception that ended the child.
-    #[cfg(windows)]
-    crash: Option<u32>,
-}
-
-impl ExitStatus {
-    /// An exit with `code`, for tests that need a status without a process.
-    #[cfg(test)]
-    pub(crate) fn from_code(code: i32) -> ExitStatus {
-        #[cfg(unix)]
-        let raw = RawExit::Code(code);
-        #[cfg(windows)]
-        let raw = code as RawExit;
-        ExitStatus::from_raw(Some(raw))
-    }
-
-    /// The status the OS reported; `None` when it was lost (on Unix, when something else
-    /// reaped the child).
-    #[cfg(unix)]
-    pub(crate) fn from_raw(raw: Option<RawExit>) -> ExitStatus {
-        let (code, signal, core_dumped) = match raw {
-            Some(RawExit::Code(code)) => (Some(code), None, false),
-            Some(RawExit::Signal {
-                signal,
-                core_dumped,
-            }) => (
-                None,
-                Some(crate::unix::Signal::from_raw(signal)),
-                core_dumped,
-            ),
-            None => (None, None, false),
-        };
-        ExitStatus {
-            code,
-            signal,
-            core_dumped,
-        }
-    }
-
-    /// The status the OS reported: an exception's status is a crash, anything else a code.
-    #[cfg(windows)]
-    pub(crate) fn from_raw(raw: Option<RawExit>) -> ExitStatus {
-        use crate::sys::process::{classify, Exit};
-        match raw.map(classify) {
-            Some(Exit::Code(code)) => ExitStatus {
-                code: Some(code as i32),
-                crash: None,
-            },
-            Some(Exit::Crash { status, .. }) => ExitStatus {
-                code: None,
-                crash: Some(status),
-            },
-            None => ExitStatus {
-                code: None,
-                crash: None,
-            },
-        }
-    }
-
-    /// The exit code, if the child exited (returned from `main`, or called `exit`).
-    pub fn code(&self) -> Option<i32> {
-        self.code
-    }
-
-    /// Whether the child exited with code 0.
-    pub fn success(&self) -> bool {
-        self.code == Some(0)
-    }
-
-    /// See `unix::ExitStatusExt::signal`.
-    #[cfg(unix)]
-    pub(crate) fn unix_signal(&self) -> Option<crate::unix::Signal> {
-        self.signal
-    }
-
-    /// See `unix::ExitStatusExt::core_dumped`.
-    #[cfg(unix)]
-    pub(crate) fn unix_core_dumped(&self) -> bool {
-        self.core_dumped
-    }
-
-    /// See `windows::ExitStatusExt::exception`.
-    #[cfg(windows)]
-    pub(crate) fn windows_crash(&self) -> Option<u32> {
-        self.crash
-    }
-}
-
-impl fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(code) = self.code {
-            return write!(f, "exit code {code}");
-        }
-        #[cfg(unix)]
-        match self.signal {
-            Some(signal) if self.core_dumped => write!(f, "killed by {signal} (core dumped)"),
-            Some(signal) => write!(f, "killed by {signal}"),
-            // Only when something else reaped the child (SIGCHLD set to SIG_IGN).
-            None => f.write_str("unknown (the child was reaped by someone else)"),
-        }
-        #[cfg(windows)]
-        match self
-            .crash
-            .map(|status| (status, crate::sys::process::classify(status)))
-        {
-            Some((
-                status,
-                crate::sys::process::Exit::Crash {
-                    name: Some(name), ..
-                },
-            )) => {
-                write!(f, "ended by {name} ({status:#010X})")
-            }
-            Some((status, _)) => write!(f, "ended by exception {status:#010X}"),
-            None => f.write_str("unknown"),
-        }
-    }
 }
 
 /// What a confined child's confinement reported (on Unix, through its report pipe), and what
@@ -506,90 +372,6 @@ fn trace_error(span: &tracing::Span, error: &Error) {
             "the child did not apply its sandbox: killed"
         ),
         other => tracing::warn!(parent: span, error = %other, "error"),
-    }
-}
-
-/// A script to run with an interpreter: what runs it, and the arguments before its own.
-struct Script {
-    language: Language,
-    /// The script, absolute.
-    path: PathBuf,
-    /// The interpreter, resolved.
-    interpreter: PathBuf,
-    /// Arguments between the interpreter and the script (Node's bootstrap).
-    leading: Vec<OsString>,
-}
-
-impl Script {
-    /// The npm package whose bootstrap a JavaScript child preloads (`…/lib/bootstrap.cjs`
-    /// lives two levels below it).
-    fn package_root(&self) -> Option<&Path> {
-        let bootstrap = self.leading.last()?;
-        Path::new(bootstrap).parent()?.parent()
-    }
-
-    /// `None` for a program that is not a script the library knows; the interpreter and
-    /// bootstrap for one that is, or why they cannot be found.
-    fn prepare(
-        program: &Path,
-        options: &ForkOptions,
-        env: &std::collections::BTreeMap<OsString, OsString>,
-        service_name: &str,
-    ) -> Result<Option<Script>, Error> {
-        let Some(language) = Language::of(program) else {
-            return Ok(None);
-        };
-        let missing = |interpreter: &'static str, how_to_fix: &'static str| {
-            let error = Error::MissingInterpreter {
-                program: program.to_path_buf(),
-                service_name: service_name.to_owned(),
-                interpreter,
-                how_to_fix,
-            };
-            tracing::debug!(service = %service_name, error = %error, "fork failed");
-            error
-        };
-        let chosen = match language {
-            Language::JavaScript => options.node.as_deref(),
-            Language::Python => options.python.as_deref(),
-        };
-        let name = Path::new(language.interpreter());
-        let search = env.get(OsStr::new("PATH")).map(|p| p.as_os_str());
-        let interpreter = sys::child::resolve_program(chosen.unwrap_or(name), search)
-            .ok()
-            .filter(|path| sys::child::is_executable_file(path))
-            .ok_or_else(|| missing(language.interpreter(), language.how_to_fix()))?;
-        let path = if program.is_absolute() {
-            program.to_path_buf()
-        } else {
-            let base = match &options.cwd {
-                Some(cwd) => cwd.clone(),
-                None => std::env::current_dir().map_err(Error::io("finding the script"))?,
-            };
-            base.join(program)
-        };
-        let bootstrap = match language {
-            Language::JavaScript => {
-                let named = env
-                    .get(OsStr::new(script::ENV_NODE_BOOTSTRAP))
-                    .map(OsString::as_os_str);
-                Some(script::node_bootstrap(&path, named).ok_or_else(|| {
-                    missing(
-                        "the utility-process npm package's bootstrap",
-                        "install the package where the script can find it (npm install \
-                         utility-process), or set UTILITY_PROCESS_NODE_BOOTSTRAP to its \
-                         lib/bootstrap.cjs",
-                    )
-                })?)
-            }
-            Language::Python => None,
-        };
-        Ok(Some(Script {
-            language,
-            leading: script::leading_args(language, bootstrap.as_deref()),
-            path,
-            interpreter,
-        }))
     }
 }
 

@@ -17,6 +17,8 @@
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
+use crate::{sys, Error, ForkOptions};
+
 /// The language of a script the library knows how to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Language {
@@ -79,6 +81,90 @@ pub(crate) fn leading_args(language: Language, bootstrap: Option<&Path>) -> Vec<
             vec!["--require".into(), bootstrap.as_os_str().to_owned()]
         }
         _ => Vec::new(),
+    }
+}
+
+/// A script to run with an interpreter: what runs it, and the arguments before its own.
+pub(crate) struct Script {
+    pub(crate) language: Language,
+    /// The script, absolute.
+    pub(crate) path: PathBuf,
+    /// The interpreter, resolved.
+    pub(crate) interpreter: PathBuf,
+    /// Arguments between the interpreter and the script (Node's bootstrap).
+    pub(crate) leading: Vec<OsString>,
+}
+
+impl Script {
+    /// The npm package whose bootstrap a JavaScript child preloads (`…/lib/bootstrap.cjs`
+    /// lives two levels below it).
+    pub(crate) fn package_root(&self) -> Option<&Path> {
+        let bootstrap = self.leading.last()?;
+        Path::new(bootstrap).parent()?.parent()
+    }
+
+    /// `None` for a program that is not a script the library knows; the interpreter and
+    /// bootstrap for one that is, or why they cannot be found.
+    pub(crate) fn prepare(
+        program: &Path,
+        options: &ForkOptions,
+        env: &std::collections::BTreeMap<OsString, OsString>,
+        service_name: &str,
+    ) -> Result<Option<Script>, Error> {
+        let Some(language) = Language::of(program) else {
+            return Ok(None);
+        };
+        let missing = |interpreter: &'static str, how_to_fix: &'static str| {
+            let error = Error::MissingInterpreter {
+                program: program.to_path_buf(),
+                service_name: service_name.to_owned(),
+                interpreter,
+                how_to_fix,
+            };
+            tracing::debug!(service = %service_name, error = %error, "fork failed");
+            error
+        };
+        let chosen = match language {
+            Language::JavaScript => options.node.as_deref(),
+            Language::Python => options.python.as_deref(),
+        };
+        let name = Path::new(language.interpreter());
+        let search = env.get(OsStr::new("PATH")).map(|p| p.as_os_str());
+        let interpreter = sys::child::resolve_program(chosen.unwrap_or(name), search)
+            .ok()
+            .filter(|path| sys::child::is_executable_file(path))
+            .ok_or_else(|| missing(language.interpreter(), language.how_to_fix()))?;
+        let path = if program.is_absolute() {
+            program.to_path_buf()
+        } else {
+            let base = match &options.cwd {
+                Some(cwd) => cwd.clone(),
+                None => std::env::current_dir().map_err(Error::io("finding the script"))?,
+            };
+            base.join(program)
+        };
+        let bootstrap = match language {
+            Language::JavaScript => {
+                let named = env
+                    .get(OsStr::new(ENV_NODE_BOOTSTRAP))
+                    .map(OsString::as_os_str);
+                Some(node_bootstrap(&path, named).ok_or_else(|| {
+                    missing(
+                        "the utility-process npm package's bootstrap",
+                        "install the package where the script can find it (npm install \
+                         utility-process), or set UTILITY_PROCESS_NODE_BOOTSTRAP to its \
+                         lib/bootstrap.cjs",
+                    )
+                })?)
+            }
+            Language::Python => None,
+        };
+        Ok(Some(Script {
+            language,
+            leading: leading_args(language, bootstrap.as_deref()),
+            path,
+            interpreter,
+        }))
     }
 }
 

@@ -32,10 +32,11 @@ use super::relay;
 use super::{PORT_ENV, PORT_FD};
 use crate::error::SpawnStep;
 use crate::options::{ForkOptions, Stdio};
-use crate::process::{Ending, ExitStatus, Launch, Launched, Reports, MAX_SYSCALL_REPORTS};
+use crate::process::{Ending, Launch, Launched, Reports, MAX_SYSCALL_REPORTS};
 use crate::sandbox::{Missing, Policy};
 use crate::stdio::{ChildStderr, ChildStdout};
 use crate::unix::Signal;
+use crate::ExitStatus;
 use crate::{driver, sys, Error, Limit};
 
 /// The target of this file's spans and events: the one `process.rs` has, so that a filter

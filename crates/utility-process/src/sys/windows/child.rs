@@ -32,9 +32,10 @@ use super::spawn::{self, ChildStdio, JobLimit, JobLimits, SpawnPlan};
 use super::{stdio_pipe, Interest, PORT_ENV};
 use crate::error::SpawnStep;
 use crate::options::Stdio;
-use crate::process::{Ending, ExitStatus, Launch, Launched, Reports};
+use crate::process::{Ending, Launch, Launched, Reports};
 use crate::sandbox::Missing;
 use crate::stdio::{ChildStderr, ChildStdout};
+use crate::ExitStatus;
 use crate::{driver, Backend, Error, Limit};
 
 /// The target of this file's spans and events: the one `process.rs` has.
