@@ -316,8 +316,8 @@ async fn crash_by_segfault_reports_error_then_exit_with_the_signal() {
             assert_eq!(crashed.exception(), Some(ACCESS_VIOLATION), "{crashed}");
             assert_eq!(crashed, status, "the error carries the exit status");
             assert_ne!(*pid, 0);
-            // The default service name is the program's file name.
-            assert_eq!(service_name, "crash.exe");
+            // The default service name is the program's file name, without `.exe`.
+            assert_eq!(service_name, "crash");
             assert_exception(status, ACCESS_VIOLATION);
         }
         other => panic!("expected Spawn, Error(Crashed), Exit; got {other:?}"),

@@ -15,12 +15,8 @@ use utility_process_tests::{ended_by_kill, next_event, Report, Written, EVENT_TI
 const NULL_DEVICE: &str = if cfg!(windows) { "NUL" } else { "/dev/null" };
 
 const INSPECT: &str = env!("CARGO_BIN_EXE_inspect");
-/// The default service name of `INSPECT`: its file name.
-const INSPECT_NAME: &str = if cfg!(windows) {
-    "inspect.exe"
-} else {
-    "inspect"
-};
+/// The default service name of `INSPECT`: its file name (without `.exe` on Windows).
+const INSPECT_NAME: &str = "inspect";
 
 // ---- helpers ---------------------------------------------------------------------------------
 
@@ -432,15 +428,15 @@ async fn the_service_name_is_argv0_and_the_process_name() {
     }
 }
 
-/// Windows: the default service name is the program's file name, `.exe` included.
+/// Windows: the default service name is the program's file name, without `.exe`.
 #[cfg(windows)]
 #[tokio::test]
 async fn the_default_service_name_is_the_programs_file_name() {
     let mut child = fork(INSPECT, ["default"], ForkOptions::default()).unwrap();
-    assert_eq!(child.service_name(), "inspect.exe");
+    assert_eq!(child.service_name(), INSPECT_NAME);
     let report = report(&mut child).await;
-    assert_eq!(report.service_name, "inspect.exe");
-    assert_eq!(report.comm, "inspect.exe");
+    assert_eq!(report.service_name, INSPECT_NAME);
+    assert_eq!(report.comm, INSPECT_NAME);
     finish(&mut child).await;
 }
 

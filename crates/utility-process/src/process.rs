@@ -158,13 +158,10 @@ where
     S: AsRef<OsStr>,
 {
     let program = program.as_ref();
-    let service_name = options.service_name.clone().unwrap_or_else(|| {
-        program
-            .file_name()
-            .unwrap_or(program.as_os_str())
-            .to_string_lossy()
-            .into_owned()
-    });
+    let service_name = options
+        .service_name
+        .clone()
+        .unwrap_or_else(|| sys::child::default_service_name(program));
     let spawn_error = |step: SpawnStep, source: std::io::Error| Error::Spawn {
         program: program.to_path_buf(),
         service_name: service_name.clone(),

@@ -458,6 +458,15 @@ impl Confinement {
     }
 }
 
+/// A child's service name when the options give none: the program's file name.
+pub(crate) fn default_service_name(program: &Path) -> String {
+    program
+        .file_name()
+        .unwrap_or(program.as_os_str())
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Finds the program as `execvp` would, but in the parent, so a missing program is an error
 /// that names it rather than a child that exits 127.
 pub(crate) fn resolve_program(program: &Path, path: Option<&OsStr>) -> std::io::Result<PathBuf> {

@@ -308,6 +308,19 @@ impl Child {
     }
 }
 
+/// A child's service name when the options give none: the program's file name, without the
+/// `.exe` every Windows program has (`worker.exe` is the service `worker`, as on Unix).
+pub(crate) fn default_service_name(program: &Path) -> String {
+    let is_exe = program
+        .extension()
+        .is_some_and(|extension| extension.eq_ignore_ascii_case("exe"));
+    let name = match (is_exe, program.file_stem()) {
+        (true, Some(stem)) => stem,
+        _ => program.file_name().unwrap_or(program.as_os_str()),
+    };
+    name.to_string_lossy().into_owned()
+}
+
 /// Finds the program as `std::process::Command` does on Windows: a bare name on the child's
 /// `PATH` (then the parent's), `.exe` appended when it has no extension.
 pub(crate) fn resolve_program(

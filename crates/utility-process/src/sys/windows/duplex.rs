@@ -380,7 +380,11 @@ impl Channel {
         let mut fixed = [0u8; FIXED];
         match pipe::peek(self.raw(), &mut fixed) {
             Ok((FIXED, _)) => Ok(Header::parse(&fixed).is_ok_and(|h| h.count > 0)),
-            Ok(_) => Ok(false),
+            // The next header is not all there yet (or not at all: it may arrive before the
+            // read that follows): it may announce handles, which must come with the first byte
+            // of a receive of their own, so this receive stops here. Nothing is lost: there
+            // was nothing more to read when it looked.
+            Ok(_) => Ok(true),
             Err(err) if is_closed(&err) => {
                 r.eof = true;
                 Ok(true)
