@@ -2,9 +2,11 @@
 //!
 //! - A port is one end of a **named pipe** (byte mode, overlapped, no completion port: a port
 //!   handed to another process must not keep posting into ours), read pull-first and woken by
-//!   thread-pool waits (`duplex`, `named_pipe`, `wake`). What travels attached to a message is
-//!   a **handle**, carried by a chunk layer and always duplicated by the parent, which holds
-//!   each child's process handle (`chunk`: the broker). `channel` fits this to the contract.
+//!   thread-pool waits (`duplex`, `named_pipe`, `overlapped`, `wake`); every write is started
+//!   by one long-lived thread (`issuer`), since a thread's exit cancels the I/O it started.
+//!   What travels attached to a message is a **handle**, carried by a chunk layer and always
+//!   duplicated by the parent, which holds each child's process handle (`chunk`: the broker).
+//!   `channel` fits this to the contract.
 //! - A child is started by `CreateProcessW` with an explicit handle list, suspended, put in a
 //!   **job object** of its own (kill-on-close, the limits), then resumed (`spawn`, `inherit`,
 //!   `job`, `cmdline`); `child` is the life the neutral layer sees.
