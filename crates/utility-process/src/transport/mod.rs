@@ -244,6 +244,7 @@ struct Outbound {
 impl Inbound {
     /// The read buffer, to write into. If messages still share it, the undecoded bytes move
     /// to a buffer of their own first (the messages keep the old one).
+    #[inline]
     fn buf_mut(&mut self) -> &mut Vec<u8> {
         if Arc::get_mut(&mut self.buf).is_none() {
             let pending = &self.buf[self.head..];

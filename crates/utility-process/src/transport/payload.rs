@@ -30,6 +30,7 @@ pub(super) enum Data {
 
 impl Payload {
     /// A payload of `buf[start..]`, owned outright.
+    #[inline]
     pub(crate) fn owned(buf: Vec<u8>, start: usize) -> Payload {
         Payload {
             start,
@@ -156,6 +157,7 @@ impl Spare {
 
     /// The spare buffer, if it holds at least `capacity` bytes and not many times more (a
     /// buffer kept for 64 MiB messages is not spent on a small read).
+    #[inline]
     pub(super) fn take(&self, capacity: usize) -> Option<Vec<u8>> {
         let mut slot = lock(&self.slot);
         let fits = |kept: &Vec<u8>| {

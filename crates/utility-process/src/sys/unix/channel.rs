@@ -64,6 +64,7 @@ impl Channel {
 
     /// Sends as much of `bytes` as the channel takes now, with `attached` travelling with the
     /// first byte. Never blocks (`WouldBlock` when full); a dead peer is an error.
+    #[inline]
     pub(crate) fn send(&self, bytes: &[u8], attached: &[BorrowedFd<'_>]) -> io::Result<usize> {
         if attached.is_empty() {
             socket::send(self.0.as_fd(), bytes)
@@ -79,6 +80,7 @@ impl Channel {
     ///
     /// `WouldBlock` when nothing is there; `InvalidData` when objects were lost on the way
     /// (a truncated control message): the peer sent more than a message may carry.
+    #[inline]
     pub(crate) fn recv(
         &self,
         buf: &mut Vec<u8>,
