@@ -12,7 +12,7 @@ use utility_process::unix::ExitStatusExt as _;
 use utility_process::unix::Signal;
 use utility_process::{fork, Error, Event, ForkOptions, Stdio, UtilityProcess, Violation};
 use utility_process_tests::{
-    describe_fds, fd_count, hostile_payloads, in_own_process, next_event, proc_status,
+    all_events, describe_fds, fd_count, hostile_payloads, in_own_process, next_event, proc_status,
     zombie_children, Any, Ping,
 };
 use utility_process_wire::Error as WireError;
@@ -32,16 +32,6 @@ fn hostile(args: &[&str], options: ForkOptions) -> UtilityProcess {
         options.service_name(format!("hostile {}", args.join(" "))),
     )
     .expect("fork hostile")
-}
-
-/// Every event up to the end (`None`), each within the timeout.
-async fn all_events(child: &mut UtilityProcess) -> Vec<Event> {
-    let mut events = Vec::new();
-    while let Some(event) = next_event(child).await {
-        events.push(event);
-        assert!(events.len() < 1000, "endless events: {events:?}");
-    }
-    events
 }
 
 /// A well-behaved echo child that runs beside a hostile one, to show it is unaffected.

@@ -17,7 +17,8 @@ use utility_process::windows::ExitStatusExt as _;
 use utility_process::UtilityProcess;
 use utility_process::{fork, Error, Event, ExitStatus, ForkOptions, SpawnStep, Stdio};
 use utility_process_tests::{
-    describe_fds, fd_count, in_own_process, is_alive, kill_pid, next_event, EVENT_TIMEOUT,
+    all_events, describe_fds, fd_count, in_own_process, is_alive, kill_pid, next_event,
+    EVENT_TIMEOUT,
 };
 
 const CRASH: &str = env!("CARGO_BIN_EXE_crash");
@@ -36,16 +37,6 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// modes panic on purpose, and the panic reaches the test through the events anyway.
 fn crash(mode: &[&str]) -> UtilityProcess {
     fork(CRASH, mode, ForkOptions::default().stderr(Stdio::Ignore)).expect("fork crash")
-}
-
-/// Every event up to the end (`None`), each within the timeout.
-async fn all_events(child: &mut UtilityProcess) -> Vec<Event> {
-    let mut events = Vec::new();
-    while let Some(event) = next_event(child).await {
-        events.push(event);
-        assert!(events.len() < 1000, "endless events: {events:?}");
-    }
-    events
 }
 
 /// Waits for the Spawn event, which must be the first.
@@ -661,6 +652,29 @@ async fn sigkill_follows_sigterm_after_the_grace_period() {
         [Event::Exit(status)] => assert_terminated(status),
         other => panic!("expected only Exit (no Error: the parent asked); got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn kill_now_ends_at_once_a_child_that_ignores_the_polite_request() {
+    // An endless grace period: only an end without one can stop this child in time.
+    let mut child = fork(
+        CRASH,
+        ["ignore-term"],
+        ForkOptions::default().kill_grace(Duration::MAX),
+    )
+    .unwrap();
+    expect_spawn(&mut child).await;
+    assert_eq!(expect_message::<String>(&mut child).await, "ready");
+    assert!(child.kill(), "the polite request is sent");
+    assert!(child.kill_now());
+    match all_events(&mut child).await.as_slice() {
+        #[cfg(unix)]
+        [Event::Exit(status)] => assert_signalled(status, Signal::SIGKILL),
+        #[cfg(windows)]
+        [Event::Exit(status)] => assert_terminated(status),
+        other => panic!("expected only Exit (no Error: the parent asked); got {other:?}"),
+    }
+    assert!(!child.kill_now(), "an ended child is not ended twice");
 }
 
 /// Windows: a `TerminateProcess` from elsewhere leaves only the code it chose, which cannot be

@@ -8,7 +8,7 @@ use tokio::io::AsyncReadExt;
 use utility_process::sandbox::Missing;
 use utility_process::unix::ExitStatusExt as _;
 use utility_process::{fork, Error, Event, ForkOptions, Limit, Limits, Stdio, UtilityProcess};
-use utility_process_tests::next_event;
+use utility_process_tests::{all_events, still_answers};
 
 fn hog(mode: &str, limits: Limits) -> UtilityProcess {
     fork(
@@ -17,14 +17,6 @@ fn hog(mode: &str, limits: Limits) -> UtilityProcess {
         ForkOptions::default().limits(limits),
     )
     .expect("fork hog")
-}
-
-async fn all_events(child: &mut UtilityProcess) -> Vec<Event> {
-    let mut events = Vec::new();
-    while let Some(event) = next_event(child).await {
-        events.push(event);
-    }
-    events
 }
 
 /// The child ends with `LimitExceeded { limit }` then an exit by `signal`.
@@ -48,21 +40,6 @@ async fn expect_limit(mut child: UtilityProcess, limit: Limit, signal: i32) {
             )
         }
         other => panic!("the last event is not Exit: {other:?}"),
-    }
-}
-
-/// An echo child that must keep answering while another child hits its limit.
-async fn still_answers(echo: &mut UtilityProcess) {
-    echo.post_bytes(b"still there?").expect("post");
-    loop {
-        match next_event(echo).await {
-            Some(Event::Spawn) => {}
-            Some(Event::Message(m)) => {
-                assert_eq!(m.bytes(), b"still there?");
-                return;
-            }
-            other => panic!("the bystander: {other:?}"),
-        }
     }
 }
 

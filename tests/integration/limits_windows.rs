@@ -7,7 +7,7 @@ use std::time::Duration;
 use utility_process::sandbox::Missing;
 use utility_process::windows::ExitStatusExt as _;
 use utility_process::{fork, Error, Event, ForkOptions, Limit, Limits, Stdio, UtilityProcess};
-use utility_process_tests::{next_event, skip_under_wine};
+use utility_process_tests::{all_events, skip_under_wine, still_answers};
 
 fn hog(mode: &str, limits: Limits) -> UtilityProcess {
     fork(
@@ -16,14 +16,6 @@ fn hog(mode: &str, limits: Limits) -> UtilityProcess {
         ForkOptions::default().limits(limits).stderr(Stdio::Ignore),
     )
     .expect("fork hog")
-}
-
-async fn all_events(child: &mut UtilityProcess) -> Vec<Event> {
-    let mut events = Vec::new();
-    while let Some(event) = next_event(child).await {
-        events.push(event);
-    }
-    events
 }
 
 /// The child ends with `LimitExceeded { limit }` and then an Exit that is not a success.
@@ -41,21 +33,6 @@ async fn expect_limit(mut child: UtilityProcess, limit: Limit) {
     match events.last() {
         Some(Event::Exit(status)) => assert!(!status.success(), "{status}"),
         other => panic!("the last event is not Exit: {other:?}"),
-    }
-}
-
-/// An echo child that must keep answering while another child hits its limit.
-async fn still_answers(echo: &mut UtilityProcess) {
-    echo.post_bytes(b"still there?").expect("post");
-    loop {
-        match next_event(echo).await {
-            Some(Event::Spawn) => {}
-            Some(Event::Message(m)) => {
-                assert_eq!(m.bytes(), b"still there?");
-                return;
-            }
-            other => panic!("the bystander: {other:?}"),
-        }
     }
 }
 

@@ -16,7 +16,7 @@ use utility_process::{
 use utility_process_pool::{Pool, TaskError, Worker};
 use utility_process_supervisor::{Backoff, ChildSpec, Heartbeat, Supervisor, SupervisorOptions};
 use utility_process_tests::{
-    next_event, python_or_skip as python, Bin as Bytes, PortCommand, EVENT_TIMEOUT,
+    all_events, next_event, python_or_skip as python, Bin as Bytes, PortCommand, EVENT_TIMEOUT,
 };
 
 /// The Python test child (see its docstring for the modes).
@@ -42,15 +42,6 @@ async fn expect_message(child: &mut UtilityProcess) -> Message {
         Some(Event::Message(message)) => message,
         other => panic!("expected a message, got {other:?}"),
     }
-}
-
-/// Every event until the channel of events ends.
-async fn all_events(child: &mut UtilityProcess) -> Vec<Event> {
-    let mut events = Vec::new();
-    while let Some(event) = next_event(child).await {
-        events.push(event);
-    }
-    events
 }
 
 // ---- the value mapping (docs/PROTOCOL.md, section 6) ----------------------------------------

@@ -30,6 +30,33 @@ pub async fn next_event(child: &mut UtilityProcess) -> Option<Event> {
     }
 }
 
+/// Every event up to the end (`None`), each within [`EVENT_TIMEOUT`]; a child that never ends
+/// its stream of events fails the test rather than filling memory.
+pub async fn all_events(child: &mut UtilityProcess) -> Vec<Event> {
+    let mut events = Vec::new();
+    while let Some(event) = next_event(child).await {
+        events.push(event);
+        assert!(events.len() < 1000, "endless events: {events:?}");
+    }
+    events
+}
+
+/// Asks an echo child for an answer and waits for it: a bystander that must keep answering
+/// while another child misbehaves.
+pub async fn still_answers(echo: &mut UtilityProcess) {
+    echo.post_bytes(b"still there?").expect("post");
+    loop {
+        match next_event(echo).await {
+            Some(Event::Spawn) => {}
+            Some(Event::Message(m)) => {
+                assert_eq!(m.bytes(), b"still there?");
+                return;
+            }
+            other => panic!("the bystander: {other:?}"),
+        }
+    }
+}
+
 #[cfg(unix)]
 /// The descriptors open in process `pid`, from `/proc/<pid>/fd`.
 pub fn open_fds(pid: u32) -> Vec<i32> {

@@ -79,10 +79,6 @@ pub(crate) enum Interest {
     Writable,
 }
 
-/// How long `into_handle` waits for the rest of a chunk or for our last write.
-#[cfg(test)]
-const HANDOVER_WAIT: Duration = Duration::from_secs(5);
-
 /// Whether `handle` is a pipe a [`Channel`] can wrap (the port type check for received
 /// handles): a named-pipe end opened for overlapped I/O (see `pipe::is_overlapped_pipe`).
 pub(crate) fn is_channel(handle: BorrowedHandle<'_>) -> bool {
@@ -557,46 +553,13 @@ impl Channel {
         self.read_waker.notify().notify_waiters();
     }
 
-    /// Gives up this end for transfer to another process: stops all pending I/O (no read is
-    /// outstanding afterwards, nothing read is lost) and returns the pipe handle with the
-    /// payload bytes of the current chunk not yet received (read out here, waiting up to 5 s
-    /// for a chunk the peer is still writing), so that the stream, as the next holder sees it,
-    /// starts at a chunk boundary.
+    /// Before this end's handle goes to another process: stops the zero read, and reads out
+    /// the rest of the current chunk (waiting until `deadline` for bytes the peer is still
+    /// writing), so that the stream, as the next holder sees it, starts at a chunk boundary.
     ///
-    /// Fails with `WouldBlock` if a write of ours does not finish within 5 s, `TimedOut` if the
-    /// rest of the chunk does not arrive in time, and `InvalidData` if the current chunk's
-    /// handles were not handed out yet (only a peer that splits its headers can cause that).
-    #[cfg(test)] // the transport hands a port over by its handle (see `finish_chunk`)
-    pub(crate) fn into_handle(self) -> io::Result<(OwnedHandle, Vec<u8>)> {
-        let deadline = Instant::now() + HANDOVER_WAIT;
-        self.read_waker.disarm();
-        self.write_waker.disarm();
-        let rest = self.drain_current_chunk(deadline)?;
-        let mut w = lock(&self.writer);
-        let left = || Some(deadline.saturating_duration_since(Instant::now()));
-        let still = || {
-            io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "our last write is still in flight",
-            )
-        };
-        if w.in_flight {
-            if !handle::wait_for(w.op.event.as_handle(), left())? {
-                return Err(still());
-            }
-            w.in_flight = false;
-        }
-        if let Some(marker) = w.marker.take() {
-            if !handle::wait_for(marker.event.as_handle(), left())? {
-                w.marker = Some(marker);
-                return Err(still());
-            }
-        }
-        drop(w);
-        Ok((handle::duplicate(self.pipe.as_handle())?, rest))
-    }
-
-    /// For `into_handle`: stops the zero read, and reads out the rest of the current chunk.
+    /// Fails with `TimedOut` if the rest does not arrive in time, and `InvalidData` if the
+    /// current chunk's handles were not handed out yet (only a peer that splits its headers
+    /// can cause that).
     pub(crate) fn drain_current_chunk(&self, deadline: Instant) -> io::Result<Vec<u8>> {
         let mut r = lock(&self.reader);
         if r.zero_pending {

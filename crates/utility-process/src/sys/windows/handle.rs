@@ -16,8 +16,6 @@ use windows_sys::Win32::Foundation::{
     WAIT_TIMEOUT,
 };
 #[cfg(test)]
-use windows_sys::Win32::Foundation::{SetHandleInformation, HANDLE_FLAG_INHERIT};
-#[cfg(test)]
 use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
 use windows_sys::Win32::System::Threading::{
     CreateEventW, GetCurrentProcess, WaitForSingleObject, INFINITE,
@@ -60,20 +58,6 @@ pub(crate) fn duplicate_as(
     }
     // SAFETY: DuplicateHandle succeeded: `out` is a fresh handle that nothing else owns.
     Ok(unsafe { OwnedHandle::from_raw_handle(out) })
-}
-
-/// Makes `handle` inheritable by child processes created with handle inheritance, or not.
-///
-/// See `SetHandleInformation`
-/// (learn.microsoft.com/windows/win32/api/handleapi/nf-handleapi-sethandleinformation).
-#[cfg(test)]
-pub(crate) fn set_inheritable(handle: BorrowedHandle<'_>, inheritable: bool) -> io::Result<()> {
-    let flags = if inheritable { HANDLE_FLAG_INHERIT } else { 0 };
-    // SAFETY: the handle is open (borrowed); the call only changes its inheritance flag.
-    if unsafe { SetHandleInformation(handle.as_raw_handle(), HANDLE_FLAG_INHERIT, flags) } == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Copies `handle` into the handle table of `process` (which must have been opened with
@@ -246,13 +230,6 @@ mod tests {
         // SAFETY: the pseudo handle of the current process needs no closing.
         let me = unsafe { BorrowedHandle::borrow_raw(GetCurrentProcess()) };
         assert!(take_from(me, 0x7fff_fff0).is_err());
-    }
-
-    #[test]
-    fn inheritance_can_be_switched_on_and_off() {
-        let event = event().unwrap();
-        set_inheritable(event.as_handle(), true).unwrap();
-        set_inheritable(event.as_handle(), false).unwrap();
     }
 
     #[test]
