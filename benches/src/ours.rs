@@ -47,8 +47,14 @@
 //!   buffer, only populates its mapping in one call). *Reused*: `BufferPool::take` (after
 //!   a warm-up round, an idle buffer of the pool), filled, posted writable; the child
 //!   `adopt`s it into its own pool, reads it and sends it back with the answer, and the
-//!   parent `put`s it back (timed). Bandwidth of payload; floor `floor.memcpy` (memcpy reads
-//!   and writes each byte once, as fill + read do).
+//!   parent `put`s it back (timed). First use and reuse run in loops of their own, as the
+//!   memcpy floor copies in a loop of its own: alternating them would leave the reused buffer
+//!   cold in the caches after each new buffer. Bandwidth of payload; floor `floor.memcpy`
+//!   (memcpy reads and writes each byte once, as fill + read do).
+//! - **Shared buffer, caches cold** (`ours.shared.reused-cold.64mib`): the reused 64 MiB
+//!   round, one per sample, after the parent wrote 256 MiB elsewhere (untimed): what reuse
+//!   costs when other work between two frames pushed the buffer out of the caches. Same floor
+//!   (a warm memcpy: the ratio is the harsher for it).
 //! - **Shared buffer hand-over** (`ours.shared.handover.{first,reused}`): 64 MiB, posted and
 //!   answered as soon as the child holds the mapped buffer: a new frozen buffer (its fill not
 //!   timed) that the child drops after answering, or a pool's buffer that the child adopts,
@@ -439,6 +445,15 @@ pub fn run(ctx: &Ctx) {
             || shared(ctx, size),
         );
     }
+    ctx.measure(
+        Spec::new(
+            "ours.shared.reused-cold.64mib",
+            "ours: SharedBuffer end to end, 64 MiB, reused, caches cold (256 MiB written before each round, untimed)",
+            Kind::Bandwidth,
+        )
+        .floor(floor::MEMCPY),
+        || shared_cold(ctx),
+    );
     ctx.measure_many(
         vec![
             Spec::new(
@@ -775,57 +790,99 @@ fn payload(ctx: &Ctx) -> Result<Vec<f64>> {
     })
 }
 
-/// A shared buffer of `size` bytes end to end, first use and reused (see the module docs);
-/// each sample averages enough buffers to take tens of milliseconds.
+/// A shared buffer of `size` bytes end to end, first use and reused (see the module docs),
+/// each in a loop of its own; each sample averages enough buffers to take tens of
+/// milliseconds.
 fn shared(ctx: &Ctx, size: usize) -> Result<Vec<Vec<f64>>> {
     let per_sample = ((64 << 20) / size).clamp(1, 256);
     Flavor::CurrentThread.runtime()?.block_on(async {
         let mut child = fork_entry("buffer-sink", NO_ARGS, ForkOptions::default())?;
         expect_spawn(&mut child).await?;
         let pool = BufferPool::new();
-        let (mut first, mut reused) = (Vec::new(), Vec::new());
+        let mut rows = Vec::new();
         let mut byte = 0u8;
-        for round in 0..=ctx.samples() {
-            for reuse in [false, true] {
+        for reuse in [false, true] {
+            let mut rates = Vec::new();
+            for round in 0..=ctx.samples() {
                 let started = Instant::now();
                 for _ in 0..per_sample {
                     byte = byte.wrapping_add(1);
-                    let mut buffer = if reuse {
-                        pool.take(size)?
-                    } else {
-                        SharedBuffer::new(size)?
-                    };
-                    if let Some(bytes) = buffer.as_mut_slice() {
-                        bytes.fill(byte);
-                    }
-                    let order = if reuse {
-                        Sink::ReadAndReturn
-                    } else {
-                        buffer = buffer.freeze()?;
-                        Sink::Read
-                    };
-                    child.post_message_with_transfer(&order, vec![buffer.into()])?;
-                    let mut answer = expect_message(&mut child).await?;
-                    for back in answer.take_buffers() {
-                        if pool.put(back).is_err() {
-                            return Err("the pool refused its own buffer".into());
-                        }
-                    }
-                    let sum: u64 = answer.data()?;
-                    if sum != u64::from(byte) * size as u64 {
-                        return Err(format!("the child summed {sum}").into());
-                    }
+                    shared_round(&mut child, &pool, size, reuse, byte).await?;
                 }
                 let elapsed = started.elapsed().as_secs_f64();
                 if round > 0 {
-                    let rate = (per_sample * size) as f64 / elapsed;
-                    if reuse { &mut reused } else { &mut first }.push(rate);
+                    rates.push((per_sample * size) as f64 / elapsed);
                 }
+            }
+            rows.push(rates);
+        }
+        end(child).await?;
+        Ok(rows)
+    })
+}
+
+/// A pool's 64 MiB buffer end to end, as `ours.shared.reused.64mib`, but with the caches
+/// cold: before each (timed) round, untimed, the parent writes a scratch area four times the
+/// buffer's size, as other work between two frames would.
+fn shared_cold(ctx: &Ctx) -> Result<Vec<f64>> {
+    let mut scratch = vec![0u8; 4 * PAYLOAD_64MIB];
+    Flavor::CurrentThread.runtime()?.block_on(async {
+        let mut child = fork_entry("buffer-sink", NO_ARGS, ForkOptions::default())?;
+        expect_spawn(&mut child).await?;
+        let pool = BufferPool::new();
+        let mut rates = Vec::new();
+        for round in 0..=ctx.samples() {
+            let byte = round as u8 + 1;
+            scratch.fill(byte);
+            std::hint::black_box(&mut scratch);
+            let started = Instant::now();
+            shared_round(&mut child, &pool, PAYLOAD_64MIB, true, byte).await?;
+            let elapsed = started.elapsed().as_secs_f64();
+            if round > 0 {
+                rates.push(PAYLOAD_64MIB as f64 / elapsed);
             }
         }
         end(child).await?;
-        Ok(vec![first, reused])
+        Ok(rates)
     })
+}
+
+/// One buffer end to end: get it (new, or from `pool`), fill it with `byte`, post it (frozen
+/// when new, writable when reused), and wait for the child's sum; a reused buffer comes back
+/// with the answer and is put back into `pool`.
+async fn shared_round(
+    child: &mut UtilityProcess,
+    pool: &BufferPool,
+    size: usize,
+    reuse: bool,
+    byte: u8,
+) -> Result<()> {
+    let mut buffer = if reuse {
+        pool.take(size)?
+    } else {
+        SharedBuffer::new(size)?
+    };
+    if let Some(bytes) = buffer.as_mut_slice() {
+        bytes.fill(byte);
+    }
+    let order = if reuse {
+        Sink::ReadAndReturn
+    } else {
+        buffer = buffer.freeze()?;
+        Sink::Read
+    };
+    child.post_message_with_transfer(&order, vec![buffer.into()])?;
+    let mut answer = expect_message(child).await?;
+    for back in answer.take_buffers() {
+        if pool.put(back).is_err() {
+            return Err("the pool refused its own buffer".into());
+        }
+    }
+    let sum: u64 = answer.data()?;
+    if sum != u64::from(byte) * size as u64 {
+        return Err(format!("the child summed {sum}").into());
+    }
+    Ok(())
 }
 
 /// 64 MiB handed over and answered at once: a new frozen buffer (filled before the clock

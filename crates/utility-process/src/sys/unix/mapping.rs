@@ -1,6 +1,6 @@
 //! A mapping of a whole shared buffer into this process, the same on every Unix (`mmap(2)`);
-//! what differs — keeping it out of forks, advice for a new buffer, bulk population — is the
-//! OS's `shm` module's.
+//! what differs — keeping it out of forks, where to place it, filling a new buffer in bulk,
+//! populating a received one — is the OS's `shm` module's.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -23,9 +23,11 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Maps `len` bytes of `fd`, shared, read-write or read-only; with `populate`, pre-faults
-    /// the pages in bulk where the OS can (allocating them: for a buffer this process creates
-    /// and is about to fill), see [`populate`](Self::populate).
+    /// Maps `len` bytes of `fd`, shared, read-write or read-only, where the OS wants it
+    /// placed (a huge-page boundary on Linux, for buffers of 2 MiB or more); with
+    /// `populate`, gives the pages their memory in bulk where the OS can: a writable mapping
+    /// is a new buffer this process is about to fill (huge pages on Linux where the kernel
+    /// makes them), a read-only one is populated as [`populate`](Self::populate) does.
     pub(crate) fn new(
         fd: BorrowedFd<'_>,
         len: usize,
@@ -44,23 +46,7 @@ impl Mapping {
         } else {
             libc::PROT_READ
         };
-        // SAFETY: a fresh shared mapping of a descriptor we borrow, at an address the kernel
-        // picks, overlapping nothing Rust owns. The OS's `create` (owner) or `check`
-        // (receiver) made sure the object holds at least `len` bytes and cannot shrink, so
-        // no access within `len` faults.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let ptr = map_shared(fd, len, prot, os::alignment(len))?;
         // SAFETY: the region just mapped, held by the value built below.
         unsafe { os::keep_from_forks(ptr, len) };
         let mapping = Mapping {
@@ -70,10 +56,11 @@ impl Mapping {
         };
         if populate {
             if writable {
-                // SAFETY: as above.
-                unsafe { os::advise_new(ptr, len) };
+                // SAFETY: the region this value maps, new and not yet handed to any caller.
+                unsafe { os::populate_new(ptr, len) };
+            } else {
+                mapping.populate();
             }
-            mapping.populate();
         }
         Ok(mapping)
     }
@@ -115,4 +102,89 @@ impl Drop for Mapping {
             unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
         }
     }
+}
+
+/// Maps `len` (> 0) bytes of `fd`, shared, at an address the kernel picks, or at a multiple of
+/// `align` when it is above 1 (a power of two, a multiple of the page size): `len + align`
+/// bytes of address space are reserved (no memory), the buffer is mapped over the first
+/// aligned address inside them, and the rest is given back.
+fn map_shared(
+    fd: BorrowedFd<'_>,
+    len: usize,
+    prot: libc::c_int,
+    align: usize,
+) -> io::Result<*mut libc::c_void> {
+    let fd = fd.as_raw_fd();
+    if align <= 1 {
+        // SAFETY: a fresh shared mapping of a descriptor we borrow, at an address the kernel
+        // picks, overlapping nothing Rust owns. The OS's `create` (owner) or `check`
+        // (receiver) made sure the object holds at least `len` bytes and cannot shrink, so no
+        // access within `len` faults.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
+        return if ptr == libc::MAP_FAILED {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ptr)
+        };
+    }
+    let too_large = || io::Error::new(io::ErrorKind::InvalidInput, "buffer too large");
+    let span = len.checked_add(align).ok_or_else(too_large)?;
+    // SAFETY: an anonymous, inaccessible reservation at an address the kernel picks: it
+    // overlaps nothing Rust owns and commits no memory.
+    let reserved = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if reserved == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let base = reserved as usize;
+    let start = base.next_multiple_of(align);
+    // SAFETY: `start..start + len` lies inside the reservation just made, which only this
+    // function knows of; MAP_FIXED replaces that part of it. The object holds `len` bytes,
+    // as above.
+    let ptr = unsafe {
+        libc::mmap(
+            start as *mut libc::c_void,
+            len,
+            prot,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            fd,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        let error = io::Error::last_os_error();
+        // SAFETY: the whole reservation, made above and referred to by nothing.
+        unsafe { libc::munmap(reserved, span) };
+        return Err(error);
+    }
+    let page = page_size();
+    let end = (start + len).next_multiple_of(page);
+    let reserved_end = (base + span).next_multiple_of(page);
+    // SAFETY: the parts of the reservation before and after the buffer's mapping: page
+    // aligned (the reservation and `start` are), still inaccessible, and referred to by
+    // nothing.
+    unsafe {
+        if start > base {
+            libc::munmap(reserved, start - base);
+        }
+        if reserved_end > end {
+            libc::munmap(end as *mut libc::c_void, reserved_end - end);
+        }
+    }
+    Ok(ptr)
+}
+
+/// The size of a page (`sysconf(3)` `_SC_PAGESIZE`).
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096).max(1)
 }

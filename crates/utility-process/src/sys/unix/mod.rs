@@ -7,8 +7,8 @@
 //! built): `process::{spawn, Spawned, Pidfd, set_process_name}` (and re-exports the plan
 //! types every Unix shares from `spawn`: `SpawnPlan`, `PreExec`, `ChildFd`, `SpawnStep`,
 //! `Reaped`, `RawExit`, `kill_process_group`), `shm::{create, freeze, check, identity,
-//! keep_from_forks, advise_new, populate}` (the shared `mapping::Mapping` uses the last
-//! three), `confine::{install_reporters, ignores_process_limit, unavailable_limit}`, and
+//! keep_from_forks, alignment, populate_new, populate}` (the shared `mapping::Mapping` uses
+//! the last four), `confine::{install_reporters, ignores_process_limit, unavailable_limit}`, and
 //! at its root `RlimitResource`, `pipe`, `errno_location`, `socket_flags`, `recv_flags`,
 //! `after_socketpair`, `after_recv`, `is_unix_domain`, `advise_huge_pages`,
 //! `close_all_but`, `name_guardian` and `signal_name`.

@@ -15,8 +15,10 @@
 //! # Populating in bulk
 //!
 //! Touching a fresh mapping page by page costs a fault per 4 KiB page (16,384 for 64 MiB;
-//! shmem gets no huge pages while `/sys/kernel/mm/transparent_hugepage/shmem_enabled` says
-//! `never`, and `MFD_HUGETLB` needs pages reserved by the administrator). [`populate`]
+//! shmem gets no huge pages at fault time while
+//! `/sys/kernel/mm/transparent_hugepage/shmem_enabled` says `never`, and `MFD_HUGETLB` needs
+//! pages reserved by the administrator). A new buffer gets huge pages all the same, by
+//! collapse ([`populate_new`]). [`populate`]
 //! asks the kernel to fill the page table in one call instead (`MADV_POPULATE_WRITE` or
 //! `_READ`, Linux 5.14); a kernel without them answers `EINVAL` and the mapping is simply
 //! faulted in on use, as before. Measured on a 2-vCPU VM (Linux 6.18), 64 MiB: a fresh buffer
@@ -120,17 +122,73 @@ pub(crate) unsafe fn keep_from_forks(ptr: *mut libc::c_void, len: usize) {
     unsafe { libc::madvise(ptr, len, libc::MADV_DONTFORK) };
 }
 
-/// Advice for a new writable buffer about to be filled: where the system allows huge pages
-/// for shmem only on request (`shmem_enabled` = `advise`), this asks for them (32
-/// allocations for 64 MiB instead of 16,384). Elsewhere it changes nothing (measured:
-/// `never` here).
+/// Where a mapping of `len` bytes should start: on a huge-page boundary when it spans at
+/// least one huge page, so that the huge pages of the buffer (see [`populate_new`]) are
+/// mapped whole, one page-table entry per 2 MiB, in every process that maps it. The kernel
+/// aligns shmem mappings only when shmem huge pages are enabled (`shmem_get_unmapped_area`
+/// in `mm/shmem.c`), so [`Mapping`](crate::sys::mapping::Mapping) aligns them itself.
+/// `1` means "wherever the kernel likes".
+pub(crate) fn alignment(len: usize) -> usize {
+    if len >= HUGE_PAGE {
+        HUGE_PAGE
+    } else {
+        1
+    }
+}
+
+/// The size of a huge page mapped by one page-middle-directory entry with 4 KiB base pages
+/// (x86_64, and aarch64's usual granule; with larger granules the collapse below is refused
+/// and the buffer keeps small pages).
+const HUGE_PAGE: usize = 2 << 20;
+
+/// `MADV_COLLAPSE` (Linux 6.1, `include/uapi/asm-generic/mman-common.h`; musl's `libc`
+/// bindings lack it). The value is the generic one, shared by x86_64 and aarch64.
+const MADV_COLLAPSE: libc::c_int = 25;
+
+/// Gives a new, empty writable buffer all its memory in bulk, in huge pages where the kernel
+/// will make them: then filling it costs no page fault, another process maps each 2 MiB with
+/// one page-table entry, and unmapping and freeing it take microseconds instead of
+/// milliseconds. Best effort; returns whether every page is now mapped.
+///
+/// Shmem gets huge pages at fault time only when `shmem_enabled` allows it (`advise`, after
+/// `MADV_HUGEPAGE`, which is asked for here too); it is `never` on most systems. But
+/// `madvise(2)` `MADV_COLLAPSE` (Linux 6.1) makes huge pages whatever that setting says,
+/// short of `deny`: it replaces the small pages of each 2 MiB extent by one huge page,
+/// zero-filling the holes. It refuses a range with no page at all (`EINVAL`, measured), so
+/// the first byte of each extent is touched first. Then `MADV_POPULATE_WRITE` maps whatever
+/// is left: the tail beyond the last whole huge page, and everything on a kernel that
+/// refused the collapse (too old, THP compiled out, `deny`, or no free huge page: `EINVAL`,
+/// `EAGAIN`, `ENOMEM`), which then costs what it cost before.
+///
+/// Measured for 64 MiB on a 2-vCPU VM (Linux 6.18, `shmem_enabled` = `never`): populating
+/// page by page 11–13 ms, touching and collapsing 2.9 ms; a receiver then populates its
+/// mapping in 0.02 ms instead of 1.4–2.9 ms, and unmapping and freeing both mappings take
+/// 0.1 ms instead of 3.5 ms. Filling and reading cost the same either way.
 ///
 /// # Safety
 ///
-/// As [`keep_from_forks`].
-pub(crate) unsafe fn advise_new(ptr: *mut libc::c_void, len: usize) {
+/// `ptr` and `len` are a writable mapping of a new buffer, made by this process and still
+/// held, that no Rust value refers to yet (its bytes are zero and are written here).
+pub(crate) unsafe fn populate_new(ptr: *mut libc::c_void, len: usize) -> bool {
     // SAFETY: advice on a region the caller vouches for; it changes no byte of it.
     unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
+    let whole = if ptr as usize % HUGE_PAGE == 0 {
+        len - len % HUGE_PAGE
+    } else {
+        0
+    };
+    if whole > 0 {
+        for offset in (0..whole).step_by(HUGE_PAGE) {
+            // SAFETY: `offset < len`: inside the writable mapping, which nothing else
+            // borrows; the byte is a zero of a new buffer, written as a zero.
+            unsafe { ptr.cast::<u8>().add(offset).write_volatile(0) };
+        }
+        // SAFETY: as the advice above; collapsing changes how the bytes are backed, not
+        // what they are.
+        unsafe { libc::madvise(ptr, whole, MADV_COLLAPSE) };
+    }
+    // SAFETY: as the advice above.
+    unsafe { populate(ptr, len, true) }
 }
 
 /// Fills the page table of a whole mapping in one system call (allocating the pages the
@@ -149,4 +207,124 @@ pub(crate) unsafe fn populate(ptr: *mut libc::c_void, len: usize, writable: bool
     };
     // SAFETY: advice on a region the caller vouches for. Populating changes no byte of it.
     unsafe { libc::madvise(ptr, len, advice) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+    use crate::sys::mapping::Mapping;
+
+    /// Two whole huge pages and a tail that is not even a whole small page.
+    const LEN: usize = 2 * HUGE_PAGE + 4096 + 100;
+
+    /// Why this kernel will not collapse shmem into huge pages, if it will not: THP compiled
+    /// out, shmem huge pages denied, or a kernel older than 6.1 (no `MADV_COLLAPSE`).
+    fn collapse_refused() -> Option<String> {
+        let setting = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+        match std::fs::read_to_string(setting) {
+            Err(e) => {
+                return Some(format!(
+                    "{setting} unreadable ({e}): no transparent huge pages"
+                ))
+            }
+            Ok(text) if text.contains("[deny]") => return Some(format!("{setting} says deny")),
+            Ok(_) => {}
+        }
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut numbers = release.trim().split(|c: char| !c.is_ascii_digit());
+        let major: u32 = numbers.next()?.parse().ok()?;
+        let minor: u32 = numbers.next()?.parse().ok()?;
+        (major, minor)
+            .lt(&(6, 1))
+            .then(|| format!("kernel {} has no MADV_COLLAPSE (6.1)", release.trim()))
+    }
+
+    /// The `/proc/self/smaps` record of the mapping that starts at `start`: its permissions
+    /// and its `ShmemPmdMapped` in KiB.
+    fn smaps_of(start: usize) -> (String, u64) {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("reading smaps");
+        let head = format!("{start:x}-");
+        let record = smaps
+            .split_inclusive('\n')
+            .skip_while(|line| !line.starts_with(&head))
+            .take_while(|line| !line.starts_with("VmFlags"))
+            .collect::<String>();
+        let perms = record
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        let pmd = record
+            .lines()
+            .find_map(|line| line.strip_prefix("ShmemPmdMapped:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no ShmemPmdMapped for {head}:\n{record}"));
+        (perms, pmd)
+    }
+
+    #[test]
+    fn a_new_buffer_is_backed_by_huge_pages_and_every_mapping_of_it_maps_them_whole() {
+        if let Some(why) = collapse_refused() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let fd = create(LEN).unwrap();
+        let mut owner = Mapping::new(fd.as_fd(), LEN, true, true).unwrap();
+        let bytes = owner.as_mut_slice().unwrap();
+        assert!(bytes.iter().all(|&b| b == 0), "a new buffer is zero-filled");
+        bytes[0] = 1;
+        bytes[LEN - 1] = 2;
+        // A receiver maps the same memory read-only and populates it, as `adopt` does.
+        let reader = Mapping::new(fd.as_fd(), LEN, false, false).unwrap();
+        assert!(reader.populate());
+        assert_eq!((reader.as_slice()[0], reader.as_slice()[LEN - 1]), (1, 2));
+        for (who, mapping) in [("owner", owner.as_slice()), ("reader", reader.as_slice())] {
+            let start = mapping.as_ptr() as usize;
+            assert_eq!(start % HUGE_PAGE, 0, "the {who}'s mapping is aligned");
+            let (_, pmd_kib) = smaps_of(start);
+            assert_eq!(
+                pmd_kib,
+                (2 * HUGE_PAGE / 1024) as u64,
+                "the {who} maps both huge pages whole"
+            );
+        }
+    }
+
+    #[test]
+    fn an_aligned_mapping_gives_back_the_address_space_it_reserved_around_itself() {
+        let fd = create(LEN).unwrap();
+        let mapping = Mapping::new(fd.as_fd(), LEN, false, false).unwrap();
+        let start = mapping.as_slice().as_ptr() as usize;
+        let end = (start + LEN).next_multiple_of(4096);
+        assert_eq!(start % HUGE_PAGE, 0);
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for line in maps.lines() {
+            let mut fields = line.split_whitespace();
+            let (range, perms) = (fields.next().unwrap(), fields.next().unwrap());
+            let (from, to) = range.split_once('-').unwrap();
+            let from = usize::from_str_radix(from, 16).unwrap();
+            let to = usize::from_str_radix(to, 16).unwrap();
+            let touches = to == start || from == end;
+            assert!(
+                !(touches && perms == "---p"),
+                "a piece of the reservation is left beside the mapping: {line}"
+            );
+        }
+        // The whole buffer is mapped, its unaligned tail included.
+        assert_eq!(mapping.as_slice()[LEN - 1], 0);
+        let (perms, _) = smaps_of(start);
+        assert_eq!(perms, "r--s");
+    }
+
+    #[test]
+    fn a_buffer_smaller_than_a_huge_page_keeps_small_pages_wherever_the_kernel_maps_it() {
+        assert_eq!(alignment(HUGE_PAGE - 1), 1);
+        let fd = create(64 << 10).unwrap();
+        let mut mapping = Mapping::new(fd.as_fd(), 64 << 10, true, true).unwrap();
+        mapping.as_mut_slice().unwrap().fill(7);
+        let (perms, pmd_kib) = smaps_of(mapping.as_slice().as_ptr() as usize);
+        assert_eq!((perms.as_str(), pmd_kib), ("rw-s", 0));
+    }
 }

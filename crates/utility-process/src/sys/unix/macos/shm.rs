@@ -153,12 +153,21 @@ pub(crate) unsafe fn keep_from_forks(ptr: *mut libc::c_void, len: usize) {
     unsafe { libc::minherit(ptr, len, libc::VM_INHERIT_NONE) };
 }
 
-/// Advice for a new buffer: none on macOS.
+/// Where a mapping should start: wherever the kernel likes (`1`). macOS backs shared memory
+/// with its own page size and offers no huge pages to it.
+pub(crate) fn alignment(_len: usize) -> usize {
+    1
+}
+
+/// Gives a new buffer its memory in bulk: not possible on macOS (no `MADV_POPULATE_*`, no
+/// huge pages for shared memory); the pages fault in as they are filled. Returns `false`.
 ///
 /// # Safety
 ///
 /// As [`keep_from_forks`].
-pub(crate) unsafe fn advise_new(_ptr: *mut libc::c_void, _len: usize) {}
+pub(crate) unsafe fn populate_new(_ptr: *mut libc::c_void, _len: usize) -> bool {
+    false
+}
 
 /// Bulk population does not exist on macOS (no `MADV_POPULATE_*`): the pages are faulted in
 /// on use. Returns `false`, as a kernel that refused would.
