@@ -46,6 +46,14 @@ const UNMAP_ELSEWHERE: usize = 1 << 20;
 ///
 /// # Platform-specific behavior
 ///
+/// On Linux a buffer is a sealed memfd. Each whole 2 MiB of a new buffer is a huge page
+/// (`MADV_COLLAPSE`, Linux 6.1) unless the kernel refuses (`shmem_enabled` = `deny`, an older
+/// kernel, no free huge page: then small pages, as before), and every process maps a buffer of
+/// 2 MiB or more on a 2 MiB boundary, so that one page-table entry maps each huge page: a new
+/// 64 MiB buffer is allocated, mapped by its receiver, unmapped and freed in a few
+/// milliseconds instead of ~17. The memory cost is the same: huge pages are made only for
+/// whole 2 MiB extents of the buffer.
+///
 /// On macOS a buffer is a POSIX shared memory object (`shm_open`, unlinked at once): its size
 /// is fixed for good by the kernel, as the seals fix it on Linux, but macOS has no write
 /// seal. There a frozen buffer guarantees less: every process maps it read-only and the
@@ -65,11 +73,13 @@ pub struct SharedBuffer {
 
 impl SharedBuffer {
     /// A zero-filled, writable buffer of `len` bytes, its memory allocated and mapped at once
-    /// (in bulk: filling it costs no page faults).
+    /// (in bulk: filling it costs no page faults). On Linux, each whole 2 MiB of it is a huge
+    /// page where the kernel will make one (see "Platform-specific behavior").
     ///
     /// To send buffers of the same size again and again, take them from a
-    /// [`BufferPool`](crate::BufferPool): a new buffer costs about three times as much as
-    /// filling it (the kernel allocates and zeroes every page).
+    /// [`BufferPool`](crate::BufferPool): a new buffer costs more than filling it (the kernel
+    /// allocates and zeroes every page: for 64 MiB about 1.5 fills in huge pages, 5 in small
+    /// ones).
     ///
     /// # Errors
     ///
