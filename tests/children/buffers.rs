@@ -8,7 +8,9 @@
 //! - `keep-map` / `keep-fd`: a hostile borrower that, before sending a buffer back, reopens
 //!   its memfd through `/proc/self/fd` and keeps a writable mapping of it (or only the
 //!   descriptor); a later `Make { byte, .. }` then means "write `byte` into what you kept",
-//!   answered with `"scribbled"` or `"refused"`.
+//!   answered with `"scribbled"` or `"refused"`. On Windows, `keep-map` keeps the writable
+//!   view its own pool parks when the buffer goes back (there is no `/proc` to reopen a
+//!   section through), and `keep-fd` does not exist.
 
 #[cfg(unix)]
 use std::fs::{File, OpenOptions};
@@ -34,7 +36,7 @@ fn main() {
     while let Some(mut message) = port.recv_blocking() {
         let ask: Ask = message.data().expect("an Ask");
         let mut buffers = message.take_buffers();
-        if mode == "pool" {
+        if mode == "pool" || (cfg!(windows) && mode == "keep-map") {
             buffers = buffers.into_iter().map(|b| pool.adopt(b)).collect();
         }
         match ask {
@@ -59,7 +61,7 @@ fn main() {
                         buffer = SharedBuffer::from_slice(&buffer).expect("memory");
                     }
                     if mode == "keep-map" || mode == "keep-fd" {
-                        kept.push(keep(buffer.len(), mode == "keep-map"));
+                        kept.push(keep(&mut buffer, mode == "keep-map"));
                     }
                     back.push(Transferable::Buffer(buffer));
                 }
@@ -82,24 +84,41 @@ fn main() {
     }
 }
 
-/// The hostile borrower reopens a memfd through `/proc`: Unix only.
+/// What the hostile borrower kept on Windows: where its pool's view of the buffer is, which
+/// stays mapped (parked) after the buffer is sent back.
 #[cfg(windows)]
-struct Kept;
-
-#[cfg(windows)]
-fn keep(_len: usize, _map: bool) -> Kept {
-    panic!("keep-map and keep-fd are Unix modes: they reopen a memfd through /proc/self/fd")
+struct Kept {
+    ptr: *mut u8,
+    len: usize,
 }
 
 #[cfg(windows)]
-fn scribble(_kept: &Kept, _byte: u8) -> bool {
-    false
+fn keep(buffer: &mut SharedBuffer, map: bool) -> Kept {
+    assert!(
+        map,
+        "keep-fd is a Unix mode: it reopens a memfd through /proc/self/fd"
+    );
+    let bytes = buffer.as_mut_slice().expect("a lent buffer is writable");
+    Kept {
+        ptr: bytes.as_mut_ptr(),
+        len: bytes.len(),
+    }
+}
+
+#[cfg(windows)]
+fn scribble(kept: &Kept, byte: u8) -> bool {
+    // SAFETY: deliberately hostile, as a borrower may be: the view was this process's pool's,
+    // and the pool keeps it mapped (parked, writable) after the buffer went back; nothing in
+    // this process refers to it any more.
+    unsafe { std::ptr::write_bytes(kept.ptr, byte, kept.len) };
+    true
 }
 
 /// Reopens the memfd of the buffer of `len` bytes this process holds, read-write, through
 /// `/proc/self/fd` (what any process holding a descriptor can do), and maps it if `map`.
 #[cfg(unix)]
-fn keep(len: usize, map: bool) -> Kept {
+fn keep(buffer: &mut SharedBuffer, map: bool) -> Kept {
+    let len = buffer.len();
     for entry in std::fs::read_dir("/proc/self/fd").expect("/proc is mounted") {
         let path = entry.expect("an fd entry").path();
         let Ok(target) = std::fs::read_link(&path) else {

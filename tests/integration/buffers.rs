@@ -1,8 +1,8 @@
 #[cfg(unix)]
 use utility_process::unix::ExitStatusExt as _;
-#[cfg(unix)]
-use utility_process::BufferPool;
-use utility_process::{fork, Event, ForkOptions, Message, SharedBuffer, UtilityProcess};
+use utility_process::{
+    fork, BufferPool, Event, ForkOptions, Message, SharedBuffer, UtilityProcess,
+};
 use utility_process_tests::{next_event, Ask, Seen};
 
 const BUFFERS: &str = env!("CARGO_BIN_EXE_buffers");
@@ -11,13 +11,11 @@ fn child() -> UtilityProcess {
     fork(BUFFERS, [] as [&str; 0], ForkOptions::default()).expect("the buffers child starts")
 }
 
-#[cfg(unix)]
 /// The buffers child in one of its modes (see `children/buffers.rs`).
 fn child_in(mode: &str) -> UtilityProcess {
     fork(BUFFERS, [mode], ForkOptions::default()).expect("the buffers child starts")
 }
 
-#[cfg(unix)]
 /// Sends the pool's buffer of `len` bytes to be filled with `byte`, and returns what comes
 /// back.
 async fn lend(child: &mut UtilityProcess, buffer: SharedBuffer, byte: u8) -> Vec<SharedBuffer> {
@@ -135,7 +133,6 @@ async fn a_shared_buffer_that_lies_about_itself_is_a_protocol_violation() {
     }
 }
 
-#[cfg(unix)]
 #[tokio::test]
 async fn a_pooled_buffer_goes_to_the_child_and_back_and_is_reused_where_it_is_mapped() {
     let mut child = child_in("pool");
@@ -159,7 +156,6 @@ async fn a_pooled_buffer_goes_to_the_child_and_back_and_is_reused_where_it_is_ma
     }
 }
 
-#[cfg(unix)]
 #[tokio::test]
 async fn a_pool_takes_back_only_its_own_buffers_not_one_a_child_made() {
     let mut child = child_in("forge");
@@ -179,10 +175,10 @@ async fn a_pool_takes_back_only_its_own_buffers_not_one_a_child_made() {
     assert_eq!(pool.idle(), 0);
 }
 
-#[cfg(unix)]
 /// What a pool cannot promise, stated in `buffer_pool.rs` and the README: a child that kept a
 /// hold of a buffer it was lent can still write to it when the pool reuses it. What holds
-/// even then: the buffer cannot be frozen, so no frozen buffer can change.
+/// even then: the buffer cannot be frozen, so no frozen buffer can change (on Linux because
+/// another process maps it writable, on Windows because it was lent at all).
 #[tokio::test]
 async fn a_child_that_keeps_a_lent_buffer_still_writes_to_it_and_it_cannot_be_frozen() {
     let mut child = child_in("keep-map");

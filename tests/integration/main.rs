@@ -22,10 +22,9 @@
 //!   `ports::a_message_whose_ports_are_never_taken_closes_them`: ports sent over MessageChannel
 //!   ports, which carry messages only on Windows (`ports::attachments_on_a_message_channel_port_are_refused_and_the_port_goes_on`).
 //! - `buffers::a_shared_buffer_that_lies_about_itself_is_a_protocol_violation`: a Python child forging memfds.
-//! - `buffers::a_child_that_keeps_a_lent_buffer_still_writes_to_it_and_it_cannot_be_frozen`,
-//!   `buffers::a_child_that_kept_only_the_descriptor_cannot_change_a_buffer_frozen_since`: memfd seals, /proc/self/fd.
-//! - `buffers::a_pooled_buffer_goes_to_the_child_and_back_and_is_reused_where_it_is_mapped`,
-//!   `buffers::a_pool_takes_back_only_its_own_buffers_not_one_a_child_made`: `BufferPool` is not on Windows yet.
+//! - `buffers::a_child_that_kept_only_the_descriptor_cannot_change_a_buffer_frozen_since`: memfd
+//!   seals and /proc/self/fd; on Windows a lent buffer cannot be frozen at all (the unit test
+//!   `a_buffer_that_arrived_writable_is_frozen_only_where_a_seal_binds_every_holder`).
 //!
 //! Differently on Windows (same name, `#[cfg(windows)]`): crashes report `exception()`
 //! (access violation, `__fastfail` for abort) instead of a signal; `kill` closes the child's

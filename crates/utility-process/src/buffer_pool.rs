@@ -16,8 +16,8 @@
 //! sends it back; the owner [`put`](BufferPool::put)s it back for the next
 //! [`take`](BufferPool::take). Sending a pooled buffer does not unmap it: the sender's
 //! mapping is *parked* in the pool, where no code can reach it, and when the same memory comes
-//! back (recognised by the memfd's inode, which the parked mapping keeps alive) the parked
-//! mapping is used again. A round trip then costs two descriptors, two `fstat`s and two tiny
+//! back (recognised by the memfd's inode on Linux, by the kernel's comparison of two handles
+//! on Windows; the parked mapping keeps the memory alive) the parked mapping is used again. A round trip then costs two descriptors, two `fstat`s and two tiny
 //! mappings; filling and reading cost what touching the memory costs.
 //!
 //! # What stays true
@@ -25,7 +25,8 @@
 //! - A frozen buffer never changes, whoever held its memory before: freezing a buffer that
 //!   another process still maps writable fails (`EBUSY`) instead of returning a buffer that
 //!   could change. So a frozen buffer is never a pool's, and freezing one of a pool's takes
-//!   it out of the pool for good.
+//!   it out of the pool for good. On Windows, which has no seal, a buffer that was lent (or
+//!   arrived writable) cannot be frozen at all (`PermissionDenied`).
 //! - A pool takes back only what it made: [`put`](BufferPool::put) refuses a buffer that this
 //!   pool did not hand out (another process's memfd, or a buffer the pool has forgotten), so a
 //!   peer cannot slip memory of its own into it.
@@ -42,8 +43,10 @@
 //!
 //! # Platform-specific behavior
 //!
-//! Linux only: on macOS, a POSIX shared memory object has no device and inode to recognise it
-//! by when it comes back, so making a pool's first buffer fails there with an
+//! Linux and Windows. On Windows a buffer that comes back is looked for among the parked
+//! ones by `CompareObjectHandles`, one call per parked buffer (a few, as the limit bounds
+//! them). On macOS, a POSIX shared memory object has no device and inode to recognise it by
+//! when it comes back, so making a pool's first buffer fails there with an
 //! [`Error::Io`](crate::Error::Io) of kind `Unsupported`.
 //!
 //! # Costs and limits
@@ -53,12 +56,11 @@
 //! needs the room is forgotten (unmapped, and refused by `put` when it comes back). Reused
 //! buffers are not zeroed: a buffer holds whatever its last user wrote.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::shm::unmap_elsewhere;
+use crate::shm::{unmap_elsewhere, Writers};
 use crate::sys::mapping::Mapping;
 use crate::sys::shm;
 use crate::{sys, Error, SharedBuffer};
@@ -66,8 +68,9 @@ use crate::{sys, Error, SharedBuffer};
 /// The memory a pool holds on to unless told otherwise: 256 MiB.
 pub const DEFAULT_POOL_LIMIT: usize = 256 << 20;
 
-/// A memfd's identity: device and inode numbers.
-type Key = (u64, u64);
+/// What a buffer's memory is recognised by when it comes back: a memfd's device and inode
+/// numbers on Linux, a handle compared by the kernel on Windows (`sys::shm::Identity`).
+type Key = shm::Identity;
 
 /// Shared buffers reused across messages: fill, send, get back, fill again — without a new
 /// memfd, mapping or page fault each time.
@@ -142,8 +145,9 @@ struct Inner {
 struct State {
     /// Buffers of this pool ready for `take`.
     idle: Vec<Idle>,
-    /// The mappings of buffers that are away, by the identity of their memory.
-    parked: HashMap<Key, Parked>,
+    /// The mappings of buffers that are away (a few: the limit bounds them), found by the
+    /// identity of their memory.
+    parked: Vec<Parked>,
     /// Bytes held: idle buffers and parked mappings.
     bytes: usize,
     /// Ticks for parking order (the oldest parked mapping is forgotten first).
@@ -154,9 +158,11 @@ struct Idle {
     map: Mapping,
     fd: sys::Object,
     key: Key,
+    writers: Writers,
 }
 
 struct Parked {
+    key: Key,
     map: Mapping,
     /// Keeps the memory, and so its inode number, alive while the buffer is away.
     _fd: sys::Object,
@@ -185,30 +191,30 @@ impl Tag {
             let mut state = self.pool.lock();
             state.clock += 1;
             let since = state.clock;
-            let old = state.parked.insert(
-                self.key,
-                Parked {
-                    map,
-                    _fd: fd,
-                    owned: self.owned,
-                    since,
-                },
-            );
-            state.bytes += len;
-            if let Some(old) = old {
+            if let Some(at) = state.parked.iter().position(|old| old.key == self.key) {
+                let old = state.parked.swap_remove(at);
                 state.bytes -= old.map.as_slice().len();
                 forgotten.push(old.map);
             }
-            forgotten.extend(state.make_room(self.pool.limit, Some(self.key)));
+            state.parked.push(Parked {
+                key: self.key,
+                map,
+                _fd: fd,
+                owned: self.owned,
+                since,
+            });
+            state.bytes += len;
+            forgotten.extend(state.make_room(self.pool.limit, Some(since)));
         }
         forgotten.into_iter().for_each(unmap_elsewhere);
     }
 }
 
 impl State {
-    /// Forgets idle buffers, then the oldest parked mappings (never `keep`), until the pool
-    /// holds no more than `limit`; returns the mappings to drop outside the lock.
-    fn make_room(&mut self, limit: usize, keep: Option<Key>) -> Vec<Mapping> {
+    /// Forgets idle buffers, then the oldest parked mappings (never the one parked at tick
+    /// `keep`), until the pool holds no more than `limit`; returns the mappings to drop
+    /// outside the lock.
+    fn make_room(&mut self, limit: usize, keep: Option<u64>) -> Vec<Mapping> {
         let mut forgotten = Vec::new();
         while self.bytes > limit {
             if let Some(idle) = self.idle.pop() {
@@ -219,10 +225,11 @@ impl State {
             let oldest = self
                 .parked
                 .iter()
-                .filter(|(key, _)| Some(**key) != keep)
+                .enumerate()
+                .filter(|(_, parked)| Some(parked.since) != keep)
                 .min_by_key(|(_, parked)| parked.since)
-                .map(|(key, _)| *key);
-            let Some(parked) = oldest.and_then(|key| self.parked.remove(&key)) else {
+                .map(|(at, _)| at);
+            let Some(parked) = oldest.map(|at| self.parked.swap_remove(at)) else {
                 break;
             };
             self.bytes -= parked.map.as_slice().len();
@@ -269,21 +276,27 @@ impl BufferPool {
                 idle
             })
         };
-        if let Some(Idle { map, fd, key }) = reused {
+        if let Some(Idle {
+            map,
+            fd,
+            key,
+            writers,
+        }) = reused
+        {
             return Ok(SharedBuffer::from_parts(
                 map,
                 fd,
-                false,
+                writers,
                 Some(self.tag(key, true)),
             ));
         }
         let buffer = SharedBuffer::new(len)?;
         let key = shm::identity(buffer.fd()).map_err(Error::io("inspecting a shared buffer"))?;
-        let (map, fd, read_only, _) = buffer.split();
+        let (map, fd, writers, _) = buffer.split();
         Ok(SharedBuffer::from_parts(
             map,
             fd,
-            read_only,
+            writers,
             Some(self.tag(key, true)),
         ))
     }
@@ -300,14 +313,17 @@ impl BufferPool {
     /// [`SharedBuffer::new`], by another pool or by another process), frozen, or forgotten
     /// by the pool while it was away.
     pub fn put(&self, buffer: SharedBuffer) -> Result<(), SharedBuffer> {
-        let buffer = self.adopt_existing(buffer)?;
-        let len = buffer.len();
-        let (map, fd, _, tag) = buffer.split();
-        let key = tag.map(|tag| tag.key).unwrap_or_default();
+        let (map, fd, key, writers) = self.adopt_existing(buffer)?;
+        let len = map.as_slice().len();
         let mut forgotten = Vec::new();
         {
             let mut state = self.inner.lock();
-            state.idle.push(Idle { map, fd, key });
+            state.idle.push(Idle {
+                map,
+                fd,
+                key,
+                writers,
+            });
             state.bytes += len;
             forgotten.extend(state.make_room(self.inner.limit, None));
         }
@@ -340,15 +356,16 @@ impl BufferPool {
         let Ok(key) = shm::identity(buffer.fd()) else {
             return buffer;
         };
-        let parked = self.inner.lock().take_parked(key, buffer.len());
-        let (map, fd, _, _) = buffer.split();
+        let parked = self.inner.lock().take_parked(&key, buffer.len());
+        let (map, fd, writers, _) = buffer.split();
         match parked {
             Some(parked) => {
                 drop(map); // the fresh mapping, never touched: cheap to drop
-                SharedBuffer::from_parts(parked.map, fd, false, Some(self.tag(key, parked.owned)))
+                let tag = self.tag(key, parked.owned);
+                SharedBuffer::from_parts(parked.map, fd, writers, Some(tag))
             }
             None => {
-                let buffer = SharedBuffer::from_parts(map, fd, false, Some(self.tag(key, false)));
+                let buffer = SharedBuffer::from_parts(map, fd, writers, Some(self.tag(key, false)));
                 buffer.populate();
                 buffer
             }
@@ -365,39 +382,41 @@ impl BufferPool {
         self.inner.lock().parked.len()
     }
 
-    /// The buffer as one this pool made, if it is; the buffer itself otherwise.
-    fn adopt_existing(&self, buffer: SharedBuffer) -> Result<SharedBuffer, SharedBuffer> {
+    /// The parts of a buffer this pool made (its mapping, object, identity and writers), if
+    /// it is one; the buffer itself otherwise.
+    fn adopt_existing(
+        &self,
+        buffer: SharedBuffer,
+    ) -> Result<(Mapping, sys::Object, Key, Writers), SharedBuffer> {
         if buffer.is_read_only() {
             return Err(buffer);
         }
-        if let Some(tag) = buffer.tag() {
-            return if Arc::ptr_eq(&tag.pool, &self.inner) && tag.owned {
-                Ok(buffer)
-            } else {
-                Err(buffer)
-            };
+        let (map, fd, writers, tag) = buffer.split();
+        let buffer = match tag {
+            Some(tag) if Arc::ptr_eq(&tag.pool, &self.inner) && tag.owned => {
+                return Ok((map, fd, tag.key, writers));
+            }
+            tag => SharedBuffer::from_parts(map, fd, writers, tag),
+        };
+        if buffer.tag().is_some() {
+            return Err(buffer);
         }
         let Ok(key) = shm::identity(buffer.fd()) else {
             return Err(buffer);
         };
         let parked = {
             let mut state = self.inner.lock();
-            match state.parked.get(&key) {
-                Some(parked) if parked.owned => state.take_parked(key, buffer.len()),
+            match state.parked.iter().find(|parked| parked.key == key) {
+                Some(parked) if parked.owned => state.take_parked(&key, buffer.len()),
                 _ => None,
             }
         };
         let Some(parked) = parked else {
             return Err(buffer);
         };
-        let (map, fd, _, _) = buffer.split();
+        let (map, fd, writers, _) = buffer.split();
         drop(map);
-        Ok(SharedBuffer::from_parts(
-            parked.map,
-            fd,
-            false,
-            Some(self.tag(key, true)),
-        ))
+        Ok((parked.map, fd, key, writers))
     }
 
     fn tag(&self, key: Key, owned: bool) -> Tag {
@@ -412,11 +431,12 @@ impl BufferPool {
 impl State {
     /// The parked mapping of `key`, if it has `len` bytes (it always does: a memfd's size is
     /// sealed; checked all the same).
-    fn take_parked(&mut self, key: Key, len: usize) -> Option<Parked> {
-        if self.parked.get(&key)?.map.as_slice().len() != len {
+    fn take_parked(&mut self, key: &Key, len: usize) -> Option<Parked> {
+        let at = self.parked.iter().position(|parked| parked.key == *key)?;
+        if self.parked[at].map.as_slice().len() != len {
             return None;
         }
-        let parked = self.parked.remove(&key)?;
+        let parked = self.parked.swap_remove(at);
         self.bytes -= len;
         Some(parked)
     }
@@ -448,7 +468,7 @@ impl fmt::Debug for BufferPool {
     }
 }
 
-#[cfg(all(test, not(target_os = "linux")))]
+#[cfg(all(test, not(any(target_os = "linux", windows))))]
 mod refused {
     use super::*;
 
@@ -461,8 +481,8 @@ mod refused {
     }
 }
 
-// The pool itself: Linux only, where a buffer has an identity to key it by.
-#[cfg(all(test, target_os = "linux"))]
+// The pool itself: where a buffer has an identity to recognise it by.
+#[cfg(all(test, any(target_os = "linux", windows)))]
 mod tests {
     use super::*;
 
@@ -559,5 +579,21 @@ mod tests {
         let adopted = receiver.adopt(round_trip(owner.take(4096).unwrap()));
         let back = round_trip(adopted);
         assert!(back.freeze().is_err(), "a frozen buffer must never change");
+    }
+
+    #[test]
+    fn a_buffer_that_arrived_writable_is_frozen_only_where_a_seal_binds_every_holder() {
+        let pool = BufferPool::new();
+        assert!(pool.take(4096).unwrap().freeze().is_ok(), "never lent");
+        let arrived = round_trip(SharedBuffer::new(4096).unwrap()).freeze();
+        if cfg!(target_os = "linux") {
+            // Nobody maps it writable any more: the seal is added, and binds every descriptor.
+            assert!(arrived.is_ok(), "{arrived:?}");
+        } else {
+            let Err(Error::Io { source, .. }) = arrived else {
+                panic!("a buffer another process had writable was frozen: {arrived:?}");
+            };
+            assert_eq!(source.kind(), std::io::ErrorKind::PermissionDenied);
+        }
     }
 }

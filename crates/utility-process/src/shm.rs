@@ -66,9 +66,21 @@ pub struct SharedBuffer {
     // Declared first: unmapped before the descriptor closes.
     map: Mapping,
     fd: sys::Object,
-    read_only: bool,
+    writers: Writers,
     /// The pool this buffer belongs to or was adopted by, if any (never for a frozen one).
     pool: Option<Tag>,
+}
+
+/// Who may write a buffer's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Writers {
+    /// This process alone: a new buffer that never left it.
+    Here,
+    /// Perhaps another process too: the buffer arrived writable (sent by a peer, or back from
+    /// a loan), and the peer may have kept a way to write it.
+    Elsewhere,
+    /// Nobody: frozen.
+    Nobody,
 }
 
 impl SharedBuffer {
@@ -91,7 +103,7 @@ impl SharedBuffer {
         Ok(SharedBuffer {
             map,
             fd,
-            read_only: false,
+            writers: Writers::Here,
             pool: None,
         })
     }
@@ -100,20 +112,20 @@ impl SharedBuffer {
     pub(crate) fn from_parts(
         map: Mapping,
         fd: sys::Object,
-        read_only: bool,
+        writers: Writers,
         pool: Option<Tag>,
     ) -> SharedBuffer {
         SharedBuffer {
             map,
             fd,
-            read_only,
+            writers,
             pool,
         }
     }
 
     /// Takes a buffer apart (for the pool).
-    pub(crate) fn split(self) -> (Mapping, sys::Object, bool, Option<Tag>) {
-        (self.map, self.fd, self.read_only, self.pool)
+    pub(crate) fn split(self) -> (Mapping, sys::Object, Writers, Option<Tag>) {
+        (self.map, self.fd, self.writers, self.pool)
     }
 
     /// The pool this buffer belongs to or was adopted by.
@@ -158,30 +170,37 @@ impl SharedBuffer {
     ///
     /// # Platform-specific behavior
     ///
-    /// macOS has no seals: freezing drops the writable mapping and maps the buffer read-only
-    /// in every process the library runs in, but a holder of the descriptor can still map it
-    /// writable with its own code (see [`SharedBuffer`]).
+    /// Windows and macOS have no seals: freezing drops the writable mapping and the
+    /// writable handle (Windows) or maps the buffer read-only in every process the library
+    /// runs in (macOS). What another process holds cannot be taken back, so there a buffer
+    /// that arrived writable from another process (sent by a peer, or a pool's buffer back
+    /// from a loan) is refused with [`Error::Io`] of kind `PermissionDenied`: freeze a new
+    /// buffer instead. On macOS a process that receives the frozen buffer holds a read-write
+    /// descriptor and could still map it writable with its own code (see [`SharedBuffer`]).
     pub fn freeze(self) -> Result<SharedBuffer, Error> {
-        if self.read_only {
+        if self.writers == Writers::Nobody {
             return Ok(self);
         }
-        let SharedBuffer { map, fd, .. } = self;
+        let SharedBuffer {
+            map, fd, writers, ..
+        } = self;
         let len = map.as_slice().len();
         drop(map);
-        let fd = shm::freeze(fd).map_err(Error::io("sealing a shared buffer"))?;
+        let fd = shm::freeze(fd, writers == Writers::Elsewhere)
+            .map_err(Error::io("sealing a shared buffer"))?;
         let map = Mapping::new(sys::borrow(&fd), len, false, false)
             .map_err(Error::io("mapping a shared buffer"))?;
         Ok(SharedBuffer {
             map,
             fd,
-            read_only: true,
+            writers: Writers::Nobody,
             pool: None,
         })
     }
 
     /// Whether the buffer is sealed against writes.
     pub fn is_read_only(&self) -> bool {
-        self.read_only
+        self.writers == Writers::Nobody
     }
 
     /// The bytes.
@@ -212,7 +231,11 @@ impl SharedBuffer {
         Ok(SharedBuffer {
             map,
             fd,
-            read_only,
+            writers: if read_only {
+                Writers::Nobody
+            } else {
+                Writers::Elsewhere
+            },
             pool: None,
         })
     }
@@ -225,7 +248,7 @@ impl SharedBuffer {
     pub(crate) fn into_parts(self) -> (utility_process_wire::Attachment, sys::Object) {
         let attachment = utility_process_wire::Attachment::Buffer {
             len: self.map.as_slice().len() as u64,
-            read_only: self.read_only,
+            read_only: self.is_read_only(),
         };
         let SharedBuffer { map, fd, pool, .. } = self;
         match pool {
@@ -258,7 +281,7 @@ impl fmt::Debug for SharedBuffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedBuffer")
             .field("len", &self.len())
-            .field("read_only", &self.read_only)
+            .field("read_only", &self.is_read_only())
             .finish()
     }
 }

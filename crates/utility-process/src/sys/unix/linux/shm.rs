@@ -61,8 +61,10 @@ pub(crate) fn create(len: usize) -> io::Result<OwnedFd> {
 }
 
 /// Makes a buffer immutable: adds the write seal (which needs every writable mapping gone).
-/// The same descriptor comes back, now naming a buffer nobody can write.
-pub(crate) fn freeze(fd: OwnedFd) -> io::Result<OwnedFd> {
+/// The same descriptor comes back, now naming a buffer nobody can write. Whether another
+/// process had it writable (`_shared`) does not matter here: the seal fails (`EBUSY`) while
+/// any process maps it writable, and once added it binds every descriptor, theirs too.
+pub(crate) fn freeze(fd: OwnedFd, _shared: bool) -> io::Result<OwnedFd> {
     // SAFETY: F_ADD_SEALS on a descriptor we own.
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, FROZEN_SEALS) })?;
     Ok(fd)
@@ -96,9 +98,12 @@ pub(crate) fn check(fd: BorrowedFd<'_>, len: u64, frozen: bool) -> Result<(), &'
     Ok(())
 }
 
-/// Which memory object a descriptor refers to: its device and inode numbers. Two descriptors
-/// with the same identity, both open, refer to the same memory.
-pub(crate) fn identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+/// A memfd's identity: its device and inode numbers.
+pub(crate) type Identity = (u64, u64);
+
+/// Which memory object a descriptor refers to. Two descriptors with the same identity, both
+/// open, refer to the same memory.
+pub(crate) fn identity(fd: BorrowedFd<'_>) -> io::Result<Identity> {
     // SAFETY: fstat writes into the zeroed stat we own.
     let stat = unsafe {
         let mut stat: libc::stat = std::mem::zeroed();

@@ -96,8 +96,17 @@ fn open_unique() -> io::Result<OwnedFd> {
 }
 
 /// Freezes the buffer behind `fd`: on macOS, nothing at the kernel level (no seals exist).
-/// See the module documentation for exactly what a frozen buffer guarantees here.
-pub(crate) fn freeze(fd: OwnedFd) -> io::Result<OwnedFd> {
+/// See the module documentation for exactly what a frozen buffer guarantees here. A buffer
+/// that another process had writable (`shared`) is refused: nothing can take its write
+/// access back.
+pub(crate) fn freeze(fd: OwnedFd, shared: bool) -> io::Result<OwnedFd> {
+    if shared {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "another process had this buffer writable, and macOS has no seal to stop it \
+             writing: freeze a new buffer instead",
+        ));
+    }
     Ok(fd)
 }
 
@@ -132,9 +141,12 @@ fn page_size() -> u64 {
     u64::try_from(size).unwrap_or(4096).max(1)
 }
 
+/// What a pool would key buffers by, had they an identity.
+pub(crate) type Identity = (u64, u64);
+
 /// What would tell two buffers apart: unavailable on macOS, where `fstat` of a shared memory
 /// object reports neither device nor inode.
-pub(crate) fn identity(_fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+pub(crate) fn identity(_fd: BorrowedFd<'_>) -> io::Result<Identity> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "macOS gives a shared memory object no identity (device and inode) to key a pool by",
