@@ -1,6 +1,7 @@
 //! Round trips through the OS's plainest pipe and through a utility process's port, and shared
-//! buffers against memcpy, side by side, in one run, on whatever OS runs it: the benchmark that also builds for Windows (the
-//! main one, `benches/`, measures Linux against its peers and its kernel's floors).
+//! buffers against memcpy, side by side, in one run, on whatever OS runs it: the benchmark that
+//! also builds for Windows (the main one, `benches/`, measures Linux against its peers and its
+//! kernel's floors).
 //!
 //! ```text
 //! cargo run --release -p bench-portable            # Linux
