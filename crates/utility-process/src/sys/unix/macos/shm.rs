@@ -36,7 +36,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::sys::unix::cvt;
 
@@ -55,20 +54,20 @@ pub(crate) fn create(len: usize) -> io::Result<OwnedFd> {
 
 /// `shm_open(2)` under a fresh random name with `O_CREAT | O_EXCL`, then `shm_unlink(2)` of
 /// that name at once. Names are at most `PSHMNAMLEN` (31) bytes on macOS.
+///
+/// The name is 96 random bits (`getentropy(2)`), not something another process could
+/// predict: between `shm_open` and `shm_unlink` the object can be opened by name, and a
+/// process of the same user (a sandboxed child may open the library's names, see
+/// `sandbox/seatbelt.rs`) must not be able to guess it in that moment.
 fn open_unique() -> io::Result<OwnedFd> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     for _ in 0..16 {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-        // "/up" + 8 hex (pid) + 8 hex (time) + 8 hex (counter) = 27 bytes.
-        let name = format!(
-            "/up{:08x}{:08x}{:08x}",
-            std::process::id(),
-            nanos,
-            count as u32
-        );
+        let mut random = [0u8; 12];
+        // SAFETY: getentropy writes at most `random.len()` (≤ 256) bytes into the array we own.
+        cvt(unsafe { libc::getentropy(random.as_mut_ptr().cast(), random.len()) })?;
+        // "/up" + 24 hex digits = 27 bytes.
+        let name = random
+            .iter()
+            .fold(String::from("/up"), |name, byte| name + &format!("{byte:02x}"));
         let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
         // SAFETY: `name` is a NUL-terminated string alive for the call; shm_open's variadic
         // mode is passed as the `unsigned int` its C prototype promotes `mode_t` to.
