@@ -243,15 +243,24 @@ async fn a_program_without_the_library_is_confined_from_its_first_instruction() 
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-#[test]
-fn a_sandbox_whose_paths_cannot_be_written_into_a_profile_is_an_error_at_fork() {
-    let result = fork(
-        env!("CARGO_BIN_EXE_seatbelt"),
-        [] as [&str; 0],
-        ForkOptions::default().sandbox(Sandbox::strict().allow_read("/does/not/exist")),
-    );
-    match result {
-        Err(Error::Spawn { .. }) => {}
+/// The step and the OS's reason of a fork that must fail before any child starts.
+fn refused(sandbox: Sandbox) -> std::io::ErrorKind {
+    let options = ForkOptions::default().sandbox(sandbox);
+    match fork(env!("CARGO_BIN_EXE_seatbelt"), [] as [&str; 0], options) {
+        Err(Error::Spawn { source, .. }) => source.kind(),
         other => panic!("expected a spawn error, got {other:?}"),
     }
+}
+
+#[test]
+fn a_sandbox_naming_a_path_that_is_missing_or_cannot_be_written_into_a_profile_is_an_error_at_fork()
+{
+    let missing = Sandbox::strict().allow_read("/does/not/exist");
+    assert_eq!(refused(missing), std::io::ErrorKind::NotFound);
+    // A real directory whose name holds a newline: never written into the profile.
+    let odd = Path::new("/tmp").join(format!("up-seatbelt-\n-{}", std::process::id()));
+    std::fs::create_dir_all(&odd).unwrap();
+    let hostile = Sandbox::strict().allow_write(&odd);
+    assert_eq!(refused(hostile), std::io::ErrorKind::InvalidInput);
+    std::fs::remove_dir_all(&odd).unwrap();
 }

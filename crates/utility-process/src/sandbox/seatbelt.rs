@@ -76,7 +76,11 @@
 //! replacement for programs outside the App Store; both ship with every macOS through 15, and
 //! Chromium, Firefox, WebKit and Codex build on the same kernel mechanism. What an operation
 //! covers is Apple's private contract: the rules above follow Chromium's, which Google
-//! maintains against each release.
+//! maintains against each release. Seatbelt cannot be stacked: a parent that is itself
+//! sandboxed (an App Store app) cannot start sandbox-exec's profile, and such a child ends
+//! before its first message with sandbox-exec's reason on its stderr. Unlike Linux's second
+//! stage, nothing narrows the sandbox further for a child built with this library: the
+//! system's libraries stay readable to it.
 
 use std::ffi::{CStr, CString};
 use std::fmt::Write as _;
