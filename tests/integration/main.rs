@@ -6,7 +6,8 @@
 //! - `hostile`: the child speaks the Unix transport by hand (descriptor 3, SCM_RIGHTS, the report pipe).
 //! - `limits`: rlimits, cgroups, SIGXCPU/SIGXFSZ; Windows has `limits_windows.rs` (job limits) as `limits`.
 //! - `node`, `python`: their bindings speak the Unix transport; node and python are not in Wine either.
-//! - `sandbox`: seccomp and Landlock; Windows has `sandbox_windows.rs` (a sandbox is refused) as `sandbox`.
+//! - `sandbox`: seccomp and Landlock (Linux); macOS has `sandbox_macos.rs` (Seatbelt) and Windows
+//!   `sandbox_windows.rs` (a sandbox is refused) as `sandbox`.
 //! - `lifecycle::a_signal_the_parent_sent_is_not_a_crash_but_one_it_did_not_send_is`: signals.
 //! - `lifecycle::detached_child_can_still_connect_after_its_handle_is_gone`: the child polls descriptor 3 and renames itself in /proc.
 //! - `lifecycle::a_child_that_clears_its_parent_death_signal_and_leaves_its_group_still_dies_with_its_parent`: PR_SET_PDEATHSIG and process groups.
@@ -57,7 +58,11 @@ mod ports;
 #[cfg(unix)]
 mod python;
 /// The strict sandbox: escapes fail, denied calls are reported, fail closed.
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
+mod sandbox;
+/// The sandbox on macOS: Seatbelt through sandbox-exec; the child works, escapes fail.
+#[cfg(target_os = "macos")]
+#[path = "sandbox_macos.rs"]
 mod sandbox;
 /// The sandbox on Windows: refused, never a child started unconfined.
 #[cfg(windows)]

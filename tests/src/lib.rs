@@ -738,7 +738,7 @@ pub fn python() -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 /// Makes this process's kernel look as if it lacked a feature: from now on, system call `nr`
 /// (when `arg0` is given, only with that first argument) fails with `errno`, in this process
 /// and in every process it starts. For tests of what the library does on older kernels; use

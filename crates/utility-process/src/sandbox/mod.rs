@@ -52,12 +52,19 @@
 //! Linux on x86_64 only for now. Landlock does not govern `stat`: a sandboxed child can learn
 //! whether a path exists and its metadata, but not open it.
 //!
-//! On macOS every sandbox, best effort or not, is refused at fork with
-//! [`Error::Unenforceable`] naming [`Missing::Seatbelt`]: Seatbelt (`sandbox_init(3)`, with a
-//! deny-by-default profile as Chromium's renderers use) must be applied by code that runs in
-//! the child before the program does, and the trusted launcher that would do it is not
-//! written yet (see `sys/unix/macos/confine.rs`). [`Sandbox::support`] reports neither
-//! seccomp nor Landlock there, and `strict_allowed` (Linux-only) does not exist. Windows (job objects,
+//! On macOS the sandbox is Seatbelt (`sandbox(7)`), with a deny-by-default profile modelled
+//! on Chromium's renderers: stage 1 is Apple's launcher, `/usr/bin/sandbox-exec`
+//! (`sandbox-exec(1)`), which applies the profile and then execs the program, so the
+//! sandbox holds from the program's first instruction; stage 2 only confirms it (the child
+//! asks the kernel, and its handshake says so). The profile allows what the strict profile
+//! allows on Linux, as closely as Seatbelt can say it: the paths, programs and network the
+//! sandbox opens, the system's libraries for the loader, and metadata (not contents) of any
+//! path; no system service (`mach-lookup`) at all. `sandbox/seatbelt.rs` lists every rule
+//! and why. Without the launcher every sandbox, best effort or not, is refused
+//! ([`Missing::Seatbelt`]). The program's `argv[0]` is its path, not the service name; a
+//! profile macOS refuses to compile ends the child before its first message, with
+//! sandbox-exec's reason on its stderr. [`Sandbox::support`] reports neither seccomp nor
+//! Landlock there, and `strict_allowed` (Linux-only) does not exist. Windows (job objects,
 //! AppContainer) is planned behind the same type.
 //!
 //! [`MessageChannel`]: crate::MessageChannel
@@ -78,6 +85,9 @@ mod imp;
 #[cfg(windows)]
 #[path = "windows.rs"]
 mod imp;
+// The macOS profile and launcher as pure functions: compiled and tested on every OS.
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+mod seatbelt;
 mod syscall_names;
 
 #[cfg(target_os = "linux")]
@@ -227,9 +237,10 @@ pub enum Missing {
         /// Why it cannot be enforced here.
         why: &'static str,
     },
-    /// A Seatbelt sandbox on macOS (`sandbox_init(3)`): the launcher that would apply it
-    /// before the program's first instruction is not written yet, so the library refuses
-    /// rather than start the child unconfined.
+    /// A Seatbelt sandbox on macOS: its launcher, `/usr/bin/sandbox-exec` (`sandbox-exec(1)`),
+    /// which applies the profile before the program's first instruction, is missing or is not
+    /// a root-owned executable, so the library refuses rather than start the child
+    /// unconfined.
     Seatbelt,
     /// A Windows sandbox (a restricted token at low integrity, or an AppContainer with no
     /// capabilities, with the job's UI limits): not implemented yet, so the library refuses
@@ -249,8 +260,8 @@ impl fmt::Display for Missing {
             }
             Missing::Limit { limit, why } => write!(f, "a {limit} limit: {why}"),
             Missing::Seatbelt => f.write_str(
-                "a Seatbelt sandbox (macOS): not implemented yet, so no child is started \
-                 unconfined",
+                "a Seatbelt sandbox (macOS): its launcher /usr/bin/sandbox-exec is missing or \
+                 not a root-owned executable, so no child is started unconfined",
             ),
             Missing::WindowsToken => f.write_str(
                 "a restricted-token or AppContainer sandbox (Windows): not implemented yet, so \
@@ -281,6 +292,9 @@ pub struct Enforcement {
     /// The child runs in user, IPC (and, without network, network) namespaces of its own:
     /// it holds no capability on the host, even if it runs as root.
     pub namespaces: bool,
+    /// A Seatbelt sandbox holds this process (macOS): the kernel says so (`sandbox_check`).
+    /// With it, `filesystem`, `signals` and (without network) `tcp` are Seatbelt's rules.
+    pub seatbelt: bool,
 }
 
 /// A system call, by number and name.
@@ -433,7 +447,6 @@ pub(crate) enum PrepareError {
     /// A kernel feature is missing (and the sandbox is not best effort).
     Missing(Missing),
     /// A system call failed (an allowed path does not exist, say).
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // macOS refuses before any I/O
     Io(std::io::Error),
 }
 

@@ -46,8 +46,8 @@ pub(crate) struct PreExec {
     pub rlimits: Vec<(super::RlimitResource, libc::rlimit)>,
     /// The sandbox's stage 1, if sandboxed. On Linux: `no_new_privs`, a session of its own
     /// (no controlling terminal, so no `TIOCSTI` into the parent's terminal), namespaces
-    /// where the kernel allows them, the Landlock ruleset and the seccomp filter. Never
-    /// present on macOS, where a sandbox is refused before this.
+    /// where the kernel allows them, the Landlock ruleset and the seccomp filter. On macOS:
+    /// the Seatbelt profile, for the launcher that starts in the program's place.
     pub sandbox: Option<crate::sandbox::Prepared>,
     /// The write end of the report pipe: fd 4 in the child.
     pub report: OwnedFd,

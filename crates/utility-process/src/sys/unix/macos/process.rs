@@ -21,6 +21,10 @@
 //!    above 4 first, so that placing one never overwrites another's source; and the working
 //!    directory (`posix_spawn_file_actions_addchdir_np(3)`, macOS 10.15).
 //!
+//! A sandboxed child starts the same way, as `/usr/bin/sandbox-exec` with the profile and
+//! the program on its command line (`sandbox-exec(1)`): the launcher applies the sandbox to
+//! itself and execs the program in the same process (see `sandbox/seatbelt.rs`).
+//!
 //! A child with resource limits needs code between fork and exec (`setrlimit(2)` has no
 //! spawn attribute), so it starts with `fork(2)` instead, and makes only async-signal-safe
 //! calls before `execve(2)` — the same steps, by hand, with the `(step, errno)` error pipe
@@ -121,16 +125,15 @@ impl Sources {
 }
 
 /// Starts `plan`; returns once the program runs, or why it could not.
-pub(crate) fn spawn(plan: SpawnPlan) -> Result<Spawned, (SpawnStep, io::Error)> {
-    if plan.confine.as_ref().is_some_and(|c| c.sandbox.is_some()) {
-        // The sandbox layer refuses first; this is the second lock on the same door.
-        return Err((
-            SpawnStep::Sandbox,
-            io::Error::new(
-                io::ErrorKind::Unsupported,
-                "no sandbox can be applied on macOS",
-            ),
-        ));
+pub(crate) fn spawn(mut plan: SpawnPlan) -> Result<Spawned, (SpawnStep, io::Error)> {
+    // A sandboxed child starts as Apple's launcher, which applies the profile to itself and
+    // then execs the program (`sandbox-exec(1)`; see `sandbox/seatbelt.rs`): the same
+    // descriptors, environment, working directory, limits and process group, and the same
+    // pid, from the launcher's first instruction to the program's last.
+    if let Some(sandbox) = plan.confine.as_ref().and_then(|c| c.sandbox.as_ref()) {
+        let (launcher, argv) = sandbox.launcher(&plan.program, &plan.argv);
+        plan.program = launcher;
+        plan.argv = argv;
     }
     let sources = Sources::new(&plan).map_err(|e| (SpawnStep::Descriptors, e))?;
     let argv = null_terminated(&plan.argv);
