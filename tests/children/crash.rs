@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use utility_process::parent_port;
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 use utility_process::Error;
 
 fn main() {
@@ -78,12 +78,12 @@ fn main() {
     }
 }
 
-#[cfg(windows)]
+#[cfg(not(target_os = "linux"))]
 fn connect_after_parent_closes() -> ! {
-    panic!("connect-after-parent-closes is a Unix mode: it polls descriptor 3 and renames itself through /proc")
+    panic!("connect-after-parent-closes is a Linux mode: it polls descriptor 3 for POLLRDHUP and renames itself through /proc")
 }
 
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 fn connect_after_parent_closes() -> ! {
     // Wait, without reading anything, until the parent's end of the port (fd 3) is closed.
     let mut port_fd = libc::pollfd {

@@ -31,6 +31,8 @@ fn main() {
             let port = parent_port().expect("started by fork");
             // SAFETY: prctl, getppid, getpgid and setpgid with integer arguments only.
             unsafe {
+                // Linux's parent-death signal (macOS has none: its guardian is the only net).
+                #[cfg(target_os = "linux")]
                 libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0);
                 // Into the parent's own group: the group kill of ours finds it empty.
                 let theirs = libc::getpgid(libc::getppid());

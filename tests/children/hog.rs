@@ -29,7 +29,7 @@ fn main() {
             let hoard = vec![1u8; 1 << 30];
             std::hint::black_box(&hoard);
         }
-        #[cfg(unix)]
+        #[cfg(target_os = "linux")]
         "memfd" => {
             // Memory that is not mapped: a memfd grown 1 MiB at a time, up to 512 MiB.
             let name = c"hoard";

@@ -65,9 +65,9 @@ fn open_unique() -> io::Result<OwnedFd> {
         // SAFETY: getentropy writes at most `random.len()` (≤ 256) bytes into the array we own.
         cvt(unsafe { libc::getentropy(random.as_mut_ptr().cast(), random.len()) })?;
         // "/up" + 24 hex digits = 27 bytes.
-        let name = random
-            .iter()
-            .fold(String::from("/up"), |name, byte| name + &format!("{byte:02x}"));
+        let name = random.iter().fold(String::from("/up"), |name, byte| {
+            name + &format!("{byte:02x}")
+        });
         let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
         // SAFETY: `name` is a NUL-terminated string alive for the call; shm_open's variadic
         // mode is passed as the `unsigned int` its C prototype promotes `mode_t` to.
