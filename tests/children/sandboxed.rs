@@ -56,7 +56,8 @@ fn main() {
     port.post_message(&report).expect("parent is listening");
     while let Some(mut message) = port.recv_blocking() {
         for peer in message.take_ports() {
-            peer.post_message(&"pong").expect("the port pushed into us works");
+            peer.post_message(&"pong")
+                .expect("the port pushed into us works");
         }
         let echo: String = message.data().unwrap_or_default();
         port.post_message(&echo).expect("parent is listening");

@@ -44,7 +44,11 @@ fn open_test_programs_to_app_containers() {
 
 /// A fresh path in the temporary directory (the user's: no AppContainer may write there).
 fn temp_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{name}-{}-{:?}", std::process::id(), std::time::Instant::now()))
+    std::env::temp_dir().join(format!(
+        "{name}-{}-{:?}",
+        std::process::id(),
+        std::time::Instant::now()
+    ))
 }
 
 fn fork_child(args: &[&str], sandbox: Sandbox) -> Result<UtilityProcess, Error> {
@@ -97,7 +101,11 @@ async fn a_strict_sandbox_never_lets_the_child_write_a_file_and_under_wine_never
         }
         other => panic!("unexpected: {other:?}"),
     }
-    assert!(!marker.exists(), "the sandboxed child wrote {}", marker.display());
+    assert!(
+        !marker.exists(),
+        "the sandboxed child wrote {}",
+        marker.display()
+    );
 }
 
 #[tokio::test]

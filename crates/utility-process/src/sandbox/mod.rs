@@ -85,10 +85,10 @@ mod imp;
 mod imp;
 mod syscall_names;
 
-#[cfg(target_os = "linux")]
-pub use imp::strict_allowed;
 #[cfg(windows)]
 pub use imp::app_container_name;
+#[cfg(target_os = "linux")]
+pub use imp::strict_allowed;
 #[cfg(unix)]
 pub(crate) use imp::Prepared;
 

@@ -50,8 +50,8 @@ use windows_sys::core::{HRESULT, PCWSTR};
 use windows_sys::Win32::Foundation::{LocalFree, HLOCAL};
 use windows_sys::Win32::Security::Authorization::{ConvertSidToStringSidW, ConvertStringSidToSidW};
 use windows_sys::Win32::Security::{FreeSid, IsValidSid, PSID, SID_AND_ATTRIBUTES};
-use windows_sys::Win32::System::LibraryLoader::{GetProcAddress, LoadLibraryExW};
 use windows_sys::Win32::System::LibraryLoader::LOAD_LIBRARY_SEARCH_SYSTEM32;
+use windows_sys::Win32::System::LibraryLoader::{GetProcAddress, LoadLibraryExW};
 
 use super::cmdline::wide_nul;
 
@@ -174,7 +174,10 @@ impl Drop for Sid {
 pub(crate) unsafe fn sid_text(sid: PSID) -> io::Result<String> {
     // SAFETY: the caller keeps `sid` readable; IsValidSid reads only what a SID header says.
     if sid.is_null() || unsafe { IsValidSid(sid) } == 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a valid SID"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a valid SID",
+        ));
     }
     let mut text: windows_sys::core::PWSTR = std::ptr::null_mut();
     // SAFETY: `sid` is valid (checked); `text` receives a LocalAlloc'd string we free below.
@@ -223,14 +226,20 @@ fn api() -> Result<Api, &'static str> {
     static API: OnceLock<Result<Api, &'static str>> = OnceLock::new();
     *API.get_or_init(|| {
         if super::handle::running_under_wine() {
-            return Err("Wine implements no AppContainer (its CreateAppContainerProfile is a \
-                        stub that aborts the caller)");
+            return Err(
+                "Wine implements no AppContainer (its CreateAppContainerProfile is a \
+                        stub that aborts the caller)",
+            );
         }
         let name: Vec<u16> = "userenv.dll".encode_utf16().chain(Some(0)).collect();
         // SAFETY: a NUL-terminated name, loaded from System32 only; the module stays loaded
         // for the life of the process (we never free it), so the addresses stay valid.
         let module = unsafe {
-            LoadLibraryExW(name.as_ptr(), std::ptr::null_mut(), LOAD_LIBRARY_SEARCH_SYSTEM32)
+            LoadLibraryExW(
+                name.as_ptr(),
+                std::ptr::null_mut(),
+                LOAD_LIBRARY_SEARCH_SYSTEM32,
+            )
         };
         if module.is_null() {
             return Err("userenv.dll cannot be loaded");
@@ -254,10 +263,9 @@ fn api() -> Result<Api, &'static str> {
                         unsafe extern "system" fn() -> isize,
                         CreateProfile,
                     >(create),
-                    derive: std::mem::transmute::<
-                        unsafe extern "system" fn() -> isize,
-                        DeriveSid,
-                    >(derive),
+                    derive: std::mem::transmute::<unsafe extern "system" fn() -> isize, DeriveSid>(
+                        derive,
+                    ),
                 })
             },
             _ => Err("this Windows has no AppContainer (Windows 8 or later is needed)"),
@@ -281,10 +289,9 @@ pub(crate) fn profile_sid() -> io::Result<String> {
     let api = api().map_err(|why| io::Error::new(io::ErrorKind::Unsupported, why))?;
     let exe = std::env::current_exe()?;
     let name = wide_nul(profile_name(&exe).as_ref())?;
-    let file = exe.file_name().map_or_else(
-        || "a program".into(),
-        |f| f.to_string_lossy().into_owned(),
-    );
+    let file = exe
+        .file_name()
+        .map_or_else(|| "a program".into(), |f| f.to_string_lossy().into_owned());
     let display = wide_nul(format!("utility-process: children of {file}").as_ref())?;
     let description = wide_nul(
         format!(
@@ -349,7 +356,10 @@ mod tests {
             .chars()
             .all(|ch| ch.is_ascii_alphanumeric() || "-_. ".contains(ch)));
         // Pinned: a change would orphan every user's existing profile.
-        assert_eq!(profile_name(Path::new("")), "utility-process.cbf29ce484222325");
+        assert_eq!(
+            profile_name(Path::new("")),
+            "utility-process.cbf29ce484222325"
+        );
     }
 
     #[test]

@@ -291,11 +291,18 @@ mod tests {
     #[test]
     fn the_network_capabilities_must_match_exactly_in_any_order() {
         let (mut expected, mut observed) = as_asked();
-        expected.app_container = Some((CONTAINER.into(), vec!["S-1-15-3-1".into(), "S-1-15-3-3".into()]));
+        expected.app_container = Some((
+            CONTAINER.into(),
+            vec!["S-1-15-3-1".into(), "S-1-15-3-3".into()],
+        ));
         observed.token.capabilities = Some(vec!["S-1-15-3-3".into(), "S-1-15-3-1".into()]);
         assert!(judge(&expected, &observed).1.is_empty());
         // One more capability than asked is a shortfall, as is one fewer.
-        observed.token.capabilities = Some(vec!["S-1-15-3-3".into(), "S-1-15-3-1".into(), "S-1-15-3-2".into()]);
+        observed.token.capabilities = Some(vec![
+            "S-1-15-3-3".into(),
+            "S-1-15-3-1".into(),
+            "S-1-15-3-2".into(),
+        ]);
         let (held, shortfalls) = judge(&expected, &observed);
         assert!(!held.app_container);
         assert!(shortfalls[0].contains("capabilities"), "{shortfalls:?}");
@@ -392,7 +399,9 @@ mod tests {
             // Wine starts the child at the parent's integrity, whatever the token says.
             assert!(!held.low_integrity, "{observed:?}");
             assert!(
-                shortfalls.iter().any(|s| s.contains("integrity level is 0x3000")),
+                shortfalls
+                    .iter()
+                    .any(|s| s.contains("integrity level is 0x3000")),
                 "{shortfalls:?}"
             );
         } else {

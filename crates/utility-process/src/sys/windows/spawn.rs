@@ -68,16 +68,17 @@ use windows_sys::Win32::Foundation::{
     DuplicateHandle, DUPLICATE_SAME_ACCESS, HANDLE, INVALID_HANDLE_VALUE, WAIT_OBJECT_0,
     WAIT_TIMEOUT,
 };
+use windows_sys::Win32::Security::{SECURITY_CAPABILITIES, SID_AND_ATTRIBUTES};
 use windows_sys::Win32::System::Console::{
     GetStdHandle, STD_ERROR_HANDLE, STD_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE,
 };
-use windows_sys::Win32::Security::{SECURITY_CAPABILITIES, SID_AND_ATTRIBUTES};
 use windows_sys::Win32::System::SystemServices::SE_GROUP_ENABLED;
 use windows_sys::Win32::System::Threading::{
-    CreateProcessAsUserW, CreateProcessW, GetCurrentProcess, GetExitCodeProcess, RegisterWaitForSingleObject,
-    ResumeThread, TerminateProcess, UnregisterWaitEx, WaitForSingleObject, CREATE_SUSPENDED,
-    CREATE_UNICODE_ENVIRONMENT, EXTENDED_STARTUPINFO_PRESENT, INFINITE, PROCESS_INFORMATION,
-    STARTF_USESTDHANDLES, STARTUPINFOEXW, WT_EXECUTEONLYONCE,
+    CreateProcessAsUserW, CreateProcessW, GetCurrentProcess, GetExitCodeProcess,
+    RegisterWaitForSingleObject, ResumeThread, TerminateProcess, UnregisterWaitEx,
+    WaitForSingleObject, CREATE_SUSPENDED, CREATE_UNICODE_ENVIRONMENT,
+    EXTENDED_STARTUPINFO_PRESENT, INFINITE, PROCESS_INFORMATION, STARTF_USESTDHANDLES,
+    STARTUPINFOEXW, WT_EXECUTEONLYONCE,
 };
 
 use super::app_container::Sid;
@@ -408,7 +409,10 @@ fn create_suspended(
         // Never so in practice (the port is always listed); the attribute list needs one.
         return Err((
             SpawnStep::Handles,
-            io::Error::new(io::ErrorKind::InvalidInput, "an AppContainer child with no handle"),
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an AppContainer child with no handle",
+            ),
         ));
     }
     let mut list = match listed.is_empty() {

@@ -20,9 +20,8 @@ use windows_sys::Win32::Security::{
     CreateRestrictedToken, GetLengthSid, GetSidSubAuthority, GetSidSubAuthorityCount,
     GetTokenInformation, SetTokenInformation, TokenAppContainerSid, TokenCapabilities,
     TokenIntegrityLevel, TokenIsAppContainer, DISABLE_MAX_PRIVILEGE, SID_AND_ATTRIBUTES,
-    TOKEN_ACCESS_MASK, TOKEN_ADJUST_DEFAULT, TOKEN_APPCONTAINER_INFORMATION,
-    TOKEN_ASSIGN_PRIMARY, TOKEN_DUPLICATE, TOKEN_GROUPS, TOKEN_INFORMATION_CLASS,
-    TOKEN_MANDATORY_LABEL, TOKEN_QUERY,
+    TOKEN_ACCESS_MASK, TOKEN_ADJUST_DEFAULT, TOKEN_APPCONTAINER_INFORMATION, TOKEN_ASSIGN_PRIMARY,
+    TOKEN_DUPLICATE, TOKEN_GROUPS, TOKEN_INFORMATION_CLASS, TOKEN_MANDATORY_LABEL, TOKEN_QUERY,
 };
 use windows_sys::Win32::System::SystemServices::SE_GROUP_INTEGRITY;
 use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
@@ -46,7 +45,10 @@ pub(crate) struct TokenFacts {
 ///
 /// See `OpenProcessToken`
 /// (learn.microsoft.com/windows/win32/api/processthreadsapi/nf-processthreadsapi-openprocesstoken).
-pub(crate) fn open(process: BorrowedHandle<'_>, access: TOKEN_ACCESS_MASK) -> io::Result<OwnedHandle> {
+pub(crate) fn open(
+    process: BorrowedHandle<'_>,
+    access: TOKEN_ACCESS_MASK,
+) -> io::Result<OwnedHandle> {
     let mut token: HANDLE = std::ptr::null_mut();
     // SAFETY: the process handle is open for the call (borrowed); `token` is a local.
     if unsafe { OpenProcessToken(process.as_raw_handle(), access, &mut token) } == 0 {
@@ -130,7 +132,13 @@ fn query(token: BorrowedHandle<'_>, class: TOKEN_INFORMATION_CLASS) -> io::Resul
     let mut size = 0u32;
     // SAFETY: with a null buffer of length 0 the call only writes the size it needs.
     let ok = unsafe {
-        GetTokenInformation(token.as_raw_handle(), class, std::ptr::null_mut(), 0, &mut size)
+        GetTokenInformation(
+            token.as_raw_handle(),
+            class,
+            std::ptr::null_mut(),
+            0,
+            &mut size,
+        )
     };
     let error = io::Error::last_os_error();
     if ok == 0 && error.raw_os_error() != Some(ERROR_INSUFFICIENT_BUFFER as i32) {
@@ -233,7 +241,10 @@ mod tests {
         assert_ne!(facts.app_container, Some(true));
         assert_eq!(facts.app_container_sid, None);
         if !super::super::handle::running_under_wine() {
-            assert!(facts.integrity.is_some_and(|rid| rid >= 0x2000), "{facts:?}");
+            assert!(
+                facts.integrity.is_some_and(|rid| rid >= 0x2000),
+                "{facts:?}"
+            );
         }
     }
 
