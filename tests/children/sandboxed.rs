@@ -6,8 +6,8 @@
 //!   never ran leaves none), then reports `marker` (`ok` or `denied: …`).
 //! - `sandboxed probe FILE PORT`: reports `status`, `app_container`, `low_integrity`,
 //!   `ui_limits` (from `sandbox::status()`), `read` (opening FILE), `connect` (a TCP
-//!   connection to 127.0.0.1:PORT) and `spawn` (starting `cmd.exe /c exit 0`), each `ok` or
-//!   the error.
+//!   connection to 127.0.0.1:PORT), `channel` (a `MessageChannel` made in the child) and
+//!   `spawn` (starting `cmd.exe /c exit 0`), each `ok` or the error.
 //!
 //! Then, for every message: the ports it carries each get the message `"pong"`, and the
 //! message itself goes back.
@@ -39,6 +39,15 @@ fn main() {
             report.insert(
                 "connect".to_owned(),
                 outcome(std::net::TcpStream::connect(address).map(drop)),
+            );
+            // A port made here is a named pipe this child creates and opens itself.
+            report.insert(
+                "channel".to_owned(),
+                outcome(
+                    utility_process::MessageChannel::new()
+                        .map(drop)
+                        .map_err(std::io::Error::other),
+                ),
             );
             report.insert(
                 "spawn".to_owned(),

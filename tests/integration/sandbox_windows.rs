@@ -44,11 +44,10 @@ fn open_test_programs_to_app_containers() {
 
 /// A fresh path in the temporary directory (the user's: no AppContainer may write there).
 fn temp_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "{name}-{}-{:?}",
-        std::process::id(),
-        std::time::Instant::now()
-    ))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::env::temp_dir().join(format!("{name}-{}-{nanos}", std::process::id()))
 }
 
 fn fork_child(args: &[&str], sandbox: Sandbox) -> Result<UtilityProcess, Error> {
@@ -186,6 +185,9 @@ async fn a_strict_child_reads_no_user_file_connects_nowhere_starts_nothing_and_r
     let mut child = fork_child(&["probe", file.to_str().unwrap(), &port], Sandbox::strict())
         .expect("a strict sandbox on Windows");
     let report = report(&mut child).await;
+    // `channel` (a port made inside the AppContainer) is reported, not asserted: whether an
+    // AppContainer may create the library's named pipes is not verified yet.
+    eprintln!("strict, the child reports {report:?}");
     for layer in ["app_container", "low_integrity", "ui_limits"] {
         assert_eq!(report[layer], "true", "{layer}: {report:?}");
     }
