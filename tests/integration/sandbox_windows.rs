@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use utility_process::sandbox::Missing;
 use utility_process::{fork, Error, Event, ForkOptions, MessageChannel, Sandbox, UtilityProcess};
-use utility_process_tests::{all_events, children_of, next_event, skip_under_wine, under_wine};
+use utility_process_tests::{all_events, next_event, skip_under_wine, under_wine};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_sandboxed");
 
@@ -66,13 +66,17 @@ async fn report(child: &mut UtilityProcess) -> BTreeMap<String, String> {
     }
 }
 
-/// No child of this test binary runs the test child any more.
-fn no_sandboxed_child_runs() {
-    let running: Vec<_> = children_of(std::process::id())
-        .into_iter()
-        .filter(|(_, name)| name.starts_with("sandboxed"))
-        .collect();
-    assert!(running.is_empty(), "a refused child runs: {running:?}");
+/// A refused child never ran: it would have written `marker` as its first act. (Counting
+/// this process's children would race with the tests that run sandboxed children in
+/// parallel; a marker file is this child's alone.) Waits a moment for a child that might
+/// have been started after all.
+fn never_ran(marker: &Path) {
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        !marker.exists(),
+        "a refused child ran: it wrote {}",
+        marker.display()
+    );
 }
 
 #[tokio::test]
@@ -88,7 +92,7 @@ async fn a_strict_sandbox_never_lets_the_child_write_a_file_and_under_wine_never
         ) if under_wine() => {
             assert!(why.contains("Wine"), "{why}");
             assert!(error.to_string().contains("sandboxed"), "{error}");
-            no_sandboxed_child_runs();
+            never_ran(&marker);
         }
         Ok(mut child) if !under_wine() => {
             // In its AppContainer the child runs, but the user's temporary directory is not
@@ -110,11 +114,13 @@ async fn a_strict_sandbox_never_lets_the_child_write_a_file_and_under_wine_never
 #[tokio::test]
 async fn paths_are_refused_best_effort_or_not_and_a_program_list_unless_best_effort() {
     let dir = std::env::temp_dir();
+    let marker = temp_path("sandbox-refused-marker");
+    let args = ["marker", marker.to_str().unwrap()];
     for sandbox in [
         Sandbox::strict().allow_read(&dir),
         Sandbox::strict().allow_write(&dir).best_effort(),
     ] {
-        match fork_child(&["marker", "unused"], sandbox) {
+        match fork_child(&args, sandbox) {
             Err(
                 ref error @ Error::Unenforceable {
                     missing: Missing::AppContainerPaths { ref path },
@@ -128,14 +134,14 @@ async fn paths_are_refused_best_effort_or_not_and_a_program_list_unless_best_eff
         }
     }
     let exec = Sandbox::strict().allow_exec(r"C:\windows\system32\cmd.exe");
-    match fork_child(&["marker", "unused"], exec) {
+    match fork_child(&args, exec) {
         Err(Error::Unenforceable {
             missing: Missing::AppContainerExec,
             ..
         }) => {}
         other => panic!("expected Unenforceable(AppContainerExec), got {other:?}"),
     }
-    no_sandboxed_child_runs();
+    never_ran(&marker);
 }
 
 #[tokio::test]

@@ -33,7 +33,10 @@
 //! children do. A console program started by a parent without a console (a GUI host) gets a
 //! new console window, and its `conhost.exe` then runs in the child's job — counting against
 //! [`JobLimits::processes`]. A host that wants no window would add `CREATE_NO_WINDOW` to the
-//! creation flags; this backend does not choose that for the caller.
+//! creation flags; this backend does not choose that for the caller — except for a sandboxed
+//! child (any [`Launcher`] but our own token) of a parent without a console: its job allows
+//! one process, which leaves no room for a `conhost.exe`, so it starts with
+//! `DETACHED_PROCESS` (no console at all; its standard handles are still the ones given).
 //!
 //! # The child's handles have the same values
 //!
@@ -70,13 +73,14 @@ use windows_sys::Win32::Foundation::{
 };
 use windows_sys::Win32::Security::{SECURITY_CAPABILITIES, SID_AND_ATTRIBUTES};
 use windows_sys::Win32::System::Console::{
-    GetStdHandle, STD_ERROR_HANDLE, STD_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE,
+    GetConsoleWindow, GetStdHandle, STD_ERROR_HANDLE, STD_HANDLE, STD_INPUT_HANDLE,
+    STD_OUTPUT_HANDLE,
 };
 use windows_sys::Win32::System::SystemServices::SE_GROUP_ENABLED;
 use windows_sys::Win32::System::Threading::{
     CreateProcessAsUserW, CreateProcessW, GetCurrentProcess, GetExitCodeProcess,
     RegisterWaitForSingleObject, ResumeThread, TerminateProcess, UnregisterWaitEx,
-    WaitForSingleObject, CREATE_SUSPENDED, CREATE_UNICODE_ENVIRONMENT,
+    WaitForSingleObject, CREATE_SUSPENDED, CREATE_UNICODE_ENVIRONMENT, DETACHED_PROCESS,
     EXTENDED_STARTUPINFO_PRESENT, INFINITE, PROCESS_INFORMATION, STARTF_USESTDHANDLES,
     STARTUPINFOEXW, WT_EXECUTEONLYONCE,
 };
@@ -443,7 +447,11 @@ fn create_suspended(
     let window = InheritWindow::open(&listed).map_err(|e| (SpawnStep::Handles, e))?;
     // SAFETY: PROCESS_INFORMATION is plain data, filled by the call.
     let mut created: PROCESS_INFORMATION = unsafe { std::mem::zeroed() };
-    let flags = EXTENDED_STARTUPINFO_PRESENT | CREATE_SUSPENDED | CREATE_UNICODE_ENVIRONMENT;
+    let mut flags = EXTENDED_STARTUPINFO_PRESENT | CREATE_SUSPENDED | CREATE_UNICODE_ENVIRONMENT;
+    if !matches!(launcher, Launcher::Ours) && !has_console() {
+        // See the module docs: no conhost.exe in a one-process job.
+        flags |= DETACHED_PROCESS;
+    }
     // SAFETY: every string is NUL-terminated (the environment double-NUL-terminated, UTF-16
     // as CREATE_UNICODE_ENVIRONMENT says) and lives in `text` past the call; the command line
     // is writable, as CreateProcessW requires; `info` is a STARTUPINFOEXW with its size in
@@ -498,6 +506,14 @@ fn create_suspended(
         )
     };
     Ok((process, thread, created.dwProcessId))
+}
+
+/// Whether this process has a console (a console program, or a GUI one that allocated or
+/// attached one). See `GetConsoleWindow`
+/// (learn.microsoft.com/windows/console/getconsolewindow).
+fn has_console() -> bool {
+    // SAFETY: no arguments; it only reports this process's console window, if any.
+    !unsafe { GetConsoleWindow() }.is_null()
 }
 
 impl Child {
