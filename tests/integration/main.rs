@@ -7,7 +7,7 @@
 //! - `limits`: rlimits, cgroups, SIGXCPU/SIGXFSZ; Windows has `limits_windows.rs` (job limits) as `limits`.
 //! - `node`, `python`: their bindings speak the Unix transport; node and python are not in Wine either.
 //! - `sandbox`: seccomp and Landlock (Linux); macOS has `sandbox_macos.rs` (Seatbelt) and Windows
-//!   `sandbox_windows.rs` (a sandbox is refused) as `sandbox`.
+//!   `sandbox_windows.rs` (AppContainer, job limits) as `sandbox`.
 //! - `lifecycle::a_signal_the_parent_sent_is_not_a_crash_but_one_it_did_not_send_is`: signals.
 //! - `lifecycle::detached_child_can_still_connect_after_its_handle_is_gone`: the child polls descriptor 3 and renames itself in /proc.
 //! - `lifecycle::a_child_that_clears_its_parent_death_signal_and_leaves_its_group_still_dies_with_its_parent`: PR_SET_PDEATHSIG and process groups.
@@ -64,7 +64,8 @@ mod sandbox;
 #[cfg(target_os = "macos")]
 #[path = "sandbox_macos.rs"]
 mod sandbox;
-/// The sandbox on Windows: refused, never a child started unconfined.
+/// The sandbox on Windows: an AppContainer and job limits checked before the child runs;
+/// refused where they cannot be had (under Wine), never a child started unconfined.
 #[cfg(windows)]
 #[path = "sandbox_windows.rs"]
 mod sandbox;

@@ -270,7 +270,8 @@ pub enum SpawnStep {
     Chdir(PathBuf),
     /// Applying its resource limits (`setrlimit`).
     Limits,
-    /// Applying the first layers of its sandbox (no_new_privs, Landlock, seccomp).
+    /// Applying the first layers of its sandbox (no_new_privs, Landlock, seccomp; on Windows
+    /// its AppContainer profile, its restricted token, its job's UI limits).
     Sandbox,
     /// Executing the program.
     Exec,

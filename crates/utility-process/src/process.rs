@@ -267,7 +267,7 @@ pub(crate) struct Launch<'a> {
     pub(crate) service_name: &'a str,
     pub(crate) port: sys::Object,
     /// The child must confirm its sandbox's second stage in its `HELLO`.
-    #[cfg_attr(windows, allow(dead_code))] // no Windows child is sandboxed
+    #[cfg_attr(windows, allow(dead_code))] // a Windows sandbox has no second stage to confirm
     pub(crate) confirms_sandbox: bool,
 }
 

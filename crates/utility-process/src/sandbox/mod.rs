@@ -64,8 +64,13 @@
 //! ([`Missing::Seatbelt`]). The program's `argv[0]` is its path, not the service name; a
 //! profile macOS refuses to compile ends the child before its first message, with
 //! sandbox-exec's reason on its stderr. [`Sandbox::support`] reports neither seccomp nor
-//! Landlock there, and `strict_allowed` (Linux-only) does not exist. Windows (job objects,
-//! AppContainer) is planned behind the same type.
+//! Landlock there, and `strict_allowed` (Linux-only) does not exist.
+//!
+//! On Windows a sandbox is an AppContainer with no capabilities (low integrity, no network,
+//! none of the user's files) and job limits (UI, one process), checked by the parent in the
+//! suspended child's token and job before its first instruction; paths cannot be opened to
+//! it ([`Missing::AppContainerPaths`]). Best effort falls back to a restricted token at low
+//! integrity where there is no AppContainer. See `sandbox/windows.rs` for the whole story.
 //!
 //! [`MessageChannel`]: crate::MessageChannel
 //! [`Error::SandboxNotApplied`]: crate::Error::SandboxNotApplied
@@ -90,6 +95,8 @@ mod imp;
 mod seatbelt;
 mod syscall_names;
 
+#[cfg(windows)]
+pub use imp::app_container_name;
 #[cfg(target_os = "linux")]
 pub use imp::strict_allowed;
 #[cfg(unix)]
@@ -242,10 +249,40 @@ pub enum Missing {
     /// a root-owned executable, so the library refuses rather than start the child
     /// unconfined.
     Seatbelt,
-    /// A Windows sandbox (a restricted token at low integrity, or an AppContainer with no
-    /// capabilities, with the job's UI limits): not implemented yet, so the library refuses
-    /// rather than start the child unconfined.
-    WindowsToken,
+    /// An AppContainer (Windows 8 and later), which every Windows sandbox that is not best
+    /// effort is built on, and why there is none here (Wine has none, for one).
+    AppContainer {
+        /// Why not.
+        why: &'static str,
+    },
+    /// The AppContainer cannot open the program (or its working directory), so Windows
+    /// refused to start it: an AppContainer reaches only files whose access list grants it.
+    /// Installers grant `ALL APPLICATION PACKAGES` (S-1-15-2-1) read and execute on the
+    /// installation directory.
+    AppContainerAccess {
+        /// The program.
+        path: PathBuf,
+    },
+    /// A path given to [`Sandbox::allow_read`] or [`Sandbox::allow_write`], on Windows: an
+    /// AppContainer reaches only files whose access list grants it, and this library changes
+    /// no access list (see `sandbox/windows.rs`). Grant `ALL APPLICATION PACKAGES` (or the
+    /// container, `sandbox::app_container_name()`) access to the path instead, at
+    /// installation.
+    AppContainerPaths {
+        /// The first such path.
+        path: PathBuf,
+    },
+    /// [`Sandbox::allow_exec`] on Windows, unless best effort: nothing limits which programs
+    /// an AppContainer child starts (they all run in the same container and job), so the list
+    /// cannot be enforced.
+    AppContainerExec,
+    /// A layer of a Windows sandbox that the parent did not find in place when it checked the
+    /// suspended child before its first instruction (its token, or its job's limits): the
+    /// child was terminated without running.
+    WindowsUnverified {
+        /// What did not hold, and what was found instead.
+        what: String,
+    },
 }
 
 impl fmt::Display for Missing {
@@ -263,9 +300,29 @@ impl fmt::Display for Missing {
                 "a Seatbelt sandbox (macOS): its launcher /usr/bin/sandbox-exec is missing or \
                  not a root-owned executable, so no child is started unconfined",
             ),
-            Missing::WindowsToken => f.write_str(
-                "a restricted-token or AppContainer sandbox (Windows): not implemented yet, so \
-                 no child is started unconfined",
+            Missing::AppContainer { why } => write!(f, "an AppContainer (Windows): {why}"),
+            Missing::AppContainerAccess { path } => write!(
+                f,
+                "an AppContainer that can run {}: grant ALL APPLICATION PACKAGES (S-1-15-2-1) \
+                 read and execute on its directory and on the working directory, as installers \
+                 do (icacls DIR /grant *S-1-15-2-1:(OI)(CI)RX)",
+                path.display()
+            ),
+            Missing::AppContainerPaths { path } => write!(
+                f,
+                "AppContainer access to {} (Windows): the library changes no access list; \
+                 grant ALL APPLICATION PACKAGES (S-1-15-2-1) access to it at installation and \
+                 leave it out of allow_read/allow_write",
+                path.display()
+            ),
+            Missing::AppContainerExec => f.write_str(
+                "a list of programs an AppContainer child may start (Windows cannot limit it; \
+                 make the sandbox best effort to let it start any program inside its sandbox)",
+            ),
+            Missing::WindowsUnverified { what } => write!(
+                f,
+                "a Windows sandbox the parent could verify before the child ran: {what}; the \
+                 child was terminated"
             ),
         }
     }
@@ -295,6 +352,16 @@ pub struct Enforcement {
     /// A Seatbelt sandbox holds this process (macOS): the kernel says so (`sandbox_check`).
     /// With it, `filesystem`, `signals` and (without network) `tcp` are Seatbelt's rules.
     pub seatbelt: bool,
+    /// Windows: the process runs in an AppContainer, with no capability but the network ones
+    /// [`Sandbox::allow_network`] adds: no network without them, no user files, no objects
+    /// of other processes.
+    pub app_container: bool,
+    /// Windows: its integrity level is low (or lower): it can write nothing of medium
+    /// integrity (the user's files and registry, other processes).
+    pub low_integrity: bool,
+    /// Windows: its job has the UI limits (no other desktop, display settings, logging off,
+    /// global atoms, USER handles of outside processes, clipboard, system parameters).
+    pub ui_limits: bool,
 }
 
 /// A system call, by number and name.
@@ -345,6 +412,10 @@ impl fmt::Display for Syscall {
 /// assert!(utility_process::sandbox::status().is_none());
 /// ```
 pub fn status() -> Option<Enforcement> {
+    #[cfg(windows)]
+    if let Some(windows) = imp::status() {
+        return Some(windows);
+    }
     APPLIED.get().copied().flatten()
 }
 

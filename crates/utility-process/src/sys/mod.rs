@@ -48,7 +48,8 @@
 //!   `keep_constructor`; on Unix also the report pipe (`REPORT_*`, `read_reports`,
 //!   `report_refusal`, `exit_now`), `install_reporters`, `rlimits`, and the kernel layers the
 //!   sandbox builds on (Linux: Landlock and seccomp; macOS: Seatbelt's launcher and
-//!   `sandbox_check`; Windows: none yet, so a sandbox is refused there).
+//!   `sandbox_check`); on Windows `request`, `prepare`, `observe`, `judge` (the AppContainer,
+//!   the job's limits, the check before the child runs) and `own_status`.
 //!
 //! Inside `unix`, the sockets (`socket`), descriptors, spawning (`spawn`, `process`), the
 //! reactor and the output relay are shared by Linux and macOS; see `unix/mod.rs` for the names

@@ -28,8 +28,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::channel::Channel;
-use super::spawn::{self, ChildStdio, JobLimit, JobLimits, SpawnPlan};
-use super::{stdio_pipe, Interest, PORT_ENV};
+use super::spawn::{self, ChildStdio, JobLimit, JobLimits, Launcher, SpawnPlan};
+use super::{confine, stdio_pipe, Interest, PORT_ENV};
 use crate::error::SpawnStep;
 use crate::options::Stdio;
 use crate::process::{Ending, Launch, Launched, Reports};
@@ -54,7 +54,8 @@ const EXIT_CHECK: Duration = Duration::from_millis(50);
 pub(crate) struct Child {
     pub(crate) pid: u32,
     pub(crate) kill_grace: Duration,
-    /// Never: no Windows child is sandboxed (a sandbox is refused before it starts).
+    /// Never: a Windows sandbox has no second stage for the child to confirm (the parent
+    /// checked the child's token and job before it ran).
     pub(crate) confirms_sandbox: bool,
     pub(crate) span: tracing::Span,
     process: spawn::Child,
@@ -89,18 +90,43 @@ pub(crate) fn launch(launch: Launch<'_>) -> Result<Launched, Error> {
         service_name: service_name.to_owned(),
         missing,
     };
-    if options.sandbox.is_some() {
-        return Err(unenforceable(Missing::WindowsToken));
+    // The sandbox is decided before anything is created: what Windows cannot give is refused
+    // here, and how the child will be started (AppContainer, or best effort's restricted
+    // token) is prepared.
+    let sandbox = match &options.sandbox {
+        None => None,
+        Some(sandbox) => {
+            let request = confine::request(&sandbox.policy(false)).map_err(unenforceable)?;
+            let (launcher, expected) = confine::prepare(&request).map_err(|r| match r {
+                confine::Refusal::Missing(missing) => unenforceable(missing),
+                confine::Refusal::Io(e) => spawn_error(SpawnStep::Sandbox, e),
+            })?;
+            Some((request, launcher, expected))
+        }
+    };
+    let mut limits = job_limits(&options.limits).map_err(unenforceable)?;
+    if let Some((request, ..)) = &sandbox {
+        if !request.exec {
+            limits.processes = Some(limits.processes.map_or(1, |n| n.min(1)));
+        }
     }
-    let limits = job_limits(&options.limits).map_err(unenforceable)?;
 
     let mut env: Vec<(OsString, OsString)> = launch.env.into_iter().collect();
     let port_value = launch.port.as_raw_handle() as usize;
     env.push((PORT_ENV.into(), port_value.to_string().into()));
+    if sandbox.is_some() {
+        // Tells the child's `sandbox::status()` to read its token and job.
+        env.push((crate::sandbox::ENV.into(), "windows".into()));
+    }
     let (stdout_ours, stdout) =
         stdio_pair(options.stdout).map_err(|e| spawn_error(SpawnStep::Descriptors, e))?;
     let (stderr_ours, stderr) =
         stdio_pair(options.stderr).map_err(|e| spawn_error(SpawnStep::Descriptors, e))?;
+    let (launcher, checks) = match sandbox {
+        Some((request, launcher, expected)) => (launcher, Some((request, expected))),
+        None => (Launcher::Ours, None),
+    };
+    let in_app_container = matches!(launcher, Launcher::AppContainer { .. });
     let plan = SpawnPlan {
         program: resolved.to_path_buf(),
         args: launch.argv.into_iter().skip(1).collect(),
@@ -112,30 +138,61 @@ pub(crate) fn launch(launch: Launch<'_>) -> Result<Launched, Error> {
         inherit: vec![launch.port],
         limits,
         title: Some(service_name.into()),
+        launcher,
     };
-    let process = spawn::spawn(plan).map_err(|(step, source)| {
-        let step = match step {
-            spawn::SpawnStep::Job | spawn::SpawnStep::AssignJob => SpawnStep::Limits,
-            spawn::SpawnStep::Handles => SpawnStep::Descriptors,
+    let failed = |(step, source): (spawn::SpawnStep, io::Error)| {
+        let error = match step {
+            // ERROR_ACCESS_DENIED: the AppContainer cannot open the program or its directory.
+            spawn::SpawnStep::CreateProcess
+                if in_app_container && source.raw_os_error() == Some(5) =>
+            {
+                unenforceable(Missing::AppContainerAccess {
+                    path: resolved.to_path_buf(),
+                })
+            }
+            spawn::SpawnStep::Job | spawn::SpawnStep::AssignJob => {
+                spawn_error(SpawnStep::Limits, source)
+            }
+            spawn::SpawnStep::Handles => spawn_error(SpawnStep::Descriptors, source),
             // ERROR_DIRECTORY: the working directory is not one.
             spawn::SpawnStep::CreateProcess
                 if options.cwd.is_some() && source.raw_os_error() == Some(267) =>
             {
-                SpawnStep::Chdir(options.cwd.clone().unwrap_or_default())
+                spawn_error(
+                    SpawnStep::Chdir(options.cwd.clone().unwrap_or_default()),
+                    source,
+                )
             }
-            spawn::SpawnStep::CreateProcess | spawn::SpawnStep::Resume => SpawnStep::Exec,
-            spawn::SpawnStep::Watch => SpawnStep::Pidfd,
+            spawn::SpawnStep::CreateProcess | spawn::SpawnStep::Resume => {
+                spawn_error(SpawnStep::Exec, source)
+            }
+            spawn::SpawnStep::Watch => spawn_error(SpawnStep::Pidfd, source),
         };
-        let error = spawn_error(step, source);
         tracing::debug!(target: TARGET, service = %service_name, error = %error, "fork failed");
         error
-    })?;
+    };
+    let suspended = spawn::spawn_suspended(plan).map_err(failed)?;
+    let held = match &checks {
+        None => None,
+        Some((request, expected)) => Some(check(&suspended, request, expected).map_err(|e| {
+            // Never resumed: it ran no instruction. Its job goes with `suspended` too.
+            let _ = suspended.job().terminate(TERMINATED);
+            match e {
+                Ok(missing) => unenforceable(missing),
+                Err(io) => spawn_error(SpawnStep::Sandbox, io),
+            }
+        })?),
+    };
+    let process = suspended.resume().map_err(failed)?;
     // Handles the child sends on its port are pulled out of its table, and ours pushed in.
     ours.broker_for(process.process_arc());
 
     let pid = process.pid();
     let span = tracing::info_span!(target: TARGET, "utility_process", service = %service_name, pid);
-    tracing::info!(target: TARGET, parent: &span, program = %resolved.display(), sandboxed = false, confined = !options.limits.is_empty(), "spawned");
+    tracing::info!(target: TARGET, parent: &span, program = %resolved.display(), sandboxed = held.is_some(), confined = !options.limits.is_empty(), "spawned");
+    if let Some(held) = held {
+        tracing::info!(target: "utility_process::sandbox", parent: &span, app_container = held.app_container, low_integrity = held.low_integrity, ui_limits = held.ui_limits, "sandbox verified before the child's first instruction");
+    }
     let child = Arc::new(Child {
         pid,
         kill_grace: options.kill_grace,
@@ -157,6 +214,34 @@ pub(crate) fn launch(launch: Launch<'_>) -> Result<Launched, Error> {
         stdout: stdout_ours.map(ChildStdout::new),
         stderr: stderr_ours.map(ChildStderr::new),
     })
+}
+
+/// Puts the UI limits on the suspended child's job and checks its token and job (see
+/// `confine`): what holds, or why the child must not run — `Ok(missing)` for a layer that
+/// did not hold, `Err` for a call that failed — unless the sandbox is best effort, when what
+/// holds is all there is.
+fn check(
+    suspended: &spawn::Suspended,
+    request: &confine::Request,
+    expected: &confine::Expected,
+) -> Result<crate::sandbox::Enforcement, Result<Missing, io::Error>> {
+    if let Err(e) = suspended.job().restrict_ui() {
+        if !request.best_effort {
+            return Err(Err(e));
+        }
+    }
+    let observed = confine::observe(suspended);
+    let (held, shortfalls) = confine::judge(expected, &observed);
+    if shortfalls.is_empty() {
+        return Ok(held);
+    }
+    if request.best_effort {
+        tracing::warn!(target: "utility_process::sandbox", ?shortfalls, "best effort: the sandbox holds only in part");
+        return Ok(held);
+    }
+    Err(Ok(Missing::WindowsUnverified {
+        what: shortfalls.join("; "),
+    }))
 }
 
 /// The job limits `limits` asks for; a limit Windows cannot enforce is `Missing` unless the

@@ -15,7 +15,6 @@ use windows_sys::Win32::Foundation::{
     DuplicateHandle, DUPLICATE_CLOSE_SOURCE, DUPLICATE_SAME_ACCESS, HANDLE, WAIT_OBJECT_0,
     WAIT_TIMEOUT,
 };
-#[cfg(test)]
 use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
 use windows_sys::Win32::System::Threading::{
     CreateEventW, GetCurrentProcess, WaitForSingleObject, INFINITE,
@@ -184,13 +183,13 @@ pub(crate) fn wait_for(handle: BorrowedHandle<'_>, timeout: Option<Duration>) ->
 }
 
 /// Whether this process runs under Wine rather than Windows: Wine's `ntdll` exports
-/// `wine_get_version`, Windows' does not. Tests use it to skip what Wine does not implement.
+/// `wine_get_version`, Windows' does not. Tests use it to skip what Wine does not implement,
+/// and the sandbox to refuse an AppContainer before calling Wine's aborting stub of it.
 ///
 /// See `GetModuleHandleW`
 /// (learn.microsoft.com/windows/win32/api/libloaderapi/nf-libloaderapi-getmodulehandlew) and
 /// `GetProcAddress`
 /// (learn.microsoft.com/windows/win32/api/libloaderapi/nf-libloaderapi-getprocaddress).
-#[cfg(test)]
 pub(crate) fn running_under_wine() -> bool {
     let name: Vec<u16> = "ntdll.dll".encode_utf16().chain(Some(0)).collect();
     // SAFETY: `name` is a NUL-terminated UTF-16 string; ntdll is loaded in every process, and

@@ -38,9 +38,11 @@ use std::marker::PhantomData;
 use std::os::windows::io::{AsRawHandle, BorrowedHandle};
 
 use windows_sys::Win32::Foundation::{SetHandleInformation, HANDLE, HANDLE_FLAG_INHERIT};
+use windows_sys::Win32::Security::SECURITY_CAPABILITIES;
 use windows_sys::Win32::System::Threading::{
     DeleteProcThreadAttributeList, InitializeProcThreadAttributeList, UpdateProcThreadAttribute,
     LPPROC_THREAD_ATTRIBUTE_LIST, PROC_THREAD_ATTRIBUTE_HANDLE_LIST,
+    PROC_THREAD_ATTRIBUTE_SECURITY_CAPABILITIES,
 };
 
 /// Handles made inheritable for as long as this lives; non-inheritable again when dropped.
@@ -86,17 +88,19 @@ impl Drop for InheritWindow<'_> {
     }
 }
 
-/// A `PROC_THREAD_ATTRIBUTE_LIST` holding one attribute: the handle list.
+/// A `PROC_THREAD_ATTRIBUTE_LIST` holding the handle list and, for a child in an
+/// AppContainer, its `SECURITY_CAPABILITIES` (`super::app_container`).
 ///
 /// It owns the list's buffer and the array of handle values the attribute points into; both
-/// must stay put until `CreateProcessW` has returned, which borrowing `self` ensures.
+/// must stay put until `CreateProcessW` has returned, which borrowing `self` ensures. The
+/// capabilities are borrowed for as long as the list.
 #[derive(Debug)]
 pub(crate) struct HandleList<'a> {
     /// The opaque list, in 8-byte units so that it is aligned for the pointers inside it.
     buffer: Vec<u64>,
     /// The handle values, pointed to by the attribute.
     handles: Box<[HANDLE]>,
-    _borrowed: PhantomData<BorrowedHandle<'a>>,
+    _borrowed: PhantomData<(BorrowedHandle<'a>, &'a SECURITY_CAPABILITIES)>,
 }
 
 impl<'a> HandleList<'a> {
@@ -106,7 +110,20 @@ impl<'a> HandleList<'a> {
     /// See `InitializeProcThreadAttributeList`
     /// (learn.microsoft.com/windows/win32/api/processthreadsapi/nf-processthreadsapi-initializeprocthreadattributelist)
     /// and `UpdateProcThreadAttribute`.
+    #[cfg(test)]
     pub(crate) fn new(handles: &[BorrowedHandle<'a>]) -> io::Result<HandleList<'a>> {
+        HandleList::with_capabilities(handles, None)
+    }
+
+    /// A list for `handles` (as [`new`](Self::new)) and, when given, the
+    /// `PROC_THREAD_ATTRIBUTE_SECURITY_CAPABILITIES` attribute that starts the child in an
+    /// AppContainer. See `UpdateProcThreadAttribute`
+    /// (learn.microsoft.com/windows/win32/api/processthreadsapi/nf-processthreadsapi-updateprocthreadattribute).
+    pub(crate) fn with_capabilities(
+        handles: &[BorrowedHandle<'a>],
+        capabilities: Option<&'a SECURITY_CAPABILITIES>,
+    ) -> io::Result<HandleList<'a>> {
+        let count = 1 + u32::from(capabilities.is_some());
         let mut values: Vec<HANDLE> = handles.iter().map(|h| h.as_raw_handle()).collect();
         values.sort_unstable();
         values.dedup();
@@ -117,9 +134,9 @@ impl<'a> HandleList<'a> {
             ));
         }
         let mut size = 0usize;
-        // SAFETY: with a null list the call only reports the size needed for one attribute;
-        // it fails with ERROR_INSUFFICIENT_BUFFER by design.
-        unsafe { InitializeProcThreadAttributeList(std::ptr::null_mut(), 1, 0, &mut size) };
+        // SAFETY: with a null list the call only reports the size needed for `count`
+        // attributes; it fails with ERROR_INSUFFICIENT_BUFFER by design.
+        unsafe { InitializeProcThreadAttributeList(std::ptr::null_mut(), count, 0, &mut size) };
         if size == 0 {
             return Err(io::Error::last_os_error());
         }
@@ -129,7 +146,7 @@ impl<'a> HandleList<'a> {
             _borrowed: PhantomData,
         };
         // SAFETY: `buffer` has at least `size` bytes, aligned to 8.
-        let ok = unsafe { InitializeProcThreadAttributeList(list.raw(), 1, 0, &mut size) };
+        let ok = unsafe { InitializeProcThreadAttributeList(list.raw(), count, 0, &mut size) };
         if ok == 0 {
             // Not initialised: clear the buffer so Drop does not delete it.
             list.buffer.clear();
@@ -150,6 +167,25 @@ impl<'a> HandleList<'a> {
         };
         if ok == 0 {
             return Err(io::Error::last_os_error());
+        }
+        if let Some(capabilities) = capabilities {
+            // SAFETY: the list was initialised for `count` = 2 attributes; the value is the
+            // caller's SECURITY_CAPABILITIES, borrowed for 'a (as long as the list), with the
+            // SIDs it points to owned by the caller for as long; its size is the structure's.
+            let ok = unsafe {
+                UpdateProcThreadAttribute(
+                    list.raw(),
+                    0,
+                    PROC_THREAD_ATTRIBUTE_SECURITY_CAPABILITIES as usize,
+                    (capabilities as *const SECURITY_CAPABILITIES).cast(),
+                    std::mem::size_of::<SECURITY_CAPABILITIES>(),
+                    std::ptr::null_mut(),
+                    std::ptr::null(),
+                )
+            };
+            if ok == 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
         Ok(list)
     }

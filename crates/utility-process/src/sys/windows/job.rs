@@ -17,6 +17,13 @@
 //!   terminates a process that uses more) and `JOB_OBJECT_LIMIT_ACTIVE_PROCESS` (processes
 //!   alive at once in the job, the child included: starting one more fails).
 //!
+//! - For a sandboxed child, the UI limits ([`UI_LIMITS`], set by [`Job::restrict_ui`] before
+//!   the child's first instruction): no other desktop, no display settings, no logging off,
+//!   no global atoms, no USER handles (windows, hooks) of processes outside the job, no
+//!   clipboard either way, no system parameters (`SystemParametersInfo`). Chromium's
+//!   renderers have the same set (`JOB_OBJECT_UILIMIT_ALL` less the IME limit, which only
+//!   matters to a process with windows).
+//!
 //! Since Windows 8 jobs nest, so all of this works when the parent itself runs inside a job
 //! (a CI runner, a terminal, another instance of this library); on older Windows assigning
 //! the child fails and `spawn` reports it.
@@ -56,11 +63,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 use windows_sys::Win32::Foundation::{HANDLE, INVALID_HANDLE_VALUE};
 use windows_sys::Win32::System::JobObjects::{
     AssignProcessToJobObject, CreateJobObjectW, JobObjectAssociateCompletionPortInformation,
-    JobObjectExtendedLimitInformation, SetInformationJobObject, TerminateJobObject,
-    JOBOBJECT_ASSOCIATE_COMPLETION_PORT, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
+    JobObjectBasicLimitInformation, JobObjectBasicUIRestrictions,
+    JobObjectExtendedLimitInformation, QueryInformationJobObject, SetInformationJobObject,
+    TerminateJobObject, JOBOBJECT_ASSOCIATE_COMPLETION_PORT, JOBOBJECT_BASIC_LIMIT_INFORMATION,
+    JOBOBJECT_BASIC_UI_RESTRICTIONS, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
     JOB_OBJECT_LIMIT_ACTIVE_PROCESS, JOB_OBJECT_LIMIT_DIE_ON_UNHANDLED_EXCEPTION,
     JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE, JOB_OBJECT_LIMIT_PROCESS_MEMORY,
-    JOB_OBJECT_LIMIT_PROCESS_TIME,
+    JOB_OBJECT_LIMIT_PROCESS_TIME, JOB_OBJECT_UILIMIT_DESKTOP, JOB_OBJECT_UILIMIT_DISPLAYSETTINGS,
+    JOB_OBJECT_UILIMIT_EXITWINDOWS, JOB_OBJECT_UILIMIT_GLOBALATOMS, JOB_OBJECT_UILIMIT_HANDLES,
+    JOB_OBJECT_UILIMIT_READCLIPBOARD, JOB_OBJECT_UILIMIT_SYSTEMPARAMETERS,
+    JOB_OBJECT_UILIMIT_WRITECLIPBOARD,
 };
 use windows_sys::Win32::System::Threading::INFINITE;
 use windows_sys::Win32::System::IO::{CreateIoCompletionPort, GetQueuedCompletionStatus};
@@ -157,6 +169,37 @@ impl Job {
         Ok(())
     }
 
+    /// Sets the UI limits of a sandboxed child ([`UI_LIMITS`]).
+    ///
+    /// See `JOBOBJECT_BASIC_UI_RESTRICTIONS`
+    /// (learn.microsoft.com/windows/win32/api/winnt/ns-winnt-jobobject_basic_ui_restrictions).
+    pub(crate) fn restrict_ui(&self) -> io::Result<()> {
+        let ui = JOBOBJECT_BASIC_UI_RESTRICTIONS {
+            UIRestrictionsClass: UI_LIMITS,
+        };
+        set_information(&self.handle, JobObjectBasicUIRestrictions, &ui)
+    }
+
+    /// The UI limits the job has, as Windows reads them back.
+    pub(crate) fn ui_restrictions(&self) -> io::Result<u32> {
+        ui_restrictions_of(self.handle.as_raw_handle())
+    }
+
+    /// The active-process limit the job has, as Windows reads it back (`None`: no limit).
+    ///
+    /// See `QueryInformationJobObject`
+    /// (learn.microsoft.com/windows/win32/api/jobapi2/nf-jobapi2-queryinformationjobobject).
+    pub(crate) fn active_process_limit(&self) -> io::Result<Option<u32>> {
+        let mut info = JOBOBJECT_BASIC_LIMIT_INFORMATION::default();
+        query_information(
+            self.handle.as_raw_handle(),
+            JobObjectBasicLimitInformation,
+            &mut info,
+        )?;
+        Ok((info.LimitFlags & JOB_OBJECT_LIMIT_ACTIVE_PROCESS != 0)
+            .then_some(info.ActiveProcessLimit))
+    }
+
     /// The first limit the job reported as hit, if any (best effort: see the module docs).
     pub(crate) fn limit_hit(&self) -> Option<JobLimit> {
         limit_from_code(self.hit.load(Ordering::Acquire))
@@ -170,6 +213,52 @@ impl Drop for Job {
         }
         // Closing `handle` (after this) kills whatever is still in the job.
     }
+}
+
+/// The UI limits of a sandboxed child's job (see the module docs).
+pub(crate) const UI_LIMITS: u32 = JOB_OBJECT_UILIMIT_DESKTOP
+    | JOB_OBJECT_UILIMIT_DISPLAYSETTINGS
+    | JOB_OBJECT_UILIMIT_EXITWINDOWS
+    | JOB_OBJECT_UILIMIT_GLOBALATOMS
+    | JOB_OBJECT_UILIMIT_HANDLES
+    | JOB_OBJECT_UILIMIT_READCLIPBOARD
+    | JOB_OBJECT_UILIMIT_WRITECLIPBOARD
+    | JOB_OBJECT_UILIMIT_SYSTEMPARAMETERS;
+
+/// The UI limits of the job this process runs in (its innermost one), for a sandboxed
+/// child's `sandbox::status()`: a null job handle means the caller's own job.
+pub(crate) fn own_ui_restrictions() -> io::Result<u32> {
+    ui_restrictions_of(std::ptr::null_mut())
+}
+
+/// The UI limits of `job` (null: the caller's own job).
+fn ui_restrictions_of(job: HANDLE) -> io::Result<u32> {
+    let mut ui = JOBOBJECT_BASIC_UI_RESTRICTIONS::default();
+    query_information(job, JobObjectBasicUIRestrictions, &mut ui)?;
+    Ok(ui.UIRestrictionsClass)
+}
+
+/// `QueryInformationJobObject(job, class)` into `value`.
+///
+/// See `QueryInformationJobObject`
+/// (learn.microsoft.com/windows/win32/api/jobapi2/nf-jobapi2-queryinformationjobobject).
+fn query_information<T>(job: HANDLE, class: i32, value: &mut T) -> io::Result<()> {
+    let size = u32::try_from(std::mem::size_of::<T>()).map_err(|_| invalid("too large"))?;
+    // SAFETY: `value` is a writable `T` of `size` bytes, the structure `class` names (each
+    // caller pairs them); `job` is an open job handle of ours, or null for our own job.
+    let ok = unsafe {
+        QueryInformationJobObject(
+            job,
+            class,
+            (value as *mut T).cast(),
+            size,
+            std::ptr::null_mut(),
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The extended limit information for `limits`, with our fixed flags.

@@ -12,7 +12,9 @@
 //!   `job`, `cmdline`); `child` is the life the neutral layer sees.
 //! - A shared buffer is a pagefile-backed **section**; a frozen one travels as a handle that
 //!   can only map it read-only (`section`, fitted to the contract by `shm` and `mapping`).
-//! - No sandbox yet: `Sandbox` fails closed with `Missing::WindowsToken` (`confine`).
+//! - A sandboxed child starts in an **AppContainer** with no capabilities, its job gets UI
+//!   and process limits, and the parent checks its token and job before it runs
+//!   (`app_container`, `token`, `confine`; the story is in `sandbox/windows.rs`).
 //!
 //! Every Win32 call cites the Microsoft Learn page it relies on; every `unsafe` block says why
 //! it is sound.
@@ -20,6 +22,7 @@
 use std::io;
 use std::os::windows::io::{AsHandle, BorrowedHandle, OwnedHandle};
 
+mod app_container;
 pub(crate) mod channel;
 pub(crate) mod child;
 mod chunk;
@@ -41,7 +44,12 @@ pub(crate) mod shm;
 mod spawn;
 pub(crate) mod stdio;
 mod stdio_pipe;
+mod token;
 mod wake;
+
+/// The AppContainer profile name for children of the executable at a path (see
+/// `app_container`).
+pub(crate) use app_container::profile_name as app_container_name;
 
 /// An OS object that travels between processes attached to a message: a handle.
 pub(crate) type Object = OwnedHandle;

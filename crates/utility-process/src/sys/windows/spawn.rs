@@ -2,7 +2,9 @@
 //!
 //! # How a child starts
 //!
-//! [`spawn`] goes through six steps, and says which one failed ([`SpawnStep`]):
+//! [`spawn_suspended`] goes through the first four steps and [`Suspended::resume`] the last
+//! two; between them the caller checks what it must before the child's first instruction (a
+//! sandbox: `super::confine`). Each says which step failed ([`SpawnStep`]):
 //!
 //! 1. **Job** — a new job object with kill-on-close and the plan's limits ([`super::job`]).
 //! 2. **Handles** — the child's stdio resolved to real handles (`NUL`, duplicates of ours,
@@ -10,7 +12,9 @@
 //!    ([`super::inherit`]). The command line, environment block and program path are built
 //!    here too, but fail as **CreateProcess** — they are its arguments.
 //! 3. **CreateProcess** — `CreateProcessW` with `EXTENDED_STARTUPINFO_PRESENT` (the handle
-//!    list), `CREATE_SUSPENDED` and `CREATE_UNICODE_ENVIRONMENT`. The child exists but has run
+//!    list, and for a sandboxed child the AppContainer's `SECURITY_CAPABILITIES`),
+//!    `CREATE_SUSPENDED` and `CREATE_UNICODE_ENVIRONMENT`; `CreateProcessAsUserW` with the
+//!    same for a child given a token of its own ([`Launcher`]). The child exists but has run
 //!    no instruction; its handles are inheritable only around this call.
 //! 4. **AssignJob** — the suspended child goes into the job. From here on, everything it
 //!    starts is in the job too, and cannot leave it (no breakaway).
@@ -29,7 +33,10 @@
 //! children do. A console program started by a parent without a console (a GUI host) gets a
 //! new console window, and its `conhost.exe` then runs in the child's job — counting against
 //! [`JobLimits::processes`]. A host that wants no window would add `CREATE_NO_WINDOW` to the
-//! creation flags; this backend does not choose that for the caller.
+//! creation flags; this backend does not choose that for the caller — except for a sandboxed
+//! child (any [`Launcher`] but our own token) of a parent without a console: its job allows
+//! one process, which leaves no room for a `conhost.exe`, so it starts with
+//! `DETACHED_PROCESS` (no console at all; its standard handles are still the ones given).
 //!
 //! # The child's handles have the same values
 //!
@@ -64,16 +71,21 @@ use windows_sys::Win32::Foundation::{
     DuplicateHandle, DUPLICATE_SAME_ACCESS, HANDLE, INVALID_HANDLE_VALUE, WAIT_OBJECT_0,
     WAIT_TIMEOUT,
 };
+use windows_sys::Win32::Security::{SECURITY_CAPABILITIES, SID_AND_ATTRIBUTES};
 use windows_sys::Win32::System::Console::{
-    GetStdHandle, STD_ERROR_HANDLE, STD_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE,
+    GetConsoleWindow, GetStdHandle, STD_ERROR_HANDLE, STD_HANDLE, STD_INPUT_HANDLE,
+    STD_OUTPUT_HANDLE,
 };
+use windows_sys::Win32::System::SystemServices::SE_GROUP_ENABLED;
 use windows_sys::Win32::System::Threading::{
-    CreateProcessW, GetCurrentProcess, GetExitCodeProcess, RegisterWaitForSingleObject,
-    ResumeThread, TerminateProcess, UnregisterWaitEx, WaitForSingleObject, CREATE_SUSPENDED,
-    CREATE_UNICODE_ENVIRONMENT, EXTENDED_STARTUPINFO_PRESENT, INFINITE, PROCESS_INFORMATION,
-    STARTF_USESTDHANDLES, STARTUPINFOEXW, WT_EXECUTEONLYONCE,
+    CreateProcessAsUserW, CreateProcessW, GetCurrentProcess, GetExitCodeProcess,
+    RegisterWaitForSingleObject, ResumeThread, TerminateProcess, UnregisterWaitEx,
+    WaitForSingleObject, CREATE_SUSPENDED, CREATE_UNICODE_ENVIRONMENT, DETACHED_PROCESS,
+    EXTENDED_STARTUPINFO_PRESENT, INFINITE, PROCESS_INFORMATION, STARTF_USESTDHANDLES,
+    STARTUPINFOEXW, WT_EXECUTEONLYONCE,
 };
 
+use super::app_container::Sid;
 use super::cmdline::{command_line, env_block, env_lookup, resolve_program, wide_nul};
 // The contract names these here; the layers above use them, this module does not.
 #[allow(unused_imports)]
@@ -117,6 +129,27 @@ pub(crate) struct SpawnPlan {
     pub limits: JobLimits,
     /// The service name, as `STARTUPINFOW.lpTitle` (see the module docs for where it shows).
     pub title: Option<OsString>,
+    /// Who the child runs as: us, an AppContainer, or a token of the caller's.
+    pub launcher: Launcher,
+}
+
+/// The security context a child starts in.
+#[derive(Debug, Default)]
+pub(crate) enum Launcher {
+    /// Our own token (`CreateProcessW`).
+    #[default]
+    Ours,
+    /// An AppContainer with these capabilities: `CreateProcessW` with
+    /// `PROC_THREAD_ATTRIBUTE_SECURITY_CAPABILITIES`, which also lowers the child to low
+    /// integrity.
+    AppContainer {
+        /// The container's SID (`super::app_container::profile_sid`).
+        container: Sid,
+        /// The capability SIDs (none, or the network ones).
+        capabilities: Vec<Sid>,
+    },
+    /// This primary token (`CreateProcessAsUserW`): the restricted low-integrity one.
+    Token(OwnedHandle),
 }
 
 /// Limits on the child and every process it starts, enforced by its job.
@@ -172,7 +205,15 @@ pub(crate) struct Child {
 }
 
 /// Starts `plan` (see the module docs for the steps); returns once the child runs.
+#[cfg(test)]
 pub(crate) fn spawn(plan: SpawnPlan) -> Result<Child, (SpawnStep, io::Error)> {
+    spawn_suspended(plan)?.resume()
+}
+
+/// Steps 1 to 4 of `plan` (see the module docs): the child exists, in its job, and has run
+/// no instruction. [`Suspended::resume`] does the rest; dropping the [`Suspended`] instead
+/// kills the child (its job is closed).
+pub(crate) fn spawn_suspended(plan: SpawnPlan) -> Result<Suspended, (SpawnStep, io::Error)> {
     let job = Job::new(&plan.limits).map_err(|e| (SpawnStep::Job, e))?;
     let stdio = [
         stdio_handle(plan.stdin, STD_INPUT_HANDLE),
@@ -188,7 +229,7 @@ pub(crate) fn spawn(plan: SpawnPlan) -> Result<Child, (SpawnStep, io::Error)> {
     let text = LaunchText::new(&plan.program, &plan.args, &plan.env, &plan.cwd, &plan.title)
         .map_err(|e| (SpawnStep::CreateProcess, e))?;
 
-    let (process, thread, pid) = create_suspended(text, &stdio, &plan.inherit)?;
+    let (process, thread, pid) = create_suspended(text, &stdio, &plan.inherit, &plan.launcher)?;
     // The child holds its own copies now.
     drop(stdio);
     drop(plan.inherit);
@@ -198,27 +239,66 @@ pub(crate) fn spawn(plan: SpawnPlan) -> Result<Child, (SpawnStep, io::Error)> {
         unsafe { TerminateProcess(process.as_raw_handle(), 1) };
         return Err((SpawnStep::AssignJob, e));
     }
-    let process = Arc::new(process);
-    let exit = match ExitWatch::register(process.clone()) {
-        Ok(exit) => exit,
-        Err(e) => {
-            let _ = job.terminate(1);
-            return Err((SpawnStep::Watch, e));
-        }
-    };
-    // SAFETY: the thread handle is open and has THREAD_SUSPEND_RESUME (CreateProcessW gives
-    // THREAD_ALL_ACCESS).
-    if unsafe { ResumeThread(thread.as_raw_handle()) } == u32::MAX {
-        let e = io::Error::last_os_error();
-        let _ = job.terminate(1);
-        return Err((SpawnStep::Resume, e));
-    }
-    Ok(Child {
-        exit,
+    Ok(Suspended {
         process,
+        thread,
         pid,
         job,
     })
+}
+
+/// A child created suspended and put in its job: it has run no instruction yet. What the
+/// parent checks before letting it run (its token, its job) is read from here.
+#[derive(Debug)]
+pub(crate) struct Suspended {
+    process: OwnedHandle,
+    thread: OwnedHandle,
+    pid: u32,
+    /// Dropping it (with the `Suspended`) kills the child: kill-on-close.
+    job: Job,
+}
+
+impl Suspended {
+    /// The process handle (`PROCESS_ALL_ACCESS`: its token can be opened).
+    pub(crate) fn process(&self) -> BorrowedHandle<'_> {
+        self.process.as_handle()
+    }
+
+    /// The child's job.
+    pub(crate) fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// Steps 5 and 6: watches the child's exit and lets its first thread run.
+    pub(crate) fn resume(self) -> Result<Child, (SpawnStep, io::Error)> {
+        let Suspended {
+            process,
+            thread,
+            pid,
+            job,
+        } = self;
+        let process = Arc::new(process);
+        let exit = match ExitWatch::register(process.clone()) {
+            Ok(exit) => exit,
+            Err(e) => {
+                let _ = job.terminate(1);
+                return Err((SpawnStep::Watch, e));
+            }
+        };
+        // SAFETY: the thread handle is open and has THREAD_SUSPEND_RESUME (CreateProcessW
+        // gives THREAD_ALL_ACCESS).
+        if unsafe { ResumeThread(thread.as_raw_handle()) } == u32::MAX {
+            let e = io::Error::last_os_error();
+            let _ = job.terminate(1);
+            return Err((SpawnStep::Resume, e));
+        }
+        Ok(Child {
+            exit,
+            process,
+            pid,
+            job,
+        })
+    }
 }
 
 /// The strings `CreateProcessW` reads, each NUL-terminated (or double-NUL for the block).
@@ -290,10 +370,19 @@ fn stdio_handle(stdio: ChildStdio, which: STD_HANDLE) -> io::Result<Option<Owned
 }
 
 /// `CreateProcessW` with the handle list, suspended: (process, thread, pid).
+///
+/// The launcher decides the security context: an AppContainer adds its
+/// `SECURITY_CAPABILITIES` to the attribute list (whose SIDs live in `launcher` past the
+/// call), a token goes to `CreateProcessAsUserW` (same arguments, the token first). See
+/// `CreateProcessAsUserW`
+/// (learn.microsoft.com/windows/win32/api/processthreadsapi/nf-processthreadsapi-createprocessasuserw)
+/// and `SECURITY_CAPABILITIES`
+/// (learn.microsoft.com/windows/win32/api/winnt/ns-winnt-security_capabilities).
 fn create_suspended(
     mut text: LaunchText,
     stdio: &[Option<OwnedHandle>; 3],
     inherit: &[OwnedHandle],
+    launcher: &Launcher,
 ) -> Result<(OwnedHandle, OwnedHandle, u32), (SpawnStep, io::Error)> {
     let listed: Vec<BorrowedHandle<'_>> = stdio
         .iter()
@@ -301,9 +390,41 @@ fn create_suspended(
         .chain(inherit)
         .map(|h| h.as_handle())
         .collect();
+    let granted: Vec<SID_AND_ATTRIBUTES> = match launcher {
+        Launcher::AppContainer { capabilities, .. } => capabilities
+            .iter()
+            .map(|sid| SID_AND_ATTRIBUTES {
+                Sid: sid.as_psid(),
+                Attributes: SE_GROUP_ENABLED as u32,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let security = match launcher {
+        Launcher::AppContainer { container, .. } => Some(SECURITY_CAPABILITIES {
+            AppContainerSid: container.as_psid(),
+            Capabilities: granted.as_ptr().cast_mut(),
+            CapabilityCount: granted.len() as u32,
+            Reserved: 0,
+        }),
+        _ => None,
+    };
+    if security.is_some() && listed.is_empty() {
+        // Never so in practice (the port is always listed); the attribute list needs one.
+        return Err((
+            SpawnStep::Handles,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an AppContainer child with no handle",
+            ),
+        ));
+    }
     let mut list = match listed.is_empty() {
         true => None,
-        false => Some(HandleList::new(&listed).map_err(|e| (SpawnStep::Handles, e))?),
+        false => Some(
+            HandleList::with_capabilities(&listed, security.as_ref())
+                .map_err(|e| (SpawnStep::Handles, e))?,
+        ),
     };
     let raw_of = |h: &Option<OwnedHandle>| {
         h.as_ref()
@@ -326,28 +447,54 @@ fn create_suspended(
     let window = InheritWindow::open(&listed).map_err(|e| (SpawnStep::Handles, e))?;
     // SAFETY: PROCESS_INFORMATION is plain data, filled by the call.
     let mut created: PROCESS_INFORMATION = unsafe { std::mem::zeroed() };
+    let mut flags = EXTENDED_STARTUPINFO_PRESENT | CREATE_SUSPENDED | CREATE_UNICODE_ENVIRONMENT;
+    if !matches!(launcher, Launcher::Ours) && !has_console() {
+        // See the module docs: no conhost.exe in a one-process job.
+        flags |= DETACHED_PROCESS;
+    }
     // SAFETY: every string is NUL-terminated (the environment double-NUL-terminated, UTF-16
     // as CREATE_UNICODE_ENVIRONMENT says) and lives in `text` past the call; the command line
     // is writable, as CreateProcessW requires; `info` is a STARTUPINFOEXW with its size in
     // `cb` and, when present, an initialised attribute list whose handle array lives in
-    // `list`; every listed handle is open and, inside `window`, inheritable.
+    // `list` (and whose SECURITY_CAPABILITIES, in `security`, points to SIDs owned by
+    // `launcher` and to `granted`, all alive past the call); every listed handle is open and,
+    // inside `window`, inheritable. For a token: it is a primary token with TOKEN_ALL_ACCESS
+    // (made by this process), open past the call, and a restricted version of our own, which
+    // needs no privilege to assign.
     let ok = unsafe {
-        CreateProcessW(
-            text.application.as_ptr(),
-            text.command_line.as_mut_ptr(),
-            std::ptr::null(),
-            std::ptr::null(),
-            i32::from(list.is_some()),
-            EXTENDED_STARTUPINFO_PRESENT | CREATE_SUSPENDED | CREATE_UNICODE_ENVIRONMENT,
-            text.environment.as_ptr().cast(),
-            text.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-            &info.StartupInfo,
-            &mut created,
-        )
+        match launcher {
+            Launcher::Token(token) => CreateProcessAsUserW(
+                token.as_raw_handle(),
+                text.application.as_ptr(),
+                text.command_line.as_mut_ptr(),
+                std::ptr::null(),
+                std::ptr::null(),
+                i32::from(list.is_some()),
+                flags,
+                text.environment.as_ptr().cast(),
+                text.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+                &info.StartupInfo,
+                &mut created,
+            ),
+            _ => CreateProcessW(
+                text.application.as_ptr(),
+                text.command_line.as_mut_ptr(),
+                std::ptr::null(),
+                std::ptr::null(),
+                i32::from(list.is_some()),
+                flags,
+                text.environment.as_ptr().cast(),
+                text.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+                &info.StartupInfo,
+                &mut created,
+            ),
+        }
     };
     let error = io::Error::last_os_error();
     drop(window);
     drop(list);
+    // `security` points into `granted`, which goes only now.
+    drop(granted);
     if ok == 0 {
         return Err((SpawnStep::CreateProcess, error));
     }
@@ -359,6 +506,14 @@ fn create_suspended(
         )
     };
     Ok((process, thread, created.dwProcessId))
+}
+
+/// Whether this process has a console (a console program, or a GUI one that allocated or
+/// attached one). See `GetConsoleWindow`
+/// (learn.microsoft.com/windows/console/getconsolewindow).
+fn has_console() -> bool {
+    // SAFETY: no arguments; it only reports this process's console window, if any.
+    !unsafe { GetConsoleWindow() }.is_null()
 }
 
 impl Child {
@@ -559,6 +714,7 @@ mod tests {
             inherit: vec![],
             limits: JobLimits::default(),
             title: None,
+            launcher: Launcher::Ours,
         }
     }
 
