@@ -11,7 +11,8 @@
 //!
 //! Every number is only meaningful next to the number it should be compared with, so every
 //! row of the table names its *floor*: the same work done with nothing but system calls
-//! (`floor.rs`). Our rows (`ours.rs`) and the peers' rows (`peers.rs`: ipc-channel,
+//! (`floor.rs`). Our rows (`ours.rs`; shared buffers in `shared.rs`) and the peers' rows
+//! (`peers.rs`: ipc-channel,
 //! procspawn, Node.js) are printed with the ratio of their median to that floor's median,
 //! measured in the same run on the same machine.
 //!
@@ -74,6 +75,7 @@ mod lang;
 mod ours;
 mod peers;
 mod pool;
+mod shared;
 
 use std::cell::RefCell;
 use std::error::Error as StdError;
@@ -93,7 +95,12 @@ pub type Result<T, E = BoxError> = std::result::Result<T, E>;
 
 fn main() {
     // Child roles first: in a child, each of these runs the child and never returns.
-    utility_process::init(ours::entries().into_iter().chain(pool::entries()));
+    utility_process::init(
+        ours::entries()
+            .into_iter()
+            .chain(shared::entries())
+            .chain(pool::entries()),
+    );
     procspawn::init();
     peers::ipc_child_main_if_asked();
     floor::child_main_if_asked();
@@ -542,6 +549,7 @@ fn run_phase(args: &Args, placement: Placement) -> i32 {
 
     floor::run(&ctx);
     ours::run(&ctx);
+    shared::run(&ctx);
     peers::run(&ctx);
     lang::run(&ctx);
     pool::run(&ctx);
