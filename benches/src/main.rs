@@ -12,9 +12,8 @@
 //! Every number is only meaningful next to the number it should be compared with, so every
 //! row of the table names its *floor*: the same work done with nothing but system calls
 //! (`floor.rs`). Our rows (`ours.rs`; shared buffers in `shared.rs`) and the peers' rows
-//! (`peers.rs`: ipc-channel,
-//! procspawn, Node.js) are printed with the ratio of their median to that floor's median,
-//! measured in the same run on the same machine.
+//! (`peers.rs`: ipc-channel, procspawn, Node.js) are printed with the ratio of their median to
+//! that floor's median, measured in the same run on the same machine.
 //!
 //! Each case runs twice, in two *placements*:
 //!
