@@ -19,6 +19,10 @@
 //!   faulted in. Moving 64 MiB through a socket costs at least two such copies (into the
 //!   kernel and out), so this bounds the 64 MiB row from above; a shared-memory buffer, when
 //!   the library has one, should get close to it.
+//! - **Shared memory, first use** (`floor.shared.first.64mib`): a new 64 MiB memfd, filled,
+//!   passed with `SCM_RIGHTS` and read by a raw child, with the library's huge-page and
+//!   alignment steps but nothing else of it (`raw_shm.rs`): the floor of the library's
+//!   `SharedBuffer` first-use row. Its own ratio is to memcpy.
 //! - **Spawn** (`floor.spawn`): `std::process::Command` (posix_spawn under glibc) relaunches
 //!   this very executable with `--floor-child spawn FD`; the child gets through `main`'s
 //!   child checks to its mode and writes one byte on the inherited socket. Timed from the
@@ -56,6 +60,7 @@ pub const MEMCPY: &str = "floor.memcpy";
 pub const SPAWN: &str = "floor.spawn";
 pub const SPAWN_EXEC: &str = "floor.spawn.exec";
 pub const RSS: &str = "floor.rss";
+pub const SHARED_FIRST: &str = "floor.shared.first.64mib";
 
 /// The per-message stream floor for `size`.
 pub fn stream_each(size: usize) -> String {
@@ -106,6 +111,15 @@ pub fn run(ctx: &Ctx) {
     ctx.measure(
         Spec::new(MEMCPY, "floor: memcpy 64 MiB", Kind::Bandwidth),
         || memcpy(ctx),
+    );
+    ctx.measure(
+        Spec::new(
+            SHARED_FIRST,
+            "floor: a new 64 MiB memfd filled, passed and read by another process (system calls only)",
+            Kind::Bandwidth,
+        )
+        .floor(MEMCPY),
+        || shared_first(ctx),
     );
     ctx.measure_many(
         vec![
@@ -239,6 +253,17 @@ fn memcpy(ctx: &Ctx) -> Result<Vec<f64>> {
         }
         Ok((copies * SIZE) as f64 / started.elapsed().as_secs_f64())
     })
+}
+
+/// A new 64 MiB memfd to a raw reader child and back, per sample (see `raw_shm.rs`).
+fn shared_first(ctx: &Ctx) -> Result<Vec<f64>> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut child = spawn_self(&["shm-reader".into(), fd_arg(&theirs)], &[theirs.as_fd()])?;
+    drop(theirs);
+    // `first_use` drops its end when done: the child reads end-of-file and exits.
+    let samples = crate::raw_shm::first_use(ctx, ours);
+    child.wait()?;
+    samples
 }
 
 fn spawn(ctx: &Ctx) -> Result<Vec<Vec<f64>>> {
@@ -398,6 +423,7 @@ fn child(args: &[String]) -> Result<()> {
                 }
             }
         }
+        Some("shm-reader") => crate::raw_shm::reader(inherited(args.get(1))?),
         Some("sink") => {
             let stream = inherited(args.get(1))?;
             let per_round: u64 = args.get(2).ok_or("missing count")?.parse()?;

@@ -74,6 +74,7 @@ mod lang;
 mod ours;
 mod peers;
 mod pool;
+mod raw_shm;
 mod shared;
 
 use std::cell::RefCell;
