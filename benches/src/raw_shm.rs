@@ -145,21 +145,11 @@ fn map_aligned(fd: &OwnedFd, writable: bool) -> Result<*mut u8> {
 /// Sends `fd` over `socket` (`SCM_RIGHTS`, one byte of data).
 fn send_fd(socket: &UnixStream, fd: &OwnedFd) -> Result<()> {
     let mut data = [1u8];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE of one int: a constant computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; all-zero is valid before the fields are set below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: the control buffer holds one header and one int (CMSG_SPACE above); the header
-    // and its data are written inside it; sendmsg reads the message we built.
+    let mut iov = one_byte(&mut data);
+    let mut control = vec![0u8; fd_space()];
+    let msg = message(&mut iov, &mut control);
+    // SAFETY: the control buffer holds one header and one int (`fd_space`); the header and
+    // its data are written inside it; sendmsg reads the message we built.
     unsafe {
         let header = libc::CMSG_FIRSTHDR(&msg);
         (*header).cmsg_level = libc::SOL_SOCKET;
@@ -178,21 +168,11 @@ fn send_fd(socket: &UnixStream, fd: &OwnedFd) -> Result<()> {
 /// Receives one descriptor sent by [`send_fd`]; `None` at end-of-file.
 fn recv_fd(socket: &UnixStream) -> Result<Option<OwnedFd>> {
     let mut data = [0u8];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE of one int: a constant computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; all-zero is valid before the fields are set below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: recvmsg writes at most one byte and `space` bytes of control data into buffers
-    // we own; the header is read only if the kernel filled one in.
+    let mut iov = one_byte(&mut data);
+    let mut control = vec![0u8; fd_space()];
+    let mut msg = message(&mut iov, &mut control);
+    // SAFETY: recvmsg writes at most one byte and `fd_space()` bytes of control data into
+    // buffers we own; the header is read only if the kernel filled one in.
     unsafe {
         let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
         if n < 0 {
@@ -210,4 +190,29 @@ fn recv_fd(socket: &UnixStream) -> Result<Option<OwnedFd>> {
             .read_unaligned();
         Ok(Some(OwnedFd::from_raw_fd(raw)))
     }
+}
+
+/// The one byte of data that carries a descriptor.
+fn one_byte(data: &mut [u8; 1]) -> libc::iovec {
+    libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    }
+}
+
+/// Room for one descriptor's control message.
+fn fd_space() -> usize {
+    // SAFETY: CMSG_SPACE of one int: a constant computation.
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize }
+}
+
+/// A message of `iov` with `control` as its control buffer; both outlive its use.
+fn message(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; all-zero is valid before the fields are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len();
+    msg
 }

@@ -1,9 +1,11 @@
 #[cfg(unix)]
 use utility_process::unix::ExitStatusExt as _;
-use utility_process::{
-    fork, BufferPool, Event, ForkOptions, Message, SharedBuffer, UtilityProcess,
-};
-use utility_process_tests::{next_event, Ask, Seen};
+#[cfg(unix)]
+use utility_process::Event;
+use utility_process::{fork, BufferPool, ForkOptions, SharedBuffer, UtilityProcess};
+#[cfg(unix)]
+use utility_process_tests::next_event;
+use utility_process_tests::{next_message, Ask, Seen};
 
 const BUFFERS: &str = env!("CARGO_BIN_EXE_buffers");
 
@@ -22,19 +24,9 @@ async fn lend(child: &mut UtilityProcess, buffer: SharedBuffer, byte: u8) -> Vec
     child
         .post_message_with_transfer(&Ask::FillAndReturn { byte }, vec![buffer.into()])
         .unwrap();
-    let mut message = reply(child).await;
+    let mut message = next_message(child).await;
     assert_eq!(message.data::<String>().unwrap(), "filled");
     message.take_buffers()
-}
-
-async fn reply(child: &mut UtilityProcess) -> Message {
-    loop {
-        match next_event(child).await {
-            Some(Event::Message(message)) => return message,
-            Some(Event::Spawn) => continue,
-            other => panic!("expected a message, got {other:?}"),
-        }
-    }
 }
 
 #[tokio::test]
@@ -48,7 +40,7 @@ async fn a_buffer_filled_in_place_arrives_without_a_copy_and_read_only_when_froz
     child
         .post_message_with_transfer(&Ask::Inspect, vec![frozen.into(), writable.into()])
         .unwrap();
-    let seen: Vec<Seen> = reply(&mut child).await.data().unwrap();
+    let seen: Vec<Seen> = next_message(&mut child).await.data().unwrap();
     assert_eq!(
         seen,
         vec![
@@ -73,7 +65,7 @@ async fn a_writable_buffer_written_by_the_child_comes_back_with_its_writes() {
     child
         .post_message_with_transfer(&Ask::FillAndReturn { byte: 7 }, vec![buffer.into()])
         .unwrap();
-    let mut message = reply(&mut child).await;
+    let mut message = next_message(&mut child).await;
     let buffers = message.take_buffers();
     assert_eq!(buffers.len(), 1);
     assert!(buffers[0].iter().all(|&b| b == 7));
@@ -88,7 +80,7 @@ async fn a_child_can_send_a_frozen_buffer_to_its_parent() {
             byte: 9,
         })
         .unwrap();
-    let mut message = reply(&mut child).await;
+    let mut message = next_message(&mut child).await;
     assert_eq!(message.data::<String>().unwrap(), "made");
     let buffers = message.take_buffers();
     assert_eq!(buffers.len(), 1);
@@ -191,7 +183,7 @@ async fn a_child_that_keeps_a_lent_buffer_still_writes_to_it_and_it_cannot_be_fr
     reused.as_mut_slice().unwrap().fill(1);
     child.post_message(&Ask::Make { len, byte: 9 }).unwrap();
     assert_eq!(
-        reply(&mut child).await.data::<String>().unwrap(),
+        next_message(&mut child).await.data::<String>().unwrap(),
         "scribbled"
     );
     assert!(
@@ -219,7 +211,10 @@ async fn a_child_that_kept_only_the_descriptor_cannot_change_a_buffer_frozen_sin
         .freeze()
         .expect("no other writable mapping: the seal holds");
     child.post_message(&Ask::Make { len, byte: 9 }).unwrap();
-    assert_eq!(reply(&mut child).await.data::<String>().unwrap(), "refused");
+    assert_eq!(
+        next_message(&mut child).await.data::<String>().unwrap(),
+        "refused"
+    );
     assert!(
         frozen.iter().all(|&b| b == 1),
         "a frozen buffer never changes"

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use utility_process::{
     fork, Error, Event, ForkOptions, Sandbox, SharedBuffer, Stdio, UtilityProcess,
 };
-use utility_process_tests::{next_event, Ask, Attempt, Seen};
+use utility_process_tests::{next_event, next_message, Ask, Attempt, Seen};
 
 const EPERM: i32 = libc::EPERM;
 
@@ -165,26 +165,16 @@ async fn a_sandboxed_child_makes_channels_and_uses_shared_buffers() {
     child
         .post_message_with_transfer(&Ask::Inspect, vec![buffer.into()])
         .unwrap();
-    let seen: Vec<Seen> = reply(&mut child).await.data().unwrap();
+    let seen: Vec<Seen> = next_message(&mut child).await.data().unwrap();
     assert_eq!(seen[0].sum, 2 * 4096);
     child
         .post_message(&Ask::Make { len: 4096, byte: 5 })
         .unwrap();
-    let mut made = reply(&mut child).await;
+    let mut made = next_message(&mut child).await;
     assert_eq!(made.data::<String>().unwrap(), "made");
     let buffers = made.take_buffers();
     assert!(buffers[0].iter().all(|&b| b == 5));
     end(child).await;
-}
-
-async fn reply(child: &mut UtilityProcess) -> utility_process::Message {
-    loop {
-        match next_event(child).await {
-            Some(Event::Message(message)) => return message,
-            Some(Event::Spawn) => continue,
-            other => panic!("expected a message, got {other:?}"),
-        }
-    }
 }
 
 #[tokio::test]

@@ -30,6 +30,17 @@ pub async fn next_event(child: &mut UtilityProcess) -> Option<Event> {
     }
 }
 
+/// The child's next message, skipping its `Spawn`; anything else fails the test.
+pub async fn next_message(child: &mut UtilityProcess) -> utility_process::Message {
+    loop {
+        match next_event(child).await {
+            Some(Event::Message(message)) => return message,
+            Some(Event::Spawn) => continue,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
 /// Every event up to the end (`None`), each within [`EVENT_TIMEOUT`]; a child that never ends
 /// its stream of events fails the test rather than filling memory.
 pub async fn all_events(child: &mut UtilityProcess) -> Vec<Event> {
