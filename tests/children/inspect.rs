@@ -134,45 +134,7 @@ fn stdin_is_at_eof() -> bool {
         .unwrap_or(false)
 }
 
-/// What the standard handles lead to: `NUL`, `console`, `file`, `pipe` or `none`.
-#[cfg(windows)]
+/// What the three standard streams lead to (see `utility_process_tests::std_stream`).
 fn std_fds() -> Vec<String> {
-    use windows_sys::Win32::Storage::FileSystem::{
-        GetFileType, FILE_TYPE_CHAR, FILE_TYPE_DISK, FILE_TYPE_PIPE,
-    };
-    use windows_sys::Win32::System::Console::{
-        GetConsoleMode, GetStdHandle, STD_ERROR_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE,
-    };
-    [STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE]
-        .into_iter()
-        .map(|which| {
-            // SAFETY: queries of this process's standard handles, into locals.
-            unsafe {
-                let handle = GetStdHandle(which);
-                if handle.is_null() || handle as isize == -1 {
-                    return "none".to_owned();
-                }
-                let mut mode = 0;
-                match GetFileType(handle) {
-                    FILE_TYPE_CHAR if GetConsoleMode(handle, &mut mode) != 0 => "console",
-                    FILE_TYPE_CHAR => "NUL",
-                    FILE_TYPE_DISK => "file",
-                    FILE_TYPE_PIPE => "pipe",
-                    _ => "unknown",
-                }
-                .to_owned()
-            }
-        })
-        .collect()
-}
-
-#[cfg(unix)]
-fn std_fds() -> Vec<String> {
-    (0..3)
-        .map(|fd| {
-            std::fs::read_link(format!("/proc/self/fd/{fd}"))
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|e| format!("error: {e}"))
-        })
-        .collect()
+    (0..3).map(utility_process_tests::std_stream).collect()
 }

@@ -4,7 +4,7 @@ use utility_process::unix::ExitStatusExt as _;
 use utility_process::Event;
 use utility_process::{fork, BufferPool, ForkOptions, SharedBuffer, UtilityProcess};
 #[cfg(unix)]
-use utility_process_tests::next_event;
+use utility_process_tests::all_events;
 use utility_process_tests::{next_message, Ask, Seen};
 
 const BUFFERS: &str = env!("CARGO_BIN_EXE_buffers");
@@ -105,10 +105,7 @@ async fn a_shared_buffer_that_lies_about_itself_is_a_protocol_violation() {
             }
             Err(other) => panic!("cannot start python3 {BAD_BUFFER}: {other}"),
         };
-        let mut events = Vec::new();
-        while let Some(event) = next_event(&mut child).await {
-            events.push(event);
-        }
+        let events = all_events(&mut child).await;
         match events.as_slice() {
             [Event::Spawn, Event::Error(utility_process::Error::ProtocolViolation {
                 violation: utility_process::Violation::Descriptors(_),

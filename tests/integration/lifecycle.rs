@@ -181,17 +181,21 @@ fn children_besides_the_guardian() -> Vec<(u32, String)> {
     children_of_this_process()
 }
 
-/// Windows: forks one child and waits for its end, so that the library's permanent resources
-/// exist; then returns this process's handle count, the baseline for later checks.
-#[cfg(windows)]
-async fn warm_up_and_count_fds() -> usize {
+/// Forks one child that returns at once and waits for its clean exit.
+async fn run_one_child_to_a_clean_exit() {
     let mut child = crash(&["return"]);
     let events = all_events(&mut child).await;
     assert!(
         matches!(events.last(), Some(Event::Exit(status)) if status.success()),
         "{events:?}"
     );
-    drop(child);
+}
+
+/// Windows: forks one child and waits for its end, so that the library's permanent resources
+/// exist; then returns this process's handle count, the baseline for later checks.
+#[cfg(windows)]
+async fn warm_up_and_count_fds() -> usize {
+    run_one_child_to_a_clean_exit().await;
     wait_until("the warm-up child is gone", SETTLE_TIMEOUT, || {
         children_besides_the_guardian().is_empty()
     })
@@ -210,13 +214,7 @@ async fn warm_up_and_count_fds() -> usize {
 /// The library's thread lets go of its share of a child (its pidfd) just after the exit is
 /// published, so the count is taken once no pidfd is left: no child is running now.
 async fn warm_up_and_count_fds() -> usize {
-    let mut child = crash(&["return"]);
-    let events = all_events(&mut child).await;
-    assert!(
-        matches!(events.last(), Some(Event::Exit(status)) if status.success()),
-        "{events:?}"
-    );
-    drop(child);
+    run_one_child_to_a_clean_exit().await;
     wait_until(
         "the warm-up child's pidfd is closed",
         SETTLE_TIMEOUT,

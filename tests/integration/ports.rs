@@ -288,6 +288,20 @@ async fn two_children_talk_directly_through_a_port_the_parent_introduced() {
 /// Windows: ports travel only over a child's parent port, where the parent brokers their
 /// handles; so the hops go through the parent: to child `a`, back (its bounce), to child `b`.
 /// A message still waiting in the port's buffer travels with it each time.
+/// The end of both three-hop tests: the three messages posted on `port1` while its peer was
+/// travelling come back in order, then 96 more round trips, and the two children end.
+async fn echoed_after_three_hops(port1: &MessagePort, a: UtilityProcess, b: UtilityProcess) {
+    for i in 1..4 {
+        assert_eq!(seq_of(&recv(port1, "echoed after three hops").await), i);
+    }
+    for i in 4..100 {
+        port1.post_message(&numbered(i, 3)).unwrap();
+        assert_eq!(seq_of(&recv(port1, "echoed by b").await), i);
+    }
+    end(a).await;
+    end(b).await;
+}
+
 #[cfg(windows)]
 #[tokio::test]
 async fn a_port_travels_three_hops() {
@@ -310,15 +324,7 @@ async fn a_port_travels_three_hops() {
     b.post_message_with_ports(&PortCommand::Echo, vec![port2])
         .unwrap();
     port1.post_message(&numbered(3, 3)).unwrap();
-    for i in 1..4 {
-        assert_eq!(seq_of(&recv(&port1, "echoed after three hops").await), i);
-    }
-    for i in 4..100 {
-        port1.post_message(&numbered(i, 3)).unwrap();
-        assert_eq!(seq_of(&recv(&port1, "echoed by b").await), i);
-    }
-    end(a).await;
-    end(b).await;
+    echoed_after_three_hops(&port1, a, b).await;
 }
 
 /// Windows: a port made by `MessageChannel` (or received) carries messages only. Attaching a
@@ -376,15 +382,7 @@ async fn a_port_travels_three_hops() {
         .unwrap();
     port1.post_message(&numbered(3, 3)).unwrap();
 
-    for i in 1..4 {
-        assert_eq!(seq_of(&recv(&port1, "echoed after three hops").await), i);
-    }
-    for i in 4..100 {
-        port1.post_message(&numbered(i, 3)).unwrap();
-        assert_eq!(seq_of(&recv(&port1, "echoed by b").await), i);
-    }
-    end(a).await;
-    end(b).await;
+    echoed_after_three_hops(&port1, a, b).await;
 }
 
 #[tokio::test]

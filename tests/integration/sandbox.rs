@@ -8,7 +8,8 @@ use utility_process::sandbox::{Missing, Syscall};
 use utility_process::unix::ExitStatusExt as _;
 use utility_process::{fork, Error, Event, ForkOptions, Sandbox, UtilityProcess};
 use utility_process_tests::{
-    in_own_process, next_event, pretend_the_kernel_lacks, python_or_skip as python, Attempt,
+    all_events, in_own_process, next_event, pretend_the_kernel_lacks, python_or_skip as python,
+    Attempt,
 };
 
 /// Whether this kernel can run the strict profile; prints why not.
@@ -178,10 +179,7 @@ async fn the_child_can_see_what_its_sandbox_enforces() {
 async fn killed_for(what: &str) {
     let mut child = escape(Some(Sandbox::strict()));
     child.post_message(what).expect("post");
-    let mut events = Vec::new();
-    while let Some(event) = next_event(&mut child).await {
-        events.push(event);
-    }
+    let events = all_events(&mut child).await;
     assert!(
         events.iter().any(|e| matches!(
             e,
@@ -275,10 +273,7 @@ async fn a_program_that_does_not_confirm_its_sandbox_is_killed() {
     // sandbox refuses).
     let mut child = fork(&python, [script], options).expect("fork python");
     child.post_message("hello").expect("post");
-    let mut events = Vec::new();
-    while let Some(event) = next_event(&mut child).await {
-        events.push(event);
-    }
+    let events = all_events(&mut child).await;
     assert!(
         events.iter().any(|e| matches!(
             e,
@@ -389,6 +384,26 @@ fn python_sandbox(python: &str, also: &[&str]) -> Sandbox {
     sandbox
 }
 
+/// Runs `script` with `python` under [`python_sandbox`] to its end: what it printed on
+/// stdout, and its events.
+async fn sandboxed_python(python: &str, script: &str) -> (String, Vec<Event>) {
+    let mut child = fork(
+        python,
+        ["-c", script],
+        ForkOptions::default()
+            .sandbox(python_sandbox(python, &[]))
+            .stdout(utility_process::Stdio::Pipe),
+    )
+    .expect("fork python");
+    let mut stdout = child.take_stdout().expect("piped");
+    let events = all_events(&mut child).await;
+    let mut said = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut said)
+        .await
+        .expect("stdout");
+    (said, events)
+}
+
 #[tokio::test]
 async fn a_program_without_the_library_still_gets_the_layers_applied_before_exec() {
     let test = "a_program_without_the_library_still_gets_the_layers_applied_before_exec";
@@ -414,10 +429,7 @@ async fn a_program_without_the_library_still_gets_the_layers_applied_before_exec
     )
     .expect("fork python");
     let mut stderr = child.take_stderr().expect("piped");
-    let mut events = Vec::new();
-    while let Some(event) = next_event(&mut child).await {
-        events.push(event);
-    }
+    let events = all_events(&mut child).await;
     let mut said = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut said)
         .await
@@ -437,10 +449,7 @@ async fn a_program_without_the_library_still_gets_the_layers_applied_before_exec
         ForkOptions::default().sandbox(python_sandbox(&python, &[])),
     )
     .expect("fork python");
-    let mut events = Vec::new();
-    while let Some(event) = next_event(&mut child).await {
-        events.push(event);
-    }
+    let events = all_events(&mut child).await;
     assert!(
         events.iter().any(|e| matches!(
             e,
@@ -511,10 +520,7 @@ async fn a_strict_child_cannot_reach_a_named_datagram_socket() {
         ForkOptions::default().sandbox(python_sandbox(&python, &[])),
     )
     .expect("fork python");
-    let mut events = Vec::new();
-    while let Some(event) = next_event(&mut python).await {
-        events.push(event);
-    }
+    let events = all_events(&mut python).await;
     assert!(
         events
             .iter()
@@ -671,23 +677,7 @@ async fn a_sandboxed_child_cannot_leave_its_process_group() {
         return;
     };
     let script = "import os\nos.setpgid(0, os.getpgid(os.getppid()))\nprint('escaped')";
-    let mut python = fork(
-        &python,
-        ["-c", script],
-        ForkOptions::default()
-            .sandbox(python_sandbox(&python, &[]))
-            .stdout(utility_process::Stdio::Pipe),
-    )
-    .expect("fork python");
-    let mut stdout = python.take_stdout().expect("piped");
-    let mut events = Vec::new();
-    while let Some(event) = next_event(&mut python).await {
-        events.push(event);
-    }
-    let mut said = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut said)
-        .await
-        .expect("stdout");
+    let (said, events) = sandboxed_python(&python, script).await;
     assert_eq!(said, "", "{events:?}");
     assert!(
         events
@@ -728,23 +718,7 @@ async fn a_program_without_the_library_is_refused_tiocsti_by_the_first_stage() {
     // request itself, whatever descriptor it names, so that no terminal a child reaches can
     // be typed into.
     let script = "import fcntl, termios\ntry:\n    fcntl.ioctl(1, termios.TIOCSTI, b'x')\nexcept OSError:\n    print('not a terminal')";
-    let mut child = fork(
-        &python,
-        ["-c", script],
-        ForkOptions::default()
-            .sandbox(python_sandbox(&python, &[]))
-            .stdout(utility_process::Stdio::Pipe),
-    )
-    .expect("fork python");
-    let mut stdout = child.take_stdout().expect("piped");
-    let mut events = Vec::new();
-    while let Some(event) = next_event(&mut child).await {
-        events.push(event);
-    }
-    let mut said = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut said)
-        .await
-        .expect("stdout");
+    let (said, events) = sandboxed_python(&python, script).await;
     assert_eq!(said, "", "the request reached the kernel: {events:?}");
     assert!(
         events

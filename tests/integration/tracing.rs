@@ -15,8 +15,8 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 #[cfg(unix)]
 use utility_process::Error;
-use utility_process::{fork, Event, ForkOptions, Stdio, UtilityProcess};
-use utility_process_tests::{in_own_process, next_event};
+use utility_process::{fork, Event, ForkOptions, Stdio};
+use utility_process_tests::{all_events, in_own_process, next_event};
 
 /// One recorded event: its level, target, message, its own fields and its span's.
 #[derive(Debug, Clone)]
@@ -100,14 +100,6 @@ impl Recorder {
     }
 }
 
-async fn run_to_the_end(child: &mut UtilityProcess) -> Vec<Event> {
-    let mut events = Vec::new();
-    while let Some(event) = next_event(child).await {
-        events.push(event);
-    }
-    events
-}
-
 #[test]
 fn a_short_run_is_told_through_tracing_events_with_their_fields() {
     in_own_process(
@@ -143,7 +135,7 @@ fn a_short_run_is_told_through_tracing_events_with_their_fields() {
             )
             .expect("fork crash");
             let crash_pid = crash.pid().unwrap();
-            run_to_the_end(&mut crash).await;
+            all_events(&mut crash).await;
 
             // A kill that escalates: the child ignores SIGTERM.
             let mut stubborn = fork(
@@ -163,7 +155,7 @@ fn a_short_run_is_told_through_tracing_events_with_their_fields() {
                 Some(Event::Message(_))
             ));
             assert!(stubborn.kill());
-            run_to_the_end(&mut stubborn).await;
+            all_events(&mut stubborn).await;
 
             // A protocol violation (the hostile child speaks the Unix transport by hand).
             #[cfg(unix)]
@@ -176,7 +168,7 @@ fn a_short_run_is_told_through_tracing_events_with_their_fields() {
             #[cfg(unix)]
             let hostile_pid = hostile.pid().unwrap();
             #[cfg(unix)]
-            let events = run_to_the_end(&mut hostile).await;
+            let events = all_events(&mut hostile).await;
             #[cfg(unix)]
             assert!(
                 events
@@ -186,7 +178,7 @@ fn a_short_run_is_told_through_tracing_events_with_their_fields() {
             );
 
             echo.kill();
-            run_to_the_end(&mut echo).await;
+            all_events(&mut echo).await;
 
             // Every event carries its child's span: the service name and the pid.
             let spawned = recorder.one(echo_pid, "spawned");

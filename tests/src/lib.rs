@@ -41,6 +41,46 @@ pub async fn next_message(child: &mut UtilityProcess) -> utility_process::Messag
     }
 }
 
+/// What this process's standard stream `n` (0, 1 or 2) leads to: on Unix the target of
+/// `/proc/self/fd/<n>` (or the error reading it), on Windows the kind of its standard handle
+/// — `NUL`, `console`, `file`, `pipe`, `unknown` or `none`.
+#[cfg(unix)]
+pub fn std_stream(n: usize) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{n}"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|e| format!("error: {e}"))
+}
+
+/// What this process's standard stream `n` (0, 1 or 2) leads to: on Unix the target of
+/// `/proc/self/fd/<n>` (or the error reading it), on Windows the kind of its standard handle
+/// — `NUL`, `console`, `file`, `pipe`, `unknown` or `none`.
+#[cfg(windows)]
+pub fn std_stream(n: usize) -> String {
+    use windows_sys::Win32::Storage::FileSystem::{
+        GetFileType, FILE_TYPE_CHAR, FILE_TYPE_DISK, FILE_TYPE_PIPE,
+    };
+    use windows_sys::Win32::System::Console::{
+        GetConsoleMode, GetStdHandle, STD_ERROR_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE,
+    };
+    let which = [STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE][n];
+    // SAFETY: queries of this process's standard handles, into locals.
+    unsafe {
+        let handle = GetStdHandle(which);
+        if handle.is_null() || handle as isize == -1 {
+            return "none".to_owned();
+        }
+        let mut mode = 0;
+        match GetFileType(handle) {
+            FILE_TYPE_CHAR if GetConsoleMode(handle, &mut mode) != 0 => "console",
+            FILE_TYPE_CHAR => "NUL",
+            FILE_TYPE_DISK => "file",
+            FILE_TYPE_PIPE => "pipe",
+            _ => "unknown",
+        }
+        .to_owned()
+    }
+}
+
 /// Every event up to the end (`None`), each within [`EVENT_TIMEOUT`]; a child that never ends
 /// its stream of events fails the test rather than filling memory.
 pub async fn all_events(child: &mut UtilityProcess) -> Vec<Event> {

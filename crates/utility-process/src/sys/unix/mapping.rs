@@ -165,7 +165,7 @@ fn map_shared(
         unsafe { libc::munmap(reserved, span) };
         return Err(error);
     }
-    let page = page_size();
+    let page = super::page_size();
     let end = (start + len).next_multiple_of(page);
     let reserved_end = (base + span).next_multiple_of(page);
     // SAFETY: the parts of the reservation before and after the buffer's mapping: page
@@ -180,11 +180,4 @@ fn map_shared(
         }
     }
     Ok(ptr)
-}
-
-/// The size of a page (`sysconf(3)` `_SC_PAGESIZE`).
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096).max(1)
 }

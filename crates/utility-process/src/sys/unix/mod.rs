@@ -78,6 +78,14 @@ pub(crate) fn open_dev_null() -> io::Result<OwnedFd> {
     Ok(OwnedFd::from(file))
 }
 
+/// The VM page size (`sysconf(3)` `_SC_PAGESIZE`: 4 KiB on x86_64, 4, 16 or 64 KiB on
+/// aarch64 Linux, 16 KiB on Apple silicon).
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096).max(1)
+}
+
 /// Sets or clears `FD_CLOEXEC` on `fd`.
 pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     update_flag(fd, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC, on)

@@ -125,19 +125,12 @@ pub(crate) fn check(fd: BorrowedFd<'_>, len: u64, _frozen: bool) -> Result<(), &
         return Err("a shared buffer that is not a shared memory object");
     }
     let size = u64::try_from(stat.st_size).map_err(|_| "a shared buffer of negative size")?;
-    let page = page_size();
+    let page = crate::sys::unix::page_size() as u64;
     let expected = len.div_ceil(page) * page;
     if size != expected {
         return Err("a shared buffer whose size is not the announced one");
     }
     Ok(())
-}
-
-/// The VM page size (`getpagesize(3)`: 16 KiB on Apple silicon, 4 KiB on Intel).
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).unwrap_or(4096).max(1)
 }
 
 /// What a pool would key buffers by, had they an identity.
