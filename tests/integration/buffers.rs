@@ -167,7 +167,7 @@ async fn a_pool_takes_back_only_its_own_buffers_not_one_a_child_made() {
 /// What a pool cannot promise, stated in `buffer_pool.rs` and the README: a child that kept a
 /// hold of a buffer it was lent can still write to it when the pool reuses it. What holds
 /// even then: the buffer cannot be frozen, so no frozen buffer can change (on Linux because
-/// another process maps it writable, on Windows because it was lent at all).
+/// another process maps it writable, on Windows and macOS because it was lent at all).
 #[tokio::test]
 async fn a_child_that_keeps_a_lent_buffer_still_writes_to_it_and_it_cannot_be_frozen() {
     let mut child = child_in("keep-map");
@@ -193,7 +193,9 @@ async fn a_child_that_keeps_a_lent_buffer_still_writes_to_it_and_it_cannot_be_fr
     );
 }
 
-#[cfg(unix)]
+/// Linux only: elsewhere no seal binds the child's descriptor, so a buffer lent to a child
+/// cannot be frozen at all (the test above).
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_child_that_kept_only_the_descriptor_cannot_change_a_buffer_frozen_since() {
     let mut child = child_in("keep-fd");

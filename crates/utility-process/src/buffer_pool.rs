@@ -16,17 +16,24 @@
 //! sends it back; the owner [`put`](BufferPool::put)s it back for the next
 //! [`take`](BufferPool::take). Sending a pooled buffer does not unmap it: the sender's
 //! mapping is *parked* in the pool, where no code can reach it, and when the same memory comes
-//! back (recognised by the memfd's inode on Linux, by the kernel's comparison of two handles
-//! on Windows; the parked mapping keeps the memory alive) the parked mapping is used again. A round trip then costs two descriptors, two `fstat`s and two tiny
-//! mappings; filling and reading cost what touching the memory costs.
+//! back the parked mapping is used again. A round trip then costs two descriptors, two `fstat`s
+//! and two tiny mappings; filling and reading cost what touching the memory costs.
+//!
+//! The same memory is recognised by the memfd's inode on Linux, by the kernel's comparison
+//! of two handles on Windows, and on macOS, where a shared memory object has neither, by
+//! what it shows: a random value written into the buffer that came back appears in the
+//! parked mapping of the same memory (`sys/unix/probe.rs`; the value is removed at once).
+//! The parked mapping keeps the memory alive. Once recognised, the pool goes on with the
+//! mapping *and descriptor* it parked and drops those that came back, so whatever a peer
+//! sends, the memory a pool reuses is memory it made or adopted.
 //!
 //! # What stays true
 //!
 //! - A frozen buffer never changes, whoever held its memory before: freezing a buffer that
 //!   another process still maps writable fails (`EBUSY`) instead of returning a buffer that
 //!   could change. So a frozen buffer is never a pool's, and freezing one of a pool's takes
-//!   it out of the pool for good. On Windows, which has no seal, a buffer that was lent (or
-//!   arrived writable) cannot be frozen at all (`PermissionDenied`).
+//!   it out of the pool for good. On Windows and macOS, which have no seal, a buffer that was
+//!   lent (or arrived writable) cannot be frozen at all (`PermissionDenied`).
 //! - A pool takes back only what it made: [`put`](BufferPool::put) refuses a buffer that this
 //!   pool did not hand out (another process's memfd, or a buffer the pool has forgotten), so a
 //!   peer cannot slip memory of its own into it.
@@ -43,11 +50,12 @@
 //!
 //! # Platform-specific behavior
 //!
-//! Linux and Windows. On Windows a buffer that comes back is looked for among the parked
-//! ones by `CompareObjectHandles`, one call per parked buffer (a few, as the limit bounds
-//! them). On macOS, a POSIX shared memory object has no device and inode to recognise it by
-//! when it comes back, so making a pool's first buffer fails there with an
-//! [`Error::Io`](crate::Error::Io) of kind `Unsupported`.
+//! On Windows a buffer that comes back is looked for among the parked ones by
+//! `CompareObjectHandles`, one call per parked buffer (a few, as the limit bounds them). On
+//! macOS it is looked for by a write into its first bytes (the first 8, or all of a shorter
+//! one), put back as they were before `put` or `adopt` returns: a buffer of 0 bytes is never
+//! recognised there (`put` refuses it, as one made elsewhere), and a peer that writes into a
+//! buffer it has sent back may lose those bytes.
 //!
 //! # Costs and limits
 //!
@@ -68,8 +76,9 @@ use crate::{sys, Error, SharedBuffer};
 /// The memory a pool holds on to unless told otherwise: 256 MiB.
 pub const DEFAULT_POOL_LIMIT: usize = 256 << 20;
 
-/// What a buffer's memory is recognised by when it comes back: a memfd's device and inode
-/// numbers on Linux, a handle compared by the kernel on Windows (`sys::shm::Identity`).
+/// What the pool knows a buffer by: a memfd's device and inode numbers on Linux, a handle
+/// compared by the kernel on Windows, a number of the process's own on macOS
+/// (`sys::shm::Identity`; `sys::shm::recognise` finds a buffer that comes back).
 type Key = shm::Identity;
 
 /// Shared buffers reused across messages: fill, send, get back, fill again — without a new
@@ -131,6 +140,15 @@ type Key = shm::Identity;
 /// assert_eq!(pool.idle(), 0);
 /// # Ok::<(), utility_process::Error>(())
 /// ```
+///
+/// # Platform-specific behavior
+///
+/// A buffer that comes back is recognised by its memfd's inode on Linux and by
+/// `CompareObjectHandles` on Windows. A shared memory object on macOS has no identity, so
+/// there the pool writes a random value into the first bytes of the buffer that came back
+/// (the first 8, or all of a shorter one), looks for it in the mappings it parked, and puts
+/// the bytes back before `put` or `adopt` returns: a peer that still writes a buffer it has
+/// sent back may lose those bytes, and a buffer of 0 bytes is never taken back.
 #[derive(Clone)]
 pub struct BufferPool {
     inner: Arc<Inner>,
@@ -164,8 +182,9 @@ struct Idle {
 struct Parked {
     key: Key,
     map: Mapping,
-    /// Keeps the memory, and so its inode number, alive while the buffer is away.
-    _fd: sys::Object,
+    /// Keeps the memory, and so its identity, alive while the buffer is away; the buffer's
+    /// descriptor again when it comes back.
+    fd: sys::Object,
     /// Made by this pool (`put` takes it back) or only adopted (`put` refuses it).
     owned: bool,
     since: u64,
@@ -199,7 +218,7 @@ impl Tag {
             state.parked.push(Parked {
                 key: self.key,
                 map,
-                _fd: fd,
+                fd,
                 owned: self.owned,
                 since,
             });
@@ -353,23 +372,22 @@ impl BufferPool {
                 return buffer;
             }
         }
-        let Ok(key) = shm::identity(buffer.fd()) else {
-            return buffer;
-        };
-        let parked = self.inner.lock().take_parked(&key, buffer.len());
-        let (map, fd, writers, _) = buffer.split();
-        match parked {
-            Some(parked) => {
-                drop(map); // the fresh mapping, never touched: cheap to drop
-                let tag = self.tag(key, parked.owned);
-                SharedBuffer::from_parts(parked.map, fd, writers, Some(tag))
-            }
-            None => {
-                let buffer = SharedBuffer::from_parts(map, fd, writers, Some(self.tag(key, false)));
-                buffer.populate();
-                buffer
-            }
+        let (mut map, fd, writers, _) = buffer.split();
+        let parked = self
+            .inner
+            .lock()
+            .take_parked(sys::borrow(&fd), &mut map, false);
+        if let Some(parked) = parked {
+            drop((map, fd)); // a fresh mapping, barely touched: cheap to drop
+            let tag = self.tag(parked.key, parked.owned);
+            return SharedBuffer::from_parts(parked.map, parked.fd, writers, Some(tag));
         }
+        let Ok(key) = shm::identity(sys::borrow(&fd)) else {
+            return SharedBuffer::from_parts(map, fd, writers, None);
+        };
+        let buffer = SharedBuffer::from_parts(map, fd, writers, Some(self.tag(key, false)));
+        buffer.populate();
+        buffer
     }
 
     /// How many buffers wait for [`take`](Self::take).
@@ -401,22 +419,16 @@ impl BufferPool {
         if buffer.tag().is_some() {
             return Err(buffer);
         }
-        let Ok(key) = shm::identity(buffer.fd()) else {
-            return Err(buffer);
-        };
-        let parked = {
-            let mut state = self.inner.lock();
-            match state.parked.iter().find(|parked| parked.key == key) {
-                Some(parked) if parked.owned => state.take_parked(&key, buffer.len()),
-                _ => None,
-            }
-        };
+        let (mut map, fd, writers, _) = buffer.split();
+        let parked = self
+            .inner
+            .lock()
+            .take_parked(sys::borrow(&fd), &mut map, true);
         let Some(parked) = parked else {
-            return Err(buffer);
+            return Err(SharedBuffer::from_parts(map, fd, writers, None));
         };
-        let (map, fd, writers, _) = buffer.split();
-        drop(map);
-        Ok((parked.map, fd, key, writers))
+        drop((map, fd));
+        Ok((parked.map, parked.fd, parked.key, writers))
     }
 
     fn tag(&self, key: Key, owned: bool) -> Tag {
@@ -429,15 +441,23 @@ impl BufferPool {
 }
 
 impl State {
-    /// The parked mapping of `key`, if it has `len` bytes (it always does: a memfd's size is
-    /// sealed; checked all the same).
-    fn take_parked(&mut self, key: &Key, len: usize) -> Option<Parked> {
-        let at = self.parked.iter().position(|parked| parked.key == *key)?;
-        if self.parked[at].map.as_slice().len() != len {
+    /// The parked mapping of the memory that has come back as `fd`, mapped afresh at `back`
+    /// (only among those this pool made, if `only_owned`), taken out of the parked list. It has
+    /// `back`'s length (always, as no holder can resize a buffer; checked all the same).
+    fn take_parked(
+        &mut self,
+        fd: sys::BorrowedObject<'_>,
+        back: &mut Mapping,
+        only_owned: bool,
+    ) -> Option<Parked> {
+        let parked = self.parked.iter().map(|parked| (&parked.key, &parked.map));
+        let at = shm::recognise(fd, back, parked)?;
+        let found = &self.parked[at];
+        if found.map.as_slice().len() != back.as_slice().len() || (only_owned && !found.owned) {
             return None;
         }
         let parked = self.parked.swap_remove(at);
-        self.bytes -= len;
+        self.bytes -= parked.map.as_slice().len();
         Some(parked)
     }
 }
@@ -468,21 +488,7 @@ impl fmt::Debug for BufferPool {
     }
 }
 
-#[cfg(all(test, not(any(target_os = "linux", windows))))]
-mod refused {
-    use super::*;
-
-    #[test]
-    fn a_pool_is_refused_where_buffers_have_no_identity() {
-        let pool = BufferPool::new();
-        let error = pool.take(4096).expect_err("no pool on this OS yet");
-        assert!(matches!(error, Error::Io { .. }), "{error:?}");
-        assert_eq!((pool.lent(), pool.idle()), (0, 0));
-    }
-}
-
-// The pool itself: where a buffer has an identity to recognise it by.
-#[cfg(all(test, any(target_os = "linux", windows)))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -496,8 +502,25 @@ mod tests {
         SharedBuffer::receive(fd, len, read_only).expect("our own buffer passes the checks")
     }
 
+    /// Runs `test` as this OS recognises a buffer that comes back, and on Linux once more as
+    /// macOS does, by what its memory shows (`sys/unix/probe.rs`), which nothing else here
+    /// would run.
+    fn each_way_of_recognising(test: fn()) {
+        test();
+        #[cfg(target_os = "linux")]
+        {
+            shm::RECOGNISE_BY_CONTENT.set(true);
+            test();
+            shm::RECOGNISE_BY_CONTENT.set(false);
+        }
+    }
+
     #[test]
     fn a_buffer_that_comes_back_is_mapped_where_it_was_and_taken_again() {
+        each_way_of_recognising(a_buffer_comes_back_to_where_it_was);
+    }
+
+    fn a_buffer_comes_back_to_where_it_was() {
         let pool = BufferPool::new();
         let mut buffer = pool.take(1 << 20).unwrap();
         buffer.as_mut_slice().unwrap().fill(7);
@@ -512,7 +535,34 @@ mod tests {
     }
 
     #[test]
+    fn several_buffers_away_at_once_each_come_back_to_their_own_mapping() {
+        each_way_of_recognising(|| {
+            let pool = BufferPool::new();
+            let buffers: Vec<_> = (0..4u8)
+                .map(|byte| {
+                    let mut buffer = pool.take(64 << 10).unwrap();
+                    buffer.as_mut_slice().unwrap().fill(byte);
+                    (buffer.as_ptr(), round_trip(buffer))
+                })
+                .collect();
+            assert_eq!(pool.lent(), 4);
+            for (address, back) in buffers.into_iter().rev() {
+                let byte = back[0];
+                pool.put(back).unwrap();
+                let again = pool.take(64 << 10).unwrap();
+                assert_eq!(again.as_ptr(), address, "buffer {byte}");
+                assert!(again.iter().all(|&b| b == byte), "buffer {byte}");
+            }
+            assert_eq!(pool.lent(), 0);
+        });
+    }
+
+    #[test]
     fn a_receiver_that_adopts_keeps_its_mapping_for_the_next_time() {
+        each_way_of_recognising(a_receiver_keeps_its_mapping);
+    }
+
+    fn a_receiver_keeps_its_mapping() {
         let owner = BufferPool::new();
         let receiver = BufferPool::new();
         let buffer = owner.take(64 << 10).unwrap();
@@ -528,8 +578,14 @@ mod tests {
 
     #[test]
     fn put_refuses_a_buffer_the_pool_did_not_make() {
+        each_way_of_recognising(put_refuses_strangers);
+    }
+
+    fn put_refuses_strangers() {
         let pool = BufferPool::new();
         let other = BufferPool::new();
+        // One of the pool's own is away meanwhile: no stranger may pass for it.
+        let away = round_trip(pool.take(4096).unwrap());
         assert!(pool.put(SharedBuffer::new(4096).unwrap()).is_err());
         assert!(pool
             .put(round_trip(SharedBuffer::new(4096).unwrap()))
@@ -541,6 +597,8 @@ mod tests {
         let frozen = pool.take(4096).unwrap().freeze().unwrap();
         assert!(pool.put(frozen).is_err());
         assert_eq!(pool.idle(), 0);
+        pool.put(away)
+            .expect("the pool's own buffer is still known");
     }
 
     #[test]
@@ -555,6 +613,10 @@ mod tests {
 
     #[test]
     fn the_pool_holds_no_more_than_its_limit_and_forgets_the_oldest_lent_buffer() {
+        each_way_of_recognising(the_pool_keeps_to_its_limit);
+    }
+
+    fn the_pool_keeps_to_its_limit() {
         let pool = BufferPool::with_limit(3 << 16);
         let first = round_trip(pool.take(1 << 16).unwrap());
         let second = round_trip(pool.take(1 << 16).unwrap());

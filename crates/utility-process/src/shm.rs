@@ -60,8 +60,8 @@ const UNMAP_ELSEWHERE: usize = 1 << 20;
 /// library never maps it writable again, but its descriptor is read-write, so a process that
 /// holds it can still map it writable with its own code. "Frozen" protects against mistakes,
 /// not against a hostile holder; a receiver that must not trust its sender copies the bytes
-/// out before checking them. [`BufferPool`](crate::BufferPool) is not available on macOS (a
-/// shared memory object there has no identity to recognise it by).
+/// out before checking them. A [`BufferPool`](crate::BufferPool) there recognises a buffer
+/// that comes back by what it shows (a shared memory object has no identity to know it by).
 pub struct SharedBuffer {
     // Declared first: unmapped before the descriptor closes.
     map: Mapping,

@@ -43,7 +43,9 @@
 //!   Windows a type with no value (each child's job object does that work).
 //! - **shared memory** (`shm`, `mapping`) — `create` (unnamed, fixed size), `freeze` (the
 //!   object back, now read-only to whoever receives it), `check` (what a receiver verifies),
-//!   `identity` (for `BufferPool`; unsupported where objects have none), `Mapping`.
+//!   `identity` and `recognise` (how a `BufferPool` knows a buffer that comes back: by the
+//!   object's identity where the kernel gives one, by what its memory shows on macOS),
+//!   `Mapping`.
 //! - **confinement** (`confine`) — `backend(limit)` (what enforces a limit here),
 //!   `keep_constructor`; on Unix also the report pipe (`REPORT_*`, `read_reports`,
 //!   `report_refusal`, `exit_now`), `install_reporters`, `rlimits`, and the kernel layers the

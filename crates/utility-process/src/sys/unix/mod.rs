@@ -6,8 +6,8 @@
 //! Each OS module provides the same names (checked by the compiler when the other one is
 //! built): `process::{spawn, Spawned, Pidfd, set_process_name}` (and re-exports the plan
 //! types every Unix shares from `spawn`: `SpawnPlan`, `PreExec`, `ChildFd`, `SpawnStep`,
-//! `Reaped`, `RawExit`, `kill_process_group`), `shm::{create, freeze, check, identity,
-//! keep_from_forks, alignment, populate_new, populate}` (the shared `mapping::Mapping` uses
+//! `Reaped`, `RawExit`, `kill_process_group`), `shm::{create, freeze, check, Identity, identity,
+//! recognise, keep_from_forks, alignment, populate_new, populate}` (the shared `mapping::Mapping` uses
 //! the last four), `confine::{install_reporters, ignores_process_limit, unavailable_limit}`, and
 //! at its root `RlimitResource`, `pipe`, `errno_location`, `socket_flags`, `recv_flags`,
 //! `after_socketpair`, `after_recv`, `is_unix_domain`, `advise_huge_pages`,
@@ -27,6 +27,8 @@ pub(crate) mod child;
 pub(crate) mod confine;
 pub(crate) mod guardian;
 pub(crate) mod mapping;
+#[cfg(any(target_os = "macos", test))]
+mod probe;
 pub(crate) mod reactor;
 pub(crate) mod relay;
 pub(crate) mod socket;

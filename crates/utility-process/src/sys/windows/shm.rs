@@ -20,6 +20,7 @@ use std::os::windows::io::{AsRawHandle, BorrowedHandle, OwnedHandle};
 
 use windows_sys::Win32::Foundation::CompareObjectHandles;
 
+use super::mapping::Mapping;
 use super::section::{self, Access};
 
 /// A new unnamed section of `len` bytes (at least one: Windows has no empty section).
@@ -81,4 +82,16 @@ impl PartialEq for Identity {
 /// needs none, and it cannot map the section).
 pub(crate) fn identity(handle: BorrowedHandle<'_>) -> io::Result<Identity> {
     super::handle::duplicate_as(handle, Some(0)).map(Identity)
+}
+
+/// Which of the `parked` buffers (their identities and mappings) is the section of `handle`,
+/// a buffer that has just come back mapped at `_back`: the one the kernel says is the same
+/// object.
+pub(crate) fn recognise<'a>(
+    handle: BorrowedHandle<'_>,
+    _back: &mut Mapping,
+    mut parked: impl Iterator<Item = (&'a Identity, &'a Mapping)>,
+) -> Option<usize> {
+    let identity = identity(handle).ok()?;
+    parked.position(|(parked, _)| *parked == identity)
 }

@@ -31,6 +31,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
+use crate::sys::mapping::Mapping;
 use crate::sys::unix::cvt;
 
 /// Seals every buffer carries from birth.
@@ -112,6 +113,30 @@ pub(crate) fn identity(fd: BorrowedFd<'_>) -> io::Result<Identity> {
     };
     #[allow(clippy::useless_conversion)] // the field types differ between targets
     Ok((u64::from(stat.st_dev), u64::from(stat.st_ino)))
+}
+
+/// Which of the `parked` buffers (their identities and mappings) is the memory of `fd`, a
+/// buffer that has just come back mapped at `back`: the one with the same identity.
+pub(crate) fn recognise<'a>(
+    fd: BorrowedFd<'_>,
+    #[cfg_attr(not(test), allow(unused_variables))] back: &mut Mapping,
+    mut parked: impl Iterator<Item = (&'a Identity, &'a Mapping)>,
+) -> Option<usize> {
+    #[cfg(test)]
+    if RECOGNISE_BY_CONTENT.get() {
+        return crate::sys::unix::probe::find(back, parked.map(|(_, map)| map));
+    }
+    let identity = identity(fd).ok()?;
+    parked.position(|(parked, _)| *parked == identity)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Makes [`recognise`] work as on macOS, by what the memory shows (`probe.rs`), so that
+    /// the unit tests of `BufferPool` run that way too where they can run.
+    pub(crate) static RECOGNISE_BY_CONTENT: std::cell::Cell<bool> = const {
+        std::cell::Cell::new(false)
+    };
 }
 
 /// Keeps a mapping out of every process this one forks: a fork (of a child about to exec, or

@@ -27,17 +27,19 @@
 //!   receiver reads can then change under it. On macOS, "frozen" therefore protects against
 //!   mistakes, not against a hostile holder: a receiver that must not trust the sender should
 //!   copy the bytes out before checking them.
-//! - **The identity** (`identity`) that a `BufferPool` keys buffers by is not available:
-//!   `fstat` reports neither device nor inode for a shared memory object, so pools are
-//!   refused on macOS (`Unsupported`) rather than confusing two buffers.
+//! - **A buffer that comes back to a `BufferPool`** cannot be known by an identity: `fstat`
+//!   reports neither device nor inode for a shared memory object. [`recognise`] knows it by
+//!   what its memory shows instead (`sys/unix/probe.rs`).
 //!
 //! Every mapping is `minherit(2)` `VM_INHERIT_NONE`, macOS's `MADV_DONTFORK`: a fork made by
 //! this process (the guardian, or a child before its exec) does not get it.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::sys::unix::cvt;
+use crate::sys::mapping::Mapping;
+use crate::sys::unix::{cvt, probe};
 
 /// Creates an unnamed shared memory object of `len` bytes, close-on-exec.
 pub(crate) fn create(len: usize) -> io::Result<OwnedFd> {
@@ -133,16 +135,25 @@ pub(crate) fn check(fd: BorrowedFd<'_>, len: u64, _frozen: bool) -> Result<(), &
     Ok(())
 }
 
-/// What a pool would key buffers by, had they an identity.
-pub(crate) type Identity = (u64, u64);
+/// What a pool knows a buffer by while it is away: a number this process gives each buffer it
+/// pools, since the kernel gives a shared memory object none (see [`recognise`]).
+pub(crate) type Identity = u64;
 
-/// What would tell two buffers apart: unavailable on macOS, where `fstat` of a shared memory
-/// object reports neither device nor inode.
+/// A new number for the buffer behind `_fd`, never given before in this process.
 pub(crate) fn identity(_fd: BorrowedFd<'_>) -> io::Result<Identity> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "macOS gives a shared memory object no identity (device and inode) to key a pool by",
-    ))
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    Ok(NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Which of the `parked` buffers (their numbers and mappings) is the memory of a buffer that
+/// has just come back, mapped at `back`: the one whose mapping shows what is written into
+/// `back` (`sys/unix/probe.rs` says how, and why a peer gains nothing by fooling it).
+pub(crate) fn recognise<'a>(
+    _fd: BorrowedFd<'_>,
+    back: &mut Mapping,
+    parked: impl Iterator<Item = (&'a Identity, &'a Mapping)>,
+) -> Option<usize> {
+    probe::find(back, parked.map(|(_, map)| map))
 }
 
 /// Keeps a mapping out of every process this one forks (`minherit(2)` `VM_INHERIT_NONE`,
