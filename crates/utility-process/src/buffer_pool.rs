@@ -54,8 +54,9 @@
 //! `CompareObjectHandles`, one call per parked buffer (a few, as the limit bounds them). On
 //! macOS it is looked for by a write into its first bytes (the first 8, or all of a shorter
 //! one), put back as they were before `put` or `adopt` returns: a buffer of 0 bytes is never
-//! recognised there (`put` refuses it, as one made elsewhere), and a peer that writes into a
-//! buffer it has sent back may lose those bytes.
+//! recognised there (`put` refuses it, as one made elsewhere), and a process that still uses
+//! a buffer it has sent back may see those bytes change for a moment, or lose what it writes
+//! there.
 //!
 //! # Costs and limits
 //!
@@ -147,8 +148,9 @@ type Key = shm::Identity;
 /// `CompareObjectHandles` on Windows. A shared memory object on macOS has no identity, so
 /// there the pool writes a random value into the first bytes of the buffer that came back
 /// (the first 8, or all of a shorter one), looks for it in the mappings it parked, and puts
-/// the bytes back before `put` or `adopt` returns: a peer that still writes a buffer it has
-/// sent back may lose those bytes, and a buffer of 0 bytes is never taken back.
+/// the bytes back before `put` or `adopt` returns: a process that still uses a buffer it has
+/// sent back may see those bytes change for a moment, or lose what it writes there, and a
+/// buffer of 0 bytes is never taken back.
 #[derive(Clone)]
 pub struct BufferPool {
     inner: Arc<Inner>,
