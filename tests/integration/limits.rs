@@ -8,7 +8,7 @@ use tokio::io::AsyncReadExt;
 use utility_process::sandbox::Missing;
 use utility_process::unix::ExitStatusExt as _;
 use utility_process::{fork, Error, Event, ForkOptions, Limit, Limits, Stdio, UtilityProcess};
-use utility_process_tests::{all_events, still_answers};
+use utility_process_tests::{all_events, ended_by_limit, still_answers};
 
 fn hog(mode: &str, limits: Limits) -> UtilityProcess {
     fork(
@@ -20,27 +20,13 @@ fn hog(mode: &str, limits: Limits) -> UtilityProcess {
 }
 
 /// The child ends with `LimitExceeded { limit }` then an exit by `signal`.
-async fn expect_limit(mut child: UtilityProcess, limit: Limit, signal: i32) {
-    let events = all_events(&mut child).await;
-    let reported: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Error(Error::LimitExceeded { limit, .. }) => Some(*limit),
-            Event::Error(other) => panic!("another error: {other}"),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(reported, vec![limit], "{events:?}");
-    match events.last() {
-        Some(Event::Exit(status)) => {
-            assert_eq!(
-                status.signal().map(|s| s.as_raw()),
-                Some(signal),
-                "{status}"
-            )
-        }
-        other => panic!("the last event is not Exit: {other:?}"),
-    }
+async fn expect_limit(child: UtilityProcess, limit: Limit, signal: i32) {
+    let status = ended_by_limit(child, limit).await;
+    assert_eq!(
+        status.signal().map(|s| s.as_raw()),
+        Some(signal),
+        "{status}"
+    );
 }
 
 fn echo() -> UtilityProcess {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use utility_process::sandbox::Missing;
 use utility_process::windows::ExitStatusExt as _;
 use utility_process::{fork, Error, Event, ForkOptions, Limit, Limits, Stdio, UtilityProcess};
-use utility_process_tests::{all_events, skip_under_wine, still_answers};
+use utility_process_tests::{all_events, ended_by_limit, skip_under_wine, still_answers};
 
 fn hog(mode: &str, limits: Limits) -> UtilityProcess {
     fork(
@@ -19,21 +19,9 @@ fn hog(mode: &str, limits: Limits) -> UtilityProcess {
 }
 
 /// The child ends with `LimitExceeded { limit }` and then an Exit that is not a success.
-async fn expect_limit(mut child: UtilityProcess, limit: Limit) {
-    let events = all_events(&mut child).await;
-    let reported: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Error(Error::LimitExceeded { limit, .. }) => Some(*limit),
-            Event::Error(other) => panic!("another error: {other}"),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(reported, vec![limit], "{events:?}");
-    match events.last() {
-        Some(Event::Exit(status)) => assert!(!status.success(), "{status}"),
-        other => panic!("the last event is not Exit: {other:?}"),
-    }
+async fn expect_limit(child: UtilityProcess, limit: Limit) {
+    let status = ended_by_limit(child, limit).await;
+    assert!(!status.success(), "{status}");
 }
 
 fn echo() -> UtilityProcess {

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use utility_process::{Event, UtilityProcess};
+use utility_process::{Error, Event, ExitStatus, Limit, UtilityProcess};
 
 /// How long a test waits for an event before it fails instead of hanging.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -90,6 +90,25 @@ pub async fn all_events(child: &mut UtilityProcess) -> Vec<Event> {
         assert!(events.len() < 1000, "endless events: {events:?}");
     }
     events
+}
+
+/// Runs `child` to its end and checks that it was stopped for `limit`: exactly one error,
+/// `LimitExceeded { limit }`, and an exit last; returns that exit's status.
+pub async fn ended_by_limit(mut child: UtilityProcess, limit: Limit) -> ExitStatus {
+    let events = all_events(&mut child).await;
+    let reported: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Error(Error::LimitExceeded { limit, .. }) => Some(*limit),
+            Event::Error(other) => panic!("another error: {other}"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reported, vec![limit], "{events:?}");
+    match events.last() {
+        Some(Event::Exit(status)) => *status,
+        other => panic!("the last event is not Exit: {other:?}"),
+    }
 }
 
 /// Asks an echo child for an answer and waits for it: a bystander that must keep answering

@@ -536,6 +536,38 @@ mod tests {
         assert!(again.iter().all(|&b| b == 7));
     }
 
+    /// What came back is dropped once recognised: the pool goes on with the descriptor it
+    /// kept, so nothing a peer sent (a lookalike that passed for the pool's buffer on macOS)
+    /// stays in the pool.
+    #[cfg(unix)]
+    #[test]
+    fn a_buffer_that_comes_back_goes_on_with_the_descriptor_the_pool_kept() {
+        use std::os::fd::AsRawFd;
+        each_way_of_recognising(|| {
+            let owner = BufferPool::new();
+            let receiver = BufferPool::new();
+            // The receiver parks a mapping of its own when it sends the buffer back.
+            owner
+                .put(round_trip(
+                    receiver.adopt(round_trip(owner.take(4096).unwrap())),
+                ))
+                .unwrap();
+            let back = round_trip(owner.take(4096).unwrap());
+            let arrived = back.fd().as_raw_fd();
+            let adopted = receiver.adopt(back);
+            assert_ne!(
+                adopted.fd().as_raw_fd(),
+                arrived,
+                "adopt: the receiver's own"
+            );
+            let back = round_trip(adopted);
+            let arrived = back.fd().as_raw_fd();
+            owner.put(back).unwrap();
+            let again = owner.take(4096).unwrap();
+            assert_ne!(again.fd().as_raw_fd(), arrived, "put: not the pool's own");
+        });
+    }
+
     #[test]
     fn several_buffers_away_at_once_each_come_back_to_their_own_mapping() {
         each_way_of_recognising(|| {

@@ -360,22 +360,14 @@ mod tests {
     /// A suspended `cmd.exe` (it never runs) started with `launcher`, in a job with the
     /// single-process limit and the UI limits, as `launch` would start a sandboxed child.
     fn suspended_cmd(launcher: Launcher) -> Suspended {
-        use super::super::spawn::{spawn_suspended, ChildStdio, JobLimits, SpawnPlan};
+        use super::super::spawn::{spawn_suspended, JobLimits, SpawnPlan};
         let plan = SpawnPlan {
-            program: PathBuf::from(r"C:\windows\system32\cmd.exe"),
-            args: vec!["/c".into(), "exit".into(), "0".into()],
-            env: vec![],
-            cwd: None,
-            stdin: ChildStdio::Null,
-            stdout: ChildStdio::Null,
-            stderr: ChildStdio::Null,
-            inherit: vec![],
             limits: JobLimits {
                 processes: Some(1),
                 ..JobLimits::default()
             },
-            title: None,
             launcher,
+            ..SpawnPlan::bare(r"C:\windows\system32\cmd.exe", &["/c", "exit", "0"])
         };
         let suspended = spawn_suspended(plan).expect("start cmd.exe suspended");
         if let Err(e) = suspended.job().restrict_ui() {

@@ -133,6 +133,26 @@ pub(crate) struct SpawnPlan {
     pub launcher: Launcher,
 }
 
+#[cfg(test)]
+impl SpawnPlan {
+    /// A plan for `program` with `args`, an empty environment, no handles and no limits.
+    pub(crate) fn bare(program: &str, args: &[&str]) -> SpawnPlan {
+        SpawnPlan {
+            program: PathBuf::from(program),
+            args: args.iter().map(|a| (*a).into()).collect(),
+            env: vec![],
+            cwd: None,
+            stdin: ChildStdio::Null,
+            stdout: ChildStdio::Null,
+            stderr: ChildStdio::Null,
+            inherit: vec![],
+            limits: JobLimits::default(),
+            title: None,
+            launcher: Launcher::Ours,
+        }
+    }
+}
+
 /// The security context a child starts in.
 #[derive(Debug, Default)]
 pub(crate) enum Launcher {
@@ -701,26 +721,9 @@ mod tests {
         assert_send_sync::<Child>();
     }
 
-    /// A plan for `program` with `args`, an empty environment and no handles.
-    fn plan(program: &str, args: &[&str]) -> SpawnPlan {
-        SpawnPlan {
-            program: PathBuf::from(program),
-            args: args.iter().map(|a| (*a).into()).collect(),
-            env: vec![],
-            cwd: None,
-            stdin: ChildStdio::Null,
-            stdout: ChildStdio::Null,
-            stderr: ChildStdio::Null,
-            inherit: vec![],
-            limits: JobLimits::default(),
-            title: None,
-            launcher: Launcher::Ours,
-        }
-    }
-
     #[test]
     fn a_missing_program_fails_at_create_process_with_not_found() {
-        let plan = plan(r"C:\no\such\program-xyz.exe", &[]);
+        let plan = SpawnPlan::bare(r"C:\no\such\program-xyz.exe", &[]);
         let (step, error) = spawn(plan).unwrap_err();
         assert_eq!(step, SpawnStep::CreateProcess);
         assert!(
@@ -731,7 +734,7 @@ mod tests {
 
     #[test]
     fn a_nul_in_an_argument_fails_before_anything_starts() {
-        let plan = plan(r"C:\windows\system32\cmd.exe", &["a\0b"]);
+        let plan = SpawnPlan::bare(r"C:\windows\system32\cmd.exe", &["a\0b"]);
         let (step, error) = spawn(plan).unwrap_err();
         assert_eq!(step, SpawnStep::CreateProcess);
         assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
